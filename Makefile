@@ -1,0 +1,40 @@
+# sammoe developer and user entry points. Everything runs inside ./.venv.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-all bench lint format clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first: on these machines 2.13.0 is a CPU build on disk; other versions download gigabytes
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/sammoe demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/encoder.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check sammoe tests benchmarks experts
+	$(BIN)/ruff format --check sammoe tests benchmarks experts
+
+format: $(STAMP)
+	$(BIN)/ruff format sammoe tests benchmarks experts
+	$(BIN)/ruff check --fix sammoe tests benchmarks experts
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+from sammoe.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,41 @@
+"""Command-line entry point: `sammoe <command>`.
+
+Commands that are not Lightning trainer runs (`demo`, `experts`, `segment`) are dispatched to their own
+typed entry functions before LightningCLI sees the arguments; everything else goes to LightningCLI.
+Errors a user can cause print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib import import_module
+
+from sammoe.errors import SammoeError
+
+# command -> "module:function"; each function takes the remaining argv and returns an exit status.
+_DISPATCH = {
+    "demo": "sammoe.demo:main",
+}
+
+_USAGE = """usage: sammoe <command> [options]
+
+commands:
+  demo        run the end-to-end demonstration on an embedded default (no downloads, no GPU)
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_USAGE)
+        return 0 if argv else 2
+    target = _DISPATCH.get(argv[0])
+    if target is None:
+        print(f"sammoe: error: unknown command {argv[0]!r}; run `sammoe --help` for the list", file=sys.stderr)
+        return 2
+    module_name, func_name = target.split(":")
+    try:
+        return int(getattr(import_module(module_name), func_name)(argv[1:]) or 0)
+    except SammoeError as err:
+        print(f"sammoe: error: {err}", file=sys.stderr)
+        return 2
