@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     target = _DISPATCH.get(argv[0])
     if target is None:
-        print(f"sammoe: error: unknown command {argv[0]!r}; run `sammoe --help` for the list", file=sys.stderr)
+        print(
+            f"sammoe: error: unknown command {argv[0]!r}; run `sammoe --help` for the list", file=sys.stderr
+        )
         return 2
     module_name, func_name = target.split(":")
     try:
