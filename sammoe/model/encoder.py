@@ -41,15 +41,6 @@ def _relative_table(table: torch.Tensor, size: int) -> torch.Tensor:
     return table[pos[:, None] - pos[None, :] + size - 1]
 
 
-def _logsumexp_or_neginf(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """logsumexp that returns -inf (not an error) over an empty dimension."""
-    if x.shape[dim] == 0:
-        shape = list(x.shape)
-        del shape[dim]
-        return x.new_full(shape, -math.inf)
-    return torch.logsumexp(x, dim=dim)
-
-
 class Attention3D(nn.Module):
     """Multi-head attention over one window grid with the official decomposed relative positions.
 
@@ -103,15 +94,21 @@ class Attention3D(nn.Module):
         ).reshape(n, h, a * b * c, a * b * c)
         if (a, b, c) == (grid, grid, grid):
             return bias, None
-        # Padded keys = {KD >= a} U {KD < a, KH >= b} U {KD < a, KH < b, KW >= c}: three disjoint product sets,
-        # each summed as exp(term_d[KW]) * sum_KD exp(term_h) * sum_KH exp(term_w), in log space.
-        lse = _logsumexp_or_neginf
-        h_lo, h_hi = lse(term_h[..., :a, :], -2), lse(term_h[..., a:, :], -2)
-        w_all, w_lo, w_hi = lse(term_w, -2), lse(term_w[..., :b, :], -2), lse(term_w[..., b:, :], -2)
-        part1 = lse(term_d + (h_hi + w_all)[..., None, :], -1)
-        part2 = lse(term_d + (h_lo + w_hi)[..., None, :], -1)
-        part3 = lse(term_d[..., c:] + (h_lo + w_lo)[..., None, c:], -1)
-        log_pad = torch.logsumexp(torch.stack([part1, part2, part3]), dim=0)
+        # Padded keys = {KD >= a} U {KD < a, KH >= b} U {KD < a, KH < b, KW >= c}: disjoint product sets, each
+        # summed as sum_KW exp(term_d[KW]) * sum_KD exp(term_h) * sum_KH exp(term_w), in log space. Empty sets
+        # are left out rather than set to -inf, which would give NaN gradients.
+        h_lo = torch.logsumexp(term_h[..., :a, :], -2)
+        parts = []
+        if a < grid:
+            h_hi = torch.logsumexp(term_h[..., a:, :], -2)
+            parts.append(torch.logsumexp(term_d + (h_hi + torch.logsumexp(term_w, -2))[..., None, :], -1))
+        if b < grid:
+            w_hi = torch.logsumexp(term_w[..., b:, :], -2)
+            parts.append(torch.logsumexp(term_d + (h_lo + w_hi)[..., None, :], -1))
+        if c < grid:
+            w_lo = torch.logsumexp(term_w[..., :b, :], -2)
+            parts.append(torch.logsumexp(term_d[..., c:] + (h_lo + w_lo)[..., None, c:], -1))
+        log_pad = torch.logsumexp(torch.stack(parts), dim=0)
         return bias, log_pad.reshape(n, h, a * b * c)
 
     def forward(self, x: torch.Tensor, grid: int) -> torch.Tensor:
