@@ -1,0 +1,165 @@
+"""Checkpoint formats and every way a weights file can be wrong."""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+
+import pytest
+import torch
+
+from sammoe.errors import CheckpointError
+from sammoe.model.sam3d import PRESETS, SamMed3D, backbone_fingerprint
+
+
+@pytest.fixture(scope="module")
+def tiny() -> SamMed3D:
+    torch.manual_seed(0)
+    return SamMed3D.from_preset("tiny").eval()
+
+
+def test_turbo_preset_has_the_official_keys_and_shapes(shared_dir):
+    expected = {}
+    for line in (shared_dir / "fixtures" / "sam_med3d_vitb_keys.txt").read_text().splitlines():
+        key, shape = line.split("\t")
+        expected[key] = tuple(int(s) for s in shape.strip("[]").split(",") if s.strip())
+    with torch.device("meta"):
+        model = SamMed3D(PRESETS["vit_b_ori"])
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert got == expected
+    assert len(got) == 324
+    assert sum(v.numel() for v in model.parameters()) == 100_509_232
+
+
+def test_official_training_checkpoint_with_extras_loads(tiny, tmp_path):
+    """train.py also saves optimizer state, epoch and argparse args beside model_state_dict."""
+    path = tmp_path / "sam_model_latest.pth"
+    torch.save(
+        {
+            "epoch": 3,
+            "model_state_dict": tiny.state_dict(),
+            "optimizer_state_dict": {"state": {}, "param_groups": [{"lr": 8e-5}]},
+            "losses": [0.5, 0.4],
+            "args": argparse.Namespace(lr=8e-5, model_type="vit_b_ori", multi_click=False),
+        },
+        path,
+    )
+    fresh = SamMed3D.from_preset("tiny", checkpoint=path)
+    for key, value in tiny.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value)
+
+
+def test_ddp_prefix_is_stripped(tiny, tmp_path):
+    path = tmp_path / "ddp.pth"
+    torch.save({"model_state_dict": {f"module.{k}": v for k, v in tiny.state_dict().items()}}, path)
+    SamMed3D.from_preset("tiny", checkpoint=path)
+
+
+def test_safetensors_round_trip(tiny, tmp_path):
+    path = tiny.save_safetensors(tmp_path / "tiny.safetensors")
+    fresh = SamMed3D.from_preset("tiny", checkpoint=path)
+    assert backbone_fingerprint(fresh) == backbone_fingerprint(tiny)
+    assert torch.equal(fresh.mask_decoder.iou_token.weight, tiny.mask_decoder.iou_token.weight)
+
+
+def _save_state(state, path):
+    torch.save({"model_state_dict": state}, path)
+    return path
+
+
+def test_missing_key_is_named(tiny, tmp_path):
+    state = dict(tiny.state_dict())
+    del state["mask_decoder.iou_token.weight"]
+    with pytest.raises(
+        CheckpointError, match=r"missing 1 key\(s\), first mask_decoder\.iou_token\.weight \(1, 48\)"
+    ):
+        SamMed3D.from_preset("tiny", checkpoint=_save_state(state, tmp_path / "m.pth"))
+
+
+def test_shape_mismatch_is_named(tiny, tmp_path):
+    state = dict(tiny.state_dict())
+    state["image_encoder.pos_embed"] = torch.zeros(1, 8, 8, 8, 32)
+    with pytest.raises(
+        CheckpointError, match=r"image_encoder\.pos_embed has shape \(1, 8, 8, 8, 32\).*\(1, 4, 4, 4, 32\)"
+    ):
+        SamMed3D.from_preset("tiny", checkpoint=_save_state(state, tmp_path / "s.pth"))
+
+
+def test_turbo_checkpoint_into_tiny_preset_says_pick_the_preset(tmp_path):
+    with torch.device("meta"):
+        turbo_keys = SamMed3D(PRESETS["vit_b_ori"]).state_dict()
+    state = {k: torch.zeros(v.shape) for k, v in turbo_keys.items() if k.startswith("prompt_encoder")}
+    with pytest.raises(CheckpointError, match="pick the preset"):
+        SamMed3D.from_preset("tiny", checkpoint=_save_state(state, tmp_path / "t.pth"))
+
+
+def test_unexpected_key_is_named(tiny, tmp_path):
+    state = dict(tiny.state_dict(), **{"mask_decoder.extra_head.weight": torch.zeros(2)})
+    with pytest.raises(
+        CheckpointError, match=r"unexpected 1 key\(s\), first mask_decoder\.extra_head\.weight"
+    ):
+        SamMed3D.from_preset("tiny", checkpoint=_save_state(state, tmp_path / "u.pth"))
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_corrupt_and_truncated_files(tiny, tmp_path, suffix):
+    good = tmp_path / f"good{suffix}"
+    if suffix == ".pth":
+        _save_state(tiny.state_dict(), good)
+    else:
+        tiny.save_safetensors(good)
+    data = good.read_bytes()
+    truncated = tmp_path / f"truncated{suffix}"
+    truncated.write_bytes(data[: len(data) // 2])
+    garbage = tmp_path / f"garbage{suffix}"
+    garbage.write_bytes(b"<html>404 not found</html>" * 10)
+    for bad in (truncated, garbage):
+        with pytest.raises(CheckpointError) as info:
+            SamMed3D.from_preset("tiny", checkpoint=bad)
+        assert str(bad) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        SamMed3D.from_preset("tiny", checkpoint=tmp_path / "nope.pth")
+
+
+def test_pickled_code_is_refused(tmp_path):
+    """weights_only loading: a checkpoint that needs arbitrary classes is refused, never executed."""
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (pathlib.Path.touch, (marker,))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"model_state_dict": {"x": torch.zeros(1)}, "extra": Payload()}, path)
+    with pytest.raises(CheckpointError, match="weights-only"):
+        SamMed3D.from_preset("tiny", checkpoint=path)
+    assert not marker.exists()
+
+
+def test_unknown_preset():
+    with pytest.raises(CheckpointError, match="unknown preset 'vit_h'"):
+        SamMed3D.from_preset("vit_h")
+
+
+def test_fingerprint_tracks_trunk_only(tiny):
+    other = SamMed3D.from_preset("tiny")
+    other.load_state_dict(tiny.state_dict())
+    assert backbone_fingerprint(other) == backbone_fingerprint(tiny)
+    with torch.no_grad():
+        other.mask_decoder.iou_token.weight.add_(1)
+    assert backbone_fingerprint(other) == backbone_fingerprint(tiny)
+    with torch.no_grad():
+        other.image_encoder.pos_embed.add_(1e-3)
+    assert backbone_fingerprint(other) != backbone_fingerprint(tiny)
+
+
+def test_input_size_and_prompt_errors(tiny):
+    with pytest.raises(ValueError, match=r"expects \(B, 1, 64, 64, 64\)"):
+        tiny.image_encoder(torch.zeros(1, 1, 32, 32, 32))
+    with pytest.raises(ValueError, match="box prompts are not supported"):
+        tiny.prompt_encoder(points=None, boxes=torch.zeros(1, 6), masks=None)
+    with pytest.raises(ValueError, match=r"mask prompt must be \(B, 1, 16, 16, 16\)"):
+        tiny.prompt_encoder(points=None, boxes=None, masks=torch.zeros(1, 1, 8, 8, 8))
