@@ -15,12 +15,14 @@ from sammoe.errors import SammoeError
 # command -> "module:function"; each function takes the remaining argv and returns an exit status.
 _DISPATCH = {
     "demo": "sammoe.demo:main",
+    "experts": "sammoe.plugins.commands:main",
 }
 
 _USAGE = """usage: sammoe <command> [options]
 
 commands:
   demo        run the end-to-end demonstration on an embedded default (no downloads, no GPU)
+  experts     expert plugins: list, show, verify, package (`sammoe experts --help`)
 """
 
 

@@ -1,0 +1,151 @@
+"""`sammoe experts list | show | verify | package`.
+
+`list` and `show` never import torch; `verify` and `package` do. Exit status: 0 success, 1 when `verify`
+finds an expert that is not ok, 2 for a user error (bad arguments, unknown expert, unusable checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from sammoe.plugins.discovery import ENV_VAR, ExpertRecord, discover, get_expert
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sammoe experts",
+        description=f"Expert plugins (entry-point group sammoe.experts). {ENV_VAR}=a,b|none selects plugins.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{list,show,verify,package}")
+
+    p = sub.add_parser("list", help="installed experts with their status")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("show", help="one expert's manifest and status")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("verify", help="checksum, compatibility and a forward pass on the tiny input")
+    p.add_argument("names", nargs="*", metavar="NAME", help="experts to verify (default: all)")
+    p.add_argument("--backbone", metavar="CKPT", help="backbone weights (default: the preset's seeded init)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("package", help="turn a finetuned expert checkpoint into a pip-installable plugin")
+    p.add_argument(
+        "--checkpoint", required=True, metavar="CKPT", help="Lightning .ckpt, or .safetensors + .json"
+    )
+    p.add_argument("--name", required=True, help="expert name: lowercase letters, digits, _")
+    p.add_argument("--out", required=True, metavar="DIR", help="new project directory (must not exist)")
+    p.add_argument("--version", help="plugin version (default: the checkpoint's, else 0.1.0)")
+    p.add_argument("--meta", metavar="JSON", help="metadata overriding the checkpoint's (preset, task, ...)")
+    p.add_argument("--backbone", metavar="CKPT", help="backbone weights the expert was trained on")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exit_:  # argparse already printed usage or help
+        return int(exit_.code or 0)
+    return {"list": _list, "show": _show, "verify": _verify, "package": _package}[args.command](args)
+
+
+def _record_json(record: ExpertRecord) -> dict[str, Any]:
+    return {
+        "name": record.name,
+        "status": record.status,
+        "reason": record.reason,
+        "distribution": record.distribution,
+        "distribution_version": record.dist_version,
+        "entry_point": record.entry_point,
+        "weights_path": None if record.weights_path is None else str(record.weights_path),
+        "manifest": None if record.manifest is None else record.manifest.model_dump(mode="json"),
+    }
+
+
+def _row(record: ExpertRecord) -> list[str]:
+    m = record.manifest
+    if m is None:
+        return [record.name, "-", record.origin, "-", "-", "-", "-", record.status]
+    classes = ",".join(f"{k}={v}" for k, v in m.task.classes.items())
+    trained = "yes" if m.provenance.finetuned else "no"
+    return [m.name, m.version, record.origin, m.kind, m.backbone.preset, classes, trained, record.status]
+
+
+def _print_table(rows: list[list[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def _print_records(records: list[ExpertRecord], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([_record_json(r) for r in records], indent=2))
+        return
+    if not records:
+        print(f"no expert plugins installed (entry-point group sammoe.experts; {ENV_VAR} may deselect them)")
+        return
+    header = ["NAME", "VERSION", "DISTRIBUTION", "KIND", "BACKBONE", "CLASSES", "FINETUNED", "STATUS"]
+    _print_table([header] + [_row(r) for r in records])
+    for record in records:
+        if not record.ok:
+            print(f"{record.status}: {record.reason}")
+
+
+def _list(args: argparse.Namespace) -> int:
+    _print_records(discover(), args.json)
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    record = get_expert(args.name)
+    if args.json:
+        print(json.dumps(_record_json(record), indent=2))
+        return 0
+    print(f"name:          {record.name}")
+    print(f"status:        {record.status}{': ' + record.reason if record.reason else ''}")
+    print(f"distribution:  {record.origin}")
+    print(f"entry point:   {record.entry_point}")
+    if record.weights_path is not None:
+        print(f"weights:       {record.weights_path}")
+    if record.manifest is not None:
+        print("manifest:")
+        for line in record.manifest.model_dump_json(indent=2).splitlines():
+            print(f"  {line}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from sammoe.plugins.verify import BackboneCache, verify_expert
+
+    records = discover(args.names) if args.names else discover()
+    cache = BackboneCache(args.backbone)
+    checked = [verify_expert(record, cache=cache) for record in records]
+    if args.json:
+        print(json.dumps([_record_json(r) for r in checked], indent=2))
+    elif not checked:
+        print("no expert plugins installed; nothing to verify")
+    else:
+        width = max(len(r.name) for r in checked)
+        for record in checked:
+            detail = "checksum, compatibility and forward pass passed" if record.ok else record.reason
+            print(f"{record.name.ljust(width)}  {record.status:<12}  {detail}")
+    return 0 if all(r.ok for r in checked) else 1
+
+
+def _package(args: argparse.Namespace) -> int:
+    from sammoe.plugins.scaffold import distribution_name, package_expert
+
+    out = package_expert(
+        args.checkpoint, args.name, args.out, version=args.version, meta=args.meta, backbone=args.backbone
+    )
+    print(f"wrote plugin project {out} (distribution {distribution_name(args.name)})")
+    print(f"install it with: pip install {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

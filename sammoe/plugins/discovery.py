@@ -1,0 +1,248 @@
+"""Find expert plugins through the `sammoe.experts` entry-point group, without importing torch.
+
+Every plugin is inspected in isolation: an import error, a bad manifest, a missing or corrupt weights file,
+an incompatible API or backbone, or a name claimed by two distributions marks that plugin `broken` or
+`incompatible` with a one-line reason and never stops the others from loading.
+
+`SAMMOE_EXPERTS` selects plugins for reproducible runs: unset = all installed, `none` (or empty) = none,
+`a,b` = exactly those (a selected name that is not installed is reported as broken).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+from sammoe.errors import PluginError
+from sammoe.plugins import weights as _weights
+from sammoe.plugins.manifest import ENTRY_POINT_GROUP, ExpertManifest, IncompatiblePlugin
+
+ENV_VAR = "SAMMOE_EXPERTS"
+Status = Literal["ok", "incompatible", "broken"]
+
+
+class PluginWarning(UserWarning):
+    """An installed expert plugin was skipped (broken or incompatible)."""
+
+
+@dataclass(frozen=True)
+class ExpertRecord:
+    """One discovered expert: its manifest when readable, its status and, if not ok, why."""
+
+    name: str
+    status: Status
+    reason: str = ""
+    manifest: ExpertManifest | None = None
+    distribution: str | None = None
+    dist_version: str | None = None
+    entry_point: str | None = None
+    weights_path: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def origin(self) -> str:
+        if self.distribution is None:
+            return "not installed"
+        return f"{self.distribution} {self.dist_version}"
+
+    def with_status(self, status: Status, problem: str, fix: str) -> ExpertRecord:
+        return _replace(self, status=status, reason=_reason(self, problem, fix))
+
+
+def _replace(record: ExpertRecord, **changes: Any) -> ExpertRecord:
+    fields = {k: getattr(record, k) for k in record.__dataclass_fields__}
+    fields.update(changes)
+    return ExpertRecord(**fields)
+
+
+def _reason(record: ExpertRecord, problem: str, fix: str) -> str:
+    """The one line a user sees: which plugin, what is wrong, how to fix it."""
+    text = f"expert {record.name!r} ({record.origin}): {problem}; {fix}"
+    return " ".join(text.split())
+
+
+def selection_from_env(environ: dict[str, str] | None = None) -> list[str] | None:
+    """Names selected by SAMMOE_EXPERTS, or None for all installed plugins."""
+    raw = (os.environ if environ is None else environ).get(ENV_VAR)
+    if raw is None:
+        return None
+    names = [part.strip() for part in raw.split(",") if part.strip()]
+    if names == ["none"]:
+        return []
+    return list(dict.fromkeys(names))
+
+
+def _entry_points() -> Iterable[metadata.EntryPoint]:
+    return metadata.entry_points(group=ENTRY_POINT_GROUP)
+
+
+_ALL = object()
+
+
+def discover(
+    select: Iterable[str] | None | object = _ALL,
+    *,
+    backbone_fingerprint: str | None = None,
+    sammoe_version: str | None = None,
+    entry_points: Callable[[], Iterable[metadata.EntryPoint]] | None = None,
+) -> list[ExpertRecord]:
+    """Inspect installed expert plugins (all, or `select`; default: the SAMMOE_EXPERTS selection).
+
+    `backbone_fingerprint`, when given, marks experts trained on other backbone weights incompatible.
+    Returns one record per name, sorted by name; never raises for a broken plugin.
+    """
+    from_env = select is _ALL
+    if from_env:
+        select = selection_from_env()
+    wanted = None if select is None else list(dict.fromkeys(select))  # type: ignore[arg-type]
+    if sammoe_version is None:
+        from sammoe import __version__ as sammoe_version
+    by_name: dict[str, list[metadata.EntryPoint]] = defaultdict(list)
+    for ep in (entry_points or _entry_points)():
+        by_name[ep.name].append(ep)
+
+    records = []
+    for name in sorted(by_name):
+        if wanted is not None and name not in wanted:
+            continue
+        eps = by_name[name]
+        if len(eps) > 1:
+            records.append(_duplicate(name, eps))
+        else:
+            records.append(_inspect(eps[0], sammoe_version, backbone_fingerprint))
+    for name in wanted or []:
+        if name not in by_name:
+            fix = (
+                f"pip install its package or remove it from {ENV_VAR}"
+                if from_env
+                else "pip install its package"
+            )
+            missing = ExpertRecord(name=name, status="broken")
+            records.append(missing.with_status("broken", "no installed distribution provides it", fix))
+    return sorted(records, key=lambda r: r.name)
+
+
+def _dist_of(ep: metadata.EntryPoint) -> tuple[str | None, str | None]:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return None, None
+    return dist.metadata["Name"], dist.version
+
+
+def _duplicate(name: str, eps: list[metadata.EntryPoint]) -> ExpertRecord:
+    owners = ", ".join(sorted(f"{d} {v}" for d, v in map(_dist_of, eps)))
+    record = ExpertRecord(name=name, status="broken", distribution=owners, dist_version="")
+    return _replace(
+        record,
+        reason=f"expert {name!r} is provided by {len(eps)} distributions ({owners}); "
+        "pip uninstall all but one of them",
+    )
+
+
+def _inspect(ep: metadata.EntryPoint, sammoe_version: str, backbone_fingerprint: str | None) -> ExpertRecord:
+    dist, version = _dist_of(ep)
+    record = ExpertRecord(
+        name=ep.name, status="broken", distribution=dist, dist_version=version, entry_point=ep.value
+    )
+    reinstall = f"reinstall it (pip install --force-reinstall {dist})" if dist else "reinstall it"
+    try:
+        factory = ep.load()
+    except Exception as err:
+        return record.with_status(
+            "broken", f"cannot import entry point {ep.value!r} ({type(err).__name__}: {err})", reinstall
+        )
+    if not callable(factory):
+        return record.with_status(
+            "broken",
+            f"entry point {ep.value!r} is a {type(factory).__name__}, not a function",
+            "point the entry point at a zero-argument function returning an ExpertManifest",
+        )
+    try:
+        manifest = ExpertManifest.parse(factory(), source="the manifest")
+    except IncompatiblePlugin as err:
+        return record.with_status(
+            "incompatible", str(err), "install a version of the plugin built for this sammoe"
+        )
+    except PluginError as err:
+        return record.with_status("broken", str(err), "fix the plugin's manifest or reinstall it")
+    except (Exception, SystemExit) as err:
+        return record.with_status(
+            "broken", f"{ep.value}() raised {type(err).__name__}: {err}", "fix the plugin's manifest function"
+        )
+    record = _replace(record, manifest=manifest)
+
+    if manifest.name != ep.name:
+        return record.with_status(
+            "broken",
+            f"entry point {ep.name!r} returns a manifest named {manifest.name!r}",
+            "make the entry-point name and the manifest name equal",
+        )
+    problem = manifest.incompatibility(sammoe_version)
+    if problem:
+        return record.with_status(
+            "incompatible", problem, "install a version of the plugin built for this sammoe"
+        )
+    try:
+        path = _weights.resolve(manifest.weights)
+    except PluginError as err:
+        return record.with_status("broken", str(err), reinstall)
+    record = _replace(record, weights_path=path)
+    problem = _weights.checksum_problem(path, manifest.weights.sha256)
+    if problem:
+        return record.with_status("broken", problem, f"the file is corrupt or was replaced; {reinstall}")
+    if backbone_fingerprint is not None and manifest.backbone.fingerprint != backbone_fingerprint:
+        return record.with_status(
+            "incompatible",
+            f"trained on backbone {manifest.backbone.preset} {manifest.backbone.fingerprint[:12]}..., "
+            f"the loaded backbone is {backbone_fingerprint[:12]}...",
+            "load the backbone weights the expert was trained on, or retrain the expert on this one",
+        )
+    return _replace(record, status="ok", reason="")
+
+
+def select_experts(
+    names: Iterable[str] | None = None, *, backbone_fingerprint: str | None = None
+) -> list[ExpertRecord]:
+    """The experts to use in a run.
+
+    With `names` (e.g. from a config file) every named expert must be ok, else PluginError with its reason.
+    Without, all installed (or SAMMOE_EXPERTS-selected) experts that are ok are returned and each broken or
+    incompatible one is reported as a PluginWarning and skipped.
+    """
+    if names is not None:
+        names = list(names)
+        records = discover(names, backbone_fingerprint=backbone_fingerprint)
+        for record in records:
+            if not record.ok:
+                raise PluginError(record.reason)
+        order = {name: i for i, name in enumerate(names)}
+        return sorted(records, key=lambda r: order[r.name])
+    records = discover(backbone_fingerprint=backbone_fingerprint)
+    for record in records:
+        if not record.ok:
+            warnings.warn(f"skipping {record.status} plugin: {record.reason}", PluginWarning, stacklevel=2)
+    return [record for record in records if record.ok]
+
+
+def get_expert(name: str, **kwargs: Any) -> ExpertRecord:
+    """The record of one expert by name (any status); PluginError if no distribution provides it."""
+    (record,) = discover([name], **kwargs)
+    if record.distribution is None:
+        raise PluginError(f"{record.reason} (see `sammoe experts list` for the installed experts)")
+    return record
+
+
+def load_expert_weights(record: ExpertRecord) -> dict[str, Any]:
+    """The expert's decoder state dict (safetensors, after the sha256 check). Imports torch."""
+    if not record.ok or record.manifest is None:
+        raise PluginError(record.reason or f"expert {record.name!r} is not usable")
+    return _weights.load_state_dict(record.manifest.weights)

@@ -1,0 +1,122 @@
+"""Deep check of a discovered expert: backbone fingerprint, weights load strictly, one forward pass.
+
+Discovery already checked the manifest, API, sammoe version, the weights file and its sha256. Imports torch.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sammoe.errors import PluginError
+from sammoe.plugins import backbone as _backbone
+from sammoe.plugins.discovery import ExpertRecord, load_expert_weights
+
+_INCOMPATIBLE_FIX = "install a sammoe that provides it"
+
+
+def decoder_mismatch(decoder: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """Why `state` cannot load strictly into `decoder` (None when it can)."""
+    own = decoder.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} key(s), first {missing[0]}")
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)} key(s), first {unexpected[0]}")
+    for key in sorted(set(own) & set(state)):
+        if tuple(own[key].shape) != tuple(state[key].shape):
+            parts.append(f"{key} has shape {tuple(state[key].shape)}, expected {tuple(own[key].shape)}")
+            break
+        if not state[key].is_floating_point():
+            parts.append(f"{key} has dtype {state[key].dtype}, expected a floating-point tensor")
+            break
+    return "; ".join(parts) or None
+
+
+@torch.no_grad()
+def forward_check(model: nn.Module, decoder: nn.Module) -> str | None:
+    """Run the expert decoder once on a seeded random volume with one centre click; None when sane."""
+    generator = torch.Generator().manual_seed(233)
+    size = model.img_size
+    image = torch.randn(1, 1, size, size, size, generator=generator)
+    points = torch.full((1, 1, 3), size / 2.0)
+    labels = torch.ones(1, 1, dtype=torch.long)
+    mask = image.new_zeros(1, 1, *model.prompt_encoder.mask_input_size)
+    logits, iou = model.decode(model.image_encoder(image), points, labels, mask, decoder=decoder)
+    expected = (1, 1, *model.prompt_encoder.mask_input_size)
+    if tuple(logits.shape) != expected:
+        return f"forward pass gave logits of shape {tuple(logits.shape)}, expected {expected}"
+    if not (torch.isfinite(logits).all() and torch.isfinite(iou).all()):
+        return "forward pass gave non-finite logits"
+    return None
+
+
+class BackboneCache:
+    """Builds each (preset, checkpoint) backbone once and remembers its fingerprint."""
+
+    def __init__(self, checkpoint: str | Path | None = None) -> None:
+        self.checkpoint = checkpoint
+        self._models: dict[str, tuple[nn.Module, str]] = {}
+
+    def get(self, preset: str) -> tuple[nn.Module, str]:
+        if preset not in self._models:
+            model = _backbone.load_backbone(preset, self.checkpoint)
+            self._models[preset] = (model, _backbone.fingerprint(model))
+        return self._models[preset]
+
+
+def verify_expert(
+    record: ExpertRecord,
+    *,
+    backbone_checkpoint: str | Path | None = None,
+    cache: BackboneCache | None = None,
+) -> ExpertRecord:
+    """The record with its status after the deep checks (ok / incompatible / broken, one-line reason).
+
+    `backbone_checkpoint` holds the frozen trunk the expert must fit (default: the preset's seeded
+    initialisation). A bad `backbone_checkpoint` itself raises CheckpointError (a user error, not the plugin's).
+    """
+    if not record.ok or record.manifest is None:
+        return record
+    manifest = record.manifest
+    preset = manifest.backbone.preset
+    if preset not in _backbone.known_presets():
+        return record.with_status(
+            "incompatible",
+            f"backbone preset {preset!r} is unknown here (known: {', '.join(_backbone.known_presets())})",
+            _INCOMPATIBLE_FIX,
+        )
+    cache = cache or BackboneCache(backbone_checkpoint)
+    model, fingerprint = cache.get(preset)
+    if fingerprint != manifest.backbone.fingerprint:
+        fix = (
+            "pass --backbone with the checkpoint the expert was trained on"
+            if cache.checkpoint is None
+            else "this checkpoint is not the backbone the expert was trained on; pass the right one to --backbone"
+        )
+        return record.with_status(
+            "incompatible",
+            f"trained on backbone {preset} {manifest.backbone.fingerprint[:12]}..., "
+            f"{_backbone.backbone_source(cache.checkpoint)} has {fingerprint[:12]}...",
+            fix,
+        )
+    try:
+        state = load_expert_weights(record)
+    except PluginError as err:
+        return record.with_status("broken", str(err), "reinstall the plugin")
+    problem = decoder_mismatch(model.mask_decoder, state)
+    if problem:
+        return record.with_status(
+            "broken", f"weights do not fit the {preset} mask decoder: {problem}", "repackage the expert"
+        )
+    decoder = copy.deepcopy(model.mask_decoder)
+    decoder.load_state_dict(state, strict=True)
+    problem = forward_check(model, decoder.eval())
+    if problem:
+        return record.with_status("broken", problem, "repackage the expert from a healthy checkpoint")
+    return record
