@@ -18,6 +18,7 @@ Metadata: `preset` (required), `task` (required: `classes`, optional `modality`,
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -244,6 +245,7 @@ def package_expert(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         _write_project(tmp, manifest, ckpt.decoder, fp_source)
+        _normal_permissions(tmp)
         if out.exists():
             out.rmdir()  # empty, checked above
         tmp.rename(out)
@@ -251,6 +253,14 @@ def package_expert(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _normal_permissions(root: Path) -> None:
+    """mkdtemp makes a private directory; give the project the modes a normal mkdir/open would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [root, *root.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _write_project(
@@ -316,8 +326,8 @@ def _readme(manifest: ExpertManifest, fp_source: str) -> str:
     trained = "yes" if prov.finetuned else "NO: placeholder weights, not finetuned"
     return f"""# {distribution_name(manifest.name)}
 
-A [sammoe](https://github.com/) expert plugin: a SAM-Med3D mask decoder finetuned for one task, loaded by
-sammoe through the `{ENTRY_POINT_GROUP}` entry point `{manifest.name}`.
+A sammoe expert plugin: a SAM-Med3D mask decoder for one task, found by sammoe through the
+`{ENTRY_POINT_GROUP}` entry point `{manifest.name}`.
 
 ```
 pip install .
