@@ -185,8 +185,10 @@ def _fmt(x: Any, signed: bool = False) -> str:
     return f"{x:+.3f}" if signed else f"{x:.3f}"
 
 
-def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+def _table(header: Sequence[str], body: Sequence[Sequence[str]], text_cols: int = 1) -> list[str]:
+    """A markdown table: the first `text_cols` columns left-aligned, the rest (numbers) right-aligned."""
+    align = ["---"] * text_cols + ["---:"] * (len(header) - text_cols)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in body]
     return lines
 
@@ -235,11 +237,13 @@ def render_markdown(
             body.append(
                 [label, "", *[_fmt(report["average"].get(m, {}).get(name, {}).get(k)) for m in models]]
             )
-        out += _table(["class", "group", *models], body) + [""]
+        out += _table(["class", "group", *models], body, text_cols=2) + [""]
     out += ["## NSD (normalised surface Dice)", ""]
     for k in ks:
         out += [f"After {k} click{'s' if k != '1' else ''}:", ""]
-        out += _table(["class", "group", *models], _metric_rows(report["nsd"], models, classes, k)) + [""]
+        out += _table(
+            ["class", "group", *models], _metric_rows(report["nsd"], models, classes, k), text_cols=2
+        ) + [""]
     out += ["## Routing", ""]
     acc = report.get("routing_accuracy")
     if acc is None:
@@ -315,10 +319,10 @@ def plot_dice(report: Mapping[str, Any], path: str | os.PathLike[str], n_clicks:
     ax.set_ylabel("Dice")
     ax.set_title(f"Dice per class after {k} click{'s' if k != 1 else ''}")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize="small", ncol=min(len(models), 4), loc="upper center", bbox_to_anchor=(0.5, -0.28))
+    ax.legend(fontsize="small", ncol=min(len(models), 6), loc="upper center", bbox_to_anchor=(0.5, -0.28))
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", bbox_inches="tight")
     path = Path(path)
     atomic_write(path, buf.getvalue())
     return path
