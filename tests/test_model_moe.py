@@ -1,0 +1,119 @@
+"""SamMoE routing, fusion, gate features and gate checkpoints."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from sammoe.errors import CheckpointError
+from sammoe.model.gate import MaskSelector, gate_features
+from sammoe.model.moe import SamMoE
+from sammoe.model.sam3d import SamMed3D
+
+
+@pytest.fixture(scope="module")
+def moe() -> SamMoE:
+    torch.manual_seed(0)
+    backbone = SamMed3D.from_preset("tiny").eval()
+    experts = {}
+    for i, name in enumerate(["nodules", "spinal_cord"]):
+        decoder = copy.deepcopy(backbone.mask_decoder)
+        with torch.no_grad():
+            for param in decoder.parameters():
+                param.add_(0.05 * (i + 1) * torch.randn_like(param))
+        experts[name] = decoder
+    return SamMoE(backbone, experts).eval()
+
+
+@pytest.fixture(scope="module")
+def inputs(moe):
+    gen = torch.Generator().manual_seed(1)
+    image = torch.randn(3, 1, 64, 64, 64, generator=gen)
+    points = torch.randint(0, 64, (3, 2, 3), generator=gen).float()
+    labels = torch.tensor([[1, 0], [1, 1], [1, -1]])
+    with torch.no_grad():
+        emb = moe.encode(image)
+    return emb, points, labels, torch.zeros(3, 1, 16, 16, 16)
+
+
+@torch.no_grad()
+def test_forced_route_equals_that_decoder(moe, inputs):
+    emb, points, labels, mask = inputs
+    for k, decoder in enumerate(moe.decoders):
+        out = moe.step(emb, points, labels, mask, route=k)
+        ref, _ = moe.backbone.decode(emb, points, labels, mask, decoder=decoder)
+        torch.testing.assert_close(out.logits, ref)
+        assert out.route.tolist() == [k, k, k]
+
+
+@torch.no_grad()
+def test_mixed_routes_decode_each_sample_with_its_expert(moe, inputs):
+    emb, points, labels, mask = inputs
+    route = torch.tensor([2, 0, 1])
+    out = moe.step(emb, points, labels, mask, route=route)
+    for i, k in enumerate(route.tolist()):
+        ref = moe.step(emb[i : i + 1], points[i : i + 1], labels[i : i + 1], mask[i : i + 1], route=k)
+        torch.testing.assert_close(out.logits[i : i + 1], ref.logits, atol=1e-5, rtol=1e-5)
+
+
+def test_threshold_selector_falls_back_to_foundation():
+    selector = MaskSelector("threshold", tau=0.6)
+    probs = torch.tensor([[0.2, 0.7, 0.1], [0.5, 0.3, 0.2], [0.1, 0.3, 0.6]])
+    assert selector.route(probs).tolist() == [1, 0, 2]
+    assert MaskSelector("top1").route(probs).tolist() == [1, 0, 2]
+    with pytest.raises(ValueError, match="selector mode 'best'"):
+        MaskSelector("best")
+
+
+@torch.no_grad()
+def test_soft_fusion_is_probability_weighted(moe, inputs):
+    emb, points, labels, mask = inputs
+    moe.selector = MaskSelector("soft")
+    try:
+        out = moe.step(emb, points, labels, mask)
+    finally:
+        moe.selector = MaskSelector()
+    expected = sum(
+        out.probs[:, k].view(-1, 1, 1, 1, 1) * moe.step(emb, points, labels, mask, route=k).logits
+        for k in range(3)
+    )
+    torch.testing.assert_close(out.logits, expected, atol=1e-5, rtol=1e-5)
+    assert (out.route == -1).all()
+
+
+def test_gate_features_ignore_padding_and_point_free_steps(moe, inputs):
+    emb, points, labels, _ = inputs
+    sparse, _ = moe.backbone.prompt_encoder(points=(points, labels), boxes=None, masks=None)
+    feats = gate_features(emb, sparse, points, labels, 64)
+    assert feats.shape == (3, 3 * 48)
+    # sample 2 has one real click: its features equal those of that click alone
+    one = gate_features(emb[2:], sparse[2:, [0, 2]], points[2:, :1], labels[2:, :1], 64)
+    torch.testing.assert_close(feats[2:], one)
+    free = gate_features(emb, sparse[:, :0], None, None, 64)
+    assert torch.equal(free[:, 48:], torch.zeros(3, 96))
+
+
+def test_only_the_gate_trains(moe):
+    moe.freeze_all_but_gate()
+    trainable = {n for n, p in moe.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("gate.") for n in trainable)
+
+
+def test_gate_round_trip_and_mismatch(moe, tmp_path):
+    moe.selector = MaskSelector("threshold", tau=0.73)
+    path = moe.save_gate(tmp_path / "gate.safetensors")
+    moe.selector = MaskSelector()
+    other = SamMoE(moe.backbone, dict(moe.experts))
+    other.load_gate(path)
+    assert other.selector.tau == pytest.approx(0.73)
+    for key, value in moe.gate.state_dict().items():
+        assert torch.equal(other.gate.state_dict()[key], value)
+    fewer = SamMoE(moe.backbone, {"nodules": moe.experts["nodules"]})
+    with pytest.raises(
+        CheckpointError, match=r"trained over experts \['foundation', 'nodules', 'spinal_cord'\]"
+    ):
+        fewer.load_gate(path)
+    with pytest.raises(CheckpointError, match="gate weights not found"):
+        other.load_gate(tmp_path / "missing.safetensors")
