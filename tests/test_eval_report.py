@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from sammoe.eval import GENERAL, TASK, EvalRow, build_report, read_rows_csv, write_report
+from sammoe.eval import GENERAL, TASK, EvalRow, build_report, read_rows_csv, report_table, write_report
 
 CLASSES = {"liver": GENERAL, "kidney": GENERAL, "lesion_a": TASK, "lesion_b": TASK}
 EXPERT_OF = {"lesion_a": "expert_a", "lesion_b": "expert_b"}
@@ -82,6 +82,13 @@ def test_write_report_files_and_json_shape(tmp_path):
     assert set(report["forgetting"]) == set(MODELS) - {"foundation"}
     assert report["n_cases"]["moe"]["lesion_b"]["1"] == 2
     assert report["notes"] == "Synthetic demo."
+    assert report["case_mean"]["moe"]["1"] == pytest.approx(
+        mean([r.dice for r in rows if (r.model, r.n_clicks) == ("moe", 1)])
+    )
+    assert report["dice_std"]["moe"]["liver"]["5"] >= 0.0
+    columns, data = report_table(report, 5)
+    assert columns == ["class", "group", *MODELS]
+    assert data[0] == ["liver", GENERAL, *[report["models"][m]["liver"]["5"] for m in MODELS]]
 
     assert read_rows_csv(files.csv) == [r for r in rows]  # all rows, duplicates dropped, NaN round-trips
     md = files.markdown.read_text()

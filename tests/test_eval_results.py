@@ -9,10 +9,12 @@ from sammoe.eval import (
     GENERAL,
     TASK,
     EvalRow,
+    case_mean,
     class_average,
     class_counts,
     class_groups,
     class_means,
+    class_stds,
     forgetting,
     merge_rows,
     model_names,
@@ -108,3 +110,16 @@ def test_forgetting_is_general_class_dice_minus_foundation():
     assert fg["expert"] == {1: pytest.approx(-0.2), 5: pytest.approx(-0.2)}
     assert fg["moe"] == {1: pytest.approx(0.0), 5: pytest.approx(0.0)}
     assert forgetting(rows, foundation="missing") == {}
+
+
+def test_std_and_case_mean_weight_cases_not_classes():
+    rows = [
+        row("f", "c1", "liver", 1, 0.2),
+        row("f", "c2", "liver", 1, 0.6),
+        row("f", "c3", "liver", 1, float("nan")),
+        row("f", "c1", "lesion", 1, 1.0, group=TASK),
+    ]
+    assert class_stds(rows)["f"]["liver"][1] == pytest.approx(0.2)
+    assert class_stds(rows)["f"]["lesion"][1] == 0.0
+    assert case_mean(rows)["f"][1] == pytest.approx(0.6)  # (0.2 + 0.6 + 1.0) / 3
+    assert class_average(class_means(rows))["f"][1] == pytest.approx(0.7)  # (0.4 + 1.0) / 2

@@ -4,6 +4,7 @@ Pure numpy/monai/matplotlib (imported lazily where heavy); never imports `sammoe
 LightningModules, the CLI and scripts can all use it.
 """
 
+from sammoe.eval.gather import all_gather_rows
 from sammoe.eval.metrics import dice, dice_nsd, nsd
 from sammoe.eval.overlay import overlay_slices, target_centre
 from sammoe.eval.report import (
@@ -12,6 +13,7 @@ from sammoe.eval.report import (
     plot_dice,
     read_rows_csv,
     render_markdown,
+    report_table,
     write_report,
     write_rows_csv,
 )
@@ -19,10 +21,12 @@ from sammoe.eval.results import (
     GENERAL,
     TASK,
     EvalRow,
+    case_mean,
     class_average,
     class_counts,
     class_groups,
     class_means,
+    class_stds,
     click_counts,
     forgetting,
     merge_rows,
@@ -36,6 +40,10 @@ __all__ = [
     "GENERAL",
     "TASK",
     "EvalRow",
+    "all_gather_rows",
+    "case_mean",
+    "class_stds",
+    "report_table",
     "ReportFiles",
     "build_report",
     "class_average",

@@ -8,8 +8,10 @@ scorable case) is written as `null` in JSON, `nan` in CSV and `n/a` in markdown.
     {"models": {MODEL: {CLASS: {"1": dice, "5": dice, ...}}},   # nan-aware mean Dice over cases
      "routing_accuracy": float | null,
      "nsd": {MODEL: {CLASS: {"1": nsd, ...}}},
+     "dice_std": {MODEL: {CLASS: {"1": std, ...}}},              # nan-aware std over cases
      "n_cases": {MODEL: {CLASS: {"1": int, ...}}},               # non-NaN cases behind each Dice mean
      "average": {MODEL: {"all" | GROUP: {"1": dice, ...}}},       # macro average over classes
+     "case_mean": {MODEL: {"1": dice, ...}},                      # mean over all (case, class) values
      "forgetting": {MODEL: {"1": delta, ...}},                    # general-class Dice minus the foundation's
      "routing_accuracy_by_model": {MODEL: float},
      "routing_confusion": {ORACLE_EXPERT: {ROUTED_EXPERT: count}},
@@ -31,10 +33,12 @@ from typing import Any
 from sammoe.eval._atomic import atomic_write
 from sammoe.eval.results import (
     EvalRow,
+    case_mean,
     class_average,
     class_counts,
     class_groups,
     class_means,
+    class_stds,
     click_counts,
     forgetting,
     merge_rows,
@@ -49,6 +53,7 @@ __all__ = [
     "read_rows_csv",
     "build_report",
     "render_markdown",
+    "report_table",
     "plot_dice",
     "write_report",
 ]
@@ -158,8 +163,10 @@ def build_report(
         "models": nested(dice_t),
         "routing_accuracy": routing_accuracy(rows, top_model),
         "nsd": nested(nsd_t),
+        "dice_std": nested(class_stds(rows, "dice")),
         "n_cases": nested(counts),
         "average": average,
+        "case_mean": {m: _by_clicks(v, ks) for m, v in case_mean(rows, "dice").items()},
         "forgetting": {m: _by_clicks(v, ks) for m, v in forgetting(rows, foundation).items()},
         "routing_accuracy_by_model": by_model,
         "routing_confusion": routing_confusion(rows, top_model),
@@ -237,6 +244,9 @@ def render_markdown(
             body.append(
                 [label, "", *[_fmt(report["average"].get(m, {}).get(name, {}).get(k)) for m in models]]
             )
+        body.append(
+            ["mean over all cases", "", *[_fmt(report["case_mean"].get(m, {}).get(k)) for m in models]]
+        )
         out += _table(["class", "group", *models], body, text_cols=2) + [""]
     out += ["## NSD (normalised surface Dice)", ""]
     for k in ks:
@@ -280,6 +290,21 @@ def render_markdown(
     if notes:
         out += ["## Notes", "", notes, ""]
     return "\n".join(out)
+
+
+def report_table(
+    report: Mapping[str, Any], n_clicks: int, metric: str = "models"
+) -> tuple[list[str], list[list[Any]]]:
+    """(columns, data) of one per-class table, e.g. for `wandb.Table(columns=..., data=...)`:
+    one line per class with its group and each model's value after `n_clicks` (None where missing).
+    `metric` is a per-class section of the report: "models" (Dice), "nsd", "dice_std" or "n_cases"."""
+    models = list(report["models"])
+    columns = ["class", "group", *models]
+    data = [
+        [c, g, *[report[metric].get(m, {}).get(c, {}).get(str(n_clicks)) for m in models]]
+        for c, g in report["classes"].items()
+    ]
+    return columns, data
 
 
 # ---------------------------------------------------------------------------------------------- chart

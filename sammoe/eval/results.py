@@ -28,7 +28,9 @@ __all__ = [
     "nanmean",
     "class_means",
     "class_counts",
+    "class_stds",
     "class_average",
+    "case_mean",
     "routing_accuracy",
     "routing_confusion",
     "forgetting",
@@ -191,6 +193,29 @@ def class_counts(rows: Iterable[EvalRow], metric: str = "dice") -> dict[str, dic
         m: {c: {k: sum(not math.isnan(x) for x in v) for k, v in by_k.items()} for c, by_k in by_c.items()}
         for m, by_c in acc.items()
     }
+
+
+def class_stds(rows: Iterable[EvalRow], metric: str = "dice") -> Table:
+    """Nan-aware population standard deviation over cases (the official evaluation reports mean +- std)."""
+    acc = _collect(rows, metric)
+    out: Table = {}
+    for m, by_c in acc.items():
+        for c, by_k in by_c.items():
+            for k, values in by_k.items():
+                mu = nanmean(values)
+                out.setdefault(m, {}).setdefault(c, {})[k] = nanmean((v - mu) ** 2 for v in values) ** 0.5
+    return out
+
+
+def case_mean(rows: Iterable[EvalRow], metric: str = "dice") -> dict[str, dict[int, float]]:
+    """model -> n_clicks -> nan-aware mean over all (case, class) values: the official "overall" number,
+    which weights classes by how many cases they have (unlike `class_average`)."""
+    acc: dict[str, dict[int, list[float]]] = {}
+    for m, by_c in _collect(rows, metric).items():
+        for by_k in by_c.values():
+            for k, values in by_k.items():
+                acc.setdefault(m, {}).setdefault(k, []).extend(values)
+    return {m: {k: nanmean(v) for k, v in sorted(by_k.items())} for m, by_k in acc.items()}
 
 
 def class_average(table: Table, classes: Sequence[str] | None = None) -> dict[str, dict[int, float]]:
