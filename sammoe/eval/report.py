@@ -196,7 +196,7 @@ def _table(header: Sequence[str], body: Sequence[Sequence[str]], text_cols: int 
     """A markdown table: the first `text_cols` columns left-aligned, the rest (numbers) right-aligned."""
     align = ["---"] * text_cols + ["---:"] * (len(header) - text_cols)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in body]
+    lines += ["| " + " | ".join(str(cell).replace("|", "\\|") for cell in r) + " |" for r in body]
     return lines
 
 
