@@ -154,6 +154,7 @@ def _inspect(ep: metadata.EntryPoint, sammoe_version: str, backbone_fingerprint:
         name=ep.name, status="broken", distribution=dist, dist_version=version, entry_point=ep.value
     )
     reinstall = f"reinstall it (pip install --force-reinstall {dist})" if dist else "reinstall it"
+    upgrade = f"install a plugin version built for sammoe {sammoe_version}, or a sammoe that it supports"
     try:
         factory = ep.load()
     except Exception as err:
@@ -163,15 +164,13 @@ def _inspect(ep: metadata.EntryPoint, sammoe_version: str, backbone_fingerprint:
     if not callable(factory):
         return record.with_status(
             "broken",
-            f"entry point {ep.value!r} is a {type(factory).__name__}, not a function",
+            f"entry point {ep.value!r} is not a function (got {type(factory).__name__})",
             "point the entry point at a zero-argument function returning an ExpertManifest",
         )
     try:
         manifest = ExpertManifest.parse(factory(), source="the manifest")
     except IncompatiblePlugin as err:
-        return record.with_status(
-            "incompatible", str(err), "install a version of the plugin built for this sammoe"
-        )
+        return record.with_status("incompatible", str(err), upgrade)
     except PluginError as err:
         return record.with_status("broken", str(err), "fix the plugin's manifest or reinstall it")
     except (Exception, SystemExit) as err:
@@ -188,13 +187,16 @@ def _inspect(ep: metadata.EntryPoint, sammoe_version: str, backbone_fingerprint:
         )
     problem = manifest.incompatibility(sammoe_version)
     if problem:
-        return record.with_status(
-            "incompatible", problem, "install a version of the plugin built for this sammoe"
-        )
+        return record.with_status("incompatible", problem, upgrade)
     try:
         path = _weights.resolve(manifest.weights)
     except PluginError as err:
-        return record.with_status("broken", str(err), reinstall)
+        fix = (
+            reinstall
+            if manifest.weights.package
+            else "put the file there or fix weights.path in the manifest"
+        )
+        return record.with_status("broken", str(err), fix)
     record = _replace(record, weights_path=path)
     problem = _weights.checksum_problem(path, manifest.weights.sha256)
     if problem:

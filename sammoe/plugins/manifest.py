@@ -165,7 +165,9 @@ class ExpertManifest(_Model):
         if isinstance(data, cls):
             return data
         if not isinstance(data, dict):
-            raise PluginError(f"{source} is a {type(data).__name__}, expected an ExpertManifest or a dict")
+            raise PluginError(
+                f"{source} is of type {type(data).__name__}, expected an ExpertManifest or a dict"
+            )
         api = data.get("sammoe_api")
         if isinstance(api, int) and api != SAMMOE_API:
             raise IncompatiblePlugin(f"{source} targets sammoe_api {api}, this sammoe speaks {SAMMOE_API}")
