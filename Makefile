@@ -6,12 +6,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test test-all bench lint format clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(wildcard experts/*/pyproject.toml)
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first: on these machines 2.13.0 is a CPU build on disk; other versions download gigabytes
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
+	# the example experts are real plugins: installed like a user would, found through entry points
+	$(BIN)/pip install -q $(wildcard experts/sammoe-expert-*)
 	touch $(STAMP)
 
 install: $(STAMP)
