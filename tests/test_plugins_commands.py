@@ -1,0 +1,358 @@
+"""`sammoe experts list | show | verify | package` on fake distributions with real tiny decoder weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save, save_file
+
+from sammoe import cli
+from sammoe.errors import PluginError
+from sammoe.model.sam3d import SamMed3D
+from sammoe.plugins.backbone import fingerprint, load_backbone
+from sammoe.plugins.commands import main
+from sammoe.plugins.discovery import discover
+from sammoe.plugins.scaffold import package_expert
+from sammoe.plugins.testing import FAKE_FINGERPRINT, fake_expert
+from sammoe.plugins.verify import verify_expert
+
+TASK = {"classes": {"liver": 3}, "modality": "CT", "dataset": "phantom-liver"}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = load_backbone("tiny")
+    return model, fingerprint(model)
+
+
+@pytest.fixture
+def decoder(tiny):
+    return {k: v.clone() for k, v in tiny[0].mask_decoder.state_dict().items()}
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    path = tmp_path / "site"
+    path.mkdir()
+    monkeypatch.syspath_prepend(str(path))
+    monkeypatch.delenv("SAMMOE_EXPERTS", raising=False)
+    before = set(sys.modules)
+    yield path
+    for name in set(sys.modules) - before:
+        if name.startswith("fake_expert_"):
+            del sys.modules[name]
+
+
+def _expert(site, name, state, fp, **overrides):
+    overrides.setdefault("backbone", {"fingerprint": fp})
+    fake_expert(site, name, payload=save(state), **overrides)
+
+
+def _cli(argv, capsys):
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ----------------------------------------------------------------------------------------------- list/show
+def test_list_table_json_and_broken_reason(site, tiny, decoder, capsys, monkeypatch):
+    _expert(site, "liver", decoder, tiny[1])
+    fake_expert(site, "spleen", module_source="raise ImportError('needs scipy')\n")
+    monkeypatch.setenv("SAMMOE_EXPERTS", "liver,spleen")
+    code, out, _ = _cli(["experts", "list"], capsys)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == [
+        "NAME",
+        "VERSION",
+        "DISTRIBUTION",
+        "KIND",
+        "BACKBONE",
+        "CLASSES",
+        "FINETUNED",
+        "STATUS",
+    ]
+    assert lines[1].split() == [
+        "liver",
+        "1.0.0",
+        "fake-expert-liver",
+        "1.0.0",
+        "decoder",
+        "tiny",
+        "liver=1",
+        "no",
+        "ok",
+    ]
+    assert lines[2].split()[-1] == "broken"
+    assert lines[3].startswith(
+        "broken: expert 'spleen' (fake-expert-spleen 1.0.0): cannot import entry point"
+    )
+
+    code, out, _ = _cli(["experts", "list", "--json"], capsys)
+    data = {item["name"]: item for item in json.loads(out)}
+    assert data["liver"]["status"] == "ok"
+    assert data["liver"]["manifest"]["backbone"]["fingerprint"] == tiny[1]
+    assert data["spleen"]["manifest"] is None and "needs scipy" in data["spleen"]["reason"]
+
+
+def test_list_when_nothing_is_selected(capsys, monkeypatch):
+    monkeypatch.setenv("SAMMOE_EXPERTS", "none")
+    assert _cli(["experts", "list"], capsys)[1].startswith("no expert plugins installed")
+    assert _cli(["experts", "list", "--json"], capsys)[1].strip() == "[]"
+
+
+def test_show_and_unknown_name(site, tiny, decoder, capsys):
+    _expert(site, "liver", decoder, tiny[1])
+    code, out, _ = _cli(["experts", "show", "liver"], capsys)
+    assert code == 0
+    assert "status:        ok" in out and '"preset": "tiny"' in out
+    code, out, _ = _cli(["experts", "show", "liver", "--json"], capsys)
+    assert json.loads(out)["weights_path"].endswith("decoder.safetensors")
+
+    code, out, err = _cli(["experts", "show", "kidney"], capsys)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1
+    assert err.startswith(
+        "sammoe: error: expert 'kidney' (not installed): no installed distribution provides it"
+    )
+
+
+def test_bad_arguments_exit_2(capsys):
+    assert main(["frobnicate"]) == 2
+    assert main(["package", "--name", "x"]) == 2
+    assert "required" in capsys.readouterr().err
+    assert main(["--help"]) == 0
+
+
+# ----------------------------------------------------------------------------------------------- verify
+def test_verify_ok(site, tiny, decoder, capsys):
+    _expert(site, "liver", decoder, tiny[1])
+    code, out, _ = _cli(["experts", "verify", "liver"], capsys)
+    assert code == 0, out
+    assert out.split()[:2] == ["liver", "ok"]
+
+
+def _verify(name, **kwargs):
+    (record,) = discover([name])
+    return verify_expert(record, **kwargs)
+
+
+def test_verify_backbone_mismatch_and_backbone_checkpoint(site, tiny, decoder, tmp_path, capsys):
+    _expert(site, "liver", decoder, FAKE_FINGERPRINT)
+    record = _verify("liver")
+    assert record.status == "incompatible"
+    assert "seeded initialisation" in record.reason and "pass --backbone with the checkpoint" in record.reason
+
+    # the expert's backbone is a saved checkpoint: verify against it
+    torch.manual_seed(1)
+    other = SamMed3D.from_preset("tiny")
+    backbone = other.save_safetensors(tmp_path / "backbone.safetensors")
+    _expert(site, "spleen", decoder, fingerprint(other))
+    code, out, _ = _cli(["experts", "verify", "spleen", "--backbone", str(backbone)], capsys)
+    assert code == 0, out
+    record = _verify("liver", backbone_checkpoint=backbone)
+    assert "this checkpoint is not the backbone the expert was trained on" in record.reason
+
+    code, out, err = _cli(["experts", "verify", "spleen", "--backbone", str(tmp_path / "nope.pth")], capsys)
+    assert code == 2 and "checkpoint not found" in err
+
+
+def test_verify_decoder_that_does_not_fit(site, tiny, decoder):
+    key = sorted(decoder)[0]
+    del decoder[key]
+    _expert(site, "liver", decoder, tiny[1])
+    record = _verify("liver")
+    assert record.status == "broken"
+    assert f"weights do not fit the tiny mask decoder: missing 1 key(s), first {key}" in record.reason
+
+    wide = {
+        k: torch.zeros(v.shape[0] + 1, *v.shape[1:]) for k, v in tiny[0].mask_decoder.state_dict().items()
+    }
+    _expert(site, "spleen", wide, tiny[1])
+    assert "has shape" in _verify("spleen").reason
+
+
+def test_verify_non_finite_forward(site, tiny, decoder):
+    decoder = {k: torch.full_like(v, float("nan")) for k, v in decoder.items()}
+    _expert(site, "liver", decoder, tiny[1])
+    record = _verify("liver")
+    assert record.status == "broken" and "non-finite" in record.reason
+
+
+def test_verify_unknown_preset_and_passthrough(site, tiny, decoder, capsys):
+    _expert(site, "liver", decoder, tiny[1], backbone={"preset": "vit_h", "fingerprint": tiny[1]})
+    record = _verify("liver")
+    assert record.status == "incompatible" and "backbone preset 'vit_h' is unknown here" in record.reason
+    fake_expert(site, "spleen", weights={"sha256": "0" * 64})
+    code, out, _ = _cli(["experts", "verify", "spleen", "liver"], capsys)
+    assert code == 1
+    assert "broken" in out and "incompatible" in out
+
+
+# ----------------------------------------------------------------------------------------------- package
+def _sidecar(path: Path, **meta):
+    meta = {"preset": "tiny", "task": TASK, **meta}
+    path.with_suffix(".json").write_text(json.dumps(meta))
+
+
+def test_package_from_safetensors_and_sidecar(tmp_path, tiny, decoder, capsys):
+    ckpt = tmp_path / "liver.safetensors"
+    save_file({f"mask_decoder.{k}": v for k, v in decoder.items()}, str(ckpt))
+    _sidecar(ckpt, provenance={"training_data": "phantom liver, 40 cases", "reported_dice": {"liver": 0.81}})
+    out = tmp_path / "project"
+    code, stdout, err = _cli(
+        ["experts", "package", "--checkpoint", str(ckpt), "--name", "liver", "--out", str(out)], capsys
+    )
+    assert code == 0, err
+    assert "pip install" in stdout
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert files == [
+        "README.md",
+        "pyproject.toml",
+        "sammoe_expert_liver/__init__.py",
+        "sammoe_expert_liver/decoder.safetensors",
+        "sammoe_expert_liver/manifest.json",
+        "tests/test_expert.py",
+    ]
+    manifest = json.loads((out / "sammoe_expert_liver" / "manifest.json").read_text())
+    assert manifest["backbone"] == {"preset": "tiny", "fingerprint": tiny[1]}
+    assert manifest["task"]["crop_size"] == [64, 64, 64]
+    assert manifest["provenance"]["finetuned"] is True
+    assert manifest["provenance"]["reported_dice"] == {"liver": 0.81}
+    weights = load_file(str(out / "sammoe_expert_liver" / "decoder.safetensors"))
+    assert weights.keys() == decoder.keys() and all(torch.equal(weights[k], decoder[k]) for k in decoder)
+    assert (
+        '[project.entry-points."sammoe.experts"]\nliver = "sammoe_expert_liver:manifest"'
+        in (out / "pyproject.toml").read_text()
+    )
+
+
+def test_package_from_lightning_checkpoint_uses_the_trunk(tmp_path, tiny, decoder):
+    torch.manual_seed(5)
+    trained_on = SamMed3D.from_preset("tiny")
+    state = {f"model.{k}": v for k, v in trained_on.state_dict().items() if not k.startswith("mask_decoder.")}
+    state.update({f"model.mask_decoder.{k}": v for k, v in decoder.items()})
+    hparams = {"preset": "tiny", "task": TASK, "lr": 8e-5, "provenance": {"training_data": "phantom"}}
+    ckpt = tmp_path / "epoch=3.ckpt"
+    torch.save({"state_dict": state, "hyper_parameters": hparams, "epoch": 3}, ckpt)
+    out = package_expert(ckpt, "liver", tmp_path / "project", version="2.0.1")
+    manifest = json.loads((out / "sammoe_expert_liver" / "manifest.json").read_text())
+    assert manifest["version"] == "2.0.1"
+    assert manifest["backbone"]["fingerprint"] == fingerprint(trained_on) != tiny[1]
+    assert manifest["provenance"]["config"] == {"lr": 8e-5}
+    assert "the trunk stored in epoch=3.ckpt" in (out / "README.md").read_text()
+
+
+class _Pickled:
+    pass
+
+
+def _package_error(tmp_path, ckpt, name="liver", **kwargs):
+    with pytest.raises(PluginError) as info:
+        package_expert(ckpt, name, tmp_path / "out", **kwargs)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_package_error_paths(tmp_path, decoder):
+    ckpt = tmp_path / "d.safetensors"
+    save_file(decoder, str(ckpt))
+    assert "not found; pass the finetuned expert's" in _package_error(tmp_path, tmp_path / "none.ckpt")
+    assert "sidecar" in _package_error(tmp_path, ckpt) and "d.json not found" in _package_error(
+        tmp_path, ckpt
+    )
+    assert "expert name 'Liver' is invalid" in _package_error(tmp_path, ckpt, name="Liver")
+
+    _sidecar(ckpt, task={"classes": {}})
+    assert "metadata is invalid: task.classes" in _package_error(tmp_path, ckpt)
+    ckpt.with_suffix(".json").write_text(json.dumps({"preset": "tiny"}))
+    assert "metadata has no 'task'" in _package_error(tmp_path, ckpt)
+    _sidecar(ckpt, preset="vit_h")
+    assert "unknown preset 'vit_h'" in _package_error(tmp_path, ckpt)
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"preset": "tiny", "task": TASK}))
+    (tmp_path / "out" / "keep.txt").mkdir(parents=True)
+    assert "already exists and is not empty; choose a new --out" in _package_error(tmp_path, ckpt, meta=meta)
+    assert (tmp_path / "out" / "keep.txt").exists()
+    shutil.rmtree(tmp_path / "out")
+
+    small = dict(decoder)
+    small.pop(sorted(small)[-1])
+    save_file(small, str(ckpt))
+    assert "the decoder does not fit preset 'tiny': missing 1 key(s)" in _package_error(
+        tmp_path, ckpt, meta=meta
+    )
+
+    two = tmp_path / "two.safetensors"
+    save_file(
+        {**{f"a.mask_decoder.{k}": v for k, v in decoder.items()}, "b.mask_decoder.x": torch.ones(1)},
+        str(two),
+    )
+    assert "several decoders in one checkpoint" in _package_error(tmp_path, two, meta=meta)
+
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"junk")
+    assert "is not a readable safetensors file" in _package_error(tmp_path, bad, meta=meta)
+
+
+def test_package_refuses_pickled_lightning_checkpoint(tmp_path, decoder):
+    ckpt = tmp_path / "pickled.ckpt"
+    torch.save({"state_dict": decoder, "hyper_parameters": {"task": _Pickled()}}, ckpt)
+    message = _package_error(tmp_path, ckpt)
+    assert "cannot be loaded with weights_only=True" in message
+    assert "save hyperparameters as plain JSON types" in message
+    torch.save({"weights": decoder}, ckpt)
+    assert "has no 'state_dict'" in _package_error(tmp_path, ckpt)
+    assert not (tmp_path / "out").exists()
+
+
+def _pip_install_target(project: Path, target: Path) -> None:
+    import importlib.util
+
+    args = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(project)]
+    if importlib.util.find_spec("setuptools") is not None:
+        args.insert(5, "--no-build-isolation")
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
+def test_packaged_project_pip_installs_and_passes_its_own_tests(tmp_path, tiny, decoder):
+    ckpt = tmp_path / "liver.safetensors"
+    save_file(decoder, str(ckpt))
+    _sidecar(ckpt)
+    project = package_expert(ckpt, "liver_e2e", tmp_path / "project")
+    target = tmp_path / "installed"
+    _pip_install_target(project, target)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(target), *sys.path]),
+        "SAMMOE_EXPERTS": "liver_e2e",
+    }
+    env.pop("SAMMOE_BACKBONE", None)
+    run = subprocess.run(
+        [sys.executable, "-m", "sammoe", "experts", "verify", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    (record,) = json.loads(run.stdout)
+    assert record["status"] == "ok" and record["distribution"] == "sammoe-expert-liver-e2e"
+    assert record["weights_path"].startswith(str(target))
+    tests = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(project / "tests")],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+    assert "2 passed" in tests.stdout
