@@ -24,14 +24,23 @@ HERE = Path(__file__).resolve().parent
 PRESET = "tiny"
 PERTURBATION = 0.05  # relative to each tensor's std
 
-# The phantom tasks (sammoe/data/phantoms.py): class name -> label value in the task's label maps.
+# The phantom task classes (sammoe/data/phantoms.py TASK_CLASSES). Each expert's task dataset is
+# `make_phantom_dataset(..., classes=[name])`, which renumbers its one class to label 1.
 EXAMPLES = {
     "spinal_cord": {
-        "task": {"classes": {"spinal_cord": 1}, "modality": "CT", "dataset": "phantom-spinal_cord"},
+        "task": {
+            "classes": {"spinal_cord": 1},
+            "modality": "CT",
+            "dataset": "sammoe phantoms, classes=[spinal_cord]",
+        },
         "description": "SAM-Med3D tiny expert decoder for the spinal cord (a thin tube) on phantom volumes",
     },
     "nodules": {
-        "task": {"classes": {"nodules": 1}, "modality": "CT", "dataset": "phantom-nodules"},
+        "task": {
+            "classes": {"nodules": 1},
+            "modality": "CT",
+            "dataset": "sammoe phantoms, classes=[nodules]",
+        },
         "description": "SAM-Med3D tiny expert decoder for small round nodules on phantom volumes",
     },
 }

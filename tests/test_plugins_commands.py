@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save, save_file
 from sammoe import cli
 from sammoe.errors import PluginError
 from sammoe.model.sam3d import SamMed3D
-from sammoe.plugins.backbone import fingerprint, load_backbone
+from sammoe.plugins.backbone import backbone_source, fingerprint, load_backbone
 from sammoe.plugins.commands import main
 from sammoe.plugins.discovery import discover
 from sammoe.plugins.scaffold import package_expert
@@ -148,7 +148,8 @@ def test_verify_backbone_mismatch_and_backbone_checkpoint(site, tiny, decoder, t
     _expert(site, "liver", decoder, FAKE_FINGERPRINT)
     record = _verify("liver")
     assert record.status == "incompatible"
-    assert "seeded initialisation" in record.reason and "pass --backbone with the checkpoint" in record.reason
+    assert f"{backbone_source('tiny')} has {tiny[1][:12]}" in record.reason
+    assert record.reason.endswith("pass --backbone with the checkpoint the expert was trained on")
 
     # the expert's backbone is a saved checkpoint: verify against it
     torch.manual_seed(1)

@@ -1,7 +1,8 @@
 """The frozen backbone an expert plugs into: build it and identify it by fingerprint. Imports torch.
 
-Without a checkpoint a preset is built from `torch.manual_seed(DEFAULT_SEED)` (the global RNG state is
-restored afterwards), so that the tiny backbone used by the example experts and the tests is reproducible.
+Without an explicit checkpoint a preset gets its default weights: for `tiny` the foundation model shipped in
+the package (`sammoe.assets.FOUNDATION_TINY`) when present; otherwise the preset built after
+`torch.manual_seed(DEFAULT_SEED)` (the global RNG state is restored), which is reproducible but untrained.
 """
 
 from __future__ import annotations
@@ -16,8 +17,19 @@ DEFAULT_SEED = 0
 TRUNK_PREFIXES = ("image_encoder.", "prompt_encoder.")
 
 
+def default_checkpoint(preset: str) -> Path | None:
+    """The weights a preset stands for when no checkpoint is given (None: seeded initialisation)."""
+    if preset == "tiny":
+        from sammoe.assets import FOUNDATION_TINY
+
+        if FOUNDATION_TINY.is_file():
+            return FOUNDATION_TINY
+    return None
+
+
 def load_backbone(preset: str, checkpoint: str | Path | None = None) -> SamMed3D:
-    """The preset with the checkpoint's weights, or its reproducible seeded initialisation."""
+    """The preset with the checkpoint's weights, else its default weights (see module docstring)."""
+    checkpoint = checkpoint if checkpoint is not None else default_checkpoint(preset)
     if checkpoint is not None:
         return SamMed3D.from_preset(preset, checkpoint).eval()
     with torch.random.fork_rng(devices=[]):
@@ -25,12 +37,12 @@ def load_backbone(preset: str, checkpoint: str | Path | None = None) -> SamMed3D
         return SamMed3D.from_preset(preset).eval()
 
 
-def backbone_source(checkpoint: str | Path | None) -> str:
-    return (
-        str(checkpoint)
-        if checkpoint is not None
-        else f"seeded initialisation (torch.manual_seed({DEFAULT_SEED}))"
-    )
+def backbone_source(preset: str, checkpoint: str | Path | None = None) -> str:
+    """Where `load_backbone(preset, checkpoint)` takes its weights from, for messages and READMEs."""
+    checkpoint = checkpoint if checkpoint is not None else default_checkpoint(preset)
+    if checkpoint is not None:
+        return Path(checkpoint).name
+    return f"the {preset} preset seeded with torch.manual_seed({DEFAULT_SEED}), untrained"
 
 
 def known_presets() -> list[str]:

@@ -162,7 +162,7 @@ def _trunk_fingerprint(
         return _backbone.fingerprint(_backbone.load_backbone(ckpt.meta["preset"], backbone)), str(backbone)
     if "backbone_fingerprint" in ckpt.meta:
         return str(ckpt.meta["backbone_fingerprint"]), "the checkpoint's metadata"
-    return _backbone.fingerprint(model), _backbone.backbone_source(None)
+    return _backbone.fingerprint(model), _backbone.backbone_source(ckpt.meta["preset"])
 
 
 def build_manifest(
@@ -273,7 +273,7 @@ def _write_project(
     pkg.mkdir()
     weights = pkg / WEIGHTS_FILE
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in sorted(decoder.items())}
-    save_file(tensors, str(weights), metadata={"sammoe_expert": manifest.name, "kind": manifest.kind})
+    save_file(tensors, str(weights))  # no metadata: its header order is not stable across runs
     weights_ref = manifest.weights.model_copy(update={"sha256": sha256_file(weights)})
     manifest = manifest.model_copy(update={"weights": weights_ref})
     (pkg / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")

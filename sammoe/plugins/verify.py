@@ -102,7 +102,7 @@ def verify_expert(
         return record.with_status(
             "incompatible",
             f"trained on backbone {preset} {manifest.backbone.fingerprint[:12]}..., "
-            f"{_backbone.backbone_source(cache.checkpoint)} has {fingerprint[:12]}...",
+            f"{_backbone.backbone_source(preset, cache.checkpoint)} has {fingerprint[:12]}...",
             fix,
         )
     try:
