@@ -18,9 +18,10 @@ from sammoe.errors import PluginError
 from sammoe.model.sam3d import SamMed3D
 from sammoe.plugins.backbone import backbone_source, fingerprint, load_backbone
 from sammoe.plugins.commands import main
-from sammoe.plugins.discovery import discover
+from sammoe.plugins.discovery import PluginWarning, discover
+from sammoe.plugins.loader import load_expert_decoders
 from sammoe.plugins.scaffold import package_expert
-from sammoe.plugins.testing import FAKE_FINGERPRINT, fake_expert
+from sammoe.plugins.testing import FAKE_FINGERPRINT, fake_expert, plugin_site
 from sammoe.plugins.verify import verify_expert
 
 TASK = {"classes": {"liver": 3}, "modality": "CT", "dataset": "phantom-liver"}
@@ -39,15 +40,10 @@ def decoder(tiny):
 
 @pytest.fixture
 def site(tmp_path, monkeypatch):
-    path = tmp_path / "site"
-    path.mkdir()
-    monkeypatch.syspath_prepend(str(path))
+    """A fresh site dir on sys.path for fake distributions; no SAMMOE_EXPERTS selection."""
     monkeypatch.delenv("SAMMOE_EXPERTS", raising=False)
-    before = set(sys.modules)
-    yield path
-    for name in set(sys.modules) - before:
-        if name.startswith("fake_expert_"):
-            del sys.modules[name]
+    with plugin_site(tmp_path / "site") as path:
+        yield path
 
 
 def _expert(site, name, state, fp, **overrides):
@@ -357,3 +353,32 @@ def test_packaged_project_pip_installs_and_passes_its_own_tests(tmp_path, tiny, 
     )
     assert tests.returncode == 0, tests.stdout + tests.stderr
     assert "2 passed" in tests.stdout
+
+
+# ----------------------------------------------------------------------------------------------- loader
+def test_load_expert_decoders_for_a_backbone(site, tiny, decoder, monkeypatch):
+    model, fp = tiny
+    shifted = {k: v + 1 for k, v in decoder.items()}
+    _expert(site, "liver", shifted, fp)
+    _expert(site, "spleen", decoder, FAKE_FINGERPRINT)  # trained on another backbone
+    small = dict(decoder)
+    small.pop(sorted(small)[0])
+    _expert(site, "kidney", small, fp)  # does not fit the decoder
+    monkeypatch.setenv("SAMMOE_EXPERTS", "liver,spleen,kidney")
+    with pytest.warns(PluginWarning) as caught:
+        decoders = load_expert_decoders(model)
+    assert list(decoders) == ["liver"]
+    assert all(torch.equal(decoders["liver"].state_dict()[k], shifted[k]) for k in shifted)
+    assert not any(p.requires_grad for p in decoders["liver"].parameters())
+    assert model.mask_decoder.state_dict()[sorted(decoder)[0]].equal(decoder[sorted(decoder)[0]])
+    messages = sorted(str(w.message) for w in caught)
+    assert messages[0].startswith(
+        "skipping broken plugin: expert 'kidney' (fake-expert-kidney 1.0.0): weights"
+    )
+    assert messages[1].startswith("skipping incompatible plugin: expert 'spleen'")
+
+    assert list(load_expert_decoders(model, ["liver"])) == ["liver"]
+    with pytest.raises(PluginError, match="^expert 'spleen' .*trained on backbone tiny ffffffffffff"):
+        load_expert_decoders(model, ["liver", "spleen"])
+    with pytest.raises(PluginError, match="^expert 'kidney' .*missing 1 key"):
+        load_expert_decoders(model, ["kidney"])

@@ -20,21 +20,15 @@ from sammoe.plugins.discovery import (
     select_experts,
     selection_from_env,
 )
-from sammoe.plugins.testing import FAKE_FINGERPRINT, fake_expert
+from sammoe.plugins.testing import FAKE_FINGERPRINT, fake_expert, plugin_site
 
 
 @pytest.fixture
 def site(tmp_path, monkeypatch):
-    """A fresh site dir on sys.path; fake modules imported from it are forgotten afterwards."""
-    path = tmp_path / "site"
-    path.mkdir()
-    monkeypatch.syspath_prepend(str(path))
+    """A fresh site dir on sys.path for fake distributions; no SAMMOE_EXPERTS selection."""
     monkeypatch.delenv("SAMMOE_EXPERTS", raising=False)
-    before = set(sys.modules)
-    yield path
-    for name in set(sys.modules) - before:
-        if name.startswith("fake_expert_"):
-            del sys.modules[name]
+    with plugin_site(tmp_path / "site") as path:
+        yield path
 
 
 def _one(name, **kwargs):

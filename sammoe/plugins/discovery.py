@@ -14,7 +14,7 @@ import os
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
@@ -55,13 +55,7 @@ class ExpertRecord:
         return f"{self.distribution} {self.dist_version}"
 
     def with_status(self, status: Status, problem: str, fix: str) -> ExpertRecord:
-        return _replace(self, status=status, reason=_reason(self, problem, fix))
-
-
-def _replace(record: ExpertRecord, **changes: Any) -> ExpertRecord:
-    fields = {k: getattr(record, k) for k in record.__dataclass_fields__}
-    fields.update(changes)
-    return ExpertRecord(**fields)
+        return replace(self, status=status, reason=_reason(self, problem, fix))
 
 
 def _reason(record: ExpertRecord, problem: str, fix: str) -> str:
@@ -141,7 +135,7 @@ def _dist_of(ep: metadata.EntryPoint) -> tuple[str | None, str | None]:
 def _duplicate(name: str, eps: list[metadata.EntryPoint]) -> ExpertRecord:
     owners = ", ".join(sorted(f"{d} {v}" for d, v in map(_dist_of, eps)))
     record = ExpertRecord(name=name, status="broken", distribution=owners, dist_version="")
-    return _replace(
+    return replace(
         record,
         reason=f"expert {name!r} is provided by {len(eps)} distributions ({owners}); "
         "pip uninstall all but one of them",
@@ -177,7 +171,7 @@ def _inspect(ep: metadata.EntryPoint, sammoe_version: str, backbone_fingerprint:
         return record.with_status(
             "broken", f"{ep.value}() raised {type(err).__name__}: {err}", "fix the plugin's manifest function"
         )
-    record = _replace(record, manifest=manifest)
+    record = replace(record, manifest=manifest)
 
     if manifest.name != ep.name:
         return record.with_status(
@@ -197,7 +191,7 @@ def _inspect(ep: metadata.EntryPoint, sammoe_version: str, backbone_fingerprint:
             else "put the file there or fix weights.path in the manifest"
         )
         return record.with_status("broken", str(err), fix)
-    record = _replace(record, weights_path=path)
+    record = replace(record, weights_path=path)
     problem = _weights.checksum_problem(path, manifest.weights.sha256)
     if problem:
         return record.with_status("broken", problem, f"the file is corrupt or was replaced; {reinstall}")
@@ -208,7 +202,7 @@ def _inspect(ep: metadata.EntryPoint, sammoe_version: str, backbone_fingerprint:
             f"the loaded backbone is {backbone_fingerprint[:12]}...",
             "load the backbone weights the expert was trained on, or retrain the expert on this one",
         )
-    return _replace(record, status="ok", reason="")
+    return replace(record, status="ok", reason="")
 
 
 def select_experts(
@@ -247,4 +241,7 @@ def load_expert_weights(record: ExpertRecord) -> dict[str, Any]:
     """The expert's decoder state dict (safetensors, after the sha256 check). Imports torch."""
     if not record.ok or record.manifest is None:
         raise PluginError(record.reason or f"expert {record.name!r} is not usable")
-    return _weights.load_state_dict(record.manifest.weights)
+    try:
+        return _weights.load_state_dict(record.manifest.weights)
+    except PluginError as err:
+        raise PluginError(f"expert {record.name!r} ({record.origin}): {err}") from None

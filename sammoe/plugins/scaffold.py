@@ -32,6 +32,7 @@ from pydantic import ValidationError
 from sammoe import __version__ as sammoe_version
 from sammoe.errors import CheckpointError, PluginError
 from sammoe.plugins import backbone as _backbone
+from sammoe.plugins.loader import decoder_mismatch
 from sammoe.plugins.manifest import (
     ENTRY_POINT_GROUP,
     NAME_PATTERN,
@@ -39,7 +40,6 @@ from sammoe.plugins.manifest import (
     ExpertManifest,
     validation_summary,
 )
-from sammoe.plugins.verify import decoder_mismatch
 from sammoe.plugins.weights import sha256_file
 
 WEIGHTS_FILE = "decoder.safetensors"

@@ -8,7 +8,11 @@ and an importable package whose `manifest()` returns the manifest dict; put `sit
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +104,23 @@ def fake_expert(
     }
     write_distribution(site, dist, "1.0.0", {name: entry_point or f"{module}:manifest"}, files)
     return module
+
+
+@contextmanager
+def plugin_site(path: Path) -> Iterator[Path]:
+    """A fresh directory first on sys.path for fake distributions; on exit it leaves sys.path and the
+    modules imported from it are forgotten, so the next test can reuse module names."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    before = set(sys.modules)
+    sys.path.insert(0, str(path))
+    importlib.invalidate_caches()
+    try:
+        yield path
+    finally:
+        sys.path.remove(str(path))
+        for name in set(sys.modules) - before:
+            origin = getattr(sys.modules[name], "__file__", None) or ""
+            if origin.startswith(str(path)):
+                del sys.modules[name]
+        importlib.invalidate_caches()

@@ -5,7 +5,7 @@ Discovery already checked the manifest, API, sammoe version, the weights file an
 
 from __future__ import annotations
 
-import copy
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -13,29 +13,10 @@ from torch import nn
 
 from sammoe.errors import PluginError
 from sammoe.plugins import backbone as _backbone
-from sammoe.plugins.discovery import ExpertRecord, load_expert_weights
+from sammoe.plugins.discovery import ExpertRecord
+from sammoe.plugins.loader import expert_decoder
 
 _INCOMPATIBLE_FIX = "install a sammoe that provides it"
-
-
-def decoder_mismatch(decoder: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
-    """Why `state` cannot load strictly into `decoder` (None when it can)."""
-    own = decoder.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    parts = []
-    if missing:
-        parts.append(f"missing {len(missing)} key(s), first {missing[0]}")
-    if unexpected:
-        parts.append(f"unexpected {len(unexpected)} key(s), first {unexpected[0]}")
-    for key in sorted(set(own) & set(state)):
-        if tuple(own[key].shape) != tuple(state[key].shape):
-            parts.append(f"{key} has shape {tuple(state[key].shape)}, expected {tuple(own[key].shape)}")
-            break
-        if not state[key].is_floating_point():
-            parts.append(f"{key} has dtype {state[key].dtype}, expected a floating-point tensor")
-            break
-    return "; ".join(parts) or None
 
 
 @torch.no_grad()
@@ -106,17 +87,10 @@ def verify_expert(
             fix,
         )
     try:
-        state = load_expert_weights(record)
+        decoder = expert_decoder(model, record)
     except PluginError as err:
-        return record.with_status("broken", str(err), "reinstall the plugin")
-    problem = decoder_mismatch(model.mask_decoder, state)
-    if problem:
-        return record.with_status(
-            "broken", f"weights do not fit the {preset} mask decoder: {problem}", "repackage the expert"
-        )
-    decoder = copy.deepcopy(model.mask_decoder)
-    decoder.load_state_dict(state, strict=True)
-    problem = forward_check(model, decoder.eval())
+        return replace(record, status="broken", reason=str(err))
+    problem = forward_check(model, decoder)
     if problem:
         return record.with_status("broken", problem, "repackage the expert from a healthy checkpoint")
     return record

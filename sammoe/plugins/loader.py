@@ -1,0 +1,72 @@
+"""Expert decoders ready to plug into a backbone (what gate training and inference use). Imports torch."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from sammoe.errors import PluginError
+from sammoe.model.sam3d import SamMed3D, backbone_fingerprint
+from sammoe.plugins.discovery import ExpertRecord, PluginWarning, load_expert_weights, select_experts
+
+
+def decoder_mismatch(decoder: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """Why `state` cannot load strictly into `decoder` (None when it can)."""
+    own = decoder.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} key(s), first {missing[0]}")
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)} key(s), first {unexpected[0]}")
+    for key in sorted(set(own) & set(state)):
+        if tuple(own[key].shape) != tuple(state[key].shape):
+            parts.append(f"{key} has shape {tuple(state[key].shape)}, expected {tuple(own[key].shape)}")
+            break
+        if not state[key].is_floating_point():
+            parts.append(f"{key} has dtype {state[key].dtype}, expected a floating-point tensor")
+            break
+    return "; ".join(parts) or None
+
+
+def expert_decoder(backbone: SamMed3D, record: ExpertRecord) -> nn.Module:
+    """A frozen copy of the backbone's decoder holding the expert's weights (sha256-checked safetensors).
+
+    Raises PluginError (one line naming the expert) when the weights do not fit the backbone's decoder.
+    """
+    state = load_expert_weights(record)
+    problem = decoder_mismatch(backbone.mask_decoder, state)
+    if problem:
+        preset = record.manifest.backbone.preset if record.manifest else "?"
+        raise PluginError(
+            f"expert {record.name!r} ({record.origin}): weights do not fit the {preset} mask decoder: "
+            f"{problem}; repackage the expert"
+        )
+    decoder = copy.deepcopy(backbone.mask_decoder)
+    decoder.load_state_dict(state, strict=True)
+    return decoder.requires_grad_(False).eval()
+
+
+def load_expert_decoders(backbone: SamMed3D, names: Iterable[str] | None = None) -> dict[str, nn.Module]:
+    """name -> decoder for the experts to merge with this backbone (e.g. `SamMoE(backbone, experts=...)`).
+
+    With `names` (a config's expert list) every one must be installed, ok and trained on this backbone,
+    else PluginError. Without, every installed (or SAMMOE_EXPERTS-selected) expert that fits is used and the
+    others are skipped with a PluginWarning each.
+    """
+    strict = names is not None
+    records = select_experts(names, backbone_fingerprint=backbone_fingerprint(backbone))
+    decoders = {}
+    for record in records:
+        try:
+            decoders[record.name] = expert_decoder(backbone, record)
+        except PluginError as err:
+            if strict:
+                raise
+            warnings.warn(f"skipping broken plugin: {err}", PluginWarning, stacklevel=2)
+    return decoders
