@@ -16,13 +16,24 @@ from sammoe.errors import SammoeError
 _DISPATCH = {
     "demo": "sammoe.demo:main",
     "experts": "sammoe.plugins.commands:main",
+    # LightningCLI trainer runs (sammoe/lit/cli.py); the function gets the subcommand first
+    "fit": "sammoe.lit.cli:main",
+    "validate": "sammoe.lit.cli:main",
+    "test": "sammoe.lit.cli:main",
+    "predict": "sammoe.lit.cli:main",
+    "segment": "sammoe.segment_cli:main",
 }
 
 _USAGE = """usage: sammoe <command> [options]
 
 commands:
+  fit         train with LightningCLI: `sammoe fit --config configs/gate.yaml` (`sammoe fit --help`)
+  validate    evaluate on the validation split (Dice/NSD report in the run directory)
+  test        evaluate on the test split: `sammoe test --config configs/evaluate.yaml`
+  predict     predict the test split with simulated clicks
   demo        run the end-to-end demonstration on an embedded default (no downloads, no GPU)
   experts     expert plugins: list, show, verify, package (`sammoe experts --help`)
+  segment     segment structures in a volume from clicks (`sammoe segment --help`)
 """
 
 
@@ -38,8 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     module_name, func_name = target.split(":")
+    rest = argv if module_name == "sammoe.lit.cli" else argv[1:]  # LightningCLI parses the subcommand
     try:
-        return int(getattr(import_module(module_name), func_name)(argv[1:]) or 0)
+        return int(getattr(import_module(module_name), func_name)(rest) or 0)
     except SammoeError as err:
         print(f"sammoe: error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,730 @@
+"""Predictor: an image and clicks in, a label map on the image's own grid out (no ground truth needed).
+
+Public API
+----------
+- ``Target(points, labels=None, name="", space="voxel")``: one structure to segment. ``points`` (N, 3) clicks,
+  ``labels`` 1 = positive (default), 0 = negative; ``space`` says how the points are given: ``"voxel"``
+  (indices into the input array as stored: i, j, k of the NIfTI file; x, y, z index order of a DICOM
+  series), ``"ras"`` or ``"lps"`` (world millimetres).
+- ``Predictor(model, device=None, ...)``: ``model`` is a ``SamMed3D`` or a ``SamMoE``.
+  ``Predictor.load(checkpoint=None, experts=None, gate=None, ...)`` builds the shipped default.
+    - ``set_image(image, affine=None)``: a path (NIfTI file or DICOM series folder), a ``Volume`` or an array
+      (+ 4x4 voxel -> RAS mm affine). Resampled once; ROI embeddings are cached per image.
+    - ``predict(targets, probabilities=False, progress=False) -> Segmentation``
+    - ``add_click(target, point, positive=True, space="voxel") -> TargetResult``: interactive refinement that
+      reuses the cached embedding and the target's previous low-res logits.
+- ``Segmentation``: ``labels`` (uint8 on the input grid, target i = value i + 1, later targets overwrite
+  earlier ones where they overlap), ``targets`` (``TargetResult`` each), ``probabilities`` and ``report()``.
+
+How a prediction is made (SAM-Med3D inference, centred on clicks instead of ground truth): resample to the
+model's spacing and RAS (``data.preprocess``), crop ``img_size``^3 centred on the target's first positive
+click, z-normalise, encode once; the clicks are fed one at a time, each step with every click so far and the
+previous low-res logits as mask prompt (zeros on the first step), exactly the official interactive loop; the
+mask is sigmoid(trilinear upsample) > 0.5, mapped back onto the input grid (nearest). Targets whose first
+click lies within ``share_roi`` x crop of an already encoded ROI centre reuse that ROI, and all targets of a
+ROI are decoded as one batch. A target whose mask reaches a face of its crop grows into neighbouring windows
+(``data.preprocess.sliding_window``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import sys
+import warnings
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sammoe.data.io import Volume, read_image
+from sammoe.data.preprocess import Preprocessor, Resampled, Roi, sliding_window
+from sammoe.errors import CheckpointError, ConfigError, DataError
+from sammoe.model.moe import FOUNDATION, SamMoE
+from sammoe.model.sam3d import PRESETS, SamMed3D
+
+__all__ = [
+    "SPACES",
+    "Target",
+    "TargetResult",
+    "Segmentation",
+    "Predictor",
+    "load_model",
+    "to_input_voxels",
+]
+
+SPACES = ("voxel", "ras", "lps")
+# Rounding of float voxel coordinates: the same click given in voxels and in mm differs by float noise only;
+# a tiny bias makes both round the same way at exact half-voxel positions.
+_ROUND_EPS = 1e-6
+_LPS_RAS = np.array([-1.0, -1.0, 1.0])
+_PROB_SCALE = 65535  # probabilities pass through the (nearest, integer) inverse as uint16
+
+
+def _round(points: np.ndarray) -> np.ndarray:
+    return np.floor(np.asarray(points, dtype=np.float64) + 0.5 + _ROUND_EPS).astype(np.int64)
+
+
+# ------------------------------------------------------------------------------------------------ targets
+@dataclass
+class Target:
+    """Clicks on one structure. ``labels``: 1 positive, 0 negative (default: all positive)."""
+
+    points: Any
+    labels: Any = None
+    name: str = ""
+    space: str = "voxel"
+
+
+@dataclass
+class TargetResult:
+    """One target's result on the input grid."""
+
+    name: str
+    value: int
+    mask: np.ndarray  # bool, input grid
+    probability: np.ndarray | None  # float32, input grid (when requested)
+    expert: str
+    gate: dict[str, float] | None
+    iou: float
+    clicks: int
+    roi: int
+    windows: int
+    click: tuple[int, int, int] = (0, 0, 0)  # the centring click, input voxel indices
+    voxels: int = 0  # voxels carrying this target's value in the label map (after overlaps)
+    volume_ml: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "label": self.value,
+            "clicks": self.clicks,
+            "expert": self.expert,
+            "gate": self.gate,
+            "predicted_iou": round(self.iou, 4),
+            "voxels": self.voxels,
+            "volume_ml": round(self.volume_ml, 3),
+            "roi": self.roi,
+            "windows": self.windows,
+        }
+
+
+@dataclass
+class Segmentation:
+    """Label map and per-target results on the input grid."""
+
+    labels: np.ndarray
+    targets: list[TargetResult]
+    volume: Volume
+    encodes: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def probabilities(self) -> np.ndarray | None:
+        """(X, Y, Z) for one target, (X, Y, Z, T) for several; None unless requested."""
+        probs = [t.probability for t in self.targets]
+        if not probs or any(p is None for p in probs):
+            return None
+        return probs[0] if len(probs) == 1 else np.stack(probs, axis=-1)
+
+    def report(self) -> dict[str, Any]:
+        vol = self.volume
+        return {
+            "image": None if vol.path is None else str(vol.path),
+            "shape": list(vol.shape),
+            "spacing_mm": [round(float(s), 6) for s in vol.spacing],
+            **self.info,
+            "encodes": self.encodes,
+            "targets": [t.summary() for t in self.targets],
+        }
+
+
+def to_input_voxels(volume: Volume, points: Any, space: str) -> np.ndarray:
+    """Clicks (N, 3) in ``space`` (voxel / ras / lps mm) -> float voxel indices of ``volume``'s array."""
+    if space not in SPACES:
+        raise DataError(f"unknown coordinate system {space!r}; use one of {', '.join(SPACES)}")
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    if space == "voxel":
+        return pts
+    if space == "lps":
+        pts = pts * _LPS_RAS
+    inv = np.linalg.inv(np.asarray(volume.affine, dtype=np.float64))
+    return pts @ inv[:3, :3].T + inv[:3, 3]
+
+
+def _check_target(target: Target, index: int, volume: Volume) -> tuple[str, np.ndarray, np.ndarray]:
+    """Validate one target; returns (name, input voxel coordinates (N, 3), labels (N,))."""
+    name = target.name or f"target_{index + 1}"
+    where = f"target {name!r}"
+    if target.space not in SPACES:
+        raise DataError(
+            f"{where}: unknown coordinate system {target.space!r}; use one of {', '.join(SPACES)}"
+        )
+    try:
+        pts = np.asarray(target.points, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: clicks must be numbers [x, y, z]; got {target.points!r}") from None
+    if pts.size == 0:
+        raise DataError(f"{where}: empty click list; give at least one positive click [x, y, z]")
+    if pts.ndim == 1 and pts.shape[0] == 3:
+        pts = pts[None]
+    if pts.ndim != 2 or pts.shape[1] != 3:
+        raise DataError(f"{where}: each click needs 3 coordinates [x, y, z]; got shape {pts.shape}")
+    if not np.all(np.isfinite(pts)):
+        raise DataError(f"{where}: click coordinates must be finite numbers")
+    if target.labels is None:
+        labels = np.ones(len(pts), dtype=np.int64)
+    else:
+        labels = np.asarray(target.labels).reshape(-1)
+        if labels.shape[0] != pts.shape[0]:
+            raise DataError(
+                f"{where}: {pts.shape[0]} clicks but {labels.shape[0]} labels; give one label per click"
+            )
+        if not np.all(np.isin(labels, (0, 1))):
+            raise DataError(
+                f"{where}: click labels must be 1 (positive) or 0 (negative); got {labels.tolist()}"
+            )
+        labels = labels.astype(np.int64)
+    if not np.any(labels == 1):
+        raise DataError(f"{where}: no positive click; the first positive click centres the crop")
+    vox = to_input_voxels(volume, pts, target.space)
+    idx = _round(vox)
+    shape = np.asarray(volume.shape)
+    outside = np.any((idx < 0) | (idx >= shape), axis=1)
+    if outside.any():
+        k = int(np.flatnonzero(outside)[0])
+        given = ", ".join(f"{v:g}" for v in pts[k])
+        unit = "voxel" if target.space == "voxel" else f"{target.space.upper()} mm"
+        mapped = "" if target.space == "voxel" else f" (voxel {', '.join(f'{v:.1f}' for v in vox[k])})"
+        raise DataError(
+            f"{where}: click {k + 1} ({given}) {unit}{mapped} lies outside the image of shape "
+            f"{'x'.join(map(str, volume.shape))}; check the coordinates and --space"
+        )
+    return name, vox, labels
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def _load_backbone(checkpoint: str | os.PathLike, preset: str) -> tuple[SamMed3D, str]:
+    """Build ``preset`` (or, for "auto", the first preset the checkpoint fits) with the checkpoint's weights."""
+    if preset != "auto":
+        return SamMed3D.from_preset(preset, checkpoint), preset
+    errors = []
+    for name in ("tiny", "vit_b_ori", *sorted(set(PRESETS) - {"tiny", "vit_b_ori"})):
+        try:
+            return SamMed3D.from_preset(name, checkpoint), name
+        except CheckpointError as err:
+            if "not found" in str(err) or "cannot be read" in str(err) or "not a readable" in str(err):
+                raise
+            errors.append(str(err))
+    raise CheckpointError(
+        f"{checkpoint}: matches no SAM-Med3D preset ({', '.join(sorted(PRESETS))}); "
+        f"{errors[-1].split(': ', 1)[-1]}"
+    )
+
+
+def load_model(
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    preset: str = "auto",
+    experts: Iterable[str] | str | None = None,
+    gate: str | os.PathLike | None = None,
+) -> tuple[SamMed3D | SamMoE, dict[str, Any]]:
+    """The model ``sammoe segment`` runs, and a description of it for the report.
+
+    ``checkpoint`` None means the shipped tiny foundation model (``sammoe.assets.FOUNDATION_TINY``); with it,
+    the installed experts and the shipped gate (``GATE_TINY``) are used when present and compatible, else the
+    foundation alone with a warning. ``experts``: None = every installed, compatible expert (``SAMMOE_EXPERTS``
+    honoured); "none" or [] = no experts; names = exactly those (each must be ok). Experts need a gate:
+    ``gate`` or, for the shipped model, ``GATE_TINY``.
+    """
+    from sammoe import assets
+    from sammoe.model.sam3d import backbone_fingerprint
+    from sammoe.plugins.discovery import load_expert_weights, select_experts
+
+    shipped = checkpoint is None
+    if shipped:
+        checkpoint = assets.FOUNDATION_TINY
+        if not Path(checkpoint).is_file():
+            raise CheckpointError(
+                f"the shipped tiny foundation model {checkpoint} is missing; create it with `make foundation` "
+                "in the sammoe repository, or pass --checkpoint PATH"
+            )
+        preset = "tiny" if preset == "auto" else preset
+    backbone, preset = _load_backbone(checkpoint, preset)
+    backbone.eval()
+    info: dict[str, Any] = {
+        "model": {"checkpoint": str(checkpoint), "preset": preset, "experts": [], "gate": None}
+    }
+    if isinstance(experts, str):
+        experts = (
+            [] if experts.strip() in ("none", "") else [e.strip() for e in experts.split(",") if e.strip()]
+        )
+        if experts == ["all"]:
+            experts = None
+    explicit = experts is not None
+    names = None if experts is None else list(experts)
+    if names == []:
+        return backbone, info
+    fingerprint = backbone_fingerprint(backbone)
+    records = select_experts(names, backbone_fingerprint=fingerprint)
+    if not records:
+        return backbone, info
+    decoders = {}
+    for record in records:
+        decoder = copy.deepcopy(backbone.mask_decoder)
+        state = load_expert_weights(record)
+        try:
+            decoder.load_state_dict(state)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0]
+            raise CheckpointError(
+                f"expert {record.name!r}: decoder weights do not fit the {preset} backbone ({first}); "
+                "install the expert built for this backbone"
+            ) from None
+        decoders[record.name] = decoder
+    gate_path = Path(gate) if gate is not None else (assets.GATE_TINY if shipped else None)
+    moe = SamMoE(backbone, decoders)
+    problem = None
+    if gate_path is None:
+        problem = "no gate given (--gate PATH)"
+    else:
+        try:
+            moe.load_gate(gate_path)
+        except CheckpointError as err:
+            if gate is not None:
+                raise
+            problem = str(err)
+    if problem is not None:
+        if explicit and gate is None:
+            raise ConfigError(
+                f"experts {', '.join(decoders)} need a gate to route between them: {problem}; pass --gate PATH "
+                "(train one with `sammoe fit --config configs/gate.yaml`) or --experts none"
+            )
+        warnings.warn(
+            f"using the foundation decoder only: {problem}; create the gate with `make gate-asset` or pass --gate",
+            UserWarning,
+            stacklevel=2,
+        )
+        return backbone, info
+    moe.eval()
+    info["model"]["experts"] = list(decoders)
+    info["model"]["gate"] = str(gate_path)
+    info["model"]["selector"] = {"mode": moe.selector.mode, "tau": float(moe.selector.tau)}
+    return moe, info
+
+
+# ------------------------------------------------------------------------------------------------ predictor
+@dataclass
+class _Entry:
+    """One encoded ROI."""
+
+    index: int
+    roi: Roi
+    embedding: torch.Tensor  # (1, C, g, g, g) on the model's device
+
+    @property
+    def centre(self) -> np.ndarray:
+        return np.asarray(self.roi.start) + np.asarray(self.roi.size) // 2
+
+
+@dataclass
+class _State:
+    """A target under interaction."""
+
+    name: str
+    value: int
+    clicks: np.ndarray  # (N, 3) float input voxels
+    labels: np.ndarray  # (N,)
+    entry: _Entry
+    fed: int = 0  # clicks already consumed by the decoder
+    low: torch.Tensor | None = None  # (1, 1, L, L, L) previous low-res logits
+    iou: float = 0.0
+    probs: np.ndarray | None = None  # gate probabilities of the last step
+    route: int = 0
+    roi_prob: np.ndarray | None = None  # (S, S, S) foreground probability in the primary ROI
+    windows: int = 1
+    result: TargetResult | None = None
+
+
+class Predictor:
+    """SAM-Med3D / SAM-Med3D-MoE inference on whole volumes from clicks (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: SamMed3D | SamMoE,
+        device: str | torch.device | None = None,
+        *,
+        target_spacing: float | Sequence[float] = 1.5,
+        autocast: bool = True,
+        compile: bool = False,
+        use_sliding_window: bool = True,
+        share_roi: float = 0.125,
+        max_windows: int = 27,
+        cache_size: int = 16,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        if device is None or str(device) == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            self.device = torch.device(device)
+            if self.device.type == "cuda" and not torch.cuda.is_available():
+                raise RuntimeError("CUDA is not available")
+        except RuntimeError as err:
+            raise ConfigError(
+                f"device {str(device)!r} is not usable ({err}); use cpu, cuda or cuda:N"
+            ) from None
+        self.model = model.to(self.device).eval()
+        self.backbone: SamMed3D = model.backbone if isinstance(model, SamMoE) else model
+        self.expert_names = model.expert_names if isinstance(model, SamMoE) else [FOUNDATION]
+        self.size = int(self.backbone.img_size)
+        self.low_size = int(self.backbone.low_res_size)
+        self.pre = Preprocessor(target_spacing=target_spacing, crop_size=self.size)
+        self.autocast = bool(autocast) and self.device.type == "cuda"
+        self.use_sliding_window = use_sliding_window
+        self.share_roi = float(share_roi)
+        self.max_windows = int(max_windows)
+        self.cache_size = int(cache_size)
+        self.info = dict(info or {})
+        self._encoder = self.backbone.image_encoder
+        if compile:
+            self._encoder = torch.compile(self._encoder)
+        self.volume: Volume | None = None
+        self._res: Resampled | None = None
+        self._cache: OrderedDict[tuple[int, int, int], _Entry] = OrderedDict()
+        self._states: list[_State] = []
+        self._rois = 0
+        self.encodes = 0
+        self._want_probs = False
+
+    @classmethod
+    def load(
+        cls,
+        checkpoint: str | os.PathLike | None = None,
+        *,
+        preset: str = "auto",
+        experts: Iterable[str] | str | None = None,
+        gate: str | os.PathLike | None = None,
+        **kwargs: Any,
+    ) -> Predictor:
+        """``load_model(...)`` wrapped in a Predictor (keyword arguments go to ``Predictor``)."""
+        model, info = load_model(checkpoint, preset=preset, experts=experts, gate=gate)
+        return cls(model, info=info, **kwargs)
+
+    # ------------------------------------------------------------------------------------------- image
+    def set_image(
+        self,
+        image: str | os.PathLike | Volume | np.ndarray,
+        affine: Any = None,
+        *,
+        channel: int | None = None,
+    ) -> Volume:
+        """Load and resample an image; clears every cached embedding and target."""
+        if isinstance(image, (str, os.PathLike)):
+            volume = read_image(image, channel=channel)
+        elif isinstance(image, Volume):
+            volume = image
+        else:
+            array = np.asarray(image.detach().cpu() if hasattr(image, "detach") else image)
+            if array.ndim != 3:
+                raise DataError(f"image array must be 3D, got shape {array.shape}")
+            if affine is None:
+                affine = np.eye(4)
+            affine = np.asarray(affine, dtype=np.float64)
+            if (
+                affine.shape != (4, 4)
+                or not np.all(np.isfinite(affine))
+                or abs(np.linalg.det(affine[:3, :3])) < 1e-9
+            ):
+                raise DataError("affine must be a finite, invertible 4x4 voxel -> RAS mm matrix")
+            volume = Volume(array=array, affine=affine)
+        if np.issubdtype(volume.array.dtype, np.floating) and not np.all(np.isfinite(volume.array)):
+            raise DataError(f"{volume.path or 'image'}: NaN/inf intensities; replace them before segmenting")
+        self.volume = volume
+        self._res = self.pre.resample(volume)
+        self._cache.clear()
+        self._states = []
+        self._rois = 0
+        self.encodes = 0
+        return volume
+
+    # ------------------------------------------------------------------------------------------- model
+    def _amp(self) -> contextlib.AbstractContextManager:
+        if self.autocast:
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _encode(self, start: Sequence[int]) -> _Entry:
+        """The cached entry of the ROI starting at ``start`` on the resampled grid (encoded on first use)."""
+        key = tuple(int(v) for v in start)
+        entry = self._cache.get(key)
+        if entry is not None:
+            self._cache.move_to_end(key)
+            return entry
+        roi = self.pre.crop(self._res, start=np.asarray(key))
+        x = roi.image[None].to(self.device)
+        with torch.inference_mode(), self._amp():
+            emb = self._encoder(x)
+        roi.image = torch.empty(0)  # geometry only from here on
+        entry = _Entry(self._rois, roi, emb)
+        self._rois += 1
+        self.encodes += 1
+        self._cache[key] = entry
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return entry
+
+    def _decode(self, emb: torch.Tensor, points: np.ndarray, labels: np.ndarray, low: torch.Tensor):
+        """One interactive step for a batch: -> (low-res logits, iou (B,), gate probs (B, K+1) | None, route)."""
+        pts = torch.as_tensor(points, dtype=torch.float32, device=self.device)
+        lab = torch.as_tensor(labels, dtype=torch.long, device=self.device)
+        emb = emb.expand(pts.shape[0], *emb.shape[1:])
+        with torch.inference_mode(), self._amp():
+            if isinstance(self.model, SamMoE):
+                out = self.model.step(emb, pts, lab, low.to(emb.dtype))
+                return out.logits.float(), out.iou.float()[:, 0], out.probs.float(), out.route
+            logits, iou = self.backbone.decode(emb, pts, lab, low.to(emb.dtype))
+            return logits.float(), iou.float()[:, 0], None, None
+
+    def _zeros_low(self, n: int) -> torch.Tensor:
+        return torch.zeros(n, 1, *(self.low_size,) * 3, device=self.device)
+
+    def _upsample(self, low: torch.Tensor) -> np.ndarray:
+        up = F.interpolate(low.float(), size=(self.size,) * 3, mode="trilinear", align_corners=False)
+        return torch.sigmoid(up)[:, 0].cpu().numpy()
+
+    def _roi_clicks(self, entry: _Entry, state: _State, upto: int) -> np.ndarray:
+        return _round(entry.roi.input_to_roi(state.clicks[:upto])).astype(np.float32)
+
+    def _run(self, entry: _Entry, states: list[_State]) -> None:
+        """Feed every state's unconsumed clicks, one step per click, batching states with equal click counts."""
+        while True:
+            active = [s for s in states if s.fed < len(s.clicks)]
+            if not active:
+                break
+            groups: dict[int, list[_State]] = {}
+            for s in active:
+                groups.setdefault(s.fed + 1, []).append(s)
+            for count, group in groups.items():
+                points = np.stack([self._roi_clicks(entry, s, count) for s in group])
+                labels = np.stack([s.labels[:count] for s in group])
+                low = torch.cat([self._zeros_low(1) if s.low is None else s.low for s in group])
+                logits, iou, probs, route = self._decode(entry.embedding, points, labels, low)
+                for b, s in enumerate(group):
+                    s.low = logits[b : b + 1]
+                    s.iou = float(iou[b])
+                    s.probs = None if probs is None else probs[b].cpu().numpy()
+                    s.route = 0 if route is None else int(route[b])
+                    s.fed = count
+        if states:
+            stacked = self._upsample(torch.cat([s.low for s in states]))
+            for s, prob in zip(states, stacked):
+                s.roi_prob = prob
+
+    # ------------------------------------------------------------------------------------------- windows
+    @staticmethod
+    def _touches_face(prob: np.ndarray) -> bool:
+        fg = prob > 0.5
+        return any(np.take(fg, face, axis=a).any() for a in range(3) for face in (0, -1))
+
+    def _windowed(self, state: _State) -> tuple[np.ndarray, np.ndarray | None]:
+        """Grow a target that reaches its crop's faces over neighbouring windows (data-layer sliding window).
+
+        Windows other than the primary one get the target's clicks that fall inside them and, when none of
+        those is positive, a positive click at the deepest foreground voxel that earlier windows predicted in
+        the overlap. Returns (mask, probability or None) on the input grid.
+        """
+        seen: list[tuple[Roi, np.ndarray]] = []
+        primary = tuple(int(v) for v in state.entry.roi.start)
+
+        def prior_click(roi: Roi) -> np.ndarray | None:
+            from scipy import ndimage
+
+            size = np.asarray(roi.size)
+            prior = np.zeros(tuple(size), dtype=np.float32)
+            for other, prob in seen:
+                off = np.asarray(other.start) - np.asarray(roi.start)
+                lo, hi = np.maximum(off, 0), np.minimum(off + size, size)
+                if np.any(hi <= lo):
+                    continue
+                dst = tuple(slice(a, b) for a, b in zip(lo, hi))
+                src = tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, off))
+                prior[dst] = np.maximum(prior[dst], prob[src])
+            fg = prior > 0.5
+            if not fg.any():
+                return None
+            depth = ndimage.distance_transform_edt(fg)
+            return np.asarray(np.unravel_index(int(np.argmax(depth)), fg.shape), dtype=np.float32)
+
+        def predict(roi: Roi) -> np.ndarray:
+            key = tuple(int(v) for v in roi.start)
+            if key == primary:
+                prob = state.roi_prob
+            else:
+                entry = self._encode(key)
+                pts = _round(entry.roi.input_to_roi(state.clicks))
+                inside = entry.roi.contains(pts)
+                points, labels = pts[inside].astype(np.float32), state.labels[inside]
+                if not np.any(labels == 1):
+                    seed = prior_click(entry.roi)
+                    if seed is None:
+                        prob = np.zeros((self.size,) * 3, dtype=np.float32)
+                        seen.append((entry.roi, prob))
+                        return prob
+                    points = np.concatenate([seed[None], points])
+                    labels = np.concatenate([[1], labels])
+                logits, *_ = self._decode(entry.embedding, points[None], labels[None], self._zeros_low(1))
+                prob = self._upsample(logits)[0]
+            seen.append((roi, prob))
+            return prob
+
+        # The helper centres its first window on this voxel: give it the primary ROI's centre.
+        centre = state.entry.roi.roi_to_input(np.asarray(state.entry.roi.size, dtype=np.float64) // 2)
+        mask = sliding_window(self.pre, self._res, centre, predict, max_windows=self.max_windows)
+        state.windows = len(seen)
+        prob = None
+        if self._want_probs:
+            prob = np.zeros(self.volume.shape, dtype=np.float32)
+            for roi, p in seen:
+                prob = np.maximum(prob, self._invert_prob(roi, p))
+        return mask.astype(bool), prob
+
+    # ------------------------------------------------------------------------------------------- results
+    def _invert_prob(self, roi: Roi, prob: np.ndarray) -> np.ndarray:
+        quantised = np.round(np.clip(prob, 0.0, 1.0) * _PROB_SCALE).astype(np.uint16)
+        return Preprocessor.invert(roi, quantised).astype(np.float32) / _PROB_SCALE
+
+    def _finish(self, state: _State) -> None:
+        windows = 1
+        if self.use_sliding_window and self._touches_face(state.roi_prob):
+            mask, prob = self._windowed(state)
+            windows = state.windows
+        else:
+            mask = Preprocessor.invert(state.entry.roi, state.roi_prob > 0.5).astype(bool)
+            prob = self._invert_prob(state.entry.roi, state.roi_prob) if self._want_probs else None
+        gate = None
+        if state.probs is not None:
+            gate = {n: round(float(p), 4) for n, p in zip(self.expert_names, state.probs)}
+        state.result = TargetResult(
+            name=state.name,
+            value=state.value,
+            mask=mask,
+            probability=prob,
+            expert=self.expert_names[state.route] if state.route >= 0 else "soft",
+            gate=gate,
+            iou=state.iou,
+            clicks=len(state.clicks),
+            roi=state.entry.index,
+            windows=windows,
+            click=tuple(int(v) for v in _round(state.clicks[0])),
+        )
+
+    @property
+    def segmentation(self) -> Segmentation:
+        """The label map of every target so far (later targets overwrite earlier ones where they overlap)."""
+        if self.volume is None:
+            raise ConfigError("no image set; call set_image(...) first")
+        top = max((s.value for s in self._states), default=0)
+        labels = np.zeros(self.volume.shape, dtype=np.uint8 if top < 256 else np.uint16)
+        for s in self._states:
+            labels[s.result.mask] = s.value
+        voxel_ml = abs(float(np.linalg.det(self.volume.affine[:3, :3]))) / 1000.0
+        counts = np.bincount(labels.reshape(-1), minlength=top + 1)
+        for s in self._states:
+            s.result.voxels = int(counts[s.value])
+            s.result.volume_ml = s.result.voxels * voxel_ml
+        return Segmentation(
+            labels, [s.result for s in self._states], self.volume, self.encodes, dict(self.info)
+        )
+
+    # ------------------------------------------------------------------------------------------- public
+    def _entry_for(self, vox: np.ndarray) -> _Entry:
+        """The ROI for a target whose crop centre is input voxel ``vox``: a cached ROI whose centre lies within
+        ``share_roi`` x crop (all clicks inside), else a new crop centred on it."""
+        centre = _round(self._res.input_to_ras(vox))
+        limit = self.share_roi * self.size
+        if limit > 0:
+            for entry in reversed(self._cache.values()):
+                if np.all(np.abs(entry.centre - centre) <= limit):
+                    return self._encode(entry.roi.start)
+        return self._encode(self.pre.start_for(self._res, center_ras=centre))
+
+    def predict(
+        self, targets: Target | Sequence[Target], *, probabilities: bool = False, progress: bool = False
+    ) -> Segmentation:
+        """Segment targets on the current image (replacing earlier targets)."""
+        if self.volume is None:
+            raise ConfigError("no image set; call set_image(...) first")
+        if isinstance(targets, Target):
+            targets = [targets]
+        if not targets:
+            raise DataError("no targets given; give at least one target with a positive click")
+        checked = [_check_target(t, i, self.volume) for i, t in enumerate(targets)]
+        self._want_probs = probabilities
+        self._states = []
+        by_entry: dict[int, tuple[_Entry, list[_State]]] = {}
+        for i, (name, vox, labels) in enumerate(checked):
+            first = vox[int(np.flatnonzero(labels == 1)[0])]
+            entry = self._entry_for(first)
+            if not np.all(entry.roi.contains(entry.roi.input_to_roi(vox))):
+                entry = self._encode(
+                    self.pre.start_for(self._res, center_ras=_round(self._res.input_to_ras(first)))
+                )
+            # The centring click goes first, so the first step sees a positive click (official protocol).
+            order = np.argsort(np.arange(len(vox)) != int(np.flatnonzero(labels == 1)[0]), kind="stable")
+            state = _State(name, i + 1, vox[order], labels[order], entry)
+            self._states.append(state)
+            by_entry.setdefault(id(entry), (entry, []))[1].append(state)
+        bar = _progress(len(self._states), progress)
+        for entry, states in by_entry.values():
+            self._run(entry, states)
+            for state in states:
+                self._finish(state)
+                bar.update(1)
+        bar.close()
+        return self.segmentation
+
+    def add_click(
+        self, target: int | str, point: Sequence[float], positive: bool = True, space: str = "voxel"
+    ) -> TargetResult:
+        """Refine one target (index or name) with one more click; reuses its ROI embedding and last logits."""
+        state = self._find(target)
+        probe = Target([point], [1], state.name, space)  # validates the coordinates only
+        _, vox, _ = _check_target(probe, 0, self.volume)
+        roi = state.entry.roi
+        if not roi.contains(roi.input_to_roi(vox))[0]:
+            raise DataError(
+                f"target {state.name!r}: click {list(point)} lies outside the target's {self.size}^3 crop; "
+                "refine inside the crop or start a new target there"
+            )
+        state.clicks = np.concatenate([state.clicks, vox])
+        state.labels = np.concatenate([state.labels, [int(bool(positive))]])
+        state.entry = self._encode(roi.start)  # cached unless evicted
+        self._run(state.entry, [state])
+        self._finish(state)
+        return self.segmentation.targets[self._states.index(state)]
+
+    def _find(self, target: int | str) -> _State:
+        if not self._states:
+            raise ConfigError("no targets yet; call predict(...) first")
+        if isinstance(target, str):
+            for s in self._states:
+                if s.name == target:
+                    return s
+            raise ConfigError(
+                f"no target named {target!r}; targets: {', '.join(s.name for s in self._states)}"
+            )
+        if not 0 <= int(target) < len(self._states):
+            raise ConfigError(f"target index {target} out of range 0..{len(self._states) - 1}")
+        return self._states[int(target)]
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, disable=not enabled, unit="target", file=sys.stderr, leave=False)

@@ -1,0 +1,284 @@
+"""`sammoe segment`: segment structures in a volume from clicks and write a label map on the input grid.
+
+    sammoe segment --image T1.nii.gz --point 65 128 73 --out seg.nii.gz
+    sammoe segment --image CT.nii.gz --point -24.9 3.9 2.4 --space ras --negative-point -10 4 2 --out seg.nii.gz
+    sammoe segment --image CT/ --clicks clicks.json --out seg.nii.gz --report report.json --png overlay.png
+
+`--clicks FILE`: {"space": "voxel"|"ras"|"lps", "targets": [{"name": str, "points": [[x, y, z], ...],
+"labels": [1, 0, ...]}]}; target i is written as label value i + 1. Every user error prints one line and
+exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from sammoe.errors import ConfigError
+
+SPACES = ("voxel", "ras", "lps")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of usage + message
+        raise ConfigError(f"{message} (see `sammoe segment --help`)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="sammoe segment",
+        description="Segment structures from clicks (SAM-Med3D / SAM-Med3D-MoE); writes a uint8 label map "
+        "with the image's affine. Without --checkpoint: the shipped tiny foundation model, installed experts "
+        "and gate.",
+    )
+    p.add_argument("--image", required=True, metavar="PATH", help="NIfTI file or DICOM series folder")
+    p.add_argument("--channel", type=int, metavar="N", help="volume index of a 4D image")
+    g = p.add_argument_group("clicks (inline, one target, or --clicks)")
+    g.add_argument(
+        "--point", nargs=3, type=float, action="append", metavar=("X", "Y", "Z"), help="positive click"
+    )
+    g.add_argument(
+        "--negative-point",
+        nargs=3,
+        type=float,
+        action="append",
+        metavar=("X", "Y", "Z"),
+        help="negative click",
+    )
+    g.add_argument("--space", default=None, help="voxel (indices as stored, default) | ras | lps (world mm)")
+    g.add_argument("--name", default="target_1", help="name of the inline target")
+    g.add_argument(
+        "--clicks", metavar="JSON", help='{"space": ..., "targets": [{"name", "points", "labels"}]}'
+    )
+    o = p.add_argument_group("outputs")
+    o.add_argument("--out", required=True, metavar="PATH", help="label map (.nii or .nii.gz)")
+    o.add_argument(
+        "--probabilities", metavar="PATH", help="foreground probability per target (float32 NIfTI)"
+    )
+    o.add_argument("--report", metavar="PATH", help="JSON report: expert, gate, predicted IoU, voxels, ml")
+    o.add_argument("--png", metavar="PATH", help="orthogonal slices through each target, mask outlined")
+    o.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    m = p.add_argument_group("model")
+    m.add_argument("--checkpoint", metavar="PATH", help="SamMed3D weights (.pth / .safetensors)")
+    m.add_argument("--preset", default="auto", help="architecture of --checkpoint: auto | tiny | vit_b_ori")
+    m.add_argument("--experts", default=None, help="all (default) | none | name,name")
+    m.add_argument("--gate", metavar="PATH", help="gate weights for the experts")
+    r = p.add_argument_group("runtime")
+    r.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    r.add_argument("--no-autocast", action="store_true", help="float32 on GPU (default: bf16 autocast)")
+    r.add_argument("--compile", action="store_true", help="torch.compile the image encoder")
+    r.add_argument("--no-sliding-window", action="store_true", help="never grow past the first crop")
+    r.add_argument("--share-roi", type=float, default=0.125, metavar="F", help="reuse a ROI within F x crop")
+    r.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    return p
+
+
+def _targets_from_json(path: str) -> list[Any]:
+    from sammoe.infer import Target
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"{file}: clicks file not found")
+    try:
+        data = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{file}: not valid JSON ({err})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("targets"), list):
+        raise ConfigError(f'{file}: expected {{"space": ..., "targets": [...]}} at the top level')
+    space = data.get("space", "voxel")
+    if space not in SPACES:
+        raise ConfigError(f"{file}: unknown coordinate system {space!r}; use one of {', '.join(SPACES)}")
+    if not data["targets"]:
+        raise ConfigError(f"{file}: empty target list; add at least one target with points")
+    targets = []
+    for i, item in enumerate(data["targets"]):
+        if not isinstance(item, dict):
+            raise ConfigError(
+                f"{file}: target {i + 1} must be an object with 'points' (and 'labels', 'name')"
+            )
+        unknown = set(item) - {"name", "points", "labels"}
+        if unknown:
+            raise ConfigError(
+                f"{file}: target {i + 1} has unknown keys {sorted(unknown)}; use name, points, labels"
+            )
+        points = item.get("points")
+        if not isinstance(points, list) or not points:
+            raise ConfigError(
+                f"{file}: target {i + 1} has an empty click list; give 'points': [[x, y, z], ...]"
+            )
+        name = item.get("name") or f"target_{i + 1}"
+        if not isinstance(name, str):
+            raise ConfigError(f"{file}: target {i + 1} name must be a string")
+        targets.append(Target(points, item.get("labels"), name, space))
+    names = [t.name for t in targets]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{file}: target names must be unique; got {names}")
+    return targets
+
+
+def _targets(args: argparse.Namespace) -> list[Any]:
+    from sammoe.infer import Target
+
+    inline = args.point or args.negative_point
+    if args.clicks and inline:
+        raise ConfigError(
+            "give clicks either inline (--point/--negative-point) or with --clicks FILE, not both"
+        )
+    if args.clicks:
+        if args.space is not None:
+            raise ConfigError('--space applies to inline clicks; put "space" in the --clicks file instead')
+        return _targets_from_json(args.clicks)
+    if not args.point:
+        raise ConfigError(
+            "no positive click; give --point X Y Z (repeatable; --negative-point for negatives) or --clicks FILE"
+        )
+    space = args.space or "voxel"
+    if space not in SPACES:
+        raise ConfigError(f"unknown coordinate system --space {space!r}; use one of {', '.join(SPACES)}")
+    points = list(args.point) + list(args.negative_point or [])
+    labels = [1] * len(args.point) + [0] * len(args.negative_point or [])
+    return [Target(points, labels, args.name, space)]
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    from sammoe.data.io import is_nifti
+
+    image = Path(args.image).resolve()
+    outs = {
+        "--out": args.out,
+        "--probabilities": args.probabilities,
+        "--report": args.report,
+        "--png": args.png,
+    }
+    given = {k: Path(v) for k, v in outs.items() if v}
+    for flag in ("--out", "--probabilities"):
+        if flag in given and not is_nifti(given[flag]):
+            raise ConfigError(f"{flag} {given[flag]}: must end with .nii or .nii.gz")
+    if "--png" in given and given["--png"].suffix.lower() != ".png":
+        raise ConfigError(f"--png {given['--png']}: must end with .png")
+    if len({p.resolve() for p in given.values()}) != len(given):
+        raise ConfigError("output paths must differ from each other")
+    for flag, path in given.items():
+        if path.resolve() == image or (args.checkpoint and path.resolve() == Path(args.checkpoint).resolve()):
+            raise ConfigError(
+                f"{flag} {path}: refusing to overwrite an input file; choose another output path"
+            )
+        if path.exists() and not args.overwrite:
+            raise ConfigError(f"{flag} {path}: already exists; choose another path or pass --overwrite")
+        if path.is_dir():
+            raise ConfigError(f"{flag} {path}: is a folder; give a file name")
+
+
+def _write_probabilities(path: Path, probs: Any, reference: Any) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    header = reference.header.copy() if isinstance(reference.header, nib.Nifti1Header) else None
+    image = nib.Nifti1Image(np.asarray(probs, dtype=np.float32), reference.affine, header=header)
+    image.set_data_dtype(np.float32)
+    image.header.set_slope_inter(1.0, 0.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp{suffix}"
+    try:
+        nib.save(image, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_png(path: Path, seg: Any) -> None:
+    import io
+
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from sammoe.eval._atomic import atomic_write
+    from sammoe.eval.overlay import overlay_slices, target_centre
+
+    image = np.asarray(seg.volume.array, dtype=np.float32)
+    panels = []
+    for t in seg.targets:
+        centre = t.click if t.mask[t.click] or not t.mask.any() else target_centre(t.mask)
+        title = f"{t.name} (label {t.value}): {t.volume_ml:.2f} ml, expert {t.expert}, IoU {t.iou:.2f}"
+        panels.append(
+            overlay_slices(
+                image, None, t.mask, None, centre=centre, spacing_mm=seg.volume.spacing, title=title
+            )
+        )
+    width = max(p.shape[1] for p in panels)
+    rgb = np.concatenate(
+        [np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in panels]
+    )
+    fig = Figure(figsize=(rgb.shape[1] / 100, rgb.shape[0] / 100), dpi=100)
+    fig.figimage(rgb, 0, 0)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    atomic_write(path, buf.getvalue())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help
+        return int(exit_.code or 0)
+    targets = _targets(args)
+    _check_outputs(args)
+    if args.channel is not None and args.channel < 0:
+        raise ConfigError("--channel must be >= 0")
+    if not 0 <= args.share_roi <= 0.5:
+        raise ConfigError("--share-roi must lie in [0, 0.5] (fraction of the crop size)")
+
+    from sammoe.data.io import read_image, write_label
+    from sammoe.infer import Predictor
+
+    started = time.perf_counter()
+    volume = read_image(args.image, channel=args.channel)  # a bad image fails before the model loads
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        predictor = Predictor.load(
+            args.checkpoint,
+            preset=args.preset,
+            experts=args.experts,
+            gate=args.gate,
+            device=args.device,
+            autocast=not args.no_autocast,
+            compile=args.compile,
+            use_sliding_window=not args.no_sliding_window,
+            share_roi=args.share_roi,
+        )
+    for w in caught:
+        print(f"sammoe segment: warning: {w.message}", file=sys.stderr)
+    predictor.set_image(volume)
+    seg = predictor.predict(targets, probabilities=bool(args.probabilities), progress=not args.quiet)
+    write_label(args.out, seg.labels, volume, overwrite=args.overwrite)
+    if args.probabilities:
+        _write_probabilities(Path(args.probabilities), seg.probabilities, volume)
+    if args.png:
+        _write_png(Path(args.png), seg)
+    report = seg.report()
+    report["device"] = str(predictor.device)
+    report["seconds"] = round(time.perf_counter() - started, 3)
+    report["outputs"] = {
+        k: v for k, v in (("labels", args.out), ("probabilities", args.probabilities), ("png", args.png)) if v
+    }
+    if args.report:
+        from sammoe.eval._atomic import atomic_write
+
+        atomic_write(args.report, (json.dumps(report, indent=2) + "\n").encode())
+    if not args.quiet:
+        for t in seg.targets:
+            gate = "" if t.gate is None else f" gate {max(t.gate.values()):.2f}"
+            print(
+                f"{t.name}: label {t.value}, {t.voxels} voxels, {t.volume_ml:.2f} ml, expert {t.expert}{gate}, "
+                f"predicted IoU {t.iou:.2f}, {t.windows} window(s)"
+            )
+        print(f"wrote {args.out} ({seg.encodes} encode(s), {report['seconds']:.2f} s on {predictor.device})")
+    return 0
