@@ -1,0 +1,9 @@
+"""LightningModules: interactive finetuning (experts, foundation) and gate training, sharing one click loop
+(`interactive`) and one evaluation (`evaluation`, `base`); `cli` runs them through LightningCLI."""
+
+from sammoe.lit.base import InteractiveModule
+from sammoe.lit.finetune import ExpertFinetune
+from sammoe.lit.gate import GateTraining
+from sammoe.lit.phantom_data import PhantomDataModule
+
+__all__ = ["InteractiveModule", "ExpertFinetune", "GateTraining", "PhantomDataModule"]

@@ -1,0 +1,180 @@
+"""What expert finetuning and gate training share: the interactive evaluation in validate/test, its report
+in the run directory and its W&B logging, DDP-correct (every rank evaluates its share of the targets, the rows
+are gathered and de-duplicated, so a case padded onto two ranks counts once)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from sammoe.eval.gather import all_gather_rows
+from sammoe.eval.report import build_report, write_report
+from sammoe.eval.results import GENERAL, EvalRow, class_average, class_means
+from sammoe.lit.evaluation import EvalExample, EvalModel, as_eval_batch, evaluate_batch
+from sammoe.lit.wandb_log import log_evaluation
+
+NOTES = (
+    "Dice and NSD (tolerance {tol} mm) per class on the {grid} grid after {clicks} clicks, official protocol: "
+    "seed {seed} per target, first click a random foreground voxel (or the crop's centring click), later "
+    "clicks drawn uniformly from the error region of the model's own previous prediction, all clicks and the "
+    "previous low-res logits fed each step, prediction = sigmoid(logits) > 0.5. Empty-ground-truth rule: an "
+    "empty ground truth with an empty prediction is left out (NaN), with a non-empty prediction it scores 0."
+)
+
+
+class InteractiveModule(L.LightningModule):
+    """Base of the sammoe LightningModules (use a subclass: `ExpertFinetune`, `GateTraining`).
+
+    Subclasses set `self.backbone` and implement `eval_models`; they may override `class_group`,
+    `oracle_expert`, `primary_model` and `finalize_rows`.
+    """
+
+    backbone: Any
+
+    def __init__(
+        self,
+        click_counts: Sequence[int] = (1, 3, 5, 10),
+        eval_seed: int = 233,
+        nsd_tolerance_mm: float = 1.0,
+        roi_spacing: Sequence[float] = (1.5, 1.5, 1.5),
+        overlay_images: bool = True,
+    ) -> None:
+        super().__init__()
+        if not click_counts or min(click_counts) < 1:
+            raise ValueError(f"click_counts must be positive integers, got {list(click_counts)}")
+        self.click_counts = tuple(sorted({int(k) for k in click_counts}))
+        self.eval_seed = int(eval_seed)
+        self.nsd_tolerance_mm = float(nsd_tolerance_mm)
+        self.roi_spacing = tuple(float(s) for s in roi_spacing)
+        self.overlay_images = overlay_images
+        self._rows: list[EvalRow] = []
+        self._examples: list[EvalExample] = []
+        self._extra_eval: list[Any] = []
+        self.last_report: dict[str, Any] | None = None
+        self.last_report_dir: Path | None = None
+
+    # ------------------------------------------------------------------------------------- to override
+    def eval_models(self, batch: dict[str, Any]) -> list[EvalModel]:
+        raise NotImplementedError
+
+    def class_group(self, class_name: str) -> str:
+        return GENERAL
+
+    def oracle_expert(self, class_name: str) -> str | None:
+        return None
+
+    def primary_model(self) -> str:
+        """The model whose Dice is logged as `<stage>/dice` (checkpoint monitor)."""
+        raise NotImplementedError
+
+    def finalize_rows(self, rows: list[EvalRow], stage: str) -> tuple[list[EvalRow], dict[str, Any]]:
+        """Last look at the gathered rows (same on every rank) before the report; returns rows + extra keys."""
+        return rows, {}
+
+    def eval_step_extra(self, batch: dict[str, Any], embeddings: torch.Tensor) -> None:
+        """Hook for subclasses that collect more per batch (e.g. candidate thresholds)."""
+
+    # ------------------------------------------------------------------------------------- helpers
+    @torch.no_grad()
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        return self.backbone.image_encoder(image)
+
+    def run_dir(self) -> Path:
+        """The run directory (the logger's save_dir, else default_root_dir). Call on every rank."""
+        trainer = self.trainer
+        return Path(trainer.log_dir or trainer.default_root_dir)
+
+    # ------------------------------------------------------------------------------------- evaluation
+    def _reset_eval(self) -> None:
+        self._rows, self._examples, self._extra_eval = [], [], []
+
+    def _eval_step(self, batch: Any, batch_idx: int) -> None:
+        batch = as_eval_batch(batch, self.device)
+        if batch is None:
+            return
+        self._original_grid = self._original_grid or ("roi" in batch and "orig_label" in batch)
+        embeddings = self.encode(batch["image"])
+        models = self.eval_models(batch)
+        result = evaluate_batch(
+            models,
+            embeddings,
+            batch,
+            click_counts=self.click_counts,
+            seed=self.eval_seed,
+            low_res_size=self.backbone.low_res_size,
+            roi_spacing=self.roi_spacing,
+            tolerance_mm=self.nsd_tolerance_mm,
+            class_group=self.class_group,
+            oracle_expert=self.oracle_expert,
+            keep_examples=len(models) if (batch_idx == 0 and self.overlay_images) else 0,
+        )
+        self._rows.extend(result.rows)
+        self._examples.extend(result.examples)
+        self.eval_step_extra(batch, embeddings)
+
+    def _eval_end(self, stage: str) -> None:
+        if self.trainer.sanity_checking:
+            self._reset_eval()
+            return
+        rows = all_gather_rows(self._rows)
+        rows, extra = self.finalize_rows(rows, stage)
+        run_dir = self.run_dir() / stage  # log_dir broadcasts: every rank calls it
+        if not rows:
+            self._reset_eval()
+            return
+        report = build_report(rows, foundation="foundation", moe="moe")
+        primary = self.primary_model()
+        means = class_average(class_means(rows, "dice")).get(primary, {})
+        for k in self.click_counts:
+            if k in means and not math.isnan(means[k]):
+                self.log(f"{stage}/dice@{k}", means[k], rank_zero_only=True)
+        finite = [v for v in means.values() if not math.isnan(v)]
+        self.log(f"{stage}/dice", sum(finite) / len(finite) if finite else 0.0, rank_zero_only=True)
+        acc = report.get("routing_accuracy")
+        if acc is not None:
+            self.log(f"{stage}/routing_accuracy", float(acc), rank_zero_only=True)
+        self.last_report = report
+        if self.trainer.is_global_zero:
+            grid = "original" if self._original_grid else "ROI"
+            notes = NOTES.format(
+                tol=self.nsd_tolerance_mm,
+                grid=grid,
+                clicks="/".join(map(str, self.click_counts)),
+                seed=self.eval_seed,
+            )
+            files = write_report(
+                rows,
+                run_dir,
+                notes=notes,
+                title=f"sammoe {stage} report",
+                extra={"stage": stage, "epoch": int(self.current_epoch), **extra},
+            )
+            self.last_report_dir = run_dir
+            log_evaluation(self.trainer, stage, report, self._examples, self.roi_spacing)
+            print(f"sammoe: {stage} report written to {files.markdown}")
+        self._reset_eval()
+
+    _original_grid = False
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx)
+
+    def on_validation_epoch_start(self) -> None:
+        self._reset_eval()
+
+    def on_test_epoch_start(self) -> None:
+        self._reset_eval()
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")

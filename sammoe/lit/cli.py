@@ -1,0 +1,74 @@
+"""`sammoe fit | validate | test | predict`: LightningCLI over the sammoe LightningModules and datamodules.
+
+Model and data are in subclass mode (`class_path` + `init_args`, or a short class name such as
+`GateTraining`), `--config` files chain (later ones override), `--print_config` goes after the subcommand,
+and the resolved config is saved as `config.yaml` in the run directory (overwritten on a rerun) and sent to
+W&B. W&B runs offline unless WANDB_MODE says otherwise. Errors a user can cause print one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from sammoe.errors import SammoeError
+
+TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return " ".join(lines[:1]) if lines else "invalid arguments"
+
+
+def _build_cli_classes() -> tuple[type, type]:
+    from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+
+    class ConfigToRunDir(SaveConfigCallback):
+        """Saves config.yaml into the run directory (overwrite allowed) and sends it to W&B."""
+
+        def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
+            from sammoe.lit.wandb_log import wandb_logger
+
+            logger = wandb_logger(trainer)
+            if logger is None:
+                return
+            import yaml
+
+            config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+            logger.experiment.config.update({"config": config}, allow_val_change=True)
+
+    return LightningCLI, ConfigToRunDir
+
+
+def main(argv: list[str]) -> int:
+    """Run a LightningCLI subcommand; `argv` starts with the subcommand (`fit`, ...)."""
+    os.environ.setdefault("WANDB_MODE", "offline")  # no network unless the user asks for it
+    from jsonargparse import ArgumentError
+    from lightning.pytorch import LightningDataModule
+
+    import sammoe.lit  # noqa: F401  (imports the modules so that short class names resolve)
+    from sammoe.lit.base import InteractiveModule
+
+    cli_class, save_config = _build_cli_classes()
+    try:
+        cli_class(
+            model_class=InteractiveModule,
+            datamodule_class=LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=save_config,
+            save_config_kwargs={"overwrite": True},
+            seed_everything_default=0,
+            parser_kwargs={"exit_on_error": False},
+            # from the console script argv is sys.argv[1:]: let Lightning read it (its DDP launcher re-runs it)
+            args=None if list(argv) == sys.argv[1:] else list(argv),
+        )
+    except ArgumentError as err:
+        print(f"sammoe: error: bad configuration: {_one_line(str(err))}", file=sys.stderr)
+        return 2
+    except SammoeError as err:
+        print(f"sammoe: error: {_one_line(str(err))}", file=sys.stderr)
+        return 2
+    return 0

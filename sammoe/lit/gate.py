@@ -1,0 +1,290 @@
+"""Gate training (SAM-Med3D-MoE): the foundation decoder E0 and every expert decoder frozen, only the gate
+learns, with cross-entropy toward the sample's task expert (general classes -> E0), clicks simulated as in
+training. The selector threshold tau is tuned on validation: the largest average Dice over all classes
+among the thresholds whose general-class Dice stays within `max_general_drop` of the foundation's.
+
+Validation/test report foundation, each expert, the MoE and oracle routing, plus routing accuracy and
+forgetting. The trained gate is saved as `gate.safetensors` in the run directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from sammoe.errors import ConfigError
+from sammoe.eval.results import GENERAL, TASK, EvalRow, class_means, nanmean
+from sammoe.lit.backbone import build_backbone, describe_checkpoint
+from sammoe.lit.base import InteractiveModule
+from sammoe.lit.evaluation import EvalModel
+from sammoe.lit.interactive import StepOutput, moe_step, training_rollout
+from sammoe.model.gate import MaskSelector
+from sammoe.model.moe import FOUNDATION, SamMoE
+from sammoe.model.sam3d import backbone_fingerprint
+
+DEFAULT_TAU_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def load_experts(backbone: Any, names: Sequence[str] | None) -> tuple[dict[str, Any], dict[str, str]]:
+    """Expert decoders (name -> MaskDecoder3D) of the discovered plugins (`names`: exactly those, else all
+    usable), checked against the backbone's fingerprint, and the class -> expert map from their manifests."""
+    from sammoe.plugins import load_expert_weights, select_experts
+
+    records = select_experts(
+        None if names is None else list(names), backbone_fingerprint=backbone_fingerprint(backbone)
+    )
+    if not records:
+        raise ConfigError(
+            "no usable expert plugin is installed; install one (e.g. pip install experts/<project>) or "
+            "list them in model.init_args.experts (`sammoe experts list` shows what is installed)"
+        )
+    decoders, class_to_expert = {}, {}
+    for record in records:
+        decoder = copy.deepcopy(backbone.mask_decoder)
+        decoder.load_state_dict(load_expert_weights(record))
+        decoders[record.name] = decoder.requires_grad_(False)
+        for cls in record.manifest.task.classes:
+            if cls in class_to_expert:
+                warnings.warn(
+                    f"class {cls!r} is claimed by experts {class_to_expert[cls]!r} and {record.name!r}; "
+                    f"routing it to {class_to_expert[cls]!r}",
+                    stacklevel=2,
+                )
+                continue
+            class_to_expert[cls] = record.name
+    return decoders, class_to_expert
+
+
+def selector_step(moe: SamMoE, selector: MaskSelector):
+    """Step function of the MoE with a given selector (e.g. a candidate threshold)."""
+
+    def step(emb, points, labels, mask_prompt):
+        saved, moe.selector = moe.selector, selector
+        try:
+            out = moe.step(emb, points, labels, mask_prompt)
+        finally:
+            moe.selector = saved
+        return StepOutput(out.logits, out.iou, out.route, out.gate_logits)
+
+    return step
+
+
+class GateTraining(InteractiveModule):
+    """Train the SAM-Med3D-MoE gate over the foundation and the expert plugins (see module docstring).
+
+    Args:
+        preset: SamMed3D preset of the foundation (`tiny`, `vit_b_ori`).
+        checkpoint: the foundation's weights (null = the preset's default: for `tiny` the shipped model;
+            for `vit_b_ori` give `sam_med3d_turbo.pth`). Experts must have been finetuned on it.
+        experts: expert plugin names to use (exactly those; an unknown or incompatible one is an error);
+            null = every usable installed plugin (SAMMOE_EXPERTS narrows the selection).
+        gate: start from a trained gate (`gate.safetensors`); e.g. to evaluate one with `sammoe test`.
+        gate_hidden_dim: width of the gate MLP.
+        selector: `threshold` (paper), `top1` or `soft`.
+        tau: the threshold before tuning.
+        tune_tau: tune tau on validation (threshold selector).
+        tau_grid: candidate thresholds.
+        max_general_drop: largest allowed drop of the general-class Dice (0-1) against the foundation.
+        lr, weight_decay: AdamW for the gate.
+        num_iterations: simulated click iterations per batch (official training interaction: 11).
+        evaluate_experts: also evaluate each expert alone and oracle routing (the full comparison table).
+        export_path: also write the gate there (e.g. `sammoe/assets/gate_tiny.safetensors`).
+    """
+
+    def __init__(
+        self,
+        preset: str = "tiny",
+        checkpoint: str | None = None,
+        experts: list[str] | None = None,
+        gate: str | None = None,
+        gate_hidden_dim: int = 256,
+        selector: Literal["threshold", "top1", "soft"] = "threshold",
+        tau: float = 0.5,
+        tune_tau: bool = True,
+        tau_grid: list[float] = list(DEFAULT_TAU_GRID),  # noqa: B006 (jsonargparse needs a literal default)
+        max_general_drop: float = 0.01,
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        num_iterations: int = 11,
+        evaluate_experts: bool = True,
+        export_path: str | None = None,
+        seed: int = 2023,
+        click_counts: Sequence[int] = (1, 3, 5, 10),
+        eval_seed: int = 233,
+        nsd_tolerance_mm: float = 1.0,
+        roi_spacing: Sequence[float] = (1.5, 1.5, 1.5),
+        overlay_images: bool = True,
+    ) -> None:
+        super().__init__(click_counts, eval_seed, nsd_tolerance_mm, roi_spacing, overlay_images)
+        self.save_hyperparameters()
+        backbone = build_backbone(preset, checkpoint).requires_grad_(False)
+        self.start_weights = describe_checkpoint(preset, checkpoint)
+        decoders, self.class_to_expert = load_experts(backbone, experts)
+        self.moe = SamMoE(backbone, decoders, gate_hidden_dim, MaskSelector(selector, tau))
+        if gate is not None:
+            self.moe.load_gate(gate)
+        self.moe.freeze_all_but_gate()
+        self.backbone = self.moe.backbone
+        self.tau_grid = sorted({float(t) for t in tau_grid})
+        self._generator: torch.Generator | None = None
+
+    # ------------------------------------------------------------------------------------- routing
+    @property
+    def expert_names(self) -> list[str]:
+        return list(self.moe.expert_names)
+
+    def oracle_expert(self, class_name: str) -> str:
+        return self.class_to_expert.get(class_name, FOUNDATION)
+
+    def oracle_index(self, class_names: Sequence[str], device: torch.device) -> torch.Tensor:
+        index = {name: i for i, name in enumerate(self.expert_names)}
+        return torch.tensor([index[self.oracle_expert(c)] for c in class_names], device=device)
+
+    def class_group(self, class_name: str) -> str:
+        return TASK if class_name in self.class_to_expert else GENERAL
+
+    # ------------------------------------------------------------------------------------- training
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(
+            self.moe.gate.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+
+    def generator(self) -> torch.Generator:
+        if self._generator is None:
+            rank = self.trainer.global_rank if self._trainer is not None else 0
+            self._generator = torch.Generator().manual_seed(int(self.hparams.seed) + rank)
+        return self._generator
+
+    def on_train_epoch_start(self) -> None:
+        self.moe.backbone.eval()  # frozen parts stay in eval mode; the gate trains (dropout)
+        self.moe.experts.eval()
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        image, gt = batch["image"], batch["label"].float()
+        target = self.oracle_index(batch["class_name"], image.device)
+        with torch.no_grad():
+            embeddings = self.moe.encode(image)
+        rollout = training_rollout(
+            moe_step(self.moe, route=target),  # masks from the right expert, as at inference
+            embeddings,
+            gt,
+            None,
+            self.generator(),
+            num_iterations=self.hparams.num_iterations,
+            low_res_size=self.backbone.low_res_size,
+        )
+        logits = torch.stack([out.gate_logits.float() for out in rollout.outputs])  # (T, B, K+1)
+        loss = F.cross_entropy(logits.flatten(0, 1), target.repeat(logits.shape[0]))
+        acc = (logits.argmax(-1) == target).float().mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=image.shape[0])
+        self.log("train/gate_accuracy", acc, prog_bar=True, batch_size=image.shape[0])
+        return loss
+
+    # ------------------------------------------------------------------------------------- evaluation
+    def _tuning(self) -> bool:
+        return bool(
+            self.hparams.tune_tau
+            and self.moe.selector.mode == "threshold"
+            and self._trainer is not None
+            and self.trainer.state.stage is not None
+            and self.trainer.state.stage.value in ("validate", "sanity_check")
+        )
+
+    def eval_models(self, batch: dict[str, Any]) -> list[EvalModel]:
+        names = self.expert_names
+        oracle = self.oracle_index(batch["class_name"], batch["image"].device)
+        models = []
+        if self.hparams.evaluate_experts:
+            models += [
+                EvalModel(name, (lambda b, k=k: moe_step(self.moe, route=k))) for k, name in enumerate(names)
+            ]
+            models.append(EvalModel("oracle", lambda b: moe_step(self.moe, route=int(oracle[b]))))
+        else:
+            models.append(EvalModel(FOUNDATION, lambda b: moe_step(self.moe, route=0)))
+        if self._tuning():
+            for tau in self.tau_grid:
+                sel = MaskSelector("threshold", tau)
+                models.append(EvalModel(f"moe@{tau:g}", (lambda b, s=sel: selector_step(self.moe, s)), names))
+        else:
+            models.append(EvalModel("moe", lambda b: moe_step(self.moe), names))
+        return models
+
+    def primary_model(self) -> str:
+        return "moe"
+
+    def choose_tau(self, rows: list[EvalRow]) -> tuple[float, dict[str, dict[str, float]]]:
+        """The threshold with the best class-average Dice among those within `max_general_drop` of the
+        foundation on the general classes (else the one that loses least there)."""
+        table = class_means(rows, "dice")
+        base = table.get(FOUNDATION, {})
+        general = [c for c in base if self.class_group(c) == GENERAL]
+        search: dict[str, dict[str, float]] = {}
+        for tau in self.tau_grid:
+            per_class = table.get(f"moe@{tau:g}", {})
+            average = nanmean(nanmean(by_k.values()) for by_k in per_class.values())
+            drops = [
+                base[c][k] - per_class[c][k]
+                for c in general
+                if c in per_class
+                for k in base[c]
+                if k in per_class[c]
+            ]
+            drop = nanmean(drops) if drops else 0.0
+            search[f"{tau:g}"] = {"average_dice": average, "general_drop": drop}
+        allowed = [
+            t for t in self.tau_grid if search[f"{t:g}"]["general_drop"] <= self.hparams.max_general_drop
+        ]
+
+        def avg(t: float) -> float:
+            value = search[f"{t:g}"]["average_dice"]
+            return -1.0 if math.isnan(value) else value
+
+        if allowed:
+            best = max(allowed, key=lambda t: (avg(t), t))
+        else:
+            best = min(self.tau_grid, key=lambda t: (search[f"{t:g}"]["general_drop"], -avg(t)))
+        return best, search
+
+    def finalize_rows(self, rows: list[EvalRow], stage: str) -> tuple[list[EvalRow], dict[str, Any]]:
+        extra: dict[str, Any] = {"selector": self.moe.selector.mode, "experts": self.expert_names}
+        candidates = [r for r in rows if r.model.startswith("moe@")]
+        if candidates:
+            tau, search = self.choose_tau(rows)
+            self.moe.selector = MaskSelector(self.moe.selector.mode, tau)
+            chosen = f"moe@{tau:g}"
+            rows = [r for r in rows if not r.model.startswith("moe@")] + [
+                EvalRow(**{**r.to_dict(), "model": "moe"}) for r in candidates if r.model == chosen
+            ]
+            extra["tau_search"] = search
+            self.log(f"{stage}/tau", float(tau), rank_zero_only=True)
+        extra["tau"] = float(self.moe.selector.tau)
+        return rows, extra
+
+    # ------------------------------------------------------------------------------------- persistence
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["sammoe_selector"] = {"mode": self.moe.selector.mode, "tau": float(self.moe.selector.tau)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        sel = checkpoint.get("sammoe_selector")
+        if sel:
+            self.moe.selector = MaskSelector(sel["mode"], float(sel["tau"]))
+
+    def on_train_end(self) -> None:
+        run_dir = self.run_dir()  # broadcasts: every rank
+        if not self.trainer.is_global_zero:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        written = [self.moe.save_gate(run_dir / "gate.safetensors")]
+        if self.hparams.export_path:
+            target = Path(self.hparams.export_path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            written.append(self.moe.save_gate(target))
+        for path in written:
+            print(f"sammoe: gate (tau={self.moe.selector.tau:g}) saved to {path}")
