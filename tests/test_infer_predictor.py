@@ -1,0 +1,319 @@
+"""Predictor: click geometry (voxel / RAS / LPS on non-RAS anisotropic grids), alignment with the input grid,
+multi-target batching, interactive refinement, MoE reports, model loading. CPU, tiny models, no assets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sammoe.data.io import Volume
+from sammoe.errors import CheckpointError, ConfigError, DataError
+from sammoe.infer import Predictor, Target, load_model, to_input_voxels
+from sammoe.model.moe import SamMoE
+from sammoe.model.sam3d import PRESETS, SamMed3D
+from sammoe.plugins.backbone import load_backbone
+
+
+class SphereModel(SamMed3D):
+    """Tiny SamMed3D whose decoder 'segments' a ball of ``radius`` ROI voxels around the first click:
+    a model with known output, so geometry can be checked exactly."""
+
+    def __init__(self, radius: float = 6.0) -> None:
+        super().__init__(PRESETS["tiny"])
+        self.radius = radius
+        self.calls: list[int] = []
+
+    def decode(self, emb, points, labels, mask_prompt, decoder=None):
+        self.calls.append(points.shape[0])
+        low, size = self.low_res_size, self.img_size
+        axis = (torch.arange(low, dtype=torch.float32) + 0.5) * (size / low) - 0.5
+        grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1)
+        dist = (grid[None] - points[:, 0].float()[:, None, None, None]).norm(dim=-1)
+        return (self.radius - dist)[:, None], torch.ones(points.shape[0], 1)
+
+
+def oblique_volume(shape=(40, 30, 24), seed=0) -> Volume:
+    """A non-RAS (axes permuted and flipped), anisotropic volume with structure in it."""
+    rng = np.random.default_rng(seed)
+    affine = np.array(
+        [
+            [0.0, 0.0, -2.0, 40.0],  # array axis 2 -> L (flipped), 2 mm
+            [-0.8, 0.0, 0.0, 15.0],  # array axis 0 -> P (flipped), 0.8 mm
+            [0.0, 1.2, 0.0, -20.0],  # array axis 1 -> S, 1.2 mm
+            [0.0, 0.0, 0.0, 1.0],
+        ]
+    )
+    array = rng.normal(100.0, 20.0, size=shape).astype(np.float32)
+    array[10:25, 8:20, 5:15] += 150.0
+    return Volume(array=array, affine=affine)
+
+
+def world(volume: Volume, vox) -> np.ndarray:
+    vox = np.asarray(vox, dtype=np.float64)
+    return volume.affine[:3, :3] @ vox + volume.affine[:3, 3]
+
+
+@pytest.fixture(scope="module")
+def tiny() -> SamMed3D:
+    return load_backbone("tiny")
+
+
+def test_world_mm_and_voxel_clicks_agree_on_oblique_volume(tiny):
+    vol = oblique_volume()
+    vox = np.array([[17, 14, 9], [20, 12, 11]], dtype=np.float64)
+    labels = [1, 0]
+    ras = np.stack([world(vol, v) for v in vox])
+    lps = ras * np.array([-1.0, -1.0, 1.0])
+    assert np.allclose(to_input_voxels(vol, ras, "ras"), vox)
+    assert np.allclose(to_input_voxels(vol, lps, "lps"), vox)
+    pred = Predictor(tiny, "cpu")
+    pred.set_image(vol)
+    results = [
+        pred.predict(Target(pts, labels, space=space), probabilities=True)
+        for pts, space in ((vox, "voxel"), (ras, "ras"), (lps, "lps"))
+    ]
+    for res in results[1:]:
+        assert np.array_equal(res.labels, results[0].labels)
+        assert np.array_equal(res.probabilities, results[0].probabilities)
+        assert res.targets[0].iou == results[0].targets[0].iou
+    assert results[0].labels.shape == vol.shape
+
+
+@pytest.mark.parametrize("space", ["voxel", "ras", "lps"])
+def test_mask_lands_on_the_clicked_anatomy_voxel_for_voxel(space):
+    vol = oblique_volume()
+    model = SphereModel(radius=6.0)  # 6 ROI voxels = 9 mm at 1.5 mm
+    pred = Predictor(model, "cpu", use_sliding_window=False)
+    pred.set_image(vol)
+    click = np.array([17.0, 14.0, 9.0])
+    point = {"voxel": click, "ras": world(vol, click), "lps": world(vol, click) * [-1, -1, 1]}[space]
+    seg = pred.predict(Target([point], space=space))
+    mask = seg.labels == 1
+    assert mask[tuple(click.astype(int))]
+    idx = np.argwhere(np.ones(vol.shape, bool))
+    dist = np.linalg.norm((idx @ vol.affine[:3, :3].T + vol.affine[:3, 3]) - world(vol, click), axis=1)
+    dist = dist.reshape(vol.shape)
+    # Inside the ball (minus resampling and voxel-size slack) is foreground, outside is background.
+    assert mask[dist < 9.0 - 2.5].all()
+    assert not mask[dist > 9.0 + 2.5].any()
+    centroid = np.argwhere(mask).mean(0)
+    assert np.linalg.norm(world(vol, centroid) - world(vol, click)) < 1.0
+
+
+def test_multi_target_label_values_shared_roi_and_one_batch():
+    vol = oblique_volume(shape=(80, 60, 50))
+    model = SphereModel(radius=6.0)
+    pred = Predictor(model, "cpu", use_sliding_window=False)
+    pred.set_image(vol)
+    targets = [
+        Target([[20, 15, 10]], name="a"),
+        Target([[22, 17, 12]], name="b"),  # within share_roi of a: same ROI, same batch
+        Target([[70, 50, 42]], name="c"),  # far away: its own ROI
+    ]
+    seg = pred.predict(targets)
+    assert seg.encodes == 2
+    assert [t.roi for t in seg.targets] == [0, 0, 1]
+    assert model.calls == [2, 1]  # a and b decoded together
+    assert set(np.unique(seg.labels)) == {0, 1, 2, 3}
+    for t in seg.targets:
+        assert t.voxels == int((seg.labels == t.value).sum()) > 0
+        assert t.volume_ml == pytest.approx(t.voxels * 0.8 * 1.2 * 2.0 / 1000)
+        assert seg.labels[t.click] == t.value or t.name == "a"  # b overlaps and overwrites a near its click
+    report = seg.report()
+    assert [r["name"] for r in report["targets"]] == ["a", "b", "c"]
+    assert report["encodes"] == 2
+
+
+def test_batched_targets_match_single_target_runs(tiny):
+    vol = oblique_volume()
+    a = Target([[17, 14, 9], [12, 10, 8]], [1, 1], "a")
+    b = Target([[17, 14, 9], [20, 12, 11]], [1, 0], "b")
+    pred = Predictor(tiny, "cpu", use_sliding_window=False)
+    pred.set_image(vol)
+    both = pred.predict([a, b], probabilities=True)
+    assert both.encodes == 1
+    for i, target in enumerate((a, b)):
+        alone = pred.predict(target, probabilities=True)
+        np.testing.assert_allclose(
+            both.targets[i].probability, alone.targets[0].probability, atol=5e-5
+        )  # uint16 steps
+
+
+def test_refinement_reuses_embedding_and_matches_replay(tiny):
+    vol = oblique_volume()
+    clicks = [[17, 14, 9], [12, 10, 8], [20, 12, 11]]
+    labels = [1, 1, 0]
+    pred = Predictor(tiny, "cpu", use_sliding_window=False)
+    pred.set_image(vol)
+    full = pred.predict(Target(clicks, labels), probabilities=True).targets[0]
+    first = pred.predict(Target(clicks[:1]), probabilities=True).targets[0]
+    encodes = pred.encodes
+    pred.add_click(0, clicks[1], positive=True)
+    last = pred.add_click("target_1", world(vol, clicks[2]), positive=False, space="ras")
+    assert pred.encodes == encodes  # no re-encoding
+    assert last.clicks == 3 and first.clicks == 1
+    np.testing.assert_allclose(last.probability, full.probability, atol=1e-6)
+    assert np.array_equal(
+        pred.segmentation.labels, (full.probability > 0.5).astype(np.uint8)
+    ) or np.array_equal(pred.segmentation.labels == 1, full.mask)
+    with pytest.raises(ConfigError, match="no target named"):
+        pred.add_click("nope", clicks[0])
+
+
+def test_refinement_click_outside_crop_is_refused():
+    vol = oblique_volume(shape=(120, 60, 50))
+    pred = Predictor(SphereModel(), "cpu", use_sliding_window=False)
+    pred.set_image(vol)
+    pred.predict(Target([[10, 30, 25]]))
+    with pytest.raises(DataError, match="outside the target's 64\\^3 crop"):
+        pred.add_click(0, [115, 30, 25])
+
+
+def test_large_target_grows_over_windows():
+    vol = oblique_volume(shape=(160, 40, 30))  # 128 mm long along array axis 0
+    model = SphereModel(radius=40.0)  # a ball far larger than the 64^3 crop
+    pred = Predictor(model, "cpu")
+    pred.set_image(vol)
+    grown = pred.predict(Target([[80, 20, 15]])).targets[0]
+    single = Predictor(model, "cpu", use_sliding_window=False)
+    single.set_image(vol)
+    one = single.predict(Target([[80, 20, 15]])).targets[0]
+    assert grown.windows > 1 and one.windows == 1
+    assert grown.voxels > one.voxels
+
+
+def test_bad_clicks_raise_one_line_errors(tiny):
+    vol = oblique_volume()
+    pred = Predictor(tiny, "cpu")
+    pred.set_image(vol)
+    cases = [
+        (Target([[40, 0, 0]]), "outside the image of shape 40x30x24"),
+        (Target([world(vol, [-3, 0, 0])], space="ras"), "RAS mm .* outside the image"),
+        (Target([[1, 2, 3]], space="xyz"), "unknown coordinate system 'xyz'"),
+        (Target([]), "empty click list"),
+        (Target([[1, 2]]), "3 coordinates"),
+        (Target([[1, 2, 3]], [0]), "no positive click"),
+        (Target([[1, 2, 3]], [1, 1]), "1 clicks but 2 labels"),
+        (Target([[1, 2, 3]], [2]), "1 \\(positive\\) or 0"),
+        (Target([[np.nan, 2, 3]]), "finite"),
+    ]
+    for target, message in cases:
+        with pytest.raises(DataError, match=message) as info:
+            pred.predict(target)
+        assert "\n" not in str(info.value)
+    with pytest.raises(DataError, match="no targets"):
+        pred.predict([])
+    with pytest.raises(ConfigError, match="no image set"):
+        Predictor(tiny, "cpu").predict(Target([[1, 2, 3]]))
+
+
+def test_array_and_dicom_inputs(tmp_path, tiny):
+    sitk = pytest.importorskip("SimpleITK")
+    arr = oblique_volume().array[:, :, :12].astype(np.int16)
+    image = sitk.GetImageFromArray(arr.transpose(2, 1, 0))
+    image.SetSpacing((0.9, 1.1, 2.0))
+    image.SetOrigin((-10.0, 5.0, 30.0))
+    folder = tmp_path / "series"
+    folder.mkdir()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(arr.shape[2]):
+        sl = image[:, :, k]
+        sl.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.7")
+        sl.SetMetaData("0020|0032", "\\".join(str(v) for v in image.TransformIndexToPhysicalPoint((0, 0, k))))
+        sl.SetMetaData("0020|0013", str(k))
+        writer.SetFileName(str(folder / f"{k:03d}.dcm"))
+        writer.Execute(sl)
+    pred = Predictor(tiny, "cpu", use_sliding_window=False)
+    vol = pred.set_image(folder)
+    assert vol.shape == arr.shape
+    from_dicom = pred.predict(Target([[20, 15, 6]]), probabilities=True)
+    pred.set_image(vol.array, vol.affine)
+    from_array = pred.predict(Target([[20, 15, 6]]), probabilities=True)
+    assert np.array_equal(from_dicom.probabilities, from_array.probabilities)
+    lps = np.array([-10.0 + 20 * 0.9, 5.0 + 15 * 1.1, 30.0 + 6 * 2.0])  # ITK physical point of that voxel
+    pred.set_image(folder)
+    from_lps = pred.predict(Target([lps], space="lps"), probabilities=True)
+    assert np.array_equal(from_lps.probabilities, from_dicom.probabilities)
+    with pytest.raises(DataError, match="3D"):
+        pred.set_image(np.zeros((4, 4)))
+
+
+def test_moe_reports_expert_and_gate(tiny):
+    torch.manual_seed(1)
+    backbone = load_backbone("tiny")
+    expert = SamMed3D(PRESETS["tiny"]).mask_decoder
+    moe = SamMoE(backbone, {"liver": expert})
+    pred = Predictor(moe, "cpu", use_sliding_window=False)
+    pred.set_image(oblique_volume())
+    seg = pred.predict([Target([[17, 14, 9]]), Target([[12, 10, 8]])])
+    for t in seg.targets:
+        assert t.expert in ("foundation", "liver")
+        assert set(t.gate) == {"foundation", "liver"}
+        assert sum(t.gate.values()) == pytest.approx(1.0, abs=1e-3)
+    moe.selector.mode = "top1"
+    forced = pred.predict(Target([[17, 14, 9]])).targets[0]
+    assert forced.expert == max(forced.gate, key=forced.gate.get)
+
+
+def test_load_model_shipped_assets(tmp_path, monkeypatch):
+    from sammoe import assets
+
+    monkeypatch.setattr(assets, "FOUNDATION_TINY", tmp_path / "missing.safetensors")
+    with pytest.raises(CheckpointError, match="make foundation"):
+        load_model()
+    ckpt = load_backbone("tiny").save_safetensors(tmp_path / "foundation.safetensors")
+    monkeypatch.setattr(assets, "FOUNDATION_TINY", ckpt)
+    monkeypatch.setattr(assets, "GATE_TINY", tmp_path / "no_gate.safetensors")
+    if _installed_experts():  # compatible experts but no gate: the foundation alone, with a warning
+        with pytest.warns(UserWarning, match="foundation decoder only"):
+            model, info = load_model()
+    else:
+        model, info = load_model()
+    assert isinstance(model, SamMed3D) and info["model"]["preset"] == "tiny"
+    model, _ = load_model(experts="none")
+    assert isinstance(model, SamMed3D)
+
+
+def test_load_model_checkpoint_errors(tmp_path):
+    from safetensors.torch import save_file
+
+    bad = tmp_path / "bad.safetensors"
+    save_file({"foo": torch.zeros(2)}, str(bad))
+    with pytest.raises(CheckpointError, match="matches no SAM-Med3D preset"):
+        load_model(bad, experts="none")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_model(tmp_path / "nope.pth", experts="none")
+    ckpt = load_backbone("tiny").save_safetensors(tmp_path / "tiny.safetensors")
+    with pytest.raises(CheckpointError, match="pick the preset"):
+        load_model(ckpt, preset="vit_b_ori", experts="none")
+
+
+def test_load_model_with_installed_experts_and_gate(tmp_path):
+    names = _installed_experts()
+    if not names:
+        pytest.skip("no expert plugins installed")
+    backbone = load_backbone("tiny")
+    ckpt = backbone.save_safetensors(tmp_path / "tiny.safetensors")
+    with pytest.raises(ConfigError, match="need a gate"):
+        load_model(ckpt, experts=names[:1])
+    from sammoe.plugins.discovery import load_expert_weights, select_experts
+
+    records = select_experts(names[:1])
+    decoders = {}
+    for r in records:
+        dec = SamMed3D(PRESETS["tiny"]).mask_decoder
+        dec.load_state_dict(load_expert_weights(r))
+        decoders[r.name] = dec
+    gate = SamMoE(backbone, decoders).save_gate(tmp_path / "gate.safetensors")
+    model, info = load_model(ckpt, experts=names[:1], gate=gate)
+    assert isinstance(model, SamMoE) and info["model"]["experts"] == names[:1]
+
+
+def _installed_experts() -> list[str]:
+    from sammoe.model.sam3d import backbone_fingerprint
+    from sammoe.plugins.discovery import discover
+
+    fp = backbone_fingerprint(load_backbone("tiny"))
+    return [r.name for r in discover(backbone_fingerprint=fp) if r.ok]
