@@ -229,3 +229,17 @@ def test_sliding_window_large_structure():
     assert dice(single, target) < 0.8
     assert dice(full, target) >= 0.95
     assert len(calls) > 2
+
+
+def test_flip_axes_flip_image_and_label_together():
+    affine = make_affine(np.eye(3), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0))
+    image, label = ellipsoid_case(
+        (40, 36, 30), affine, radii=(15, 10, 12), centre_offset=(6, -3, 2), ball_radius=5
+    )
+    pre = Preprocessor(2.0, 24)
+    res = pre.resample(Volume(image, affine), label)
+    plain = pre.crop(res, label_value=2)
+    flipped = pre.crop(res, label_value=2, flip_axes=(0, 2))
+    assert torch.allclose(flipped.image, plain.image.flip([1, 3]))
+    assert torch.equal(flipped.label, plain.label.flip([1, 3]))
+    assert flipped.meta["flipped"] == (0, 2)

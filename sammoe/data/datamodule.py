@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from sammoe.data.datasets import Case, CaseIndex, ClassRef, build_index
 from sammoe.data.io import check_label_values, read_image, read_label
-from sammoe.data.preprocess import Preprocessor, Resampled, bbox
+from sammoe.data.preprocess import Preprocessor, Resampled
 from sammoe.errors import DataError
 
 CACHE_VERSION = 1
@@ -119,12 +119,15 @@ class PreprocessCache:
         res = self.pre.resample(image, label)
         boxes = {}
         if res.label is not None:
-            for value in np.unique(res.label):
-                if value == 0:
-                    continue
-                mask = res.label == value
-                lo, hi = bbox(mask)
-                boxes[int(value)] = (lo, hi, int(mask.sum()))
+            from scipy import ndimage
+
+            # one pass for every class's bounding box, one for the voxel counts
+            counts = np.bincount(res.label.reshape(-1))
+            for value, slices in enumerate(ndimage.find_objects(res.label), start=1):
+                if slices is not None:
+                    lo = np.array([s.start for s in slices], dtype=np.int64)
+                    hi = np.array([s.stop for s in slices], dtype=np.int64)
+                    boxes[value] = (lo, hi, int(counts[value]))
         return res, boxes
 
     def load(self, case: Case, allowed_values: Sequence[int] | None = None) -> CachedCase:
@@ -233,12 +236,11 @@ class TargetDataset(Dataset):
             raise DataError(
                 f"none of the {len(self.targets)} targets has enough voxels; check the class selection"
             )
-        roi = self.pre.crop(cached.resampled, label_value=ref.value, class_bbox=(box[0], box[1]))
+        flips = [d for d in range(3) if bool(torch.rand(()) < 0.5)] if self.flips else []
+        roi = self.pre.crop(
+            cached.resampled, label_value=ref.value, class_bbox=(box[0], box[1]), flip_axes=flips
+        )
         image, label = roi.image, roi.label.float()
-        if self.flips:
-            dims = [d + 1 for d in range(3) if bool(torch.rand(()) < 0.5)]
-            if dims:
-                image, label = image.flip(dims), label.flip(dims)
         return {
             "image": image.contiguous(),
             "label": label.contiguous(),

@@ -101,18 +101,30 @@ def crop_or_pad(
     return out
 
 
-def znormalize(image: torch.Tensor) -> torch.Tensor:
+def znormalize(image: torch.Tensor | np.ndarray) -> torch.Tensor:
     """Z-normalise with mean and unbiased std of the voxels > 0, applied to every voxel (as the official code,
     torchio ``ZNormalization(masking_method=lambda x: x > 0)``). Fewer than 2 voxels > 0: statistics of the
-    whole tensor; zero std: divide by 1."""
+    whole tensor; zero std: divide by 1. Statistics in float64; result float32 on the input's device."""
+    if isinstance(image, np.ndarray) or image.device.type == "cpu":
+        # numpy's masked select + float64 reductions are ~2.5x faster than torch's on CPU for 128^3 crops
+        array = np.asarray(image, dtype=np.float32)
+        values = array[array > 0]
+        if values.size < 2:
+            values = array.reshape(-1)
+        mean = float(values.mean(dtype=np.float64))
+        std = float(values.std(ddof=1, dtype=np.float64)) if values.size > 1 else 0.0
+        if not np.isfinite(std) or std < 1e-8:
+            std = 1.0
+        out = (array - np.float32(mean)) / np.float32(std)  # a new contiguous array (also for flipped views)
+        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
     image = image.float()
     mask = image > 0
     values = image[mask] if int(mask.sum()) >= 2 else image.reshape(-1)
-    mean = values.mean()
-    std = values.std() if values.numel() > 1 else torch.zeros((), dtype=image.dtype)
+    mean = values.double().mean()
+    std = values.double().std() if values.numel() > 1 else torch.zeros((), dtype=torch.float64)
     if not torch.isfinite(std) or float(std) < 1e-8:
-        std = torch.ones((), dtype=image.dtype)
-    return (image - mean) / std
+        std = torch.ones((), dtype=torch.float64)
+    return (image - mean.float()) / std.float()
 
 
 @dataclass
@@ -288,20 +300,30 @@ class Preprocessor:
         start: Sequence[int] | None = None,
         label_value: int | None = None,
         class_bbox: tuple[Sequence[int], Sequence[int]] | None = None,
+        flip_axes: Sequence[int] = (),
     ) -> Roi:
-        """Crop/pad the resampled case, clamp (CT), z-normalise; binarise the label (``== label_value``)."""
+        """Crop/pad the resampled case, clamp (CT), z-normalise; binarise the label (``== label_value``).
+
+        ``flip_axes`` (training augmentation) flips image and label along those spatial axes during the copy;
+        a flipped ROI's geometry no longer describes its voxels, so never invert one (``meta["flipped"]``).
+        """
         if start is None:
             start = self.start_for(res, center_ras=center_ras, label_value=label_value, class_bbox=class_bbox)
         start = np.asarray(start, dtype=np.int64)
         raw = crop_or_pad(res.image, start, self.crop_size).astype(np.float32, copy=False)
-        image = torch.from_numpy(raw)
         if self.ct_clamp is not None:
-            image = image.clamp(*self.ct_clamp)
-        image = znormalize(image)[None]
+            np.clip(raw, *self.ct_clamp, out=raw)
+        flip_axes = tuple(int(a) for a in flip_axes)
+        if flip_axes:
+            raw = np.flip(raw, flip_axes)
+        image = znormalize(raw)[None]
         label = None
         if res.label is not None:
             lab = crop_or_pad(res.label, start, self.crop_size)
-            label = torch.from_numpy(lab > 0 if label_value is None else lab == label_value)[None]
+            if flip_axes:
+                lab = np.flip(lab, flip_axes)
+            mask = lab > 0 if label_value is None else lab == label_value
+            label = torch.from_numpy(np.ascontiguousarray(mask))[None]
         return Roi(
             image=image,
             start=start,
@@ -311,7 +333,11 @@ class Preprocessor:
             orig_affine=res.orig_affine,
             orig_shape=res.orig_shape,
             label=label,
-            meta={"path": str(res.path) if res.path else None, "label_value": label_value},
+            meta={
+                "path": str(res.path) if res.path else None,
+                "label_value": label_value,
+                "flipped": flip_axes,
+            },
         )
 
     def __call__(
