@@ -271,7 +271,7 @@ def test_package_error_paths(tmp_path, decoder):
     _sidecar(ckpt, task={"classes": {}})
     assert "metadata is invalid: task.classes" in _package_error(tmp_path, ckpt)
     ckpt.with_suffix(".json").write_text(json.dumps({"preset": "tiny"}))
-    assert "metadata has no 'task'" in _package_error(tmp_path, ckpt)
+    assert "metadata has no 'task' dict" in _package_error(tmp_path, ckpt)
     _sidecar(ckpt, preset="vit_h")
     assert "unknown preset 'vit_h'" in _package_error(tmp_path, ckpt)
     meta = tmp_path / "meta.json"
@@ -382,3 +382,49 @@ def test_load_expert_decoders_for_a_backbone(site, tiny, decoder, monkeypatch):
         load_expert_decoders(model, ["liver", "spleen"])
     with pytest.raises(PluginError, match="^expert 'kidney' .*missing 1 key"):
         load_expert_decoders(model, ["kidney"])
+
+
+@pytest.mark.filterwarnings("ignore:.*LeafSpec")
+def test_package_a_real_lightning_checkpoint(tmp_path):
+    """A checkpoint written by Lightning's Trainer (ModelCheckpoint) with plain-JSON hyperparameters."""
+    import lightning as L
+
+    class Finetune(L.LightningModule):
+        def __init__(self, preset: str = "tiny", task: dict | None = None, lr: float = 8e-5) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+            self.model = SamMed3D.from_preset(preset)
+            self.model.image_encoder.requires_grad_(False)
+            self.model.prompt_encoder.requires_grad_(False)
+
+        def training_step(self, batch, _):
+            (image,) = batch
+            with torch.no_grad():
+                emb = self.model.image_encoder(image)
+            points, labels = torch.full((1, 1, 3), 32.0), torch.ones(1, 1, dtype=torch.long)
+            logits, _ = self.model.decode(emb, points, labels, image.new_zeros(1, 1, 16, 16, 16))
+            return logits.mean()
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.model.mask_decoder.parameters(), lr=self.hparams.lr)
+
+    module = Finetune(task=TASK)
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    data = torch.utils.data.TensorDataset(torch.randn(1, 1, 64, 64, 64))
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=1))
+    (ckpt,) = (tmp_path / "checkpoints").glob("*.ckpt")
+    out = tmp_path / "liver"
+    assert main(["package", "--checkpoint", str(ckpt), "--name", "liver", "--out", str(out)]) == 0
+    manifest = json.loads((out / "sammoe_expert_liver" / "manifest.json").read_text())
+    assert manifest["backbone"]["fingerprint"] == fingerprint(module.model)
+    assert manifest["provenance"]["config"] == {"lr": 8e-5}
+    weights = load_file(str(out / "sammoe_expert_liver" / "decoder.safetensors"))
+    trained = module.model.mask_decoder.state_dict()
+    assert all(torch.equal(weights[k], trained[k]) for k in trained)

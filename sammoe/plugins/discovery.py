@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
@@ -52,7 +52,7 @@ class ExpertRecord:
     def origin(self) -> str:
         if self.distribution is None:
             return "not installed"
-        return f"{self.distribution} {self.dist_version}"
+        return f"{self.distribution} {self.dist_version or ''}".strip()
 
     def with_status(self, status: Status, problem: str, fix: str) -> ExpertRecord:
         return replace(self, status=status, reason=_reason(self, problem, fix))
@@ -75,10 +75,6 @@ def selection_from_env(environ: dict[str, str] | None = None) -> list[str] | Non
     return list(dict.fromkeys(names))
 
 
-def _entry_points() -> Iterable[metadata.EntryPoint]:
-    return metadata.entry_points(group=ENTRY_POINT_GROUP)
-
-
 _ALL = object()
 
 
@@ -86,8 +82,6 @@ def discover(
     select: Iterable[str] | None | object = _ALL,
     *,
     backbone_fingerprint: str | None = None,
-    sammoe_version: str | None = None,
-    entry_points: Callable[[], Iterable[metadata.EntryPoint]] | None = None,
 ) -> list[ExpertRecord]:
     """Inspect installed expert plugins (all, or `select`; default: the SAMMOE_EXPERTS selection).
 
@@ -98,10 +92,10 @@ def discover(
     if from_env:
         select = selection_from_env()
     wanted = None if select is None else list(dict.fromkeys(select))  # type: ignore[arg-type]
-    if sammoe_version is None:
-        from sammoe import __version__ as sammoe_version
+    from sammoe import __version__ as sammoe_version
+
     by_name: dict[str, list[metadata.EntryPoint]] = defaultdict(list)
-    for ep in (entry_points or _entry_points)():
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         by_name[ep.name].append(ep)
 
     records = []
@@ -134,7 +128,7 @@ def _dist_of(ep: metadata.EntryPoint) -> tuple[str | None, str | None]:
 
 def _duplicate(name: str, eps: list[metadata.EntryPoint]) -> ExpertRecord:
     owners = ", ".join(sorted(f"{d} {v}" for d, v in map(_dist_of, eps)))
-    record = ExpertRecord(name=name, status="broken", distribution=owners, dist_version="")
+    record = ExpertRecord(name=name, status="broken", distribution=owners)
     return replace(
         record,
         reason=f"expert {name!r} is provided by {len(eps)} distributions ({owners}); "

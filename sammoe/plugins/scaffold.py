@@ -122,9 +122,8 @@ def read_checkpoint(path: str | Path, meta: str | Path | None = None) -> ExpertC
         hparams = obj.get("hyper_parameters") or {}
         info = {k: hparams[k] for k in _META_KEYS if k in hparams}
         config = {k: v for k, v in hparams.items() if k not in _META_KEYS}
-        if config:
-            info.setdefault("provenance", {})
-            info["provenance"] = {"config": _jsonable(config), **info["provenance"]}
+        if config and isinstance(info.get("provenance", {}), dict):
+            info["provenance"] = {"config": _jsonable(config), **info.get("provenance", {})}
     if meta is not None:
         info.update(_load_json(Path(meta), "metadata file"))
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -144,9 +143,9 @@ def _jsonable(value: Any) -> Any:
 def _trunk_fingerprint(
     ckpt: ExpertCheckpoint, model: torch.nn.Module, backbone: str | Path | None
 ) -> tuple[str, str]:
-    """(fingerprint, where it came from): trunk in the checkpoint > --backbone > metadata > seeded preset.
+    """(fingerprint, where it came from): trunk in the checkpoint > --backbone > metadata > default weights.
 
-    `model` is the seeded preset; the checkpoint's trunk, when present, is loaded into it.
+    `model` is the preset with its default weights; the checkpoint's trunk, when present, is loaded into it.
     """
     if ckpt.trunk:
         try:
@@ -168,24 +167,21 @@ def _trunk_fingerprint(
 def build_manifest(
     ckpt: ExpertCheckpoint, name: str, *, version: str | None, fingerprint: str, img_size: int
 ) -> ExpertManifest:
+    """The manifest (weights sha256 still a placeholder) from the checkpoint's metadata."""
     meta = ckpt.meta
-    preset = meta["preset"]
-    task = dict(meta["task"]) if isinstance(meta["task"], dict) else meta["task"]
-    if isinstance(task, dict):
-        task.setdefault("crop_size", (img_size,) * 3)
-    dataset = task.get("dataset") if isinstance(task, dict) else None
-    provenance = {"finetuned": True, "training_data": dataset or "unknown", **meta.get("provenance", {})}
+    task = {"crop_size": (img_size,) * 3, **meta["task"]}
+    dataset = task.get("dataset") or "unknown"
     data = {
         "name": name,
         "version": version or meta.get("version") or "0.1.0",
         "sammoe_api": SAMMOE_API,
         "requires_sammoe": _default_requirement(),
         "kind": "decoder",
-        "description": meta.get("description") or f"SAM-Med3D expert decoder finetuned on {dataset or name}",
+        "description": meta.get("description") or f"SAM-Med3D expert decoder finetuned on {dataset}",
         "task": task,
-        "backbone": {"preset": preset, "fingerprint": fingerprint},
+        "backbone": {"preset": meta["preset"], "fingerprint": fingerprint},
         "weights": {"package": _module_name(name), "path": WEIGHTS_FILE, "sha256": "0" * 64},
-        "provenance": provenance,
+        "provenance": {"finetuned": True, "training_data": dataset, **meta.get("provenance", {})},
     }
     try:
         return ExpertManifest.model_validate(data)
@@ -224,10 +220,12 @@ def package_expert(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise PluginError(f"{out} already exists and is not empty; choose a new --out directory")
     ckpt = read_checkpoint(checkpoint, meta)
-    for key in ("preset", "task"):
-        if key not in ckpt.meta:
+    for key, kind, required in (("preset", str, True), ("task", dict, True), ("provenance", dict, False)):
+        value = ckpt.meta.get(key)
+        if (required or value is not None) and not isinstance(value, kind):
             raise PluginError(
-                f"{ckpt.source}: metadata has no {key!r}; add it to the sidecar or pass --meta FILE.json"
+                f"{ckpt.source}: metadata has no {key!r} {kind.__name__}; add it to the sidecar, the "
+                "checkpoint's hyperparameters, or pass --meta FILE.json"
             )
     preset = ckpt.meta["preset"]
     if preset not in _backbone.known_presets():
