@@ -1,0 +1,264 @@
+"""`sammoe segment`: outputs on the input grid, clicks files, reports, pictures, and one line per bad input."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from sammoe.cli import main
+from sammoe.plugins.backbone import load_backbone
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return load_backbone("tiny").save_safetensors(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    """A small non-RAS anisotropic NIfTI."""
+    rng = np.random.default_rng(0)
+    affine = np.array(
+        [[0.0, 0.0, -2.0, 40.0], [-0.8, 0.0, 0.0, 15.0], [0.0, 1.2, 0.0, -20.0], [0, 0, 0, 1.0]]
+    )
+    array = rng.normal(100.0, 20.0, size=(40, 30, 24)).astype(np.float32)
+    path = tmp_path_factory.mktemp("img") / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+    return path
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    rc = main(["segment", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_inline_clicks_write_label_map_on_the_input_grid(tmp_path, capsys, ckpt, image):
+    out = tmp_path / "seg.nii.gz"
+    rc, stdout, err = run(
+        capsys,
+        *("--image", image, "--checkpoint", ckpt, "--experts", "none", "--out", out),
+        *("--point", 20, 15, 12, "--negative-point", 10, 5, 5, "--quiet"),
+    )
+    assert rc == 0, err
+    src, seg = nib.load(str(image)), nib.load(str(out))
+    assert seg.shape == src.shape
+    assert np.allclose(seg.affine, src.affine)
+    assert seg.get_data_dtype() == np.uint8
+    assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1}
+    rc, _, err = run(capsys, "--image", image, "--checkpoint", ckpt, "--out", out, "--point", 20, 15, 12)
+    assert rc == 2 and "already exists" in err and "--overwrite" in err
+    rc, _, err = run(
+        capsys, "--image", image, "--checkpoint", ckpt, "--experts", "none", "--out", out, "--overwrite",
+        *("--point", 20, 15, 12, "--quiet"),
+    )  # fmt: skip
+    assert rc == 0, err
+
+
+def test_clicks_file_multi_target_report_probabilities_png(tmp_path, capsys, ckpt, image):
+    affine = nib.load(str(image)).affine
+    vox = np.array([[20, 15, 12], [10, 5, 5], [30, 25, 20]], dtype=float)
+    ras = vox @ affine[:3, :3].T + affine[:3, 3]
+    clicks = {
+        "space": "ras",
+        "targets": [
+            {"name": "tumour", "points": ras[:2].tolist(), "labels": [1, 0]},
+            {"name": "cyst", "points": ras[2:].tolist()},
+        ],
+    }
+    (tmp_path / "clicks.json").write_text(json.dumps(clicks))
+    rc, stdout, err = run(
+        capsys,
+        *("--image", image, "--checkpoint", ckpt, "--experts", "none", "--clicks", tmp_path / "clicks.json"),
+        *(
+            "--out",
+            tmp_path / "seg.nii",
+            "--report",
+            tmp_path / "r.json",
+            "--probabilities",
+            tmp_path / "p.nii.gz",
+        ),
+        *("--png", tmp_path / "o.png", "--device", "cpu"),
+    )
+    assert rc == 0, err
+    assert "tumour: label 1" in stdout and "cyst: label 2" in stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [t["name"] for t in report["targets"]] == ["tumour", "cyst"]
+    assert [t["label"] for t in report["targets"]] == [1, 2]
+    first = report["targets"][0]
+    assert first["expert"] == "foundation" and first["clicks"] == 2
+    assert {"predicted_iou", "voxels", "volume_ml", "gate", "windows"} <= set(first)
+    labels = np.asarray(nib.load(str(tmp_path / "seg.nii")).dataobj)
+    for t in report["targets"]:
+        assert t["voxels"] == int((labels == t["label"]).sum())
+        assert t["volume_ml"] == pytest.approx(t["voxels"] * 0.8 * 1.2 * 2.0 / 1000, abs=1e-3)
+    probs = nib.load(str(tmp_path / "p.nii.gz"))
+    assert probs.shape == (40, 30, 24, 2) and np.allclose(probs.affine, affine)
+    data = np.asarray(probs.dataobj)
+    assert data.dtype == np.float32 and data.min() >= 0.0 and data.max() <= 1.0
+    assert (tmp_path / "o.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+BAD = [
+    (["--point", 40, 0, 0], "outside the image of shape 40x30x24"),
+    (["--point", 1, 2, 3, "--space", "xyz"], "unknown coordinate system --space 'xyz'"),
+    (["--negative-point", 1, 2, 3], "no positive click"),
+    ([], "no positive click"),
+    (["--point", 1, 2], "expected 3 argument"),
+    (["--point", 1, 2, 3, "--share-roi", 2], "--share-roi"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD)
+def test_bad_inline_input_one_line(tmp_path, capsys, ckpt, image, args, message):
+    rc, _, err = run(
+        capsys,
+        "--image",
+        image,
+        "--checkpoint",
+        ckpt,
+        "--experts",
+        "none",
+        "--out",
+        tmp_path / "s.nii.gz",
+        *args,
+    )
+    assert rc == 2
+    assert message in err
+    assert err.count("\n") == 1 and err.startswith("sammoe: error: ")
+    assert not (tmp_path / "s.nii.gz").exists()
+
+
+CLICK_FILES = [
+    ({"space": "voxel", "targets": []}, "empty target list"),
+    ({"space": "voxel", "targets": [{"points": []}]}, "empty click list"),
+    ({"space": "ijk", "targets": [{"points": [[1, 2, 3]]}]}, "unknown coordinate system 'ijk'"),
+    ({"targets": [{"points": [[1, 2, 3]], "labels": [1, 1]}]}, "1 clicks but 2 labels"),
+    ({"targets": [{"points": [[1, 2, 3]], "colour": "red"}]}, "unknown keys ['colour']"),
+    ({"targets": [{"name": "a", "points": [[1, 2, 3]]}, {"name": "a", "points": [[2, 2, 3]]}]}, "unique"),
+    ({"space": "lps", "targets": [{"points": [[1000, 0, 0]]}]}, "LPS mm"),
+    ([1, 2], "at the top level"),
+    ("{not json", "not valid JSON"),
+]
+
+
+@pytest.mark.parametrize(("content", "message"), CLICK_FILES)
+def test_bad_clicks_file_one_line(tmp_path, capsys, ckpt, image, content, message):
+    path = tmp_path / "clicks.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    rc, _, err = run(
+        capsys, "--image", image, "--checkpoint", ckpt, "--experts", "none", "--out", tmp_path / "s.nii.gz",
+        "--clicks", path,
+    )  # fmt: skip
+    assert rc == 2
+    assert message in err
+    assert err.count("\n") == 1
+
+
+def test_bad_files_one_line(tmp_path, capsys, ckpt, image):
+    garbage = tmp_path / "broken.nii.gz"
+    garbage.write_bytes(b"\x1f\x8b not really gzip")
+    import torch
+    from safetensors.torch import save_file
+
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"image_encoder.patch_embed.proj.weight": torch.zeros(3)}, str(wrong))
+    out = tmp_path / "s.nii.gz"
+    cases = [
+        (["--image", garbage, "--checkpoint", ckpt], "cannot read NIfTI"),
+        (["--image", tmp_path / "missing.nii.gz", "--checkpoint", ckpt], "file not found"),
+        (["--image", image, "--checkpoint", wrong], "matches no SAM-Med3D preset"),
+        (["--image", image, "--checkpoint", tmp_path / "nope.pth"], "checkpoint not found"),
+        (["--image", image, "--checkpoint", ckpt, "--preset", "vit_b_ori"], "pick the preset"),
+        (["--image", image, "--checkpoint", ckpt, "--clicks", tmp_path / "c.json"], "clicks file not found"),
+        (
+            ["--image", image, "--checkpoint", ckpt, "--clicks", tmp_path / "c.json", "--point", 1, 2, 3],
+            "not both",
+        ),
+        (["--image", image, "--checkpoint", ckpt, "--device", "cuda:7"], "device"),
+    ]
+    for args, message in cases:
+        extra = [] if "--clicks" in args else ["--point", 20, 15, 12]
+        rc, _, err = run(capsys, *args, "--experts", "none", "--out", out, *extra, "--quiet")
+        assert rc == 2, (args, err)
+        assert message in err, (message, err)
+        assert err.count("\n") == 1, err
+    for flag, value, message in [
+        ("--out", tmp_path / "seg.png", "must end with .nii"),
+        ("--out", image, "refusing to overwrite an input"),
+        ("--png", tmp_path / "x.jpg", "must end with .png"),
+    ]:
+        argv = ["--image", image, "--checkpoint", ckpt, "--out", out, "--point", 20, 15, 12, flag, value]
+        rc, _, err = run(capsys, *argv)
+        assert rc == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_missing_shipped_model_says_how_to_create_it(tmp_path, capsys, monkeypatch, image):
+    from sammoe import assets
+
+    monkeypatch.setattr(assets, "FOUNDATION_TINY", tmp_path / "foundation_tiny.safetensors")
+    rc, _, err = run(capsys, "--image", image, "--out", tmp_path / "s.nii.gz", "--point", 20, 15, 12)
+    assert rc == 2 and "make foundation" in err and err.count("\n") == 1
+
+
+def test_help_and_dispatch(capsys):
+    assert main(["segment", "--help"]) == 0
+    assert "--negative-point" in capsys.readouterr().out
+    assert main(["--help"]) == 0
+    assert "segment" in capsys.readouterr().out
+
+
+def test_colin27_end_to_end(tmp_path, capsys, ckpt, shared_dir):
+    """The real MRI: a click at the left putamen's centroid (AAL 73, RAS mm) through the whole command."""
+    ch2 = shared_dir / "data" / "colin27" / "ch2.nii.gz"
+    if not ch2.is_file():
+        pytest.skip("colin27 not present")
+    rows = [line.split("\t") for line in (ch2.parent / "label_stats.tsv").read_text().splitlines()[1:]]
+    centroid = next(r[5] for r in rows if r[0] == "aal" and r[1] == "73")
+    point = [float(v) for v in centroid.split(",")]
+    rc, stdout, err = run(
+        capsys,
+        *("--image", ch2, "--checkpoint", ckpt, "--experts", "none", "--point", *point, "--space", "ras"),
+        *("--out", tmp_path / "putamen.nii.gz", "--report", tmp_path / "r.json", "--png", tmp_path / "o.png"),
+        "--no-sliding-window",
+    )
+    assert rc == 0, err
+    src, seg = nib.load(str(ch2)), nib.load(str(tmp_path / "putamen.nii.gz"))
+    assert seg.shape == src.shape == (181, 217, 181)
+    assert np.allclose(seg.affine, src.affine)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["targets"][0]["voxels"] == int(np.asarray(seg.dataobj).sum())
+    assert report["encodes"] == 1
+    assert (tmp_path / "o.png").stat().st_size > 1000
+
+
+def test_colin27_geometry_with_known_model(shared_dir):
+    """With a model that segments a 9 mm ball around the click, the mask sits on the putamen centroid."""
+    ch2 = shared_dir / "data" / "colin27" / "ch2.nii.gz"
+    if not ch2.is_file():
+        pytest.skip("colin27 not present")
+    import torch
+
+    from sammoe.infer import Predictor, Target
+    from sammoe.model.sam3d import PRESETS, SamMed3D
+
+    class Ball(SamMed3D):
+        def decode(self, emb, points, labels, mask_prompt, decoder=None):
+            low, size = self.low_res_size, self.img_size
+            axis = (torch.arange(low, dtype=torch.float32) + 0.5) * (size / low) - 0.5
+            grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1)
+            dist = (grid[None] - points[:, 0].float()[:, None, None, None]).norm(dim=-1)
+            return (6.0 - dist)[:, None], torch.ones(points.shape[0], 1)
+
+    pred = Predictor(Ball(PRESETS["tiny"]), "cpu")
+    vol = pred.set_image(ch2)
+    aal = np.asarray(nib.load(str(ch2.parent / "aal.nii.gz")).dataobj)
+    seg = pred.predict(Target([[-24.9, 3.9, 2.4]], space="ras"))
+    mask = seg.labels == 1
+    centre = np.argwhere(mask).mean(0)
+    # the click is snapped to the nearest voxel of the model's 1.5 mm grid (up to 0.75 mm per axis)
+    assert np.linalg.norm(vol.affine[:3, :3] @ centre + vol.affine[:3, 3] - [-24.9, 3.9, 2.4]) < 1.5
+    assert np.bincount(aal[mask]).argmax() == 73  # mostly left putamen (the rest: pallidum next to it)
