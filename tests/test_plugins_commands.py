@@ -428,3 +428,13 @@ def test_package_a_real_lightning_checkpoint(tmp_path):
     weights = load_file(str(out / "sammoe_expert_liver" / "decoder.safetensors"))
     trained = module.model.mask_decoder.state_dict()
     assert all(torch.equal(weights[k], trained[k]) for k in trained)
+
+
+def test_package_error_is_one_line_exit_2(tmp_path, capsys):
+    argv = ["experts", "package", "--checkpoint", str(tmp_path / "x.ckpt"), "--name", "liver", "--out", "o"]
+    code, out, err = _cli(argv, capsys)
+    assert (code, out) == (2, "")
+    assert (
+        err
+        == f"sammoe: error: checkpoint {tmp_path / 'x.ckpt'} not found; pass the finetuned expert's .ckpt or .safetensors\n"
+    )
