@@ -86,6 +86,19 @@ def test_broken_plugin_is_reported_and_isolated(site, case):
     assert spleen.ok
 
 
+def test_unexpected_error_is_contained(site, monkeypatch):
+    from sammoe.plugins import weights
+
+    def unreadable(path, expected):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    fake_expert(site, "liver")
+    monkeypatch.setattr(weights, "checksum_problem", unreadable)
+    _assert_reason(
+        _one("liver"), "broken", "inspecting it failed (PermissionError: [Errno 13] Permission denied"
+    )
+
+
 INCOMPATIBLE = {
     "api": (dict(sammoe_api=99), "targets sammoe_api 99"),
     "kind": (dict(kind="adapter"), "kind 'adapter'"),

@@ -105,8 +105,16 @@ def discover(
         eps = by_name[name]
         if len(eps) > 1:
             records.append(_duplicate(name, eps))
-        else:
+            continue
+        try:
             records.append(_inspect(eps[0], sammoe_version, backbone_fingerprint))
+        except Exception as err:  # a last guard: one plugin never stops discovery of the others
+            dist, version = _dist_of(eps[0])
+            record = ExpertRecord(name=name, status="broken", distribution=dist, dist_version=version)
+            problem = f"inspecting it failed ({type(err).__name__}: {err})"
+            records.append(
+                record.with_status("broken", problem, "reinstall the plugin or report it to its authors")
+            )
     for name in wanted or []:
         if name not in by_name:
             fix = (

@@ -16,8 +16,6 @@ from sammoe.plugins import backbone as _backbone
 from sammoe.plugins.discovery import ExpertRecord
 from sammoe.plugins.loader import expert_decoder
 
-_INCOMPATIBLE_FIX = "install a sammoe that provides it"
-
 
 @torch.no_grad()
 def forward_check(model: nn.Module, decoder: nn.Module) -> str | None:
@@ -59,8 +57,8 @@ def verify_expert(
 ) -> ExpertRecord:
     """The record with its status after the deep checks (ok / incompatible / broken, one-line reason).
 
-    `backbone_checkpoint` holds the frozen trunk the expert must fit (default: the preset's seeded
-    initialisation). A bad `backbone_checkpoint` itself raises CheckpointError (a user error, not the plugin's).
+    `backbone_checkpoint` holds the frozen trunk the expert must fit (default: the preset's default weights,
+    see `sammoe.plugins.backbone`). A bad `backbone_checkpoint` raises CheckpointError (the user's error).
     """
     if not record.ok or record.manifest is None:
         return record
@@ -70,7 +68,7 @@ def verify_expert(
         return record.with_status(
             "incompatible",
             f"backbone preset {preset!r} is unknown here (known: {', '.join(_backbone.known_presets())})",
-            _INCOMPATIBLE_FIX,
+            "install a sammoe that provides it",
         )
     cache = cache or BackboneCache(backbone_checkpoint)
     model, fingerprint = cache.get(preset)

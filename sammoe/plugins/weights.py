@@ -26,8 +26,10 @@ def resolve(ref: WeightsRef) -> Path:
     if ref.package is not None:
         try:
             root = resources.files(ref.package)
-        except ModuleNotFoundError:
-            raise PluginError(f"weights package {ref.package!r} is not importable") from None
+        except Exception as err:  # importing the package may fail in any way
+            raise PluginError(
+                f"weights package {ref.package!r} is not importable ({type(err).__name__}: {err})"
+            ) from None
         path = Path(str(root.joinpath(ref.path)))
     else:
         path = Path(os.path.expandvars(os.path.expanduser(ref.path)))
