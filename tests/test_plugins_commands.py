@@ -438,3 +438,16 @@ def test_package_error_is_one_line_exit_2(tmp_path, capsys):
         err
         == f"sammoe: error: checkpoint {tmp_path / 'x.ckpt'} not found; pass the finetuned expert's .ckpt or .safetensors\n"
     )
+
+
+def test_package_reads_the_finetune_modules_export(tmp_path):
+    """The contract with sammoe.lit.finetune: its decoder export (+ sidecar) packages as is."""
+    from sammoe.lit.finetune import ExpertFinetune
+
+    module = ExpertFinetune(name="liver", preset="tiny", checkpoint="seeded", task=TASK)
+    exported = module.export(tmp_path / "expert" / "decoder.safetensors")
+    out = package_expert(exported, "liver", tmp_path / "project")
+    manifest = json.loads((out / "sammoe_expert_liver" / "manifest.json").read_text())
+    assert manifest["backbone"]["fingerprint"] == fingerprint(module.backbone)
+    assert manifest["task"]["classes"] == TASK["classes"]
+    assert manifest["provenance"]["finetuned"] is True
