@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = sub.add_parser("verify", help="checksum, compatibility and a forward pass on the tiny input")
+    p = sub.add_parser("verify", help="checksum, compatibility and one forward pass on a random volume")
     p.add_argument("names", nargs="*", metavar="NAME", help="experts to verify (default: all)")
     p.add_argument("--backbone", metavar="CKPT", help="backbone weights (default: the preset's seeded init)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
