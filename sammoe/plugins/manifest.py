@@ -53,18 +53,11 @@ class TaskSpec(_Model):
             raise ValueError("label values must be unique")
         return value
 
-    @field_validator("target_spacing")
+    @field_validator("target_spacing", "crop_size")
     @classmethod
-    def _spacing_positive(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+    def _positive(cls, value: tuple) -> tuple:
         if min(value) <= 0:
-            raise ValueError("spacing must be > 0")
-        return value
-
-    @field_validator("crop_size")
-    @classmethod
-    def _crop_positive(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
-        if min(value) <= 0:
-            raise ValueError("crop size must be > 0")
+            raise ValueError("every entry must be > 0")
         return value
 
 
