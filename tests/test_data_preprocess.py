@@ -176,6 +176,10 @@ def test_empty_class_raises():
     image, label = ellipsoid_case((30, 30, 30), np.eye(4), radii=(5, 5, 5), ball_radius=3.0)
     with pytest.raises(DataError, match="no voxels of class 9"):
         pre(Volume(image, np.eye(4), Path("x.nii.gz")), label, label_value=9)
+    shifted = np.eye(4)
+    shifted[2, 3] = 3.0
+    with pytest.raises(DataError, match="y.nii.gz: affine differs"):
+        pre(Volume(image, np.eye(4), Path("x.nii.gz")), Volume(label, shifted, Path("y.nii.gz")))
 
 
 @pytest.mark.skipif(not COLIN.exists(), reason="shared colin27 data not available")

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sammoe.data.io import Volume
+from sammoe.data.io import Volume, check_same_grid
 from sammoe.errors import DataError
 
 Triple = tuple[int, int, int]
@@ -350,6 +350,8 @@ class Preprocessor:
         label_value: int | None = None,
     ) -> Roi:
         """Resample + crop in one call (see the module docstring for how the centre is chosen)."""
+        if isinstance(label, Volume):
+            check_same_grid(volume, label)
         res = self.resample(volume, label)
         center_ras = None
         if center_vox is not None:
