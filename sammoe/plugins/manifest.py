@@ -7,14 +7,21 @@ A plugin's entry point (group `sammoe.experts`) is a cheap zero-argument functio
 from __future__ import annotations
 
 import json
-import re
 from importlib import resources
 from pathlib import PurePosixPath
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from sammoe.errors import PluginError
 
@@ -24,7 +31,8 @@ SAMMOE_API = 1
 SUPPORTED_KINDS = ("decoder",)
 ENTRY_POINT_GROUP = "sammoe.experts"
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# A sha256 hex digest as written by hashlib: 64 lowercase hex digits.
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
 class IncompatiblePlugin(PluginError):
@@ -65,14 +73,7 @@ class BackboneSpec(_Model):
     """The frozen backbone the expert was trained on."""
 
     preset: str = Field(min_length=1, description="SamMed3D preset, e.g. tiny or vit_b_ori")
-    fingerprint: str = Field(description="sha256 of the frozen image-encoder + prompt-encoder weights")
-
-    @field_validator("fingerprint")
-    @classmethod
-    def _hex(cls, value: str) -> str:
-        if not _SHA256.match(value):
-            raise ValueError("must be 64 lowercase hex digits (a sha256)")
-        return value
+    fingerprint: Sha256 = Field(description="sha256 of the frozen image-encoder + prompt-encoder weights")
 
 
 class WeightsRef(_Model):
@@ -82,15 +83,8 @@ class WeightsRef(_Model):
         description="relative path inside `package`, or an absolute local path (~ and $VARS ok)"
     )
     package: str | None = Field(None, description="importable package that ships the file as package data")
-    sha256: str
+    sha256: Sha256
     format: Literal["safetensors"] = "safetensors"
-
-    @field_validator("sha256")
-    @classmethod
-    def _hex(cls, value: str) -> str:
-        if not _SHA256.match(value):
-            raise ValueError("must be 64 lowercase hex digits")
-        return value
 
     @model_validator(mode="after")
     def _path_shape(self) -> WeightsRef:
