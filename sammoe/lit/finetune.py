@@ -68,7 +68,7 @@ class ExpertFinetune(InteractiveModule):
             report shows the expert's gain on its task and its forgetting on general classes.
         export_path: also write the trained artifact there (decoder: `.safetensors` + `.json` sidecar for
             `sammoe experts package`; all: the whole model as `.safetensors`).
-        seed: click-simulation seed (offset by the DDP rank).
+        click_seed: training click-simulation seed (offset by the DDP rank).
     """
 
     def __init__(
@@ -89,7 +89,7 @@ class ExpertFinetune(InteractiveModule):
         loss: Literal["dicece", "dice"] = "dicece",
         compare_foundation: bool = True,
         export_path: str | None = None,
-        seed: int = 2023,
+        click_seed: int = 2023,
         click_counts: Sequence[int] = (1, 3, 5, 10),
         eval_seed: int = 233,
         nsd_tolerance_mm: float = 1.0,
@@ -150,7 +150,7 @@ class ExpertFinetune(InteractiveModule):
     def generator(self) -> torch.Generator:
         if self._generator is None:
             rank = self.trainer.global_rank if self._trainer is not None else 0
-            self._generator = torch.Generator().manual_seed(int(self.hparams.seed) + rank)
+            self._generator = torch.Generator().manual_seed(int(self.hparams.click_seed) + rank)
         return self._generator
 
     def embed(self, image: torch.Tensor) -> torch.Tensor:

@@ -115,7 +115,7 @@ class GateTraining(InteractiveModule):
         num_iterations: int = 11,
         evaluate_experts: bool = True,
         export_path: str | None = None,
-        seed: int = 2023,
+        click_seed: int = 2023,
         click_counts: Sequence[int] = (1, 3, 5, 10),
         eval_seed: int = 233,
         nsd_tolerance_mm: float = 1.0,
@@ -159,7 +159,7 @@ class GateTraining(InteractiveModule):
     def generator(self) -> torch.Generator:
         if self._generator is None:
             rank = self.trainer.global_rank if self._trainer is not None else 0
-            self._generator = torch.Generator().manual_seed(int(self.hparams.seed) + rank)
+            self._generator = torch.Generator().manual_seed(int(self.hparams.click_seed) + rank)
         return self._generator
 
     def on_train_epoch_start(self) -> None:
