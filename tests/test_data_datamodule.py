@@ -151,3 +151,32 @@ def test_case_dataset_without_crop(root):
     pre = Preprocessor(4.0, 16)
     item = CaseDataset(index.targets(classes=["spleen"])[:1], PreprocessCache(None, pre), pre, crop=False)[0]
     assert item["roi"] is None and item["target"].any()
+
+
+def test_lightning_fit_and_test_loop(root, tmp_path):
+    import lightning as L
+
+    class Probe(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.seen = []
+
+        def training_step(self, batch, _):
+            assert batch["image"].shape[1:] == (1, 16, 16, 16)
+            return ((batch["image"].mean() * self.w) ** 2).sum() + self.w.sum() * 0
+
+        def test_step(self, items, _):
+            self.seen.extend(item["case_id"] for item in items)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    dm = SegDataModule(roots=str(root), classes=["liver"], crop_size=16, spacing=4.0, batch_size=2, num_workers=1,
+                       cache_dir=str(tmp_path / "c"))  # fmt: skip
+    probe = Probe()
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(probe, datamodule=dm)
+    trainer.test(probe, datamodule=dm, verbose=False)
+    assert probe.seen == ["phantom_005"]
