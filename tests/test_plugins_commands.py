@@ -208,9 +208,10 @@ def test_package_from_safetensors_and_sidecar(tmp_path, tiny, decoder, capsys):
         ["experts", "package", "--checkpoint", str(ckpt), "--name", "liver", "--out", str(out)], capsys
     )
     assert code == 0, err
-    assert "pip install" in stdout
+    assert stdout.splitlines()[-1] == f"install it with: pip install {out}"
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert files == [
+        ".gitignore",
         "README.md",
         "pyproject.toml",
         "sammoe_expert_liver/__init__.py",
@@ -451,3 +452,12 @@ def test_package_reads_the_finetune_modules_export(tmp_path):
     assert manifest["backbone"]["fingerprint"] == fingerprint(module.backbone)
     assert manifest["task"]["classes"] == TASK["classes"]
     assert manifest["provenance"]["finetuned"] is True
+
+
+def test_package_prints_a_relative_out_dir_as_a_path(tmp_path, decoder, capsys, monkeypatch):
+    ckpt = tmp_path / "liver.safetensors"
+    save_file(decoder, str(ckpt))
+    _sidecar(ckpt)
+    monkeypatch.chdir(tmp_path)
+    assert main(["package", "--checkpoint", str(ckpt), "--name", "liver", "--out", "proj"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "install it with: pip install ./proj"

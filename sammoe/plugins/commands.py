@@ -142,8 +142,10 @@ def _package(args: argparse.Namespace) -> int:
     out = package_expert(
         args.checkpoint, args.name, args.out, version=args.version, meta=args.meta, backbone=args.backbone
     )
-    print(f"wrote plugin project {out} (distribution {distribution_name(args.name)})")
-    print(f"install it with: pip install {out}")
+    # pip reads a bare relative name as a package to download: spell the directory as a path
+    where = str(out) if out.is_absolute() or str(out).startswith(".") else f"./{out}"
+    print(f"wrote plugin project {where} (distribution {distribution_name(args.name)})")
+    print(f"install it with: pip install {where}")
     return 0
 
 

@@ -278,6 +278,7 @@ def _write_project(
     (pkg / "__init__.py").write_text(_INIT.format(name=manifest.name, description=manifest.description))
     (root / "pyproject.toml").write_text(_pyproject(manifest, module))
     (root / "README.md").write_text(_readme(manifest, fp_source))
+    (root / ".gitignore").write_text("build/\ndist/\n*.egg-info/\n__pycache__/\n")
     (root / "tests").mkdir()
     (root / "tests" / "test_expert.py").write_text(_TEST.format(name=manifest.name, module=module))
 
