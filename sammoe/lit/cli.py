@@ -18,8 +18,38 @@ TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 
 
 def _one_line(text: str) -> str:
-    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
-    return " ".join(lines[:1]) if lines else "invalid arguments"
+    """jsonargparse's nested multi-line error as one line: the key, the most specific reason, the value."""
+    lines = [line.strip().lstrip("- ").strip() for line in str(text).strip().splitlines() if line.strip()]
+    if not lines:
+        return "invalid arguments"
+    head, rest = lines[0], lines[1:]
+    if not head.endswith(":") or not rest:
+        return head
+    noise = (
+        "Does not validate",
+        "Subtypes:",
+        "Errors:",
+        "Given value type:",
+        "Expected a <class 'NoneType'>",
+    )
+    reasons = [line for line in rest if not line.startswith(noise) and not line.endswith(":")]
+    given = [line.split(":", 1)[1].strip() for line in reasons if line.startswith("Given value:")]
+    reasons = [line for line in reasons if not line.startswith("Given value:")]
+    out = f"{head} {reasons[-1] if reasons else 'invalid value'}"
+    if given and given[0] not in out and len(given[0]) < 80 and not given[0].startswith("NestedArg"):
+        out += f" (given: {given[0]})"
+    return out
+
+
+def _user_error(err: BaseException) -> SammoeError | None:
+    """The SammoeError behind an exception (jsonargparse wraps what a class raises while instantiating)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, SammoeError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def _build_cli_classes() -> tuple[type, type]:
@@ -68,7 +98,10 @@ def main(argv: list[str]) -> int:
     except ArgumentError as err:
         print(f"sammoe: error: bad configuration: {_one_line(str(err))}", file=sys.stderr)
         return 2
-    except SammoeError as err:
-        print(f"sammoe: error: {_one_line(str(err))}", file=sys.stderr)
+    except Exception as err:
+        user = _user_error(err)
+        if user is None:
+            raise
+        print(f"sammoe: error: {_one_line(str(user))}", file=sys.stderr)
         return 2
     return 0

@@ -123,6 +123,10 @@ class ExpertFinetune(InteractiveModule):
         bb.image_encoder.requires_grad_(not self.encoder_frozen)
         bb.prompt_encoder.requires_grad_(self.trainable != "decoder")
         bb.mask_decoder.requires_grad_(True)
+        # The recipe's loss never reaches these (no IoU loss; a mask prompt is always fed): the official run
+        # leaves them unchanged too. Freezing them lets plain DDP run without find_unused_parameters.
+        bb.mask_decoder.iou_prediction_head.requires_grad_(False)
+        bb.prompt_encoder.no_mask_embed.requires_grad_(False)
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
@@ -140,6 +144,8 @@ class ExpertFinetune(InteractiveModule):
             if self.trainable == "decoder+prompt":
                 params += list(bb.prompt_encoder.parameters())
             groups = [{"params": params, "lr": hp.lr}]
+        for group in groups:
+            group["params"] = [p for p in group["params"] if p.requires_grad]
         optimizer = torch.optim.AdamW(groups, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
         if not hp.lr_milestones:
             return optimizer
