@@ -24,26 +24,18 @@ HERE = Path(__file__).resolve().parent
 PRESET = "tiny"
 PERTURBATION = 0.05  # relative to each tensor's std
 
-# The phantom task classes (sammoe/data/phantoms.py TASK_CLASSES). Each expert's task dataset is
-# `make_phantom_dataset(..., classes=[name])`, which renumbers its one class to label 1.
+# The phantom task classes (sammoe/data/phantoms.py), with the label values and dataset names that
+# configs/experts/*.yaml finetune them with.
 EXAMPLES = {
-    "spinal_cord": {
-        "task": {
-            "classes": {"spinal_cord": 1},
-            "modality": "CT",
-            "dataset": "sammoe phantoms, classes=[spinal_cord]",
-        },
-        "description": "SAM-Med3D tiny expert decoder for the spinal cord (a thin tube) on phantom volumes",
-    },
-    "nodules": {
-        "task": {
-            "classes": {"nodules": 1},
-            "modality": "CT",
-            "dataset": "sammoe phantoms, classes=[nodules]",
-        },
-        "description": "SAM-Med3D tiny expert decoder for small round nodules on phantom volumes",
-    },
+    "spinal_cord": "SAM-Med3D tiny expert decoder for the spinal cord (a thin tube) on phantom volumes",
+    "nodules": "SAM-Med3D tiny expert decoder for small round lung nodules on phantom volumes",
 }
+
+
+def task_of(name: str) -> dict:
+    from sammoe.data.phantoms import LABELS
+
+    return {"classes": {name: LABELS[name]}, "modality": "CT", "dataset": f"phantom-{name}"}
 
 
 def placeholder_decoder(name: str, backbone: str | None):
@@ -63,8 +55,7 @@ def placeholder_decoder(name: str, backbone: str | None):
 
 def build(name: str, work: Path, checkpoint: str | None, backbone: str | None) -> tuple[Path, Path]:
     """(checkpoint, meta) to hand to package_expert."""
-    spec = EXAMPLES[name]
-    meta = {"preset": PRESET, "task": spec["task"], "description": spec["description"]}
+    meta = {"preset": PRESET, "task": task_of(name), "description": EXAMPLES[name]}
     if checkpoint is None:
         from safetensors.torch import save_file
 

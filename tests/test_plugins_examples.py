@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from sammoe.data.phantoms import LABELS
 from sammoe.plugins.discovery import discover
 from sammoe.plugins.verify import BackboneCache, verify_expert
 
@@ -69,7 +70,7 @@ def test_examples_install_with_pip_and_verify_ok(tmp_path):
         assert records[name]["status"] == "ok", records[name]["reason"]
         assert records[name]["distribution"] == dist
         assert records[name]["weights_path"].startswith(str(target))
-        assert records[name]["manifest"]["task"]["classes"] == {name: 1}
+        assert records[name]["manifest"]["task"]["classes"] == {name: LABELS[name]}
     verified = subprocess.run(
         [sys.executable, "-m", "sammoe", "experts", "verify"], env=env, capture_output=True, text=True
     )
@@ -86,4 +87,4 @@ def test_installed_examples_are_ok_in_this_environment(monkeypatch):
     for record in records:
         checked = verify_expert(record, cache=cache)
         assert checked.status == "ok", checked.reason
-        assert checked.manifest.task.classes == {record.name: 1}
+        assert checked.manifest.task.classes == {record.name: LABELS[record.name]}

@@ -1,4 +1,4 @@
-"""sammoe expert plugin 'nodules': SAM-Med3D tiny expert decoder for small round nodules on phantom volumes"""
+"""sammoe expert plugin 'nodules': SAM-Med3D tiny expert decoder for small round lung nodules on phantom volumes"""
 
 from sammoe.plugins import ExpertManifest
 
