@@ -707,7 +707,15 @@ class Predictor:
         state.entry = self._encode(roi.start)  # cached unless evicted
         self._run(state.entry, [state])
         self._finish(state)
-        return self.segmentation.targets[self._states.index(state)]
+        # This target's voxels in the label map (later targets overwrite it) without rebuilding the whole map.
+        visible = state.result.mask
+        for later in self._states[self._states.index(state) + 1 :]:
+            visible = visible & ~later.result.mask
+        state.result.voxels = int(np.count_nonzero(visible))
+        state.result.volume_ml = (
+            state.result.voxels * abs(float(np.linalg.det(self.volume.affine[:3, :3]))) / 1000
+        )
+        return state.result
 
     def _find(self, target: int | str) -> _State:
         if not self._states:

@@ -152,6 +152,8 @@ def test_refinement_reuses_embedding_and_matches_replay(tiny):
     pred.add_click(0, clicks[1], positive=True)
     last = pred.add_click("target_1", world(vol, clicks[2]), positive=False, space="ras")
     assert pred.encodes == encodes  # no re-encoding
+    voxels = last.voxels
+    assert voxels == pred.segmentation.targets[0].voxels == int(full.mask.sum())
     assert last.clicks == 3 and first.clicks == 1
     np.testing.assert_allclose(last.probability, full.probability, atol=1e-6)
     assert np.array_equal(last.mask, full.mask)

@@ -1,0 +1,186 @@
+"""`sammoe segment` speed: one target vs 10 targets on one volume (cached embedding vs re-encoding), and the
+latency of one refinement click after the first encode.
+
+    python benchmarks/segment.py                                   # CPU, tiny preset, colin27
+    python benchmarks/segment.py --preset vit_b_ori --device cuda [--compile] [--modes clicks]
+
+Whole-command times run `sammoe segment` in this process (model load, read, resample, encode, decode, inverse,
+write; Python start-up and imports excluded): 1 target, then 10 targets whose first clicks lie within a few mm
+of each other, once sharing one encoded ROI (the default, `--share-roi 0.125`) and once with `--share-roi 0`
+(every target its own crop, so 10 encodes). The click mode times, on a warm model, the first encode, one
+decoder step on the cached embedding (the refinement click as the model sees it) and `Predictor.add_click`
+end to end (decoder + upsample + mapping back to the input grid). Weights are the preset's seeded random
+initialisation: speed does not depend on them, but random decoders predict foreground everywhere, so the
+sliding window (which follows the mask) is switched off. Medians of --repeats runs; ratios are from the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+COLIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "colin27" / "ch2.nii.gz"
+PUTAMEN_L_RAS = np.array([-24.9, 3.9, 2.4])
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def synthetic_image(folder: Path) -> Path:
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    array = rng.normal(100, 20, size=(181, 217, 181)).astype(np.float32)
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    affine[:3, 3] = [-90, -125, -71]
+    path = folder / "synthetic.nii.gz"
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+    return path
+
+
+def targets_file(folder: Path, n: int) -> Path:
+    import json
+
+    rng = np.random.default_rng(1)
+    offsets = np.concatenate([np.zeros((1, 3)), rng.uniform(-6.0, 6.0, size=(n - 1, 3))])
+    targets = [{"name": f"t{i}", "points": [list(PUTAMEN_L_RAS + off)]} for i, off in enumerate(offsets)]
+    path = folder / f"clicks_{n}.json"
+    path.write_text(json.dumps({"space": "ras", "targets": targets}))
+    return path
+
+
+def time_command(argv: list[str], repeats: int) -> float:
+    from sammoe.segment_cli import main
+
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            rc = main([*argv, "--overwrite", "--quiet"])
+        times.append(time.perf_counter() - start)
+        if rc != 0:
+            raise SystemExit(f"sammoe segment failed with status {rc}")
+    return statistics.median(times)
+
+
+def bench_command(args, image: Path, ckpt: Path, folder: Path) -> None:
+    base = ["--image", str(image), "--checkpoint", str(ckpt), "--experts", "none", "--device", args.device]
+    base += ["--out", str(folder / "seg.nii.gz"), "--no-sliding-window"] + (
+        ["--compile"] if args.compile else []
+    )
+    one = ["--clicks", str(targets_file(folder, 1))]
+    ten = ["--clicks", str(targets_file(folder, 10))]
+    time_command(base + one, 1)  # warm-up: caches, allocator, lazy imports
+    rows = [
+        ("1 target", time_command(base + one, args.repeats), 1),
+        ("10 targets, cached embedding", time_command(base + ten, args.repeats), 1),
+        ("10 targets, re-encoding", time_command(base + ten + ["--share-roi", "0"], args.repeats), 10),
+    ]
+    print(f"\nwhole command ({args.preset}, {args.device}, image {image.name}), median of {args.repeats}:")
+    print(f"  {'case':32s} {'encodes':>7s} {'seconds':>8s} {'vs 1 target':>11s}")
+    for name, seconds, encodes in rows:
+        print(f"  {name:32s} {encodes:7d} {seconds:8.3f} {seconds / rows[0][1]:10.2f}x")
+    print(f"  re-encoding / cached (10 targets): {rows[2][1] / rows[1][1]:.2f}x")
+
+
+def bench_clicks(args, image: Path, ckpt: Path) -> None:
+    from sammoe.infer import Predictor, Target
+
+    pred = Predictor.load(
+        ckpt, experts="none", device=args.device, compile=args.compile, use_sliding_window=False
+    )
+    device = pred.device
+    vol = pred.set_image(image)
+    click = np.linalg.inv(vol.affine) @ np.append(PUTAMEN_L_RAS, 1.0)
+    click = click[:3]
+    # first encode (cold ROI), repeated on fresh images of the same volume
+    encodes = []
+    for _ in range(args.repeats + 1):
+        pred.set_image(vol)
+        sync(device)
+        start = time.perf_counter()
+        pred.predict(Target([click]))
+        sync(device)
+        encodes.append(time.perf_counter() - start)
+    first = statistics.median(encodes[1:])
+    state = pred._states[0]
+    emb, entry = state.entry.embedding, state.entry
+    rng = np.random.default_rng(0)
+    extra = click + rng.uniform(-5, 5, size=(args.clicks, 3))
+    # decoder step on the cached embedding: what one refinement click costs the model
+    pts = np.concatenate([[click], extra])
+    roi_pts = np.floor(entry.roi.input_to_roi(pts) + 0.5).astype(np.float32)
+    labels = np.ones(len(pts), dtype=np.int64)
+    steps = []
+    low = state.low
+    for k in range(2, len(pts) + 1):
+        sync(device)
+        start = time.perf_counter()
+        low, *_ = pred._decode(emb, roi_pts[None, :k], labels[None, :k], low)
+        sync(device)
+        steps.append(time.perf_counter() - start)
+    step = statistics.median(steps[1:])
+    clicks = []
+    for p in extra:
+        sync(device)
+        start = time.perf_counter()
+        pred.add_click(0, p, positive=True)
+        sync(device)
+        clicks.append(time.perf_counter() - start)
+    click_ms = statistics.median(clicks[1:])
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"\nper-click latency ({args.preset}, {name}, autocast {'bf16' if pred.autocast else 'off'}):")
+    print(f"  first click (crop + encode + decode + inverse): {first * 1e3:9.2f} ms")
+    print(
+        f"  refinement, decoder step on cached embedding:   {step * 1e3:9.2f} ms  (target < 10 ms on H100/H200)"
+    )
+    print(f"  refinement, add_click end to end:               {click_ms * 1e3:9.2f} ms")
+    print(f"  first click / refinement step: {first / step:.1f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="tiny", choices=["tiny", "vit_b_ori"])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--image", type=Path, default=None, help="NIfTI (default: colin27, else synthetic)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--clicks", type=int, default=10, help="refinement clicks timed in click mode")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (1 on a busy shared machine)"
+    )
+    parser.add_argument("--modes", nargs="+", default=["command", "clicks"], choices=["command", "clicks"])
+    args = parser.parse_args()
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.set_grad_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        image = args.image or (COLIN if COLIN.is_file() else synthetic_image(folder))
+        from sammoe.plugins.backbone import load_backbone
+
+        ckpt = load_backbone(args.preset).save_safetensors(folder / f"{args.preset}.safetensors")
+        print(
+            f"torch {torch.__version__}, threads {torch.get_num_threads()}, python {sys.version.split()[0]}"
+        )
+        if "command" in args.modes:
+            bench_command(args, image, ckpt, folder)
+        if "clicks" in args.modes:
+            bench_clicks(args, image, ckpt)
+
+
+if __name__ == "__main__":
+    main()
