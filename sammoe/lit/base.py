@@ -19,7 +19,7 @@ from sammoe.lit.evaluation import EvalExample, EvalModel, as_eval_batch, evaluat
 from sammoe.lit.wandb_log import log_evaluation
 
 NOTES = (
-    "Dice and NSD (tolerance {tol} mm) per class on the {grid} grid after {clicks} clicks, official protocol: "
+    "Dice and {nsd} per class on the {grid} grid after {clicks} clicks, official protocol: "
     "seed {seed} per target, first click a random foreground voxel (or the crop's centring click), later "
     "clicks drawn uniformly from the error region of the model's own previous prediction, all clicks and the "
     "previous low-res logits fed each step, prediction = sigmoid(logits) > 0.5. Empty-ground-truth rule: an "
@@ -40,7 +40,7 @@ class InteractiveModule(L.LightningModule):
         self,
         click_counts: Sequence[int] = (1, 3, 5, 10),
         eval_seed: int = 233,
-        nsd_tolerance_mm: float = 1.0,
+        nsd_tolerance_mm: float | None = 1.0,
         roi_spacing: Sequence[float] = (1.5, 1.5, 1.5),
         overlay_images: bool = True,
     ) -> None:
@@ -49,7 +49,7 @@ class InteractiveModule(L.LightningModule):
             raise ValueError(f"click_counts must be positive integers, got {list(click_counts)}")
         self.click_counts = tuple(sorted({int(k) for k in click_counts}))
         self.eval_seed = int(eval_seed)
-        self.nsd_tolerance_mm = float(nsd_tolerance_mm)
+        self.nsd_tolerance_mm = None if nsd_tolerance_mm is None else float(nsd_tolerance_mm)
         self.roi_spacing = tuple(float(s) for s in roi_spacing)
         self.overlay_images = overlay_images
         self._rows: list[EvalRow] = []
@@ -142,7 +142,9 @@ class InteractiveModule(L.LightningModule):
         if self.trainer.is_global_zero:
             grid = "original" if self._original_grid else "ROI"
             notes = NOTES.format(
-                tol=self.nsd_tolerance_mm,
+                nsd="no NSD (nsd_tolerance_mm: null)"
+                if self.nsd_tolerance_mm is None
+                else f"NSD (tolerance {self.nsd_tolerance_mm:g} mm)",
                 grid=grid,
                 clicks="/".join(map(str, self.click_counts)),
                 seed=self.eval_seed,

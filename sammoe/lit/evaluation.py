@@ -19,6 +19,7 @@ clicks simulated from that model's own previous prediction.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sammoe.eval.metrics import dice_nsd
+from sammoe.eval.metrics import dice, dice_nsd
 from sammoe.eval.results import GENERAL, EvalRow
 from sammoe.lit.interactive import StepFn, evaluation_rollout
 
@@ -110,9 +111,10 @@ def target_metrics(
     b: int,
     batch: dict[str, Any],
     roi_spacing: Sequence[float],
-    tolerance_mm: float,
+    tolerance_mm: float | None,
 ) -> tuple[float, float]:
-    """Dice and NSD of one ROI prediction: on the original grid when the batch carries the geometry."""
+    """Dice and NSD of one ROI prediction: on the original grid when the batch carries the geometry.
+    `tolerance_mm=None` skips NSD (NaN), which is the slow part on a CPU."""
     roi, orig_label = _item(batch, "roi", b), _item(batch, "orig_label", b)
     if roi is not None and orig_label is not None:
         from sammoe.data.preprocess import Preprocessor
@@ -123,9 +125,15 @@ def target_metrics(
         if spacing is None:
             spacing = np.sqrt((np.asarray(roi.orig_affine)[:3, :3] ** 2).sum(0))
         spacing = [float(s) for s in (spacing.tolist() if hasattr(spacing, "tolist") else spacing)]
-        return dice_nsd(pred != 0, gt != 0, spacing, tolerance_mm)
+        return _score(pred != 0, gt != 0, spacing, tolerance_mm)
     gt_roi = batch["label"][b, 0].bool().cpu().numpy()
-    return dice_nsd(pred_roi.cpu().numpy(), gt_roi, roi_spacing, tolerance_mm)
+    return _score(pred_roi.cpu().numpy(), gt_roi, roi_spacing, tolerance_mm)
+
+
+def _score(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], tolerance_mm: float | None):
+    if tolerance_mm is None:
+        return dice(pred, gt), math.nan
+    return dice_nsd(pred, gt, spacing, tolerance_mm)
 
 
 @torch.no_grad()
@@ -138,7 +146,7 @@ def evaluate_batch(
     seed: int = 233,
     low_res_size: int | None = None,
     roi_spacing: Sequence[float] = (1.5, 1.5, 1.5),
-    tolerance_mm: float = 1.0,
+    tolerance_mm: float | None = 1.0,
     class_group: Callable[[str], str] | None = None,
     oracle_expert: Callable[[str], str | None] | None = None,
     keep_examples: int = 0,

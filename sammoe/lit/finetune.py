@@ -66,6 +66,8 @@ class ExpertFinetune(InteractiveModule):
         loss: `dicece` or `dice`.
         compare_foundation: also evaluate the starting decoder as `foundation` (decoder SFT only), so the
             report shows the expert's gain on its task and its forgetting on general classes.
+        click_counts, eval_seed: evaluation protocol (official: 1/3/5/10 clicks, seed 233 per target).
+        nsd_tolerance_mm: NSD tolerance (official 1 mm); null skips NSD (the slow metric on a CPU).
         export_path: also write the trained artifact there (decoder: `.safetensors` + `.json` sidecar for
             `sammoe experts package`; all: the whole model as `.safetensors`).
         click_seed: training click-simulation seed (offset by the DDP rank).
@@ -92,7 +94,7 @@ class ExpertFinetune(InteractiveModule):
         click_seed: int = 2023,
         click_counts: Sequence[int] = (1, 3, 5, 10),
         eval_seed: int = 233,
-        nsd_tolerance_mm: float = 1.0,
+        nsd_tolerance_mm: float | None = 1.0,
         roi_spacing: Sequence[float] = (1.5, 1.5, 1.5),
         overlay_images: bool = True,
     ) -> None:

@@ -95,6 +95,8 @@ class GateTraining(InteractiveModule):
         lr, weight_decay: AdamW for the gate.
         num_iterations: simulated click iterations per batch (official training interaction: 11).
         evaluate_experts: also evaluate each expert alone and oracle routing (the full comparison table).
+        click_counts, eval_seed: evaluation protocol (official: 1/3/5/10 clicks, seed 233 per target).
+        nsd_tolerance_mm: NSD tolerance (official 1 mm); null skips NSD (the slow metric on a CPU).
         export_path: also write the gate there (e.g. `sammoe/assets/gate_tiny.safetensors`).
     """
 
@@ -118,7 +120,7 @@ class GateTraining(InteractiveModule):
         click_seed: int = 2023,
         click_counts: Sequence[int] = (1, 3, 5, 10),
         eval_seed: int = 233,
-        nsd_tolerance_mm: float = 1.0,
+        nsd_tolerance_mm: float | None = 1.0,
         roi_spacing: Sequence[float] = (1.5, 1.5, 1.5),
         overlay_images: bool = True,
     ) -> None:
@@ -226,8 +228,11 @@ class GateTraining(InteractiveModule):
         base = table.get(FOUNDATION, {})
         general = [c for c in base if self.class_group(c) == GENERAL]
         search: dict[str, dict[str, float]] = {}
-        for tau in self.tau_grid:
-            per_class = table.get(f"moe@{tau:g}", {})
+        grid = [t for t in self.tau_grid if f"moe@{t:g}" in table]
+        if not grid:
+            return float(self.moe.selector.tau), search
+        for tau in grid:
+            per_class = table[f"moe@{tau:g}"]
             average = nanmean(nanmean(by_k.values()) for by_k in per_class.values())
             drops = [
                 base[c][k] - per_class[c][k]
@@ -238,9 +243,7 @@ class GateTraining(InteractiveModule):
             ]
             drop = nanmean(drops) if drops else 0.0
             search[f"{tau:g}"] = {"average_dice": average, "general_drop": drop}
-        allowed = [
-            t for t in self.tau_grid if search[f"{t:g}"]["general_drop"] <= self.hparams.max_general_drop
-        ]
+        allowed = [t for t in grid if search[f"{t:g}"]["general_drop"] <= self.hparams.max_general_drop]
 
         def avg(t: float) -> float:
             value = search[f"{t:g}"]["average_dice"]
@@ -249,7 +252,7 @@ class GateTraining(InteractiveModule):
         if allowed:
             best = max(allowed, key=lambda t: (avg(t), t))
         else:
-            best = min(self.tau_grid, key=lambda t: (search[f"{t:g}"]["general_drop"], -avg(t)))
+            best = min(grid, key=lambda t: (search[f"{t:g}"]["general_drop"], -avg(t)))
         return best, search
 
     def finalize_rows(self, rows: list[EvalRow], stage: str) -> tuple[list[EvalRow], dict[str, Any]]:

@@ -1,0 +1,195 @@
+"""GateTraining: only the gate learns toward the task expert, tau tuning, checkpoints, a short Trainer run.
+
+Experts come from fake plugin records (monkeypatched discovery), so these tests do not depend on which
+expert plugins are installed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+
+from sammoe.errors import PluginError
+from sammoe.eval.results import EvalRow
+from sammoe.lit.gate import GateTraining
+from sammoe.plugins import discovery
+
+EXPERTS = {"spinal_cord": ["spinal_cord"], "nodules": ["nodules"]}
+
+
+@pytest.fixture
+def fake_experts(monkeypatch):
+    """Two expert plugins on the seeded tiny backbone: the foundation decoder plus seeded noise."""
+    from sammoe.plugins.backbone import load_backbone
+
+    base = load_backbone("tiny", None).mask_decoder.state_dict()
+
+    def select(names=None, *, backbone_fingerprint=None):
+        chosen = list(EXPERTS) if names is None else list(names)
+        unknown = [n for n in chosen if n not in EXPERTS]
+        if unknown:
+            raise PluginError(f"expert {unknown[0]!r} (not installed): no installed distribution provides it")
+        return [
+            SimpleNamespace(
+                name=n, manifest=SimpleNamespace(task=SimpleNamespace(classes={c: 1 for c in EXPERTS[n]}))
+            )
+            for n in chosen
+        ]
+
+    def weights(record):
+        gen = torch.Generator().manual_seed(len(record.name))
+        return {
+            k: v + 0.05 * v.std().nan_to_num() * torch.randn(v.shape, generator=gen) for k, v in base.items()
+        }
+
+    monkeypatch.setattr(discovery, "select_experts", select)
+    monkeypatch.setattr(discovery, "load_expert_weights", weights)
+
+
+def _batch(classes: list[str], size: int = 64) -> dict:
+    gen = torch.Generator().manual_seed(1)
+    bsz = len(classes)
+    label = torch.zeros(bsz, 1, size, size, size)
+    label[:, :, 24:40, 20:36, 28:44] = 1
+    return {
+        "image": torch.randn(bsz, 1, size, size, size, generator=gen),
+        "label": label,
+        "case_id": [f"case{i}" for i in range(bsz)],
+        "class_name": classes,
+    }
+
+
+def test_gate_learns_alone_toward_the_task_expert(fake_experts):
+    model = GateTraining(num_iterations=2, checkpoint=None, lr=1e-2)
+    assert model.expert_names == ["foundation", "spinal_cord", "nodules"]
+    assert model.oracle_expert("liver") == "foundation" and model.oracle_expert("nodules") == "nodules"
+    assert model.class_group("spinal_cord") == "task" and model.class_group("spleen") == "general"
+    batch = _batch(["liver", "spinal_cord", "nodules"])
+    assert model.oracle_index(batch["class_name"], torch.device("cpu")).tolist() == [0, 1, 2]
+    loss = model.training_step(batch, 0)
+    assert math.isfinite(loss.item())
+    loss.backward()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("moe.gate.") for n in trainable)
+    assert all(p.grad is not None for n, p in model.named_parameters() if n in trainable)
+    assert all(p.grad is None for n, p in model.named_parameters() if n not in trainable)
+    # the gate learns: a few steps lower the cross-entropy on a fixed batch
+    opt = model.configure_optimizers()
+    first = None
+    for _ in range(5):
+        opt.zero_grad()
+        model._generator = torch.Generator().manual_seed(0)
+        loss = model.training_step(batch, 0)
+        loss.backward()
+        opt.step()
+        first = loss.item() if first is None else first
+    assert loss.item() < first
+
+
+def test_unknown_expert_is_a_plugin_error(fake_experts):
+    with pytest.raises(PluginError, match="nope"):
+        GateTraining(experts=["nope"])
+
+
+def _rows(model: str, general: float, task: float) -> list[EvalRow]:
+    return [
+        EvalRow(model, f"c{i}", cls, grp, 1, value)
+        for i in range(2)
+        for cls, grp, value in (("liver", "general", general), ("spinal_cord", "task", task))
+    ]
+
+
+def test_tau_is_the_best_within_the_general_budget(fake_experts):
+    model = GateTraining(tau_grid=[0.3, 0.5, 0.7], max_general_drop=0.01)
+    rows = (
+        _rows("foundation", 0.90, 0.20)
+        + _rows("moe@0.3", 0.80, 0.80)  # best average but forgets
+        + _rows("moe@0.5", 0.895, 0.70)  # within budget
+        + _rows("moe@0.7", 0.90, 0.50)
+    )
+    tau, search = model.choose_tau(rows)
+    assert tau == 0.5
+    assert search["0.3"]["general_drop"] == pytest.approx(0.10)
+    kept, extra = model.finalize_rows(rows, "val")
+    assert model.moe.selector.tau == 0.5 and extra["tau"] == 0.5
+    assert {r.model for r in kept} == {"foundation", "moe"}
+    assert sorted(r.dice for r in kept if r.model == "moe") == [0.7, 0.7, 0.895, 0.895]
+    # nothing within the budget: the threshold that forgets least
+    model.hparams.max_general_drop = 0.0
+    tau, _ = model.choose_tau(
+        _rows("foundation", 0.9, 0.2) + _rows("moe@0.3", 0.5, 0.9) + _rows("moe@0.7", 0.8, 0.3)
+    )
+    assert tau == 0.7
+
+
+def test_checkpoint_keeps_the_tuned_tau_and_gate_file(fake_experts, tmp_path):
+    model = GateTraining(tau=0.5)
+    model.moe.selector.tau = 0.7
+    ckpt: dict = {}
+    model.on_save_checkpoint(ckpt)
+    other = GateTraining(tau=0.5)
+    other.on_load_checkpoint(ckpt)
+    assert other.moe.selector.tau == 0.7
+    path = model.moe.save_gate(tmp_path / "gate.safetensors")
+    again = GateTraining(gate=str(path))
+    assert again.moe.selector.tau == 0.7
+    for key, value in model.moe.gate.state_dict().items():
+        assert torch.equal(value, again.moe.gate.state_dict()[key])
+
+
+class _Targets(torch.utils.data.Dataset):
+    def __init__(self, classes: list[str]) -> None:
+        self.classes = classes
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    def __getitem__(self, i: int) -> dict:
+        batch = _batch([self.classes[i]])
+        batch["image"] = batch["image"] + i
+        return {k: (v[0] if torch.is_tensor(v) else v[0]) for k, v in batch.items()}
+
+
+def test_short_fit_writes_gate_and_report(fake_experts, tmp_path):
+    classes = ["liver", "spinal_cord", "nodules"]
+    loader = torch.utils.data.DataLoader(_Targets(classes), batch_size=3)
+    val = torch.utils.data.DataLoader(_Targets(classes), batch_size=2)
+    model = GateTraining(
+        num_iterations=1,
+        click_counts=[1, 2],
+        tau_grid=[0.3, 0.6],
+        overlay_images=False,
+        nsd_tolerance_mm=None,
+    )
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(model, loader, val)
+    assert (tmp_path / "gate.safetensors").is_file()
+    report = json.loads((tmp_path / "val" / "report.json").read_text())
+    assert set(report["models"]) == {"foundation", "spinal_cord", "nodules", "moe", "oracle"}
+    assert set(report["models"]["moe"]) == set(classes)
+    assert report["tau"] in (0.3, 0.6) and set(report["tau_search"]) == {"0.3", "0.6"}
+    assert 0.0 <= report["routing_accuracy"] <= 1.0
+    assert set(report["click_counts"]) == {1, 2}
+    assert "foundation" not in report["forgetting"] and "moe" in report["forgetting"]
+    # oracle routing of a general class is the foundation itself
+    assert report["models"]["oracle"]["liver"] == report["models"]["foundation"]["liver"]
+    assert report["models"]["oracle"]["nodules"] == report["models"]["nodules"]["nodules"]
+    # the test stage evaluates the tuned MoE (no candidates)
+    tuned = model.moe.selector.tau
+    trainer.test(model, val)
+    report = json.loads((tmp_path / "test" / "report.json").read_text())
+    assert "moe" in report["models"] and report["tau"] == tuned and "tau_search" not in report
