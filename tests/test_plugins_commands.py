@@ -461,3 +461,16 @@ def test_package_prints_a_relative_out_dir_as_a_path(tmp_path, decoder, capsys, 
     monkeypatch.chdir(tmp_path)
     assert main(["package", "--checkpoint", str(ckpt), "--name", "liver", "--out", "proj"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "install it with: pip install ./proj"
+
+
+def test_meta_overrides_keys_of_the_sidecar(tmp_path, decoder):
+    ckpt = tmp_path / "liver.safetensors"
+    save_file(decoder, str(ckpt))
+    _sidecar(ckpt, backbone_fingerprint="a" * 64, provenance={"training_data": "phantoms", "notes": "kept"})
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"description": "overridden"}))
+    out = package_expert(ckpt, "liver", tmp_path / "project", meta=meta)
+    manifest = json.loads((out / "sammoe_expert_liver" / "manifest.json").read_text())
+    assert manifest["description"] == "overridden"
+    assert manifest["backbone"]["fingerprint"] == "a" * 64
+    assert manifest["provenance"]["notes"] == "kept"

@@ -105,7 +105,8 @@ def read_checkpoint(path: str | Path, meta: str | Path | None = None) -> ExpertC
             state = load_file(str(path))
         except Exception as err:
             raise PluginError(f"{path} is not a readable safetensors file: {err}") from None
-        info = _load_json(path.with_suffix(".json"), "sidecar") if meta is None else {}
+        sidecar = path.with_suffix(".json")
+        info = _load_json(sidecar, "sidecar") if meta is None or sidecar.is_file() else {}
     else:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
