@@ -21,7 +21,7 @@ from sammoe.plugins.commands import main
 from sammoe.plugins.discovery import PluginWarning, discover
 from sammoe.plugins.loader import load_expert_decoders
 from sammoe.plugins.scaffold import package_expert
-from sammoe.plugins.testing import FAKE_FINGERPRINT, fake_expert, plugin_site
+from sammoe.plugins.testing import FAKE_FINGERPRINT, fake_expert, pip_install_target, plugin_site
 from sammoe.plugins.verify import verify_expert
 
 TASK = {"classes": {"liver": 3}, "modality": "CT", "dataset": "phantom-liver"}
@@ -312,23 +312,13 @@ def test_package_refuses_pickled_lightning_checkpoint(tmp_path, decoder):
     assert not (tmp_path / "out").exists()
 
 
-def _pip_install_target(project: Path, target: Path) -> None:
-    import importlib.util
-
-    args = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(project)]
-    if importlib.util.find_spec("setuptools") is not None:
-        args.insert(5, "--no-build-isolation")
-    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-
-
 def test_packaged_project_pip_installs_and_passes_its_own_tests(tmp_path, tiny, decoder):
     ckpt = tmp_path / "liver.safetensors"
     save_file(decoder, str(ckpt))
     _sidecar(ckpt)
     project = package_expert(ckpt, "liver_e2e", tmp_path / "project")
     target = tmp_path / "installed"
-    _pip_install_target(project, target)
+    pip_install_target([project], target)
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(target), *sys.path]),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -14,6 +13,7 @@ import pytest
 
 from sammoe.data.phantoms import LABELS
 from sammoe.plugins.discovery import discover
+from sammoe.plugins.testing import pip_install_target
 from sammoe.plugins.verify import BackboneCache, verify_expert
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,16 +47,11 @@ def test_build_script_reproduces_the_committed_examples(tmp_path):
 
 def test_examples_install_with_pip_and_verify_ok(tmp_path):
     target = tmp_path / "site"
-    args = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target)]
-    if importlib.util.find_spec("setuptools") is not None:
-        args.append("--no-build-isolation")
+    copies = []
     for project in EXAMPLES.values():  # copies: pip must not write build/ into the repository
-        shutil.copytree(
-            EXPERTS / project, tmp_path / project, ignore=shutil.ignore_patterns("build", "*.egg-info")
-        )
-        args.append(str(tmp_path / project))
-    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+        copies.append(tmp_path / project)
+        shutil.copytree(EXPERTS / project, copies[-1], ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    pip_install_target(copies, target)
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), *sys.path])}
     env["SAMMOE_EXPERTS"] = ",".join(EXAMPLES)

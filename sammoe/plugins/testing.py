@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -124,3 +125,23 @@ def plugin_site(path: Path) -> Iterator[Path]:
             if origin.startswith(str(path)):
                 del sys.modules[name]
         importlib.invalidate_caches()
+
+
+def pip_install_target(projects: list[Path], target: Path, timeout: float = 300) -> None:
+    """`pip install --no-deps --target TARGET PROJECT...`, a real install without touching the environment.
+
+    Builds without isolation (no index needed) when the installed setuptools builds wheels by itself.
+    """
+    from importlib import metadata
+
+    from packaging.version import Version
+
+    args = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target)]
+    try:
+        if Version(metadata.version("setuptools")) >= Version("70.1"):
+            args.append("--no-build-isolation")
+    except metadata.PackageNotFoundError:
+        pass
+    done = subprocess.run([*args, *map(str, projects)], capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"pip install failed:\n{done.stdout}{done.stderr}")
