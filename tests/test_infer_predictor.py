@@ -318,3 +318,16 @@ def _installed_experts() -> list[str]:
 
     fp = backbone_fingerprint(load_backbone("tiny"))
     return [r.name for r in discover(backbone_fingerprint=fp) if r.ok]
+
+
+def test_bf16_autocast_path_runs(tiny):
+    """The GPU path (bf16 autocast) exercised on CPU autocast: dtypes flow through encode, decode, refinement."""
+    for model in (tiny, SamMoE(tiny, {"x": SamMed3D(PRESETS["tiny"]).mask_decoder})):
+        pred = Predictor(model, "cpu", use_sliding_window=False)
+        pred.autocast = True  # on CPU the constructor leaves it off
+        pred.set_image(oblique_volume())
+        seg = pred.predict(
+            [Target([[17, 14, 9], [12, 10, 8]], [1, 0]), Target([[17, 14, 9]])], probabilities=True
+        )
+        assert seg.probabilities.shape == (40, 30, 24, 2) and seg.probabilities.dtype == np.float32
+        assert pred.add_click(1, [12, 10, 8], positive=False).clicks == 2
