@@ -735,4 +735,6 @@ class Predictor:
 def _progress(total: int, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, disable=not enabled, unit="target", file=sys.stderr, leave=False)
+    # Only on a terminal: in logs and pipes a bar is noise between the result lines.
+    show = enabled and total > 0 and sys.stderr.isatty()
+    return tqdm(total=total, disable=not show, unit="target", file=sys.stderr, leave=False)

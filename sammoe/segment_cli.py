@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write(args.report, (json.dumps(report, indent=2) + "\n").encode())
     if not args.quiet:
         for t in seg.targets:
-            gate = "" if t.gate is None else f" gate {max(t.gate.values()):.2f}"
+            gate = "" if not t.gate or t.expert not in t.gate else f" (gate {t.gate[t.expert]:.2f})"
             print(
                 f"{t.name}: label {t.value}, {t.voxels} voxels, {t.volume_ml:.2f} ml, expert {t.expert}{gate}, "
                 f"predicted IoU {t.iou:.2f}, {t.windows} window(s)"
