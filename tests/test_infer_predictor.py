@@ -176,12 +176,15 @@ def test_large_target_grows_over_windows():
     model = SphereModel(radius=40.0)  # a ball far larger than the 64^3 crop
     pred = Predictor(model, "cpu")
     pred.set_image(vol)
-    grown = pred.predict(Target([[80, 20, 15]])).targets[0]
+    grown = pred.predict(Target([[80, 20, 15]]), probabilities=True).targets[0]
     single = Predictor(model, "cpu", use_sliding_window=False)
     single.set_image(vol)
     one = single.predict(Target([[80, 20, 15]])).targets[0]
     assert grown.windows > 1 and one.windows == 1
     assert grown.voxels > one.voxels
+    # probabilities over windows: blended as the mask is, so thresholding them gives the mask
+    assert grown.probability.shape == vol.shape
+    assert ((grown.probability > 0.5) == grown.mask).mean() > 0.999
 
 
 def test_bad_clicks_raise_one_line_errors(tiny):
