@@ -104,4 +104,13 @@ def main(argv: list[str]) -> int:
             raise
         print(f"sammoe: error: {_one_line(str(user))}", file=sys.stderr)
         return 2
+    finally:
+        _finish_wandb()
     return 0
+
+
+def _finish_wandb() -> None:
+    """Close this process's W&B run (if any) so its offline files are complete when the command returns."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
