@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all bench lint format clean
+.PHONY: install demo test test-all bench lint format clean foundation experts-train gate evaluate bench-train
 
 $(STAMP): pyproject.toml $(wildcard experts/*/pyproject.toml)
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -37,6 +37,25 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format sammoe tests benchmarks experts
 	$(BIN)/ruff check --fix sammoe tests benchmarks experts
+
+# The training pipeline on the phantom dataset with the tiny backbone (configs/*.yaml; runs/ holds the runs).
+foundation: $(STAMP)
+	$(BIN)/sammoe fit --config configs/foundation.yaml --model.init_args.export_path=sammoe/assets/foundation_tiny.safetensors
+
+experts-train: $(STAMP)
+	$(BIN)/sammoe fit --config configs/finetune.yaml --config configs/experts/spinal_cord.yaml
+	$(BIN)/sammoe fit --config configs/finetune.yaml --config configs/experts/nodules.yaml
+	$(BIN)/python experts/build_examples.py --checkpoint spinal_cord=runs/experts/spinal_cord/expert/decoder.safetensors --checkpoint nodules=runs/experts/nodules/expert/decoder.safetensors
+	$(BIN)/pip install -q --no-deps --force-reinstall ./experts/sammoe-expert-spinal-cord ./experts/sammoe-expert-nodules
+
+gate: $(STAMP)
+	$(BIN)/sammoe fit --config configs/gate.yaml --model.init_args.export_path=sammoe/assets/gate_tiny.safetensors
+
+evaluate: $(STAMP)
+	$(BIN)/sammoe test --config configs/evaluate.yaml
+
+bench-train: $(STAMP)
+	$(BIN)/python benchmarks/train_step.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
