@@ -193,3 +193,7 @@ def test_short_fit_writes_gate_and_report(fake_experts, tmp_path):
     trainer.test(model, val)
     report = json.loads((tmp_path / "test" / "report.json").read_text())
     assert "moe" in report["models"] and report["tau"] == tuned and "tau_search" not in report
+    # predict: one mask per target after the largest click count (ROI grid for crop batches)
+    predictions = [item for batch in trainer.predict(model, val) for item in batch]
+    assert [p["class_name"] for p in predictions] == classes
+    assert all(p["mask"].shape == (64, 64, 64) and p["n_clicks"] == 2 for p in predictions)

@@ -16,6 +16,7 @@ from sammoe.eval.gather import all_gather_rows
 from sammoe.eval.report import build_report, write_report
 from sammoe.eval.results import GENERAL, EvalRow, class_average, class_means
 from sammoe.lit.evaluation import EvalExample, EvalModel, as_eval_batch, evaluate_batch
+from sammoe.lit.interactive import StepFn, evaluation_rollout
 from sammoe.lit.wandb_log import log_evaluation
 
 NOTES = (
@@ -70,6 +71,10 @@ class InteractiveModule(L.LightningModule):
 
     def primary_model(self) -> str:
         """The model whose Dice is logged as `<stage>/dice` (checkpoint monitor)."""
+        raise NotImplementedError
+
+    def primary_step(self) -> StepFn:
+        """Step function of the model that `predict` runs."""
         raise NotImplementedError
 
     def finalize_rows(self, rows: list[EvalRow], stage: str) -> tuple[list[EvalRow], dict[str, Any]]:
@@ -168,6 +173,39 @@ class InteractiveModule(L.LightningModule):
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, batch_idx)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> list[dict[str, Any]]:
+        """Masks after the largest click count (clicks simulated from the ground truth, official protocol),
+        on the original grid when the batch carries the geometry (test items), else on the ROI grid."""
+        from sammoe.data.preprocess import Preprocessor
+
+        batch = as_eval_batch(batch, self.device)
+        if batch is None:
+            return []
+        embeddings = self.encode(batch["image"])
+        out = []
+        for b in range(embeddings.shape[0]):
+            rollout = evaluation_rollout(
+                self.primary_step(),
+                embeddings[b : b + 1],
+                batch["label"][b : b + 1],
+                click_counts=self.click_counts,
+                seed=self.eval_seed,
+                low_res_size=self.backbone.low_res_size,
+            )
+            mask = rollout.masks[max(self.click_counts)][0, 0].cpu()
+            rois = batch.get("roi")
+            if rois is not None:
+                mask = Preprocessor.invert(rois[b], mask.numpy().astype("uint8"))
+            out.append(
+                {
+                    "case_id": batch["case_id"][b],
+                    "class_name": batch["class_name"][b],
+                    "n_clicks": max(self.click_counts),
+                    "mask": mask,
+                }
+            )
+        return out
 
     def on_validation_epoch_start(self) -> None:
         self._reset_eval()

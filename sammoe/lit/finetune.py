@@ -204,23 +204,8 @@ class ExpertFinetune(InteractiveModule):
     def class_group(self, class_name: str) -> str:
         return TASK if class_name in self._task_classes else GENERAL
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        """ROI predictions after the largest click count (clicks simulated from the ground truth)."""
-        from sammoe.lit.interactive import evaluation_rollout
-
-        emb = self.encode(batch["image"])
-        masks = []
-        for b in range(emb.shape[0]):
-            out = evaluation_rollout(
-                decoder_step(self.backbone),
-                emb[b : b + 1],
-                batch["label"][b : b + 1],
-                click_counts=self.click_counts,
-                seed=self.eval_seed,
-                low_res_size=self.backbone.low_res_size,
-            )
-            masks.append(out.masks[max(self.click_counts)][0, 0].cpu())
-        return {"case_id": batch.get("case_id"), "class_name": batch.get("class_name"), "masks": masks}
+    def primary_step(self):
+        return decoder_step(self.backbone)
 
     # ------------------------------------------------------------------------------------- export
     def export_metadata(self) -> dict[str, Any]:

@@ -221,6 +221,9 @@ class GateTraining(InteractiveModule):
     def primary_model(self) -> str:
         return "moe"
 
+    def primary_step(self):
+        return moe_step(self.moe)
+
     def choose_tau(self, rows: list[EvalRow]) -> tuple[float, dict[str, dict[str, float]]]:
         """The threshold with the best class-average Dice among those within `max_general_drop` of the
         foundation on the general classes (else the one that loses least there)."""
