@@ -55,3 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     except SammoeError as err:
         print(f"sammoe: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `sammoe experts list | head`: the reader left; stop quietly like other Unix tools.
+        sys.stderr.close()
+        return 0
