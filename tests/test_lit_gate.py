@@ -197,3 +197,24 @@ def test_short_fit_writes_gate_and_report(fake_experts, tmp_path):
     predictions = [item for batch in trainer.predict(model, val) for item in batch]
     assert [p["class_name"] for p in predictions] == classes
     assert all(p["mask"].shape == (64, 64, 64) and p["n_clicks"] == 2 for p in predictions)
+
+
+def test_experts_from_finetuning_exports(tmp_path):
+    from sammoe.errors import CheckpointError
+    from sammoe.lit.finetune import ExpertFinetune
+
+    files = {}
+    for name, cls in (("cord", "spinal_cord"), ("nod", "nodules")):
+        expert = ExpertFinetune(name=name, checkpoint="seeded", task={"classes": {cls: 1}})
+        files[name] = str(expert.export(tmp_path / name / "decoder.safetensors"))
+    model = GateTraining(checkpoint="seeded", expert_files=files)
+    assert model.expert_names == ["foundation", "cord", "nod"]
+    assert model.oracle_expert("nodules") == "nod" and model.oracle_expert("liver") == "foundation"
+    with pytest.raises(CheckpointError, match="not found"):
+        GateTraining(checkpoint="seeded", expert_files={"x": str(tmp_path / "missing.safetensors")})
+    other = ExpertFinetune(name="far", checkpoint="seeded", task={"classes": {"x": 1}})
+    with torch.no_grad():
+        next(other.backbone.image_encoder.parameters()).add_(1.0)
+    far = other.export(tmp_path / "far" / "decoder.safetensors")
+    with pytest.raises(CheckpointError, match="another backbone"):
+        GateTraining(checkpoint="seeded", expert_files={"far": str(far)})

@@ -10,6 +10,7 @@ forgetting. The trained gate is saved as `gate.safetensors` in the run directory
 from __future__ import annotations
 
 import copy
+import json
 import math
 import warnings
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from sammoe.errors import ConfigError
+from sammoe.errors import CheckpointError, ConfigError
 from sammoe.eval.results import GENERAL, TASK, EvalRow, class_means, nanmean
 from sammoe.lit.backbone import build_backbone, describe_checkpoint
 from sammoe.lit.base import InteractiveModule
@@ -32,33 +33,76 @@ from sammoe.model.sam3d import backbone_fingerprint
 DEFAULT_TAU_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-def load_experts(backbone: Any, names: Sequence[str] | None) -> tuple[dict[str, Any], dict[str, str]]:
-    """Expert decoders (name -> MaskDecoder3D) of the discovered plugins (`names`: exactly those, else all
-    usable), checked against the backbone's fingerprint, and the class -> expert map from their manifests."""
+def _expert_from_file(backbone: Any, name: str, path: str) -> tuple[Any, list[str]]:
+    """A decoder exported by expert finetuning (`decoder.safetensors` + its `.json` sidecar)."""
+    from safetensors.torch import load_file
+
+    file = Path(path)
+    sidecar = file.with_suffix(".json")
+    if not file.is_file() or not sidecar.is_file():
+        raise CheckpointError(
+            f"expert {name!r}: {file} (and its {sidecar.name} sidecar) not found; give the "
+            "expert/decoder.safetensors that `sammoe fit --config configs/finetune.yaml` wrote"
+        )
+    meta = json.loads(sidecar.read_text())
+    expected = meta.get("backbone_fingerprint")
+    if expected is not None and expected != backbone_fingerprint(backbone):
+        raise CheckpointError(
+            f"expert {name!r}: {file} was finetuned on another backbone; load the foundation it was "
+            "finetuned from (model.init_args.checkpoint)"
+        )
+    decoder = copy.deepcopy(backbone.mask_decoder)
+    try:
+        decoder.load_state_dict(load_file(str(file)))
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise CheckpointError(
+            f"expert {name!r}: {file} does not fit the {meta.get('preset')} decoder ({first})"
+        ) from None
+    return decoder, list((meta.get("task") or {}).get("classes") or {})
+
+
+def load_experts(
+    backbone: Any, names: Sequence[str] | None, files: dict[str, str] | None = None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Expert decoders (name -> MaskDecoder3D) and the class -> expert map of their tasks.
+
+    `files` (name -> exported decoder) are loaded directly; plugins are discovered unless `files` is given
+    and `names` is not: `names` = exactly those plugins, None = every usable installed plugin. Plugins are
+    checked against the backbone's fingerprint.
+    """
     from sammoe.plugins import load_expert_weights, select_experts
 
-    records = select_experts(
-        None if names is None else list(names), backbone_fingerprint=backbone_fingerprint(backbone)
-    )
-    if not records:
+    found: list[tuple[str, Any, list[str]]] = []
+    if names is not None or not files:
+        records = select_experts(
+            None if names is None else list(names), backbone_fingerprint=backbone_fingerprint(backbone)
+        )
+        for record in records:
+            decoder = copy.deepcopy(backbone.mask_decoder)
+            decoder.load_state_dict(load_expert_weights(record))
+            found.append((record.name, decoder, list(record.manifest.task.classes)))
+    for name, path in (files or {}).items():
+        if any(name == other for other, _, _ in found):
+            raise ConfigError(f"expert {name!r} is both an installed plugin and in expert_files; rename one")
+        found.append((name, *_expert_from_file(backbone, name, path)))
+    if not found:
         raise ConfigError(
             "no usable expert plugin is installed; install one (e.g. pip install experts/<project>) or "
             "list them in model.init_args.experts (`sammoe experts list` shows what is installed)"
         )
     decoders, class_to_expert = {}, {}
-    for record in records:
-        decoder = copy.deepcopy(backbone.mask_decoder)
-        decoder.load_state_dict(load_expert_weights(record))
-        decoders[record.name] = decoder.requires_grad_(False)
-        for cls in record.manifest.task.classes:
+    for name, decoder, classes in found:
+        decoders[name] = decoder.requires_grad_(False)
+        for cls in classes:
             if cls in class_to_expert:
                 warnings.warn(
-                    f"class {cls!r} is claimed by experts {class_to_expert[cls]!r} and {record.name!r}; "
+                    f"class {cls!r} is claimed by experts {class_to_expert[cls]!r} and {name!r}; "
                     f"routing it to {class_to_expert[cls]!r}",
                     stacklevel=2,
                 )
                 continue
-            class_to_expert[cls] = record.name
+            class_to_expert[cls] = name
     return decoders, class_to_expert
 
 
@@ -85,6 +129,8 @@ class GateTraining(InteractiveModule):
             for `vit_b_ori` give `sam_med3d_turbo.pth`). Experts must have been finetuned on it.
         experts: expert plugin names to use (exactly those; an unknown or incompatible one is an error);
             null = every usable installed plugin (SAMMOE_EXPERTS narrows the selection).
+        expert_files: experts not installed as plugins: name -> the `expert/decoder.safetensors` a finetuning
+            run exported (its `.json` sidecar names the task classes); used alone unless `experts` is set.
         gate: start from a trained gate (`gate.safetensors`); e.g. to evaluate one with `sammoe test`.
         gate_hidden_dim: width of the gate MLP.
         selector: `threshold` (paper), `top1` or `soft`.
@@ -105,6 +151,7 @@ class GateTraining(InteractiveModule):
         preset: str = "tiny",
         checkpoint: str | None = None,
         experts: list[str] | None = None,
+        expert_files: dict[str, str] | None = None,
         gate: str | None = None,
         gate_hidden_dim: int = 256,
         selector: Literal["threshold", "top1", "soft"] = "threshold",
@@ -128,7 +175,7 @@ class GateTraining(InteractiveModule):
         self.save_hyperparameters()
         backbone = build_backbone(preset, checkpoint).requires_grad_(False)
         self.start_weights = describe_checkpoint(preset, checkpoint)
-        decoders, self.class_to_expert = load_experts(backbone, experts)
+        decoders, self.class_to_expert = load_experts(backbone, experts, expert_files)
         self.moe = SamMoE(backbone, decoders, gate_hidden_dim, MaskSelector(selector, tau))
         if gate is not None:
             self.moe.load_gate(gate)
