@@ -1,0 +1,66 @@
+"""The README's main job, shrunk: `sammoe demo --fast` runs the whole pipeline and reports what it measured."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from sammoe.assets import FOUNDATION_TINY
+from sammoe.eval.report import build_report, read_rows_csv
+from sammoe.model.sam3d import SamMed3D, backbone_fingerprint
+from sammoe.plugins.discovery import discover
+
+
+def _usable_experts() -> list[str]:
+    if not FOUNDATION_TINY.is_file():
+        return []
+    fingerprint = backbone_fingerprint(SamMed3D.from_preset("tiny", checkpoint=FOUNDATION_TINY))
+    return [r.name for r in discover(backbone_fingerprint=fingerprint) if r.status == "ok"]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    experts = _usable_experts()
+    if len(experts) < 2:
+        pytest.fail("the shipped foundation model and two example experts must be installed (make install)")
+    from sammoe.demo import main
+
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["--fast", "--out", str(out), "--seed", "3"]) == 0
+    return out, experts
+
+
+def test_report_has_the_promised_shape(demo_run):
+    out, experts = demo_run
+    report = json.loads((out / "report.json").read_text())
+    assert {"foundation", "moe", "oracle", *experts} <= set(report["models"])
+    classes = set(report["classes"])
+    assert {"liver", "spinal_cord", "nodules"} <= classes
+    for model, per_class in report["models"].items():
+        assert set(per_class) == classes, model
+        for cls, by_clicks in per_class.items():
+            assert set(by_clicks) == {"1", "5"}, (model, cls)
+            for dice in by_clicks.values():
+                assert dice is None or 0.0 <= dice <= 1.0
+    assert 0.0 <= report["routing_accuracy"] <= 1.0
+    assert "synthetic demonstration" in report["notes"]
+    assert report["colin27"]["models"]["foundation"]
+    assert (out / "report.md").read_text().count("|") > 20
+    assert (out / "dice.png").stat().st_size > 1000
+    assert list((out / "runs" / "gate").rglob("*.wandb")), "the gate run is logged to W&B (offline)"
+
+
+def test_every_number_comes_from_the_run(demo_run):
+    out, _ = demo_run
+    report = json.loads((out / "report.json").read_text())
+    rows = read_rows_csv(out / "runs" / "evaluate" / "test" / "results.csv")
+    recomputed = build_report(rows)
+    assert recomputed["models"] == report["models"]
+    assert recomputed["routing_accuracy"] == report["routing_accuracy"]
+    by_hand = [
+        r.dice for r in rows if r.model == "foundation" and r.class_name == "liver" and r.n_clicks == 1
+    ]
+    by_hand = [d for d in by_hand if not math.isnan(d)]
+    assert report["models"]["foundation"]["liver"]["1"] == pytest.approx(sum(by_hand) / len(by_hand))
