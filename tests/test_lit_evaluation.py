@@ -138,3 +138,50 @@ def test_items_without_a_crop_are_left_out(phantom_test_items):
     items = [dict(phantom_test_items[0], roi=None)]
     assert as_eval_batch(items) is None
     assert as_eval_batch({"image": 1}) == {"image": 1}
+
+
+def test_wandb_gets_dice_tables_confusion_matrix_and_overlays(tmp_path, monkeypatch):
+    """log_evaluation on an offline WandbLogger: per-click Dice tables, routing confusion, overlays."""
+    import time
+    from types import SimpleNamespace
+
+    import numpy as np
+    import wandb
+    from lightning.pytorch.loggers import WandbLogger
+
+    from sammoe.eval.report import build_report
+    from sammoe.eval.results import EvalRow
+    from sammoe.lit.evaluation import EvalExample
+    from sammoe.lit.wandb_log import log_evaluation
+
+    for key in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(key, str(tmp_path / "home"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_CONSOLE", "off")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    rows = [
+        EvalRow(m, f"c{i}", cls, grp, k, 0.5 + 0.1 * i, routed_expert=routed, oracle_expert=oracle)
+        for i in range(2)
+        for k in (1, 5)
+        for cls, grp, oracle in (("liver", "general", "foundation"), ("spinal_cord", "task", "spinal_cord"))
+        for m, routed in (("foundation", None), ("moe", "spinal_cord" if i else oracle))
+    ]
+    report = build_report(rows)
+    logger = WandbLogger(project="t", save_dir=str(tmp_path / "run"))
+    mask = np.zeros((16, 16, 16), bool)
+    mask[4:10, 4:10, 4:10] = True
+    example = EvalExample("moe", "c0", "liver", 5, np.random.rand(16, 16, 16), mask, mask, 1.0)
+    assert log_evaluation(SimpleNamespace(loggers=[logger], global_step=3), "val", report, [example])
+    assert not log_evaluation(SimpleNamespace(loggers=[], global_step=3), "val", report)
+    wandb.finish()
+    (run,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    media = run / "files" / "media"
+    tables = {
+        p.name.split("_")[0] + "_" + p.name.split("_")[1] for p in (media / "table" / "val").glob("*.json")
+    }
+    assert {"dice_1", "dice_5", "nsd_1", "routing_counts"} <= tables, tables
+    assert list((media / "images" / "val").glob("overlays*.png"))
+    deadline = time.time() + 20
+    while b"routing_confusion" not in next(run.glob("run-*.wandb")).read_bytes() and time.time() < deadline:
+        time.sleep(0.5)
+    assert b"routing_confusion" in next(run.glob("run-*.wandb")).read_bytes()
