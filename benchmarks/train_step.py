@@ -77,7 +77,8 @@ def make_step(impl: str, mode: str, preset: str, device: torch.device, iteration
 
     backbone = build_backbone(impl, preset).to(device)
     loss_fn = dice_ce_loss("dicece")
-    low = backbone.low_res_size
+    # low-res mask size (4 x the embedding grid); medim's `mask_input_size` attribute holds the grid itself
+    low = 4 * (backbone.config.image_size // backbone.config.patch_size)
 
     if mode == "gate":
         from sammoe.model.moe import SamMoE
