@@ -44,9 +44,9 @@ foundation: $(STAMP)
 
 experts-train: $(STAMP)
 	$(BIN)/sammoe fit --config configs/finetune.yaml --config configs/experts/spinal_cord.yaml
-	$(BIN)/sammoe fit --config configs/finetune.yaml --config configs/experts/nodules.yaml
-	$(BIN)/python experts/build_examples.py --checkpoint spinal_cord=runs/experts/spinal_cord/expert/decoder.safetensors --checkpoint nodules=runs/experts/nodules/expert/decoder.safetensors
-	$(BIN)/pip install -q --no-deps --force-reinstall ./experts/sammoe-expert-spinal-cord ./experts/sammoe-expert-nodules
+	$(BIN)/sammoe fit --config configs/finetune.yaml --config configs/experts/textured_lesion.yaml
+	$(BIN)/python experts/build_examples.py --checkpoint spinal_cord=runs/experts/spinal_cord/expert/decoder.safetensors --checkpoint textured_lesion=runs/experts/textured_lesion/expert/decoder.safetensors
+	$(BIN)/pip install -q --no-deps --force-reinstall ./experts/sammoe-expert-spinal-cord ./experts/sammoe-expert-textured-lesion
 
 gate: $(STAMP)
 	$(BIN)/sammoe fit --config configs/gate.yaml --model.init_args.export_path=sammoe/assets/gate_tiny.safetensors

@@ -106,7 +106,7 @@ def tiny_config(
     [
         ["fit", "--config", "foundation.yaml"],
         ["fit", "--config", "finetune.yaml"],
-        ["fit", "--config", "finetune.yaml", "--config", "experts/nodules.yaml"],
+        ["fit", "--config", "finetune.yaml", "--config", "experts/textured_lesion.yaml"],
         ["fit", "--config", "gate.yaml"],
         ["test", "--config", "evaluate.yaml"],
     ],
@@ -118,8 +118,8 @@ def test_shipped_configs_parse(command, capsys):
     assert exit_info.value.code in (0, None)
     printed = capsys.readouterr().out
     assert "class_path: sammoe.lit." in printed and "WandbLogger" in printed
-    if "nodules.yaml" in command[-1]:
-        assert "name: nodules" in printed and "- nodules" in printed
+    if "textured_lesion.yaml" in command[-1]:
+        assert "name: textured_lesion" in printed and "- textured_lesion" in printed
 
 
 def test_help_lists_the_trainer_commands(capsys):

@@ -18,7 +18,7 @@ from sammoe.plugins.verify import BackboneCache, verify_expert
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERTS = ROOT / "experts"
-EXAMPLES = {"spinal_cord": "sammoe-expert-spinal-cord", "nodules": "sammoe-expert-nodules"}
+EXAMPLES = {"spinal_cord": "sammoe-expert-spinal-cord", "textured_lesion": "sammoe-expert-textured-lesion"}
 
 
 def _files(project: Path) -> dict[str, bytes]:
@@ -31,18 +31,43 @@ def _files(project: Path) -> dict[str, bytes]:
 
 
 def test_build_script_reproduces_the_committed_examples(tmp_path):
+    """Packaging is deterministic: the committed weights plus their manifest's metadata give the same project."""
+    arguments = []
+    for name, project in EXAMPLES.items():
+        package = EXPERTS / project / project.replace("-", "_")
+        manifest = json.loads((package / "manifest.json").read_text())
+        checkpoint = tmp_path / "checkpoints" / name / "decoder.safetensors"
+        checkpoint.parent.mkdir(parents=True)
+        shutil.copy(package / "decoder.safetensors", checkpoint)
+        sidecar = {
+            "preset": manifest["backbone"]["preset"],
+            "task": manifest["task"],
+            "backbone_fingerprint": manifest["backbone"]["fingerprint"],
+            "provenance": manifest["provenance"],
+            "version": manifest["version"],
+        }
+        checkpoint.with_suffix(".json").write_text(json.dumps(sidecar))
+        arguments += ["--checkpoint", f"{name}={checkpoint}"]
     run = subprocess.run(
-        [sys.executable, str(EXPERTS / "build_examples.py"), "--out-dir", str(tmp_path)],
+        [sys.executable, str(EXPERTS / "build_examples.py"), "--out-dir", str(tmp_path / "out"), *arguments],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert run.returncode == 0, run.stderr
     for project in EXAMPLES.values():
-        fresh, committed = _files(tmp_path / project), _files(EXPERTS / project)
+        fresh, committed = _files(tmp_path / "out" / project), _files(EXPERTS / project)
         assert fresh.keys() == committed.keys()
         stale = sorted(k for k in fresh if fresh[k] != committed[k])
-        assert not stale, f"experts/{project} is stale ({stale}); rerun `python experts/build_examples.py`"
+        assert not stale, f"experts/{project} differs from a rebuild ({stale}); rerun `make experts-train`"
+
+
+def test_examples_are_finetuned_and_better_than_the_foundation_on_their_task():
+    for project in EXAMPLES.values():
+        manifest = json.loads((EXPERTS / project / project.replace("-", "_") / "manifest.json").read_text())
+        assert manifest["provenance"]["finetuned"] is True
+        (dice,) = manifest["provenance"]["reported_dice"].values()
+        assert dice > 0.5, f"{project}: reported validation Dice {dice}"
 
 
 def test_examples_install_with_pip_and_verify_ok(tmp_path):

@@ -1,4 +1,4 @@
-"""sammoe expert plugin 'nodules': SAM-Med3D tiny expert decoder for small round lung nodules on phantom volumes"""
+"""sammoe expert plugin 'textured_lesion': SAM-Med3D tiny expert decoder for a lesion defined by texture, not brightness, inside the liver of phantom volumes"""
 
 from sammoe.plugins import ExpertManifest
 
