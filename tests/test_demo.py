@@ -37,7 +37,7 @@ def test_report_has_the_promised_shape(demo_run):
     report = json.loads((out / "report.json").read_text())
     assert {"foundation", "moe", "oracle", *experts} <= set(report["models"])
     classes = set(report["classes"])
-    assert {"liver", "spinal_cord", "nodules"} <= classes
+    assert {"liver", "spinal_cord", "textured_lesion"} <= classes
     for model, per_class in report["models"].items():
         assert set(per_class) == classes, model
         for cls, by_clicks in per_class.items():
