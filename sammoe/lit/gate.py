@@ -227,9 +227,13 @@ class GateTraining(InteractiveModule):
             None,
             self.generator(),
             num_iterations=self.hparams.num_iterations,
+            # the gate sees every click of the target so far, as at inference and in evaluation
+            accumulate_clicks=True,
             low_res_size=self.backbone.low_res_size,
         )
-        logits = torch.stack([out.gate_logits.float() for out in rollout.outputs])  # (T, B, K+1)
+        # Point-free iterations exist only in training; every inference step has clicks.
+        prompted = [out for out, has_points in zip(rollout.outputs, rollout.prompted) if has_points]
+        logits = torch.stack([out.gate_logits.float() for out in prompted])  # (T, B, K+1)
         loss = F.cross_entropy(logits.flatten(0, 1), target.repeat(logits.shape[0]))
         acc = (logits.argmax(-1) == target).float().mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=image.shape[0])

@@ -61,6 +61,7 @@ class TrainingRollout:
     logits: torch.Tensor  # final full-size logits (B, 1, S, S, S)
     iteration_logits: list[torch.Tensor] = field(default_factory=list)  # full-size logits per iteration
     outputs: list[StepOutput] = field(default_factory=list)
+    prompted: list[bool] = field(default_factory=list)  # whether each iteration had clicks
 
 
 def training_rollout(
@@ -87,7 +88,8 @@ def training_rollout(
     gt_bool = gt.bool()
     low = embeddings.new_zeros(bsz, 1, low_res_size, low_res_size, low_res_size)
     prev = torch.zeros_like(gt, dtype=embeddings.dtype)
-    point_free = {int(torch.randint(2, 9, (1,), generator=generator)), num_iterations - 1}
+    # The first iteration always has a click (matters only for runs shorter than the official 11).
+    point_free = {int(torch.randint(2, 9, (1,), generator=generator)), num_iterations - 1} - {0}
     coords = labels = None
     loss = embeddings.new_zeros(())
     result = TrainingRollout(loss, prev)
@@ -110,6 +112,7 @@ def training_rollout(
             loss = loss + loss_fn(prev, gt.to(prev.dtype))
         result.iteration_logits.append(prev)
         result.outputs.append(out)
+        result.prompted.append(points is not None)
     result.loss, result.logits = loss, prev
     return result
 

@@ -21,7 +21,7 @@ def gate_features(
     labels: torch.Tensor | None,
     image_size: int,
 ) -> torch.Tensor:
-    """(B, 3C): pooled image embedding, the embedding at the clicks, mean click token.
+    """(B, 3C): pooled image embedding, the embedding at the positive clicks, mean click token.
 
     The two click features are zero when a step has no clicks (the point-free training iterations).
     """
@@ -37,7 +37,11 @@ def gate_features(
     at_clicks = torch.gather(flat, 2, index.unsqueeze(1).expand(-1, channels, -1))  # (B, C, N)
     valid = (labels >= 0).to(flat.dtype)  # (B, N)
     count = valid.sum(1, keepdim=True).clamp_min(1)
-    sampled = (at_clicks * valid.unsqueeze(1)).sum(2) / count
+    # What the target looks like: the embedding at the positive clicks (negative clicks mark what it is
+    # not, often the neighbouring organ); all valid clicks where a sample has no positive one.
+    positive = (labels == 1).to(flat.dtype)
+    weight = torch.where(positive.sum(1, keepdim=True) > 0, positive, valid)
+    sampled = (at_clicks * weight.unsqueeze(1)).sum(2) / weight.sum(1, keepdim=True).clamp_min(1)
     # Click tokens: the first N sparse tokens (the last one is the official padding point).
     tokens = (sparse_embeddings[:, : points.shape[1]] * valid.unsqueeze(-1)).sum(1) / count
     return torch.cat([pooled, sampled, tokens], dim=1)
