@@ -117,3 +117,21 @@ def test_gate_round_trip_and_mismatch(moe, tmp_path):
         fewer.load_gate(path)
     with pytest.raises(CheckpointError, match="gate weights not found"):
         other.load_gate(tmp_path / "missing.safetensors")
+
+
+def test_gate_reads_the_first_positive_click_only(moe, inputs):
+    emb, _, _, _ = inputs
+    first = torch.tensor([[[10.0, 20.0, 30.0]]]).repeat(3, 1, 1)
+    later = torch.tensor([[[50.0, 5.0, 60.0], [33.0, 33.0, 1.0]]]).repeat(3, 1, 1)
+
+    def feats(points, labels):
+        sparse, _ = moe.backbone.prompt_encoder(points=(points, labels), boxes=None, masks=None)
+        return gate_features(emb, sparse, points, labels, 64)
+
+    one = feats(first, torch.ones(3, 1, dtype=torch.long))
+    # refinement clicks after it do not change the routing input
+    more = feats(torch.cat([first, later], 1), torch.tensor([[1, 0, 1]] * 3))
+    torch.testing.assert_close(more, one)
+    # a negative click before it is skipped
+    neg_first = feats(torch.cat([later[:, :1], first], 1), torch.tensor([[0, 1]] * 3))
+    torch.testing.assert_close(neg_first, one)

@@ -21,30 +21,32 @@ def gate_features(
     labels: torch.Tensor | None,
     image_size: int,
 ) -> torch.Tensor:
-    """(B, 3C): pooled image embedding, the embedding at the positive clicks, mean click token.
+    """(B, 3C): pooled image embedding, the embedding at the target's first positive click, that click's token.
 
-    The two click features are zero when a step has no clicks (the point-free training iterations).
+    The first positive click names the target (inference centres the crop on it); later clicks refine its
+    boundary and often sit on the neighbouring structure, so they are left out. The routing of a target is
+    therefore the same at every click of its interaction. Zeros replace the click features when a step has
+    no clicks (the point-free training iterations).
     """
     bsz, channels = image_embeddings.shape[:2]
     pooled = image_embeddings.mean(dim=(2, 3, 4))
     if points is None or points.shape[1] == 0:
         zeros = pooled.new_zeros(bsz, channels)
         return torch.cat([pooled, zeros, zeros], dim=1)
+    # Index of the first positive click per sample (the first valid click where none is positive).
+    order = torch.arange(points.shape[1], 0, -1, device=points.device)
+    key = torch.where(labels == 1, order + points.shape[1], torch.where(labels >= 0, order, 0))
+    first = key.argmax(1)  # (B,)
+    has_click = key.amax(1) > 0
     grid = image_embeddings.shape[2]
-    cells = (points.float() * grid / image_size).long().clamp(0, grid - 1)  # (B, N, 3)
+    click = points[torch.arange(bsz, device=points.device), first].float()  # (B, 3)
+    cell = (click * grid / image_size).long().clamp(0, grid - 1)
+    index = (cell[:, 0] * grid + cell[:, 1]) * grid + cell[:, 2]
     flat = image_embeddings.flatten(2)  # (B, C, g^3)
-    index = (cells[..., 0] * grid + cells[..., 1]) * grid + cells[..., 2]
-    at_clicks = torch.gather(flat, 2, index.unsqueeze(1).expand(-1, channels, -1))  # (B, C, N)
-    valid = (labels >= 0).to(flat.dtype)  # (B, N)
-    count = valid.sum(1, keepdim=True).clamp_min(1)
-    # What the target looks like: the embedding at the positive clicks (negative clicks mark what it is
-    # not, often the neighbouring organ); all valid clicks where a sample has no positive one.
-    positive = (labels == 1).to(flat.dtype)
-    weight = torch.where(positive.sum(1, keepdim=True) > 0, positive, valid)
-    sampled = (at_clicks * weight.unsqueeze(1)).sum(2) / weight.sum(1, keepdim=True).clamp_min(1)
-    # Click tokens: the first N sparse tokens (the last one is the official padding point).
-    tokens = (sparse_embeddings[:, : points.shape[1]] * valid.unsqueeze(-1)).sum(1) / count
-    return torch.cat([pooled, sampled, tokens], dim=1)
+    sampled = torch.gather(flat, 2, index.view(bsz, 1, 1).expand(-1, channels, 1)).squeeze(2)
+    token = sparse_embeddings[torch.arange(bsz, device=points.device), first]
+    keep = has_click.to(flat.dtype).unsqueeze(1)
+    return torch.cat([pooled, sampled * keep, token * keep], dim=1)
 
 
 class GatingNetwork(nn.Module):
