@@ -141,6 +141,8 @@ class GateTraining(InteractiveModule):
         lr, weight_decay: AdamW for the gate.
         num_iterations: simulated click iterations per batch (official training interaction: 11).
         evaluate_experts: also evaluate each expert alone and oracle routing (the full comparison table).
+        balance_experts: weight the cross-entropy so that every expert's classes count as much in total
+            (general data usually outnumbers each task several times).
         click_counts, eval_seed: evaluation protocol (official: 1/3/5/10 clicks, seed 233 per target).
         nsd_tolerance_mm: NSD tolerance (official 1 mm); null skips NSD (the slow metric on a CPU).
         export_path: also write the gate there (e.g. `sammoe/assets/gate_tiny.safetensors`).
@@ -163,6 +165,7 @@ class GateTraining(InteractiveModule):
         weight_decay: float = 0.01,
         num_iterations: int = 11,
         evaluate_experts: bool = True,
+        balance_experts: bool = True,
         export_path: str | None = None,
         click_seed: int = 2023,
         click_counts: Sequence[int] = (1, 3, 5, 10),
@@ -234,11 +237,22 @@ class GateTraining(InteractiveModule):
         # Point-free iterations exist only in training; every inference step has clicks.
         prompted = [out for out, has_points in zip(rollout.outputs, rollout.prompted) if has_points]
         logits = torch.stack([out.gate_logits.float() for out in prompted])  # (T, B, K+1)
-        loss = F.cross_entropy(logits.flatten(0, 1), target.repeat(logits.shape[0]))
+        loss = F.cross_entropy(
+            logits.flatten(0, 1), target.repeat(logits.shape[0]), weight=self._expert_weights(logits.device)
+        )
         acc = (logits.argmax(-1) == target).float().mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=image.shape[0])
         self.log("train/gate_accuracy", acc, prog_bar=True, batch_size=image.shape[0])
         return loss
+
+    def _expert_weights(self, device: torch.device) -> torch.Tensor | None:
+        """Inverse frequency of each expert among the data module's classes (None when unknown or off)."""
+        classes = getattr(getattr(self._trainer, "datamodule", None), "classes", None)
+        if not self.hparams.balance_experts or not classes:
+            return None
+        counts = torch.bincount(self.oracle_index(list(classes), device), minlength=len(self.expert_names))
+        present = counts > 0
+        return torch.where(present, present.sum() / counts.clamp_min(1).float() / len(classes), 0.0)
 
     # ------------------------------------------------------------------------------------- evaluation
     def _tuning(self) -> bool:
