@@ -65,7 +65,7 @@ def _batch(classes: list[str], size: int = 64) -> dict:
 
 
 def test_gate_learns_alone_toward_the_task_expert(fake_experts):
-    model = GateTraining(num_iterations=2, checkpoint=None, lr=1e-2)
+    model = GateTraining(clicks_per_target=2, checkpoint=None, lr=1e-2)
     assert model.expert_names == ["foundation", "spinal_cord", "nodules"]
     assert model.oracle_expert("liver") == "foundation" and model.oracle_expert("nodules") == "nodules"
     assert model.class_group("spinal_cord") == "task" and model.class_group("spleen") == "general"
@@ -160,7 +160,7 @@ def test_short_fit_writes_gate_and_report(fake_experts, tmp_path):
     loader = torch.utils.data.DataLoader(_Targets(classes), batch_size=3)
     val = torch.utils.data.DataLoader(_Targets(classes), batch_size=2)
     model = GateTraining(
-        num_iterations=1,
+        clicks_per_target=1,
         click_counts=[1, 2],
         tau_grid=[0.3, 0.6],
         overlay_images=False,

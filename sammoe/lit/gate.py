@@ -20,12 +20,13 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from sammoe.data.clicks import next_click_from_error
 from sammoe.errors import CheckpointError, ConfigError
 from sammoe.eval.results import GENERAL, TASK, EvalRow, class_means, nanmean
 from sammoe.lit.backbone import build_backbone, describe_checkpoint
 from sammoe.lit.base import InteractiveModule
 from sammoe.lit.evaluation import EvalModel
-from sammoe.lit.interactive import StepOutput, moe_step, training_rollout
+from sammoe.lit.interactive import StepOutput, moe_step
 from sammoe.model.gate import MaskSelector
 from sammoe.model.moe import FOUNDATION, SamMoE
 from sammoe.model.sam3d import backbone_fingerprint
@@ -139,8 +140,8 @@ class GateTraining(InteractiveModule):
         tau_grid: candidate thresholds.
         max_general_drop: largest allowed drop of the general-class Dice (0-1) against the foundation.
         lr, weight_decay: AdamW for the gate.
-        num_iterations: simulated click iterations per batch (official training interaction: 11).
         evaluate_experts: also evaluate each expert alone and oracle routing (the full comparison table).
+        clicks_per_target: random first clicks drawn per target and training step.
         balance_experts: weight the cross-entropy so that every expert's classes count as much in total
             (general data usually outnumbers each task several times).
         click_counts, eval_seed: evaluation protocol (official: 1/3/5/10 clicks, seed 233 per target).
@@ -163,9 +164,9 @@ class GateTraining(InteractiveModule):
         max_general_drop: float = 0.01,
         lr: float = 1e-3,
         weight_decay: float = 0.01,
-        num_iterations: int = 11,
         evaluate_experts: bool = True,
         balance_experts: bool = True,
+        clicks_per_target: int = 4,
         export_path: str | None = None,
         click_seed: int = 2023,
         click_counts: Sequence[int] = (1, 3, 5, 10),
@@ -219,28 +220,26 @@ class GateTraining(InteractiveModule):
         self.moe.experts.eval()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        image, gt = batch["image"], batch["label"].float()
+        """Cross-entropy of the gate toward each target's expert.
+
+        The gate reads the target's first positive click (`sammoe.model.gate.gate_features`), which in the
+        official interaction is a uniformly random foreground voxel; so every step draws
+        `clicks_per_target` such clicks per target instead of running the 11 decoder iterations, whose
+        later clicks the gate never sees.
+        """
+        image, gt = batch["image"], batch["label"].bool()
         target = self.oracle_index(batch["class_name"], image.device)
         with torch.no_grad():
             embeddings = self.moe.encode(image)
-        rollout = training_rollout(
-            moe_step(self.moe, route=target),  # masks from the right expert, as at inference
-            embeddings,
-            gt,
-            None,
-            self.generator(),
-            num_iterations=self.hparams.num_iterations,
-            # the gate sees every click of the target so far, as at inference and in evaluation
-            accumulate_clicks=True,
-            low_res_size=self.backbone.low_res_size,
-        )
-        # Point-free iterations exist only in training; every inference step has clicks.
-        prompted = [out for out, has_points in zip(rollout.outputs, rollout.prompted) if has_points]
-        logits = torch.stack([out.gate_logits.float() for out in prompted])  # (T, B, K+1)
-        loss = F.cross_entropy(
-            logits.flatten(0, 1), target.repeat(logits.shape[0]), weight=self._expert_weights(logits.device)
-        )
-        acc = (logits.argmax(-1) == target).float().mean()
+        empty = torch.zeros_like(gt)
+        logits = []
+        for _ in range(self.hparams.clicks_per_target):
+            points, labels = next_click_from_error(empty, gt, self.generator())
+            logits.append(self.moe.gate_logits(embeddings, points, labels).float())
+        logits = torch.cat(logits)
+        targets = target.repeat(self.hparams.clicks_per_target)
+        loss = F.cross_entropy(logits, targets, weight=self._expert_weights(logits.device))
+        acc = (logits.argmax(-1) == targets).float().mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=image.shape[0])
         self.log("train/gate_accuracy", acc, prog_bar=True, batch_size=image.shape[0])
         return loss

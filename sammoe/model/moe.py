@@ -63,6 +63,14 @@ class SamMoE(nn.Module):
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         return self.backbone.image_encoder(image)
 
+    def gate_logits(
+        self, image_embeddings: torch.Tensor, points: torch.Tensor | None, labels: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Gate logits (B, K+1) for these clicks, without decoding (what gate training needs)."""
+        prompt = None if points is None else (points, labels)
+        sparse, _ = self.backbone.prompt_encoder(points=prompt, boxes=None, masks=None)
+        return self.gate(gate_features(image_embeddings, sparse, points, labels, self.backbone.img_size))
+
     def step(
         self,
         image_embeddings: torch.Tensor,
