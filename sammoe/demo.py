@@ -121,8 +121,13 @@ def _write_colin27_dataset(root: Path) -> Path:
     source = ASSETS / "colin27"
     if (root / "dataset.json").is_file():
         return root
-    (root / "imagesTs").mkdir(parents=True, exist_ok=True)
-    (root / "labelsTs").mkdir(parents=True, exist_ok=True)
+    for folder in (
+        "imagesTr",
+        "labelsTr",
+        "imagesTs",
+        "labelsTs",
+    ):  # a test-only dataset: empty training folders
+        (root / folder).mkdir(parents=True, exist_ok=True)
     image = nib.load(source / "ch2.nii.gz")
     atlas = nib.load(source / "aal.nii.gz")
     aal = np.asarray(atlas.dataobj)
