@@ -585,39 +585,12 @@ class Predictor:
 
         # The helper centres its first window on this voxel: give it the primary ROI's centre.
         centre = state.entry.roi.roi_to_input(np.asarray(state.entry.roi.size, dtype=np.float64) // 2)
-        mask = sliding_window(self.pre, self._res, centre, predict, max_windows=self.max_windows)
-        state.windows = len(seen)
-        prob = self._blend(seen) if self._want_probs else None
-        return mask.astype(bool), prob
-
-    def _blend(self, seen: list[tuple[Roi, np.ndarray]]) -> np.ndarray:
-        """The windows' probabilities blended as ``sliding_window`` blends them (Gaussian weights on the
-        resampled grid), on the input grid: thresholded at 0.5 it is the helper's mask."""
-        from sammoe.data.preprocess import _gaussian_weights  # adapter until the helper returns probabilities
-
-        res = self._res
-        acc = np.zeros(res.shape, dtype=np.float32)
-        wsum = np.zeros(res.shape, dtype=np.float32)
-        weights = _gaussian_weights(self.pre.crop_size)
-        for roi, p in seen:
-            src, dst = [], []
-            for st, s, n in zip(roi.start, roi.size, res.shape):
-                lo, hi = max(int(st), 0), min(int(st) + int(s), int(n))
-                src.append(slice(lo - int(st), max(hi, lo) - int(st)))
-                dst.append(slice(lo, max(hi, lo)))
-            acc[tuple(dst)] += p[tuple(src)] * weights[tuple(src)]
-            wsum[tuple(dst)] += weights[tuple(src)]
-        blended = np.divide(acc, wsum, out=np.zeros_like(acc), where=wsum > 0)
-        whole = Roi(
-            image=torch.empty(0),
-            start=np.zeros(3, dtype=np.int64),
-            size=res.shape,
-            ras_affine=res.affine,
-            ras_shape=res.shape,
-            orig_affine=res.orig_affine,
-            orig_shape=res.orig_shape,
+        mask, blended, whole = sliding_window(
+            self.pre, self._res, centre, predict, max_windows=self.max_windows, return_probabilities=True
         )
-        return self._invert_prob(whole, blended)
+        state.windows = len(seen)
+        prob = self._invert_prob(whole, blended) if self._want_probs else None
+        return mask.astype(bool), prob
 
     # ------------------------------------------------------------------------------------------- results
     def _invert_prob(self, roi: Roi, prob: np.ndarray) -> np.ndarray:

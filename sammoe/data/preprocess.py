@@ -433,7 +433,8 @@ def sliding_window(
     overlap: float = 0.5,
     max_windows: int = 27,
     threshold: float = 0.5,
-) -> np.ndarray:
+    return_probabilities: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray, Roi]:
     """Segment a target larger than one crop: click-centred windows that grow where the prediction touches
     a window face, blended back and mapped onto the original grid.
 
@@ -442,7 +443,9 @@ def sliding_window(
     in that direction is added (breadth first, at most ``max_windows``). ``predict(roi)`` returns foreground
     probabilities of shape ``roi.size`` (numpy or torch); windows are blended with Gaussian weights on the
     resampled grid, thresholded, and inverted (nearest) to the original grid. ``label`` (optional) is cropped
-    into each ``roi.label`` (oracle tests, evaluation). Returns a uint8 mask of the original shape.
+    into each ``roi.label`` (oracle tests, evaluation). Returns a uint8 mask of the original shape; with
+    ``return_probabilities`` also the blended probabilities on the resampled grid and the whole-grid ``Roi``
+    that maps them back with ``Preprocessor.invert``.
     """
     res = volume if isinstance(volume, Resampled) else pre.resample(volume, label)
     size = np.asarray(pre.crop_size)
@@ -492,9 +495,8 @@ def sliding_window(
                 if key not in seen:
                     seen.add(key)
                     queue.append(key)
-    mask = np.zeros(res.shape, dtype=np.uint8)
-    covered = wsum > 0
-    mask[covered] = (acc[covered] / wsum[covered]) > threshold
+    blended = np.divide(acc, wsum, out=np.zeros_like(acc), where=wsum > 0)
+    mask = (blended > threshold).astype(np.uint8)
     whole = Roi(
         image=torch.empty(0),
         start=np.zeros(3, dtype=np.int64),
@@ -505,4 +507,6 @@ def sliding_window(
         orig_shape=res.orig_shape,
         meta={"windows": done},
     )
+    if return_probabilities:
+        return Preprocessor.invert(whole, mask), blended, whole
     return Preprocessor.invert(whole, mask)
