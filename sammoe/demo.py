@@ -60,9 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sammoe demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
     parser.add_argument("--seed", type=int, default=1, help="phantom seed; the shipped models saw seed 0")
-    parser.add_argument("--cases", type=int, default=16, help="training+validation phantoms for the gate")
-    parser.add_argument("--test-cases", type=int, default=6, help="held-out test phantoms")
-    parser.add_argument("--epochs", type=int, default=4, help="gate training epochs")
+    parser.add_argument("--cases", type=int, default=48, help="training+validation phantoms for the gate")
+    parser.add_argument("--test-cases", type=int, default=10, help="held-out test phantoms")
+    parser.add_argument("--epochs", type=int, default=15, help="gate training epochs")
     parser.add_argument("--clicks", type=int, nargs="+", default=[1, 3, 5], help="click counts evaluated")
     parser.add_argument("--no-colin27", action="store_true", help="skip the real-MRI table")
     parser.add_argument("--fast", action="store_true", help="a quick smoke run (CI): few cases, one epoch")
@@ -232,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sammoe demo: foundation + experts {', '.join(experts)}; run directory {out}", flush=True)
 
     clicks = "[" + ",".join(map(str, args.clicks)) + "]"
-    data = [
+    data = [  # one phantom dataset for the gate's training/validation and the test split
+        "--data.init_args.root=runs/phantoms/dataset",
+        "--data.init_args.cache_dir=runs/phantoms/cache",
         f"--data.init_args.phantom_seed={args.seed}",
         f"--data.init_args.n_cases={args.cases}",
         f"--data.init_args.n_test={args.test_cases}",
