@@ -24,7 +24,11 @@ def official_config(fixture_dir):
 
 @pytest.fixture(scope="module")
 def model(fixture_dir, official_config):
-    return SamMed3D.from_official_config(official_config).load_checkpoint(fixture_dir / "tiny_sam_med3d.pth").eval()
+    return (
+        SamMed3D.from_official_config(official_config)
+        .load_checkpoint(fixture_dir / "tiny_sam_med3d.pth")
+        .eval()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +77,14 @@ def test_every_click_step(model, io):
         torch.testing.assert_close(all_logits, step["all_low_res_masks"], **TOL)
         torch.testing.assert_close(all_iou, step["all_iou_predictions"], **TOL)
         # integer labels (as our click simulator makes them) give the same result as float ones
-        _, _, logits_int, _ = _decode(model, embedding, step["points_coords"], step["points_labels"], step["mask_input"])
+        _, _, logits_int, _ = _decode(
+            model, embedding, step["points_coords"], step["points_labels"], step["mask_input"]
+        )
         torch.testing.assert_close(logits_int, logits, atol=0, rtol=0)
     first = io["steps"][0]
-    full = SamMed3D.upsample(_decode(model, embedding, first["points_coords"], first["points_labels"], first["mask_input"])[2], 64)
+    full = SamMed3D.upsample(
+        _decode(model, embedding, first["points_coords"], first["points_labels"], first["mask_input"])[2], 64
+    )
     torch.testing.assert_close(full, first["full_res_logits"], **TOL)
     final = SamMed3D.upsample(logits, 64)[0, 0]
     confident = final.abs() > 1e-3
@@ -98,14 +106,21 @@ def test_extra_cases(model, io):
     step0 = io["steps"][0]
 
     case = extra["no_mask"]
-    sparse, dense, logits, iou = _decode(model, embedding, step0["points_coords"], step0["points_labels_as_passed"], None)
+    sparse, dense, logits, iou = _decode(
+        model, embedding, step0["points_coords"], step0["points_labels_as_passed"], None
+    )
     for name, value in (("sparse", sparse), ("dense", dense), ("low_res", logits), ("iou", iou)):
         ref = next(v for k, v in case.items() if k.startswith(name))
         torch.testing.assert_close(value, ref, **TOL)
 
     case = extra["multimask"]
     _, _, logits, iou = _decode(
-        model, embedding, step0["points_coords"], step0["points_labels_as_passed"], step0["mask_input"], multimask=True
+        model,
+        embedding,
+        step0["points_coords"],
+        step0["points_labels_as_passed"],
+        step0["mask_input"],
+        multimask=True,
     )
     torch.testing.assert_close(logits, case["low_res_masks"], **TOL)
     torch.testing.assert_close(iou, case["iou_predictions"], **TOL)

@@ -127,7 +127,9 @@ def test_matches_official_classes(name):
     image = torch.randn(2, 1, size, size, size, generator=gen)
     clicks = torch.randint(0, size, (2, 2, 3), generator=gen).float()
     labels = torch.tensor([[1, 0], [1, 1]])
-    for ref, got in zip(interactive_outputs(official, image, clicks, labels), interactive_outputs(ours, image, clicks, labels)):
+    for ref, got in zip(
+        interactive_outputs(official, image, clicks, labels), interactive_outputs(ours, image, clicks, labels)
+    ):
         torch.testing.assert_close(got, ref, **TOL)
 
 
