@@ -96,7 +96,7 @@ def _run(argv: list[str], cwd: Path, log: Path) -> float:
     """Run one `sammoe ...` command in `cwd`, its output appended to `log`; fail with the log's last line."""
     env = dict(os.environ, WANDB_MODE=os.environ.get("WANDB_MODE", "offline"), PYTHONUNBUFFERED="1")
     start = time.perf_counter()
-    print(f"$ sammoe {' '.join(argv)}", flush=True)
+    print(f"$ sammoe {' '.join(argv)}\n  (running; its output goes to {log})", flush=True)
     with log.open("a") as handle:
         handle.write(f"\n$ sammoe {' '.join(argv)}\n")
         handle.flush()
