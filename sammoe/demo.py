@@ -104,10 +104,9 @@ def _run(argv: list[str], cwd: Path, log: Path) -> float:
             [sys.executable, "-m", "sammoe", *argv], cwd=cwd, stdout=handle, stderr=subprocess.STDOUT, env=env
         )
     if proc.returncode != 0:
-        tail = [line for line in log.read_text().splitlines() if line.strip()][-1:]
-        raise ConfigError(
-            f"`sammoe {argv[0]}` failed (exit {proc.returncode}): {tail[0] if tail else ''}; see {log}"
-        )
+        lines = [line for line in log.read_text().splitlines() if line.strip()]
+        reason = ([line for line in lines if line.startswith("sammoe: error")] or lines[-1:] or [""])[-1]
+        raise ConfigError(f"`sammoe {argv[0]}` failed (exit {proc.returncode}): {reason}; see {log}")
     return time.perf_counter() - start
 
 

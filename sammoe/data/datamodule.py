@@ -364,7 +364,13 @@ class SegDataModule(L.LightningDataModule):
             return
         self.index = build_index(self.roots, channel=self.channel)
         pairs = self.index.targets(classes=self.classes, datasets=self.datasets, split="train")
-        if not pairs:
+        test = [
+            p
+            for p in self.index.targets(classes=self.classes, datasets=self.datasets, split="test")
+            if p[0].label is not None
+        ]
+        # A test-only dataset (labelled imagesTs/labelsTs, empty imagesTr) is enough for `sammoe test`.
+        if not pairs and not (stage in ("test", "predict") and self.eval_split == "test" and test):
             raise DataError(
                 f"{self.roots}: no training targets for classes={self.classes}; check roots/classes"
             )
@@ -374,11 +380,6 @@ class SegDataModule(L.LightningDataModule):
         val_cases = {cases[j] for j in order[:n_val]}
         self.train_targets = [p for p in pairs if (p[0].dataset, p[0].case_id) not in val_cases]
         self.val_targets = [p for p in pairs if (p[0].dataset, p[0].case_id) in val_cases]
-        test = [
-            p
-            for p in self.index.targets(classes=self.classes, datasets=self.datasets, split="test")
-            if p[0].label is not None
-        ]
         self.test_targets = test if self.eval_split == "test" and test else self.val_targets
 
     def _loader(
