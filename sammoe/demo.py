@@ -95,6 +95,9 @@ def _check_models() -> list[str]:
 def _run(argv: list[str], cwd: Path, log: Path) -> float:
     """Run one `sammoe ...` command in `cwd`, its output appended to `log`; fail with the log's last line."""
     env = dict(os.environ, WANDB_MODE=os.environ.get("WANDB_MODE", "offline"), PYTHONUNBUFFERED="1")
+    # A wandb-core service of the calling process (e.g. a notebook or pytest that already logged) would
+    # write the command's run files relative to its own working directory: each command gets its own.
+    env.pop("WANDB_SERVICE", None)
     start = time.perf_counter()
     print(f"$ sammoe {' '.join(argv)}\n  (running; its output goes to {log})", flush=True)
     with log.open("a") as handle:
