@@ -28,19 +28,11 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def random_state_dict(seed: int) -> dict[str, torch.Tensor]:
     """Turbo-shaped encoder weights where positional tables and norms are random too."""
+    from sammoe.model.randomize import randomize_constant_init
     from sammoe.model.sam3d import PRESETS, SamMed3D
 
     torch.manual_seed(seed)
-    encoder = SamMed3D(PRESETS["vit_b_ori"]).image_encoder
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, param in encoder.named_parameters():
-            if "pos_embed" in name or "rel_pos" in name:
-                param.copy_(0.5 * torch.randn(param.shape, generator=gen))
-            elif "norm" in name or name.startswith(("neck.1", "neck.3")):
-                param.copy_(
-                    (1.0 if name.endswith("weight") else 0.0) + 0.2 * torch.randn(param.shape, generator=gen)
-                )
+    encoder = randomize_constant_init(SamMed3D(PRESETS["vit_b_ori"]).image_encoder, seed + 1)
     return encoder.state_dict()
 
 
