@@ -41,7 +41,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from sammoe.data.io import Volume, read_image
 from sammoe.data.preprocess import Preprocessor, Resampled, Roi, sliding_window
@@ -495,8 +494,7 @@ class Predictor:
         return torch.zeros(n, 1, *(self.low_size,) * 3, device=self.device)
 
     def _upsample(self, low: torch.Tensor) -> np.ndarray:
-        up = F.interpolate(low.float(), size=(self.size,) * 3, mode="trilinear", align_corners=False)
-        return torch.sigmoid(up)[:, 0].cpu().numpy()
+        return torch.sigmoid(SamMed3D.upsample(low.float(), self.size))[:, 0].cpu().numpy()
 
     def _roi_clicks(self, entry: _Entry, state: _State, upto: int) -> np.ndarray:
         return _round(entry.roi.input_to_roi(state.clicks[:upto])).astype(np.float32)

@@ -11,10 +11,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sammoe.data.clicks import next_click_from_error
+from sammoe.model.sam3d import SamMed3D
 
 
 @dataclass
@@ -46,11 +46,6 @@ def moe_step(moe: nn.Module, route: torch.Tensor | int | None = None) -> StepFn:
         return StepOutput(out.logits, out.iou, out.route, out.gate_logits)
 
     return step
-
-
-def upsample(low_res: torch.Tensor, size: int) -> torch.Tensor:
-    """Official upsampling of low-res logits to the crop (trilinear, align_corners=False)."""
-    return F.interpolate(low_res, size=(size,) * 3, mode="trilinear", align_corners=False)
 
 
 @dataclass
@@ -107,7 +102,7 @@ def training_rollout(
             points, point_labels = coords, labels
         out = step(embeddings, points, point_labels, low)
         low = out.logits
-        prev = upsample(low, size)
+        prev = SamMed3D.upsample(low, size)
         if loss_fn is not None:
             loss = loss + loss_fn(prev, gt.to(prev.dtype))
         result.iteration_logits.append(prev)
@@ -161,7 +156,7 @@ def evaluation_rollout(
         labels = new_labels if labels is None else torch.cat([labels, new_labels], 1)
         out = step(embeddings, coords, labels, low)
         low = out.logits
-        pred = torch.sigmoid(upsample(low.float(), size)) > 0.5
+        pred = torch.sigmoid(SamMed3D.upsample(low.float(), size)) > 0.5
         if n in click_counts:
             masks[n], routes[n] = pred.clone(), out.route
     return EvaluationRollout(masks, routes, (coords, labels))
