@@ -100,14 +100,16 @@ def _run(argv: list[str], cwd: Path, log: Path) -> float:
     env.pop("WANDB_SERVICE", None)
     start = time.perf_counter()
     print(f"$ sammoe {' '.join(argv)}\n  (running; its output goes to {log})", flush=True)
-    with log.open("a") as handle:
+    with log.open("a", encoding="utf-8") as handle:
         handle.write(f"\n$ sammoe {' '.join(argv)}\n")
         handle.flush()
         proc = subprocess.run(
             [sys.executable, "-m", "sammoe", *argv], cwd=cwd, stdout=handle, stderr=subprocess.STDOUT, env=env
         )
     if proc.returncode != 0:
-        lines = [line for line in log.read_text().splitlines() if line.strip()]
+        lines = [
+            line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()
+        ]
         reason = ([line for line in lines if line.startswith("sammoe: error")] or lines[-1:] or [""])[-1]
         raise ConfigError(f"`sammoe {argv[0]}` failed (exit {proc.returncode}): {reason}; see {log}")
     return time.perf_counter() - start

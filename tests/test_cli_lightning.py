@@ -205,7 +205,15 @@ def test_ddp_two_cpu_processes_count_each_case_once(tmp_path, phantoms):
     cfg = tiny_config(tmp_path / "c.yaml", run, phantoms, logger="none")
     cmd = [sys.executable, "-m", "sammoe", "fit", "--config", str(cfg), "--trainer.accelerator=cpu",
            "--trainer.devices=2", "--trainer.strategy=ddp"]  # fmt: skip
-    proc = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        cmd,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "MEMBER: 2/2" in proc.stderr + proc.stdout
     rows = (run / "val" / "results.csv").read_text().splitlines()[1:]
@@ -252,7 +260,7 @@ def test_resume_after_kill_loses_no_finished_epoch(tmp_path, phantoms):
     env = _env(tmp_path, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen(
         [sys.executable, "-m", "sammoe", "fit", "--config", str(first), *common],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace", start_new_session=True,
     )  # fmt: skip
     try:
         deadline = time.time() + 240
@@ -268,7 +276,7 @@ def test_resume_after_kill_loses_no_finished_epoch(tmp_path, phantoms):
     assert killed["epoch"] == 1 and killed["global_step"] == 2  # epochs 0 and 1 finished
     resumed = subprocess.run(
         [sys.executable, "-m", "sammoe", "fit", "--config", str(second), *common, "--ckpt_path", "last"],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300,
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final = torch.load(ckpts / "last.ckpt", weights_only=True, map_location="cpu")
