@@ -56,7 +56,6 @@ class TrainingRollout:
     logits: torch.Tensor  # final full-size logits (B, 1, S, S, S)
     iteration_logits: list[torch.Tensor] = field(default_factory=list)  # full-size logits per iteration
     outputs: list[StepOutput] = field(default_factory=list)
-    prompted: list[bool] = field(default_factory=list)  # whether each iteration had clicks
 
 
 def training_rollout(
@@ -107,7 +106,6 @@ def training_rollout(
             loss = loss + loss_fn(prev, gt.to(prev.dtype))
         result.iteration_logits.append(prev)
         result.outputs.append(out)
-        result.prompted.append(points is not None)
     result.loss, result.logits = loss, prev
     return result
 
