@@ -235,6 +235,68 @@ def test_sliding_window_large_structure():
     assert len(calls) > 2
 
 
+def grid_case(field, crop=16):
+    """A 1 mm RAS grid (input voxels == grid voxels) and a fake ``predict`` that returns ``field`` under each
+    window (0 outside the volume) and records the window offsets it was asked for."""
+    affine = np.eye(4)
+    res = Resampled(np.ones(field.shape, np.float32), affine, affine, field.shape)
+    calls = []
+
+    def predict(roi):
+        calls.append(roi.meta["window"])
+        out = np.zeros(roi.size, np.float32)
+        lo = np.maximum(roi.start, 0)
+        hi = np.minimum(roi.start + np.asarray(roi.size), field.shape)
+        src = tuple(slice(a, b) for a, b in zip(lo, hi))
+        out[tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, roi.start))] = field[src]
+        return out
+
+    return Preprocessor(target_spacing=1.0, crop_size=crop), res, predict, calls
+
+
+def test_sliding_window_ignores_blobs_not_connected_to_the_target():
+    # crop 16, step 8: the click window covers [24, 40) on every axis; its neighbours shift by 8.
+    shape, click = (64, 64, 64), (32, 32, 32)
+    target = np.zeros(shape, np.float32)
+    target[20:44, 30:35, 30:35] = 1  # a rod through the click, crossing both axis-0 faces of the click window
+    blob = np.zeros(shape, np.float32)
+    blob[28:34, 36:64, 30:34] = 1  # one voxel away from the rod, crossing the +axis-1 face, up to the edge
+
+    pre, res, predict, alone = grid_case(target)
+    sliding_window(pre, res, click, predict)
+    assert sorted(alone) == [(-1, 0, 0), (0, 0, 0), (1, 0, 0)]
+
+    pre, res, predict, calls = grid_case(np.maximum(target, blob))
+    mask = sliding_window(pre, res, click, predict)
+    assert calls == alone  # the blob adds no window: 3, where growing on any foreground visited 12
+    assert not any(offset[1] for offset in calls)
+    assert mask.shape == shape
+    assert mask[target > 0].all()
+    # the blob is not cut out of the windows that were predicted, it just does not pull in new ones
+    assert mask[28:34, 36:40, 30:34].all() and not mask[:, 40:].any()
+
+    # a click beside the rod (background) follows the nearest component, the rod, not the blob
+    calls.clear()
+    sliding_window(pre, res, (32, 28, 32), predict)
+    assert sorted(calls) == [(-1, 0, 0), (0, 0, 0), (1, 0, 0)]
+
+
+def test_sliding_window_follows_a_large_connected_target():
+    shape, click = (64, 64, 64), (20, 20, 32)
+    target = np.zeros(shape, np.float32)
+    target[16:60, 17:24, 28:36] = 1  # an L: along axis 0 from the click ...
+    target[52:60, 17:62, 28:36] = 1  # ... then along axis 1, far outside the click window
+    pre, res, predict, calls = grid_case(target)
+    mask = sliding_window(pre, res, click, predict, max_windows=100)
+    assert np.array_equal(mask.astype(bool), target > 0)
+    assert len(calls) == len(set(calls)) > 6
+    assert any(offset[1] >= 3 for offset in calls)  # the growth turned the corner
+    for cap in (1, 4):  # max_windows stays a hard cap
+        calls.clear()
+        sliding_window(pre, res, click, predict, max_windows=cap)
+        assert len(calls) == cap
+
+
 def test_flip_axes_flip_image_and_label_together():
     affine = make_affine(np.eye(3), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0))
     image, label = ellipsoid_case(
