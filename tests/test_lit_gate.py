@@ -119,6 +119,16 @@ def test_tau_is_the_best_within_the_general_budget(fake_experts):
     assert model.moe.selector.tau == 0.5 and extra["tau"] == 0.5
     assert {r.model for r in kept} == {"foundation", "moe"}
     assert sorted(r.dice for r in kept if r.model == "moe") == [0.7, 0.7, 0.895, 0.895]
+    # ties (the same routing at several thresholds): the middle of the best ones, not an end
+    model.tau_grid = [0.2, 0.4, 0.5, 0.6, 0.8]
+    tau, _ = model.choose_tau(
+        _rows("foundation", 0.9, 0.2)
+        + _rows("moe@0.2", 0.8, 0.9)
+        + [r for t in ("0.4", "0.5", "0.6") for r in _rows(f"moe@{t}", 0.9, 0.8)]
+        + _rows("moe@0.8", 0.9, 0.6)
+    )
+    assert tau == 0.5
+    model.tau_grid = [0.3, 0.5, 0.7]
     # nothing within the budget: the threshold that forgets least
     model.hparams.max_general_drop = 0.0
     tau, _ = model.choose_tau(

@@ -290,7 +290,8 @@ class GateTraining(InteractiveModule):
 
     def choose_tau(self, rows: list[EvalRow]) -> tuple[float, dict[str, dict[str, float]]]:
         """The threshold with the best class-average Dice among those within `max_general_drop` of the
-        foundation on the general classes (else the one that loses least there)."""
+        foundation on the general classes (the middle one when several tie; else the one that loses least
+        there)."""
         table = class_means(rows, "dice")
         base = table.get(FOUNDATION, {})
         general = [c for c in base if self.class_group(c) == GENERAL]
@@ -317,7 +318,11 @@ class GateTraining(InteractiveModule):
             return -1.0 if math.isnan(value) else value
 
         if allowed:
-            best = max(allowed, key=lambda t: (avg(t), t))
+            # Thresholds often tie (identical routing on validation): take the middle of the best ones,
+            # the tau with the widest margin on both sides, rather than an end of the plateau.
+            top = max(avg(t) for t in allowed)
+            tied = [t for t in allowed if avg(t) >= top - 1e-9]
+            best = tied[len(tied) // 2]
         else:
             best = min(grid, key=lambda t: (search[f"{t:g}"]["general_drop"], -avg(t)))
         return best, search
