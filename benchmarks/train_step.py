@@ -7,7 +7,10 @@ One step is the official SAM-Med3D interaction (11 decoder iterations, error-reg
 fed back, two point-free iterations, DiceCE summed, AdamW) in three modes:
 
 - `sft`: expert finetuning, image encoder + prompt encoder frozen (encoder under no_grad), decoder trained;
-- `gate`: gate training over the foundation decoder + 2 expert decoders (all frozen), routed to the task expert;
+- `gate`: gate training over the foundation decoder + 2 expert decoders (all frozen). `ours` is sammoe's
+  GateTraining step (encode once, the gate reads 4 random first clicks per target: it only ever reads the
+  first positive click); `official` is the straightforward port: the 11-iteration interaction through the MoE,
+  routed to the task expert, with the gate's cross-entropy at every iteration;
 - `all`: everything trained (the official `train.py` setting: prompt/decoder at 0.1 x lr).
 
 `ours` runs sammoe's modules; `official` runs the same loop on medim's SAM-Med3D modules (numerically the
@@ -29,6 +32,7 @@ import time
 import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+GATE_CLICKS_PER_TARGET = 4  # configs/gate.yaml clicks_per_target
 
 
 def build_backbone(impl: str, preset: str):
@@ -72,6 +76,7 @@ def make_step(impl: str, mode: str, preset: str, device: torch.device, iteration
     """(step(image, gt, generator) -> loss, trainable parameter count)."""
     import copy
 
+    from sammoe.data.clicks import next_click_from_error
     from sammoe.lit.finetune import dice_ce_loss
     from sammoe.lit.interactive import decoder_step, moe_step, training_rollout
 
@@ -94,11 +99,25 @@ def make_step(impl: str, mode: str, preset: str, device: torch.device, iteration
             target = torch.arange(image.shape[0], device=device) % 3
             with torch.no_grad():
                 emb = backbone.image_encoder(image)
-            rollout = training_rollout(
-                moe_step(moe, route=target), emb, gt, None, generator, iterations, low_res_size=low
-            )
-            logits = torch.stack([o.gate_logits.float() for o in rollout.outputs])
-            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.repeat(logits.shape[0]))
+            if impl == "ours":  # sammoe's GateTraining step: the gate reads only the first positive click
+                empty = torch.zeros_like(gt, dtype=torch.bool)
+                logits = []
+                for _ in range(GATE_CLICKS_PER_TARGET):
+                    points, labels = next_click_from_error(empty, gt.bool(), generator)
+                    logits.append(moe.gate_logits(emb, points, labels, image).float())
+                logits = torch.cat(logits)
+            else:  # straightforward: run the official interaction through the MoE and gate every iteration
+                rollout = training_rollout(
+                    moe_step(moe, route=target, image=image),
+                    emb,
+                    gt,
+                    None,
+                    generator,
+                    iterations,
+                    low_res_size=low,
+                )
+                logits = torch.cat([o.gate_logits.float() for o in rollout.outputs])
+            loss = torch.nn.functional.cross_entropy(logits, target.repeat(logits.shape[0] // len(target)))
             return loss, optimizer
 
         return step, params

@@ -326,6 +326,7 @@ class _Entry:
     index: int
     roi: Roi
     embedding: torch.Tensor  # (1, C, g, g, g) on the model's device
+    image: torch.Tensor | None = None  # (1, 1, S, S, S) the encoded crop, kept for a gate that reads it
 
     @property
     def centre(self) -> np.ndarray:
@@ -470,7 +471,8 @@ class Predictor:
         with torch.inference_mode(), self._amp():
             emb = self._encoder(x)
         roi.image = torch.empty(0)  # geometry only from here on
-        entry = _Entry(self._rois, roi, emb)
+        gate = getattr(self.model, "gate", None)
+        entry = _Entry(self._rois, roi, emb, x if gate is not None and gate.local_radii else None)
         self._rois += 1
         self.encodes += 1
         self._cache[key] = entry
@@ -478,14 +480,23 @@ class Predictor:
             self._cache.popitem(last=False)
         return entry
 
-    def _decode(self, emb: torch.Tensor, points: np.ndarray, labels: np.ndarray, low: torch.Tensor):
-        """One interactive step for a batch: -> (low-res logits, iou (B,), gate probs (B, K+1) | None, route)."""
+    def _decode(
+        self,
+        entry: _Entry,
+        points: np.ndarray,
+        labels: np.ndarray,
+        low: torch.Tensor,
+        route: int | None = None,
+    ):
+        """One interactive step for a batch of targets in one ROI: -> (low-res logits, iou (B,), gate probs
+        (B, K+1) | None, route). `route` forces an expert (a MoE's further windows keep the target's)."""
+        emb = entry.embedding
         pts = torch.as_tensor(points, dtype=torch.float32, device=self.device)
         lab = torch.as_tensor(labels, dtype=torch.long, device=self.device)
         emb = emb.expand(pts.shape[0], *emb.shape[1:])
         with torch.inference_mode(), self._amp():
             if isinstance(self.model, SamMoE):
-                out = self.model.step(emb, pts, lab, low.to(emb.dtype))
+                out = self.model.step(emb, pts, lab, low.to(emb.dtype), route=route, image=entry.image)
                 return out.logits.float(), out.iou.float()[:, 0], out.probs.float(), out.route
             logits, iou = self.backbone.decode(emb, pts, lab, low.to(emb.dtype))
             return logits.float(), iou.float()[:, 0], None, None
@@ -512,7 +523,7 @@ class Predictor:
                 points = np.stack([self._roi_clicks(entry, s, count) for s in group])
                 labels = np.stack([s.labels[:count] for s in group])
                 low = torch.cat([self._zeros_low(1) if s.low is None else s.low for s in group])
-                logits, iou, probs, route = self._decode(entry.embedding, points, labels, low)
+                logits, iou, probs, route = self._decode(entry, points, labels, low)
                 for b, s in enumerate(group):
                     s.low = logits[b : b + 1]
                     s.iou = float(iou[b])
@@ -576,7 +587,9 @@ class Predictor:
                         return prob
                     points = np.concatenate([seed[None], points])
                     labels = np.concatenate([[1], labels])
-                logits, *_ = self._decode(entry.embedding, points[None], labels[None], self._zeros_low(1))
+                # The target's expert, not a new gate decision on a window it merely overlaps.
+                route = state.route if state.route >= 0 else None
+                logits, *_ = self._decode(entry, points[None], labels[None], self._zeros_low(1), route)
                 prob = self._upsample(logits)[0]
             seen.append((roi, prob))
             return prob

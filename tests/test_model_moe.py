@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sammoe.errors import CheckpointError
-from sammoe.model.gate import MaskSelector, gate_features
+from sammoe.model.gate import MaskSelector, gate_features, local_intensity_stats
 from sammoe.model.moe import SamMoE
 from sammoe.model.sam3d import SamMed3D
 
@@ -35,14 +35,14 @@ def inputs(moe):
     labels = torch.tensor([[1, 0], [1, 1], [1, -1]])
     with torch.no_grad():
         emb = moe.encode(image)
-    return emb, points, labels, torch.zeros(3, 1, 16, 16, 16)
+    return emb, points, labels, torch.zeros(3, 1, 16, 16, 16), image
 
 
 @torch.no_grad()
 def test_forced_route_equals_that_decoder(moe, inputs):
-    emb, points, labels, mask = inputs
+    emb, points, labels, mask, image = inputs
     for k, decoder in enumerate(moe.decoders):
-        out = moe.step(emb, points, labels, mask, route=k)
+        out = moe.step(emb, points, labels, mask, route=k, image=image)
         ref, _ = moe.backbone.decode(emb, points, labels, mask, decoder=decoder)
         torch.testing.assert_close(out.logits, ref)
         assert out.route.tolist() == [k, k, k]
@@ -50,11 +50,18 @@ def test_forced_route_equals_that_decoder(moe, inputs):
 
 @torch.no_grad()
 def test_mixed_routes_decode_each_sample_with_its_expert(moe, inputs):
-    emb, points, labels, mask = inputs
+    emb, points, labels, mask, image = inputs
     route = torch.tensor([2, 0, 1])
-    out = moe.step(emb, points, labels, mask, route=route)
+    out = moe.step(emb, points, labels, mask, route=route, image=image)
     for i, k in enumerate(route.tolist()):
-        ref = moe.step(emb[i : i + 1], points[i : i + 1], labels[i : i + 1], mask[i : i + 1], route=k)
+        ref = moe.step(
+            emb[i : i + 1],
+            points[i : i + 1],
+            labels[i : i + 1],
+            mask[i : i + 1],
+            route=k,
+            image=image[i : i + 1],
+        )
         torch.testing.assert_close(out.logits[i : i + 1], ref.logits, atol=1e-5, rtol=1e-5)
 
 
@@ -69,14 +76,15 @@ def test_threshold_selector_falls_back_to_foundation():
 
 @torch.no_grad()
 def test_soft_fusion_is_probability_weighted(moe, inputs):
-    emb, points, labels, mask = inputs
+    emb, points, labels, mask, image = inputs
     moe.selector = MaskSelector("soft")
     try:
-        out = moe.step(emb, points, labels, mask)
+        out = moe.step(emb, points, labels, mask, image=image)
     finally:
         moe.selector = MaskSelector()
     expected = sum(
-        out.probs[:, k].view(-1, 1, 1, 1, 1) * moe.step(emb, points, labels, mask, route=k).logits
+        out.probs[:, k].view(-1, 1, 1, 1, 1)
+        * moe.step(emb, points, labels, mask, route=k, image=image).logits
         for k in range(3)
     )
     torch.testing.assert_close(out.logits, expected, atol=1e-5, rtol=1e-5)
@@ -84,7 +92,7 @@ def test_soft_fusion_is_probability_weighted(moe, inputs):
 
 
 def test_gate_features_ignore_padding_and_point_free_steps(moe, inputs):
-    emb, points, labels, _ = inputs
+    emb, points, labels, _, _ = inputs
     sparse, _ = moe.backbone.prompt_encoder(points=(points, labels), boxes=None, masks=None)
     feats = gate_features(emb, sparse, points, labels, 64)
     assert feats.shape == (3, 3 * 48)
@@ -120,7 +128,7 @@ def test_gate_round_trip_and_mismatch(moe, tmp_path):
 
 
 def test_gate_reads_the_first_positive_click_only(moe, inputs):
-    emb, _, _, _ = inputs
+    emb, _, _, _, _ = inputs
     first = torch.tensor([[[10.0, 20.0, 30.0]]]).repeat(3, 1, 1)
     later = torch.tensor([[[50.0, 5.0, 60.0], [33.0, 33.0, 1.0]]]).repeat(3, 1, 1)
 
@@ -135,3 +143,37 @@ def test_gate_reads_the_first_positive_click_only(moe, inputs):
     # a negative click before it is skipped
     neg_first = feats(torch.cat([later[:, :1], first], 1), torch.tensor([[0, 1]] * 3))
     torch.testing.assert_close(neg_first, one)
+
+
+def test_local_intensity_stats_read_the_cubes_around_the_first_positive_click():
+    image = torch.zeros(2, 1, 16, 16, 16)
+    image[:, 0, 4:7, 4:7, 4:7] = 2.0  # a 3^3 bright cube centred on (5, 5, 5)
+    points = torch.tensor([[[12.0, 12.0, 12.0], [5.0, 5.0, 5.0]], [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
+    labels = torch.tensor([[0, 1], [-1, -1]])  # sample 0: the negative click first; sample 1: padding only
+    stats = local_intensity_stats(image, points, labels, radii=(1, 2))
+    # radius 1: the 3^3 cube itself; radius 2: 27 bright voxels among 5^3
+    p = 27 / 125
+    expected = [2.0, 0.0, 2.0 * p, 2.0 * (p * (1 - p)) ** 0.5]
+    torch.testing.assert_close(stats[0], torch.tensor(expected))
+    assert torch.equal(stats[1], torch.zeros(4))  # no valid click: zeros
+    # clipped at the crop's corner, and one image shared by several targets
+    corner = local_intensity_stats(image[:1], torch.zeros(3, 1, 3), torch.ones(3, 1), radii=(1,))
+    assert corner.shape == (3, 2) and torch.equal(corner, torch.zeros(3, 2))
+    assert local_intensity_stats(image, None, None, radii=(1, 2)).shape == (1, 4)
+
+
+@torch.no_grad()
+def test_a_local_gate_needs_the_crop_and_an_embedding_only_gate_does_not(moe, inputs, tmp_path):
+    emb, points, labels, mask, image = inputs
+    with pytest.raises(ValueError, match="pass the encoded crop as image="):
+        moe.step(emb, points, labels, mask)
+    plain = SamMoE(moe.backbone, dict(moe.experts), gate_local_radii=()).eval()
+    assert plain.step(emb, points, labels, mask).probs.shape == (3, 3)
+    # a gate file records its radii: loading it rebuilds the gate to match
+    path = plain.save_gate(tmp_path / "plain.safetensors")
+    local = SamMoE(moe.backbone, dict(moe.experts)).eval()
+    local.load_gate(path)
+    assert local.gate.local_radii == ()
+    torch.testing.assert_close(
+        local.step(emb, points, labels, mask).gate_logits, plain.step(emb, points, labels, mask).gate_logits
+    )

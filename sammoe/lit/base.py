@@ -73,8 +73,8 @@ class InteractiveModule(L.LightningModule):
         """The model whose Dice is logged as `<stage>/dice` (checkpoint monitor)."""
         raise NotImplementedError
 
-    def primary_step(self) -> StepFn:
-        """Step function of the model that `predict` runs."""
+    def primary_step(self, image: torch.Tensor) -> StepFn:
+        """Step function of the model that `predict` runs on this encoded crop (1, 1, S, S, S)."""
         raise NotImplementedError
 
     def finalize_rows(self, rows: list[EvalRow], stage: str) -> tuple[list[EvalRow], dict[str, Any]]:
@@ -186,7 +186,7 @@ class InteractiveModule(L.LightningModule):
         out = []
         for b in range(embeddings.shape[0]):
             rollout = evaluation_rollout(
-                self.primary_step(),
+                self.primary_step(batch["image"][b : b + 1]),
                 embeddings[b : b + 1],
                 batch["label"][b : b + 1],
                 click_counts=self.click_counts,

@@ -204,7 +204,7 @@ class ExpertFinetune(InteractiveModule):
     def class_group(self, class_name: str) -> str:
         return TASK if class_name in self._task_classes else GENERAL
 
-    def primary_step(self):
+    def primary_step(self, image: torch.Tensor):
         return decoder_step(self.backbone)
 
     # ------------------------------------------------------------------------------------- export

@@ -27,7 +27,7 @@ from sammoe.lit.backbone import build_backbone, describe_checkpoint
 from sammoe.lit.base import InteractiveModule
 from sammoe.lit.evaluation import EvalModel
 from sammoe.lit.interactive import StepOutput, moe_step
-from sammoe.model.gate import MaskSelector
+from sammoe.model.gate import LOCAL_RADII, MaskSelector
 from sammoe.model.moe import FOUNDATION, SamMoE
 from sammoe.model.sam3d import backbone_fingerprint
 
@@ -107,13 +107,13 @@ def load_experts(
     return decoders, class_to_expert
 
 
-def selector_step(moe: SamMoE, selector: MaskSelector):
-    """Step function of the MoE with a given selector (e.g. a candidate threshold)."""
+def selector_step(moe: SamMoE, selector: MaskSelector, image: torch.Tensor | None = None):
+    """Step function of the MoE with a given selector (e.g. a candidate threshold) on this encoded crop."""
 
     def step(emb, points, labels, mask_prompt):
         saved, moe.selector = moe.selector, selector
         try:
-            out = moe.step(emb, points, labels, mask_prompt)
+            out = moe.step(emb, points, labels, mask_prompt, image=image)
         finally:
             moe.selector = saved
         return StepOutput(out.logits, out.iou, out.route, out.gate_logits)
@@ -134,6 +134,8 @@ class GateTraining(InteractiveModule):
             run exported (its `.json` sidecar names the task classes); used alone unless `experts` is set.
         gate: start from a trained gate (`gate.safetensors`); e.g. to evaluate one with `sammoe test`.
         gate_hidden_dim: width of the gate MLP.
+        gate_local_radii: half-sides (voxels) of the cubes around the first positive click whose intensity
+            mean and spread the gate also reads ([] = embedding and prompt features only, as in the paper).
         selector: `threshold` (paper), `top1` or `soft`.
         tau: the threshold before tuning.
         tune_tau: tune tau on validation (threshold selector).
@@ -157,6 +159,7 @@ class GateTraining(InteractiveModule):
         expert_files: dict[str, str] | None = None,
         gate: str | None = None,
         gate_hidden_dim: int = 256,
+        gate_local_radii: list[int] = list(LOCAL_RADII),  # noqa: B006 (jsonargparse needs a literal default)
         selector: Literal["threshold", "top1", "soft"] = "threshold",
         tau: float = 0.5,
         tune_tau: bool = True,
@@ -180,7 +183,7 @@ class GateTraining(InteractiveModule):
         backbone = build_backbone(preset, checkpoint).requires_grad_(False)
         self.start_weights = describe_checkpoint(preset, checkpoint)
         decoders, self.class_to_expert = load_experts(backbone, experts, expert_files)
-        self.moe = SamMoE(backbone, decoders, gate_hidden_dim, MaskSelector(selector, tau))
+        self.moe = SamMoE(backbone, decoders, gate_hidden_dim, MaskSelector(selector, tau), gate_local_radii)
         if gate is not None:
             self.moe.load_gate(gate)
         self.moe.freeze_all_but_gate()
@@ -235,7 +238,7 @@ class GateTraining(InteractiveModule):
         logits = []
         for _ in range(self.hparams.clicks_per_target):
             points, labels = next_click_from_error(empty, gt, self.generator())
-            logits.append(self.moe.gate_logits(embeddings, points, labels).float())
+            logits.append(self.moe.gate_logits(embeddings, points, labels, image).float())
         logits = torch.cat(logits)
         targets = target.repeat(self.hparams.clicks_per_target)
         loss = F.cross_entropy(logits, targets, weight=self._expert_weights(logits.device))
@@ -265,28 +268,36 @@ class GateTraining(InteractiveModule):
 
     def eval_models(self, batch: dict[str, Any]) -> list[EvalModel]:
         names = self.expert_names
-        oracle = self.oracle_index(batch["class_name"], batch["image"].device)
+        image = batch["image"]
+        oracle = self.oracle_index(batch["class_name"], image.device)
+
+        def crop(b: int) -> torch.Tensor:
+            return image[b : b + 1]
+
         models = []
         if self.hparams.evaluate_experts:
             models += [
-                EvalModel(name, (lambda b, k=k: moe_step(self.moe, route=k))) for k, name in enumerate(names)
+                EvalModel(name, (lambda b, k=k: moe_step(self.moe, k, crop(b))))
+                for k, name in enumerate(names)
             ]
-            models.append(EvalModel("oracle", lambda b: moe_step(self.moe, route=int(oracle[b]))))
+            models.append(EvalModel("oracle", lambda b: moe_step(self.moe, int(oracle[b]), crop(b))))
         else:
-            models.append(EvalModel(FOUNDATION, lambda b: moe_step(self.moe, route=0)))
+            models.append(EvalModel(FOUNDATION, lambda b: moe_step(self.moe, 0, crop(b))))
         if self._tuning():
             for tau in self.tau_grid:
                 sel = MaskSelector("threshold", tau)
-                models.append(EvalModel(f"moe@{tau:g}", (lambda b, s=sel: selector_step(self.moe, s)), names))
+                models.append(
+                    EvalModel(f"moe@{tau:g}", (lambda b, s=sel: selector_step(self.moe, s, crop(b))), names)
+                )
         else:
-            models.append(EvalModel("moe", lambda b: moe_step(self.moe), names))
+            models.append(EvalModel("moe", lambda b: moe_step(self.moe, image=crop(b)), names))
         return models
 
     def primary_model(self) -> str:
         return "moe"
 
-    def primary_step(self):
-        return moe_step(self.moe)
+    def primary_step(self, image: torch.Tensor):
+        return moe_step(self.moe, image=image)
 
     def choose_tau(self, rows: list[EvalRow]) -> tuple[float, dict[str, dict[str, float]]]:
         """The threshold with the best class-average Dice among those within `max_general_drop` of the

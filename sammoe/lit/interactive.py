@@ -38,11 +38,14 @@ def decoder_step(backbone: nn.Module, decoder: nn.Module | None = None) -> StepF
     return step
 
 
-def moe_step(moe: nn.Module, route: torch.Tensor | int | None = None) -> StepFn:
-    """Step function of a SamMoE: gate + selector, or a forced route (oracle / single expert)."""
+def moe_step(
+    moe: nn.Module, route: torch.Tensor | int | None = None, image: torch.Tensor | None = None
+) -> StepFn:
+    """Step function of a SamMoE: gate + selector, or a forced route (oracle / single expert). `image`: the
+    encoded crop, for a gate that reads the intensities around the click."""
 
     def step(emb, points, labels, mask_prompt):
-        out = moe.step(emb, points, labels, mask_prompt, route=route)
+        out = moe.step(emb, points, labels, mask_prompt, route=route, image=image)
         return StepOutput(out.logits, out.iou, out.route, out.gate_logits)
 
     return step

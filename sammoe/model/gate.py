@@ -1,17 +1,30 @@
 """Gating network over experts and the threshold-driven mask selector (SAM-Med3D-MoE).
 
-The gate reads what the frozen trunk already computed (image embedding and prompt tokens) and returns a
-confidence per expert: index 0 is the foundation decoder E0, 1..K the task experts.
+The gate reads what the frozen trunk already computed (image embedding and prompt tokens), optionally with a
+few intensity statistics of the crop around the first positive click, and returns a confidence per expert:
+index 0 is the foundation decoder E0, 1..K the task experts.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 SELECTOR_MODES = ("threshold", "top1", "soft", "oracle")
+# Half-sides (voxels) of the cubes around the first positive click whose intensity mean and spread the gate
+# reads: 3, 5, 9 and 17 voxels wide, i.e. 4.5-25 mm at the 1.5 mm SAM-Med3D spacing.
+LOCAL_RADII: tuple[int, ...] = (1, 2, 4, 8)
+
+
+def first_positive_click(points: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index (B,) of each sample's first positive click (the first valid click where none is positive) and
+    whether the sample has any valid click (B,)."""
+    order = torch.arange(points.shape[1], 0, -1, device=points.device)
+    key = torch.where(labels == 1, order + points.shape[1], torch.where(labels >= 0, order, 0))
+    return key.argmax(1), key.amax(1) > 0
 
 
 def gate_features(
@@ -33,11 +46,7 @@ def gate_features(
     if points is None or points.shape[1] == 0:
         zeros = pooled.new_zeros(bsz, channels)
         return torch.cat([pooled, zeros, zeros], dim=1)
-    # Index of the first positive click per sample (the first valid click where none is positive).
-    order = torch.arange(points.shape[1], 0, -1, device=points.device)
-    key = torch.where(labels == 1, order + points.shape[1], torch.where(labels >= 0, order, 0))
-    first = key.argmax(1)  # (B,)
-    has_click = key.amax(1) > 0
+    first, has_click = first_positive_click(points, labels)
     grid = image_embeddings.shape[2]
     click = points[torch.arange(bsz, device=points.device), first].float()  # (B, 3)
     cell = (click * grid / image_size).long().clamp(0, grid - 1)
@@ -49,15 +58,57 @@ def gate_features(
     return torch.cat([pooled, sampled * keep, token * keep], dim=1)
 
 
-class GatingNetwork(nn.Module):
-    """MLP from trunk features to logits over K+1 experts."""
+def local_intensity_stats(
+    image: torch.Tensor,
+    points: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    radii: Sequence[int] = LOCAL_RADII,
+) -> torch.Tensor:
+    """(B, 2 * len(radii)): mean and standard deviation of the (z-normalised) crop in cubes of half-side r
+    around each sample's first positive click, clipped to the crop; zeros when a sample has no click.
 
-    def __init__(self, embed_dim: int, num_experts: int, hidden_dim: int = 256, dropout: float = 0.1) -> None:
+    The encoder's tokens are 16 voxels wide, coarser than a thin or small target, and a target defined by its
+    texture (same mean as its host organ, larger spread) is hard to tell apart in them. These few numbers
+    describe the tissue under the click at the crop's own resolution. `image` (B or 1, 1, S, S, S).
+    """
+    bsz = 1 if points is None else points.shape[0]
+    out = image.new_zeros(bsz, 2 * len(radii), dtype=torch.float32)
+    if points is None or points.shape[1] == 0:
+        return out
+    first, has_click = first_positive_click(points, labels)
+    size = torch.tensor(image.shape[2:], device=points.device)
+    clicks = points[torch.arange(bsz, device=points.device), first].round().long()
+    clicks = torch.minimum(clicks.clamp_min(0), size - 1).tolist()
+    for b in range(bsz):
+        if not has_click[b]:
+            continue
+        volume = image[b if image.shape[0] > 1 else 0, 0]
+        for j, r in enumerate(radii):
+            cube = volume[tuple(slice(max(c - r, 0), c + r + 1) for c in clicks[b])].float()
+            out[b, 2 * j] = cube.mean()
+            out[b, 2 * j + 1] = cube.std(correction=0)
+    return out
+
+
+class GatingNetwork(nn.Module):
+    """MLP from trunk features (and, with `local_radii`, the local intensity statistics) to logits over K+1
+    experts."""
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_experts: int,
+        hidden_dim: int = 256,
+        dropout: float = 0.1,
+        local_radii: Sequence[int] = (),
+    ) -> None:
         super().__init__()
         self.num_experts = num_experts
-        self.norm = nn.LayerNorm(3 * embed_dim)
+        self.local_radii = tuple(int(r) for r in local_radii)
+        in_features = 3 * embed_dim + 2 * len(self.local_radii)
+        self.norm = nn.LayerNorm(in_features)
         self.mlp = nn.Sequential(
-            nn.Linear(3 * embed_dim, hidden_dim),
+            nn.Linear(in_features, hidden_dim),
             nn.GELU(),
             nn.Dropout(dropout),
             nn.Linear(hidden_dim, hidden_dim),

@@ -7,6 +7,7 @@ once per volume by the shared encoder, exactly as in plain SAM-Med3D.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from torch import nn
 
 from sammoe.errors import CheckpointError
 from sammoe.model.decoder import MaskDecoder3D
-from sammoe.model.gate import GatingNetwork, MaskSelector, gate_features
+from sammoe.model.gate import LOCAL_RADII, GatingNetwork, MaskSelector, gate_features, local_intensity_stats
 from sammoe.model.sam3d import SamMed3D, backbone_fingerprint
 
 FOUNDATION = "foundation"
@@ -39,6 +40,7 @@ class SamMoE(nn.Module):
         experts: dict[str, MaskDecoder3D] | None = None,
         gate_hidden_dim: int = 256,
         selector: MaskSelector | None = None,
+        gate_local_radii: Sequence[int] = LOCAL_RADII,
     ) -> None:
         super().__init__()
         experts = dict(experts or {})
@@ -47,7 +49,12 @@ class SamMoE(nn.Module):
         self.backbone = backbone
         self.experts = nn.ModuleDict(experts)
         self.expert_names = [FOUNDATION, *experts]
-        self.gate = GatingNetwork(backbone.config.prompt_embed_dim, len(self.expert_names), gate_hidden_dim)
+        self.gate = GatingNetwork(
+            backbone.config.prompt_embed_dim,
+            len(self.expert_names),
+            gate_hidden_dim,
+            local_radii=gate_local_radii,
+        )
         self.selector = selector or MaskSelector()
 
     @property
@@ -64,12 +71,28 @@ class SamMoE(nn.Module):
         return self.backbone.image_encoder(image)
 
     def gate_logits(
-        self, image_embeddings: torch.Tensor, points: torch.Tensor | None, labels: torch.Tensor | None
+        self,
+        image_embeddings: torch.Tensor,
+        points: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        image: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Gate logits (B, K+1) for these clicks, without decoding (what gate training needs)."""
         prompt = None if points is None else (points, labels)
         sparse, _ = self.backbone.prompt_encoder(points=prompt, boxes=None, masks=None)
-        return self.gate(gate_features(image_embeddings, sparse, points, labels, self.backbone.img_size))
+        return self.gate(self._gate_input(image_embeddings, sparse, points, labels, image))
+
+    def _gate_input(self, image_embeddings, sparse, points, labels, image) -> torch.Tensor:
+        features = gate_features(image_embeddings, sparse, points, labels, self.backbone.img_size)
+        if not self.gate.local_radii:
+            return features
+        if image is None:
+            raise ValueError(
+                "this gate reads the image around the click (local_radii "
+                f"{list(self.gate.local_radii)}): pass the encoded crop as image="
+            )
+        stats = local_intensity_stats(image, points, labels, self.gate.local_radii)
+        return torch.cat([features, stats.to(features.dtype)], dim=1)
 
     def step(
         self,
@@ -78,15 +101,16 @@ class SamMoE(nn.Module):
         labels: torch.Tensor | None,
         mask_prompt: torch.Tensor | None,
         route: torch.Tensor | int | None = None,
+        image: torch.Tensor | None = None,
     ) -> MoEStep:
         """One interactive step. `route` forces experts (an index or one per sample): oracle routing and
-        per-expert evaluation; otherwise the selector decides from the gate."""
+        per-expert evaluation; otherwise the selector decides from the gate. `image` is the encoded crop
+        (B or 1, 1, S, S, S), needed by a gate with `local_radii`."""
         prompt_encoder = self.backbone.prompt_encoder
         sparse, dense = prompt_encoder(
             points=None if points is None else (points, labels), boxes=None, masks=mask_prompt
         )
-        features = gate_features(image_embeddings, sparse, points, labels, self.backbone.img_size)
-        gate_logits = self.gate(features)
+        gate_logits = self.gate(self._gate_input(image_embeddings, sparse, points, labels, image))
         probs = gate_logits.float().softmax(1)
         pe = prompt_encoder.get_dense_pe()
         bsz = image_embeddings.shape[0]
@@ -135,6 +159,7 @@ class SamMoE(nn.Module):
             "tau": repr(float(self.selector.tau)),
             "backbone_fingerprint": backbone_fingerprint(self.backbone),
             "hidden_dim": str(self.gate.mlp[0].out_features),
+            "local_radii": json.dumps(list(self.gate.local_radii)),
         }
         tmp = path.with_name(path.name + ".tmp")
         save_file(
@@ -171,7 +196,12 @@ class SamMoE(nn.Module):
                 f"{path}: gate was trained on a different backbone; load the matching checkpoint"
             )
         hidden = int(meta.get("hidden_dim", self.gate.mlp[0].out_features))
-        if hidden != self.gate.mlp[0].out_features:
-            self.gate = GatingNetwork(self.backbone.config.prompt_embed_dim, len(names), hidden)
+        radii = tuple(json.loads(meta.get("local_radii", "[]")))  # gates saved before local stats: none
+        if hidden != self.gate.mlp[0].out_features or radii != self.gate.local_radii:
+            old = self.gate  # the rebuilt gate keeps its device and train/eval mode
+            self.gate = GatingNetwork(
+                self.backbone.config.prompt_embed_dim, len(names), hidden, local_radii=radii
+            )
+            self.gate.to(old.norm.weight.device).train(old.training)
         self.gate.load_state_dict(state)
         self.selector = MaskSelector(meta.get("selector_mode", "threshold"), float(meta.get("tau", 0.5)))
