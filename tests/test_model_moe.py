@@ -159,7 +159,7 @@ def test_local_intensity_stats_read_the_cubes_around_the_first_positive_click():
     # clipped at the crop's corner, and one image shared by several targets
     corner = local_intensity_stats(image[:1], torch.zeros(3, 1, 3), torch.ones(3, 1), radii=(1,))
     assert corner.shape == (3, 2) and torch.equal(corner, torch.zeros(3, 2))
-    assert local_intensity_stats(image, None, None, radii=(1, 2)).shape == (1, 4)
+    assert torch.equal(local_intensity_stats(image, None, None, radii=(1, 2)), torch.zeros(2, 4))
 
 
 @torch.no_grad()
@@ -167,6 +167,7 @@ def test_a_local_gate_needs_the_crop_and_an_embedding_only_gate_does_not(moe, in
     emb, points, labels, mask, image = inputs
     with pytest.raises(ValueError, match="pass the encoded crop as image="):
         moe.step(emb, points, labels, mask)
+    assert moe.step(emb, None, None, mask, image=image).probs.shape == (3, 3)  # a point-free step
     plain = SamMoE(moe.backbone, dict(moe.experts), gate_local_radii=()).eval()
     assert plain.step(emb, points, labels, mask).probs.shape == (3, 3)
     # a gate file records its radii: loading it rebuilds the gate to match

@@ -71,7 +71,7 @@ def local_intensity_stats(
     texture (same mean as its host organ, larger spread) is hard to tell apart in them. These few numbers
     describe the tissue under the click at the crop's own resolution. `image` (B or 1, 1, S, S, S).
     """
-    bsz = 1 if points is None else points.shape[0]
+    bsz = image.shape[0] if points is None else points.shape[0]
     out = image.new_zeros(bsz, 2 * len(radii), dtype=torch.float32)
     if points is None or points.shape[1] == 0:
         return out
