@@ -8,7 +8,7 @@ fed back, two point-free iterations, DiceCE summed, AdamW) in three modes:
 
 - `sft`: expert finetuning, image encoder + prompt encoder frozen (encoder under no_grad), decoder trained;
 - `gate`: gate training over the foundation decoder + 2 expert decoders (all frozen). `ours` is sammoe's
-  GateTraining step (encode once, the gate reads 4 random first clicks per target: it only ever reads the
+  GateTraining step (encode once, the gate reads 16 random first clicks per target: it only ever reads the
   first positive click); `official` is the straightforward port: the 11-iteration interaction through the MoE,
   routed to the task expert, with the gate's cross-entropy at every iteration;
 - `all`: everything trained (the official `train.py` setting: prompt/decoder at 0.1 x lr).
@@ -32,7 +32,7 @@ import time
 import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-GATE_CLICKS_PER_TARGET = 4  # configs/gate.yaml clicks_per_target
+GATE_CLICKS_PER_TARGET = 16  # configs/gate.yaml clicks_per_target
 
 
 def build_backbone(impl: str, preset: str):
