@@ -61,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
     parser.add_argument("--seed", type=int, default=1, help="phantom seed; the shipped models saw seed 0")
     parser.add_argument("--cases", type=int, default=96, help="training+validation phantoms for the gate")
-    parser.add_argument("--test-cases", type=int, default=10, help="held-out test phantoms")
+    # 30, not 10: with 10 phantoms one target is a tenth of a class's mean, so a single misrouted target among
+    # 60 moves a class by 1.5-3 Dice points and the table changes from seed to seed.
+    parser.add_argument("--test-cases", type=int, default=30, help="held-out test phantoms")
     parser.add_argument("--epochs", type=int, default=8, help="gate training epochs")
     parser.add_argument("--clicks", type=int, nargs="+", default=[1, 3, 5], help="click counts evaluated")
     parser.add_argument("--no-colin27", action="store_true", help="skip the real-MRI table")
