@@ -178,3 +178,20 @@ def test_a_local_gate_needs_the_crop_and_an_embedding_only_gate_does_not(moe, in
     torch.testing.assert_close(
         local.step(emb, points, labels, mask).gate_logits, plain.step(emb, points, labels, mask).gate_logits
     )
+
+
+def test_a_damaged_gate_file_is_one_clear_error(moe, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = moe.save_gate(tmp_path / "gate.safetensors")
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+        state = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    other = SamMoE(moe.backbone, dict(moe.experts))
+    save_file(state, str(tmp_path / "meta.safetensors"), {**meta, "local_radii": "[1, oops"})
+    with pytest.raises(CheckpointError, match="meta.safetensors: unreadable gate metadata"):
+        other.load_gate(tmp_path / "meta.safetensors")
+    save_file(state, str(tmp_path / "radii.safetensors"), {**meta, "local_radii": "[1, 2]"})
+    with pytest.raises(CheckpointError, match="radii.safetensors: gate weights do not match its metadata"):
+        other.load_gate(tmp_path / "radii.safetensors")

@@ -185,7 +185,15 @@ class SamMoE(nn.Module):
             raise CheckpointError(
                 f"{path}: not a readable gate file ({err}); retrain or re-copy it"
             ) from None
-        names = json.loads(meta.get("expert_names", "[]"))
+        try:
+            names = json.loads(meta.get("expert_names", "[]"))
+            hidden = int(meta.get("hidden_dim", self.gate.mlp[0].out_features))
+            radii = tuple(int(r) for r in json.loads(meta.get("local_radii", "[]")))  # older gates: none
+            selector = MaskSelector(meta.get("selector_mode", "threshold"), float(meta.get("tau", 0.5)))
+        except (ValueError, TypeError) as err:
+            raise CheckpointError(
+                f"{path}: unreadable gate metadata ({err}); retrain or re-copy it"
+            ) from None
         if names != self.expert_names:
             raise CheckpointError(
                 f"{path}: gate was trained over experts {names} but the loaded experts are {self.expert_names}; "
@@ -195,13 +203,17 @@ class SamMoE(nn.Module):
             raise CheckpointError(
                 f"{path}: gate was trained on a different backbone; load the matching checkpoint"
             )
-        hidden = int(meta.get("hidden_dim", self.gate.mlp[0].out_features))
-        radii = tuple(json.loads(meta.get("local_radii", "[]")))  # gates saved before local stats: none
         if hidden != self.gate.mlp[0].out_features or radii != self.gate.local_radii:
             old = self.gate  # the rebuilt gate keeps its device and train/eval mode
             self.gate = GatingNetwork(
                 self.backbone.config.prompt_embed_dim, len(names), hidden, local_radii=radii
             )
             self.gate.to(old.norm.weight.device).train(old.training)
-        self.gate.load_state_dict(state)
-        self.selector = MaskSelector(meta.get("selector_mode", "threshold"), float(meta.get("tau", 0.5)))
+        try:
+            self.gate.load_state_dict(state)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[-1].strip()
+            raise CheckpointError(
+                f"{path}: gate weights do not match its metadata ({first}); retrain or re-copy it"
+            ) from None
+        self.selector = selector
