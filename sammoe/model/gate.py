@@ -79,8 +79,8 @@ def local_intensity_stats(
     size = torch.tensor(image.shape[2:], device=points.device)
     clicks = points[torch.arange(bsz, device=points.device), first].round().long()
     clicks = torch.minimum(clicks.clamp_min(0), size - 1).tolist()
-    for b in range(bsz):
-        if not has_click[b]:
+    for b, has in enumerate(has_click.tolist()):  # one host transfer, not one device sync per sample
+        if not has:
             continue
         volume = image[b if image.shape[0] > 1 else 0, 0]
         for j, r in enumerate(radii):
