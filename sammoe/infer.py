@@ -45,6 +45,7 @@ import torch
 from sammoe.data.io import Volume, read_image
 from sammoe.data.preprocess import Preprocessor, Resampled, Roi, sliding_window
 from sammoe.errors import CheckpointError, ConfigError, DataError
+from sammoe.interact.roi import click_centred_start, round_voxel
 from sammoe.model.moe import FOUNDATION, SamMoE
 from sammoe.model.sam3d import PRESETS, SamMed3D
 
@@ -59,15 +60,8 @@ __all__ = [
 ]
 
 SPACES = ("voxel", "ras", "lps")
-# Rounding of float voxel coordinates: the same click given in voxels and in mm differs by float noise only;
-# a tiny bias makes both round the same way at exact half-voxel positions.
-_ROUND_EPS = 1e-6
 _LPS_RAS = np.array([-1.0, -1.0, 1.0])
 _PROB_SCALE = 65535  # probabilities pass through the (nearest, integer) inverse as uint16
-
-
-def _round(points: np.ndarray) -> np.ndarray:
-    return np.floor(np.asarray(points, dtype=np.float64) + 0.5 + _ROUND_EPS).astype(np.int64)
 
 
 # ------------------------------------------------------------------------------------------------ targets
@@ -193,7 +187,7 @@ def _check_target(target: Target, index: int, volume: Volume) -> tuple[str, np.n
     if not np.any(labels == 1):
         raise DataError(f"{where}: no positive click; the first positive click centres the crop")
     vox = to_input_voxels(volume, pts, target.space)
-    idx = _round(vox)
+    idx = round_voxel(vox)
     shape = np.asarray(volume.shape)
     outside = np.any((idx < 0) | (idx >= shape), axis=1)
     if outside.any():
@@ -233,6 +227,7 @@ def load_model(
     preset: str = "auto",
     experts: Iterable[str] | str | None = None,
     gate: str | os.PathLike | None = None,
+    route: str | None = None,
 ) -> tuple[SamMed3D | SamMoE, dict[str, Any]]:
     """The model ``sammoe segment`` runs, and a description of it for the report.
 
@@ -240,7 +235,7 @@ def load_model(
     the installed experts and the shipped gate (``GATE_TINY``) are used when present and compatible, else the
     foundation alone with a warning. ``experts``: None = every installed, compatible expert (``SAMMOE_EXPERTS``
     honoured); "none" or [] = no experts; names = exactly those (each must be ok). Experts need a gate:
-    ``gate`` or, for the shipped model, ``GATE_TINY``.
+    ``gate`` or, for the shipped model, ``GATE_TINY``; a forced ``route`` (an expert's name) needs no gate.
     """
     from sammoe import assets
     from sammoe.model.sam3d import backbone_fingerprint
@@ -299,6 +294,10 @@ def load_model(
             if gate is not None:
                 raise
             problem = str(err)
+    if problem is not None and route is not None and route != FOUNDATION:
+        moe.eval()  # forced routing decodes with the named expert; the (untrained) gate decides nothing
+        info["model"]["experts"] = list(decoders)
+        return moe, info
     if problem is not None:
         if explicit and gate is None:
             raise ConfigError(
@@ -306,7 +305,7 @@ def load_model(
                 "(train one with `sammoe fit --config configs/gate.yaml`) or --experts none"
             )
         warnings.warn(
-            f"using the foundation decoder only: {problem}; create the gate with `make gate-asset` or pass --gate",
+            f"using the foundation decoder only: {problem}; create the gate with `make gate` or pass --gate",
             UserWarning,
             stacklevel=2,
         )
@@ -368,6 +367,7 @@ class Predictor:
         max_windows: int = 27,
         cache_size: int = 16,
         info: dict[str, Any] | None = None,
+        route: str | None = None,
     ) -> None:
         if device is None or str(device) == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -401,6 +401,23 @@ class Predictor:
         self._rois = 0
         self.encodes = 0
         self._want_probs = False
+        self.route = route
+        # A mask decoder used instead of the model's own (a finetuning run compares its starting decoder).
+        self.decoder: torch.nn.Module | None = None
+
+    @property
+    def route(self) -> str | None:
+        """None: the model routes (gate + selector); an expert name or ``foundation``: every target goes there."""
+        return self._route
+
+    @route.setter
+    def route(self, name: str | None) -> None:
+        if name is not None and name not in self.expert_names:
+            raise ConfigError(
+                f"route {name!r} is not a loaded model; choose one of {', '.join(self.expert_names)}"
+            )
+        self._route = name
+        self.info["route"] = name
 
     @classmethod
     def load(
@@ -412,8 +429,10 @@ class Predictor:
         gate: str | os.PathLike | None = None,
         **kwargs: Any,
     ) -> Predictor:
-        """``load_model(...)`` wrapped in a Predictor (keyword arguments go to ``Predictor``)."""
-        model, info = load_model(checkpoint, preset=preset, experts=experts, gate=gate)
+        """``load_model(...)`` wrapped in a Predictor (keyword arguments go to ``Predictor``, e.g.
+        ``route="spinal_cord"`` or ``route="foundation"`` to force one decoder for every target)."""
+        route = kwargs.get("route")
+        model, info = load_model(checkpoint, preset=preset, experts=experts, gate=gate, route=route)
         return cls(model, info=info, **kwargs)
 
     # ------------------------------------------------------------------------------------------- image
@@ -494,11 +513,13 @@ class Predictor:
         pts = torch.as_tensor(points, dtype=torch.float32, device=self.device)
         lab = torch.as_tensor(labels, dtype=torch.long, device=self.device)
         emb = emb.expand(pts.shape[0], *emb.shape[1:])
+        if route is None and self._route is not None:
+            route = self.expert_names.index(self._route)
         with torch.inference_mode(), self._amp():
             if isinstance(self.model, SamMoE):
                 out = self.model.step(emb, pts, lab, low.to(emb.dtype), route=route, image=entry.image)
                 return out.logits.float(), out.iou.float()[:, 0], out.probs.float(), out.route
-            logits, iou = self.backbone.decode(emb, pts, lab, low.to(emb.dtype))
+            logits, iou = self.backbone.decode(emb, pts, lab, low.to(emb.dtype), decoder=self.decoder)
             return logits.float(), iou.float()[:, 0], None, None
 
     def _zeros_low(self, n: int) -> torch.Tensor:
@@ -508,7 +529,7 @@ class Predictor:
         return torch.sigmoid(SamMed3D.upsample(low.float(), self.size))[:, 0].cpu().numpy()
 
     def _roi_clicks(self, entry: _Entry, state: _State, upto: int) -> np.ndarray:
-        return _round(entry.roi.input_to_roi(state.clicks[:upto])).astype(np.float32)
+        return round_voxel(entry.roi.input_to_roi(state.clicks[:upto])).astype(np.float32)
 
     def _run(self, entry: _Entry, states: list[_State]) -> None:
         """Feed every state's unconsumed clicks, one step per click, batching states with equal click counts."""
@@ -576,7 +597,7 @@ class Predictor:
                 prob = state.roi_prob
             else:
                 entry = self._encode(key)
-                pts = _round(entry.roi.input_to_roi(state.clicks))
+                pts = round_voxel(entry.roi.input_to_roi(state.clicks))
                 inside = entry.roi.contains(pts)
                 points, labels = pts[inside].astype(np.float32), state.labels[inside]
                 if not np.any(labels == 1):
@@ -630,7 +651,7 @@ class Predictor:
             clicks=len(state.clicks),
             roi=state.entry.index,
             windows=windows,
-            click=tuple(int(v) for v in _round(state.clicks[0])),
+            click=tuple(int(v) for v in round_voxel(state.clicks[0])),
         )
 
     @property
@@ -655,13 +676,13 @@ class Predictor:
     def _entry_for(self, vox: np.ndarray) -> _Entry:
         """The ROI for a target whose crop centre is input voxel ``vox``: a cached ROI whose centre lies within
         ``share_roi`` x crop (all clicks inside), else a new crop centred on it."""
-        centre = _round(self._res.input_to_ras(vox))
+        centre = round_voxel(self._res.input_to_ras(vox))
         limit = self.share_roi * self.size
         if limit > 0:
             for entry in reversed(self._cache.values()):
                 if np.all(np.abs(entry.centre - centre) <= limit):
                     return self._encode(entry.roi.start)
-        return self._encode(self.pre.start_for(self._res, center_ras=centre))
+        return self._encode(click_centred_start(self.pre, self._res, vox))
 
     def predict(
         self, targets: Target | Sequence[Target], *, probabilities: bool = False, progress: bool = False
@@ -681,9 +702,7 @@ class Predictor:
             first = vox[int(np.flatnonzero(labels == 1)[0])]
             entry = self._entry_for(first)
             if not np.all(entry.roi.contains(entry.roi.input_to_roi(vox))):
-                entry = self._encode(
-                    self.pre.start_for(self._res, center_ras=_round(self._res.input_to_ras(first)))
-                )
+                entry = self._encode(click_centred_start(self.pre, self._res, first))
             # The centring click goes first, so the first step sees a positive click (official protocol).
             order = np.argsort(np.arange(len(vox)) != int(np.flatnonzero(labels == 1)[0]), kind="stable")
             state = _State(name, i + 1, vox[order], labels[order], entry)
@@ -725,6 +744,11 @@ class Predictor:
             state.result.voxels * abs(float(np.linalg.det(self.volume.affine[:3, :3]))) / 1000
         )
         return state.result
+
+    def crop_footprint(self, target: int | str) -> np.ndarray:
+        """Where ``add_click`` accepts clicks for this target: its crop's footprint on the input grid (bool)."""
+        roi = self._find(target).entry.roi
+        return Preprocessor.invert(roi, np.ones(roi.size, dtype=np.uint8)).astype(bool)
 
     def _find(self, target: int | str) -> _State:
         if not self._states:

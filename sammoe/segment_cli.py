@@ -69,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--preset", default="auto", help="architecture of --checkpoint: auto | tiny | vit_b_ori")
     m.add_argument("--experts", default=None, help="all (default) | none | name,name")
     m.add_argument("--gate", metavar="PATH", help="gate weights for the experts")
+    m.add_argument(
+        "--route",
+        metavar="NAME",
+        help="force one decoder for every target: foundation or an installed expert's name (default: the gate)",
+    )
     r = p.add_argument_group("runtime")
     r.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     r.add_argument("--no-autocast", action="store_true", help="float32 on GPU (default: bf16 autocast)")
@@ -253,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             compile=args.compile,
             use_sliding_window=not args.no_sliding_window,
             share_roi=args.share_roi,
+            route=args.route,
         )
     for w in caught:
         print(f"sammoe segment: warning: {w.message}", file=sys.stderr)

@@ -334,3 +334,35 @@ def test_bf16_autocast_path_runs(tiny):
         )
         assert seg.probabilities.shape == (40, 30, 24, 2) and seg.probabilities.dtype == np.float32
         assert pred.add_click(1, [12, 10, 8], positive=False).clicks == 2
+
+
+def test_forced_route_uses_the_named_decoder_through_the_same_path(tiny):
+    """`route` sends every target to one decoder; the same clicks through the MoE with that expert forced give
+    that expert's mask, and the gate's choice is still reported."""
+    torch.manual_seed(3)
+    experts = {"a": SamMed3D(PRESETS["tiny"]).mask_decoder, "b": SamMed3D(PRESETS["tiny"]).mask_decoder}
+    moe = SamMoE(tiny, experts)
+    clicks = Target([[17, 14, 9], [12, 10, 8]], [1, 0])
+    results = {}
+    for route in ("foundation", "a", "b"):
+        pred = Predictor(moe, "cpu", use_sliding_window=False, route=route)
+        pred.set_image(oblique_volume())
+        t = pred.predict(clicks, probabilities=True).targets[0]
+        assert t.expert == route and set(t.gate) == {"foundation", "a", "b"}
+        results[route] = t.probability
+    plain = Predictor(tiny, "cpu", use_sliding_window=False)
+    plain.set_image(oblique_volume())
+    alone = plain.predict(clicks, probabilities=True).targets[0].probability
+    np.testing.assert_allclose(results["foundation"], alone, atol=1e-5)
+    assert not np.allclose(results["a"], results["b"])
+    pred = Predictor(moe, "cpu", use_sliding_window=False)
+    pred.route = "b"  # switching routes keeps the cached embedding
+    pred.set_image(oblique_volume())
+    pred.predict(clicks)
+    pred.route = "a"
+    pred.predict(clicks, probabilities=True)
+    assert pred.encodes == 1
+    with pytest.raises(ConfigError, match="route 'nope' is not a loaded model"):
+        pred.route = "nope"
+    with pytest.raises(ConfigError, match="choose one of foundation"):
+        Predictor(tiny, "cpu", route="a")

@@ -195,3 +195,17 @@ def test_a_damaged_gate_file_is_one_clear_error(moe, tmp_path):
     save_file(state, str(tmp_path / "radii.safetensors"), {**meta, "local_radii": "[1, 2]"})
     with pytest.raises(CheckpointError, match="radii.safetensors: gate weights do not match its metadata"):
         other.load_gate(tmp_path / "radii.safetensors")
+
+
+def test_threshold_selector_needs_the_argmax_and_tau():
+    """An expert wins only as the argmax with probability >= tau: an expert at 0.3 never beats a foundation
+    at 0.6 (the old rule with tau 0.2 sent it to the expert)."""
+    from sammoe.model.gate import MaskSelector
+
+    probs = torch.tensor([[0.6, 0.3, 0.1], [0.3, 0.5, 0.2], [0.3, 0.35, 0.35], [0.1, 0.1, 0.8]])
+    assert MaskSelector("threshold", 0.2).route(probs).tolist() == [0, 1, 1, 2]
+    assert MaskSelector("threshold", 0.6).route(probs).tolist() == [0, 0, 0, 2]
+    assert MaskSelector("top1").route(probs).tolist() == [0, 1, 1, 2]
+    for bad in (float("nan"), 5.0, -0.1):
+        with pytest.raises(ValueError, match="tau"):
+            MaskSelector("threshold", bad)

@@ -43,9 +43,13 @@ from torch.utils.data import DataLoader, Dataset
 from sammoe.data.datasets import Case, CaseIndex, ClassRef, build_index
 from sammoe.data.io import check_label_values, read_image, read_label
 from sammoe.data.preprocess import Preprocessor, Resampled
-from sammoe.errors import DataError
+from sammoe.errors import ConfigError, DataError
+from sammoe.interact.roi import check_crop_mode, click_centred_roi, seeded_first_click, training_roi
 
 CACHE_VERSION = 1
+# Clicks on unlabelled voxels (background, air, tissue no class names): routing targets for the foundation.
+BACKGROUND = "background"
+BACKGROUND_VALUE = 0
 
 
 def _sha256_file(path: Path) -> str:
@@ -194,8 +198,13 @@ def _allowed(index: CaseIndex | None, dataset: str) -> list[int] | None:
 
 
 class TargetDataset(Dataset):
-    """Training/validation crops: one item per (case, class), centred on the class's bounding box.
+    """Training/validation crops: one item per (case, class), placed by the ROI policy (``interact.roi``).
 
+    ``crop="click"`` (default): centred on a click drawn uniformly over the class's voxels (plus up to
+    ``jitter`` voxels of shift), the click the item's ``first_click`` carries, exactly what the Predictor does
+    with a user's click. ``crop="bbox"``: the official crop around the class bounding box (no ``first_click``).
+    ``seed`` None draws new clicks every time (training); an int makes item i's click fixed (validation).
+    A target named ``background`` (value 0) is a click on unlabelled voxels with an empty label (routing data).
     ``on_empty``: what to do when the class has fewer than ``min_voxels`` voxels after resampling:
     ``"skip"`` uses the next target instead (the official loader redraws), ``"error"`` raises ``DataError``.
     """
@@ -209,6 +218,9 @@ class TargetDataset(Dataset):
         min_voxels: int = 1,
         on_empty: str = "skip",
         index: CaseIndex | None = None,
+        crop: str = "click",
+        jitter: int = 0,
+        seed: int | None = None,
     ) -> None:
         if on_empty not in ("skip", "error"):
             raise ValueError("on_empty must be 'skip' or 'error'")
@@ -216,14 +228,23 @@ class TargetDataset(Dataset):
         self.cache, self.pre = cache, preprocessor
         self.flips, self.min_voxels, self.on_empty = flips, min_voxels, on_empty
         self.index = index
+        self.crop, self.jitter, self.seed = check_crop_mode(crop), int(jitter), seed
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def _rng(self, i: int) -> np.random.Generator:
+        if self.seed is None:  # torch's generator is seeded per worker and by seed_everything
+            return np.random.default_rng(int(torch.randint(0, 2**62, ())))
+        return np.random.default_rng((int(self.seed), i))
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         for attempt in range(len(self.targets)):
             case, ref = self.targets[(i + attempt) % len(self.targets)]
             cached = self.cache.load(case, _allowed(self.index, case.dataset))
+            if ref.value == BACKGROUND_VALUE:
+                box = (None, None, 1)
+                break
             box = cached.bboxes.get(ref.value)
             if box is not None and box[2] >= self.min_voxels:
                 break
@@ -236,12 +257,22 @@ class TargetDataset(Dataset):
             raise DataError(
                 f"none of the {len(self.targets)} targets has enough voxels; check the class selection"
             )
-        flips = [d for d in range(3) if bool(torch.rand(()) < 0.5)] if self.flips else []
-        roi = self.pre.crop(
-            cached.resampled, label_value=ref.value, class_bbox=(box[0], box[1]), flip_axes=flips
-        )
+        rng = self._rng(i)
+        flips = [d for d in range(3) if rng.random() < 0.5] if self.flips else []
+        first_click = None
+        if self.crop == "click" or ref.value == BACKGROUND_VALUE:
+            bbox = None if box[0] is None else (box[0], box[1])
+            roi, first_click = training_roi(
+                self.pre, cached.resampled, ref.value, bbox, rng, self.jitter, flips
+            )
+        else:
+            roi = self.pre.crop(
+                cached.resampled, label_value=ref.value, class_bbox=(box[0], box[1]), flip_axes=flips
+            )
         image, label = roi.image, roi.label.float()
-        return {
+        if ref.value == BACKGROUND_VALUE:
+            label = torch.zeros_like(label)
+        item = {
             "image": image.contiguous(),
             "label": label.contiguous(),
             "case_id": case.case_id,
@@ -250,10 +281,19 @@ class TargetDataset(Dataset):
             "label_value": ref.value,
             "start": torch.as_tensor(roi.start),
         }
+        if first_click is not None:
+            item["first_click"] = torch.from_numpy(first_click)
+        return item
 
 
 class CaseDataset(Dataset):
-    """Evaluation/prediction items with the un-cropped case (metrics on the original grid)."""
+    """Evaluation/prediction items with the un-cropped case (metrics on the original grid).
+
+    Each item carries both protocols' crops: ``click_roi`` centred on ``first_click_input``, a voxel of the
+    target drawn on the ORIGINAL grid with the evaluation seed (``interact.roi.seeded_first_click``), and
+    ``roi``, the official crop around the ground truth's bounding box. A ``background`` target (value 0) is
+    the unlabelled voxels, with ``roi`` None and a first click drawn with a seed of its own.
+    """
 
     def __init__(
         self,
@@ -262,9 +302,11 @@ class CaseDataset(Dataset):
         preprocessor: Preprocessor,
         index: CaseIndex | None = None,
         crop: bool = True,
+        first_click_seed: int = 233,
     ) -> None:
         self.targets = list(targets)
         self.cache, self.pre, self.index, self.crop = cache, preprocessor, index, crop
+        self.click_seed = int(first_click_seed)
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -275,12 +317,19 @@ class CaseDataset(Dataset):
         target = None
         if case.label is not None:
             target = read_label(case.label, like=volume).array == ref.value
-        roi = None
+        roi = click_roi = first_click_input = first_click = None
         if self.crop and target is not None:
             cached = self.cache.load(case, _allowed(self.index, case.dataset))
-            box = cached.bboxes.get(ref.value)
+            box = None if ref.value == BACKGROUND_VALUE else cached.bboxes.get(ref.value)
             if box is not None:
                 roi = self.pre.crop(cached.resampled, label_value=ref.value, class_bbox=(box[0], box[1]))
+            # background targets of one case differ by their seed; the classes' first click is the official one
+            seed = self.click_seed + (1000 * (i + 1) if ref.value == BACKGROUND_VALUE else 0)
+            first_click_input = seeded_first_click(target, seed)
+            if first_click_input is not None:
+                click_roi, first_click = click_centred_roi(
+                    self.pre, cached.resampled, first_click_input, label_value=ref.value
+                )
         return {
             "case_id": case.case_id,
             "dataset": case.dataset,
@@ -291,6 +340,9 @@ class CaseDataset(Dataset):
             "volume": volume,
             "target": target,
             "roi": roi,
+            "click_roi": click_roi,
+            "first_click": first_click,
+            "first_click_input": first_click_input,
         }
 
 
@@ -318,6 +370,12 @@ class SegDataModule(L.LightningDataModule):
         on_empty: "skip" (use the next target) or "error" for targets below ``min_voxels``.
         channel: image channel (nnU-Net ``_000X`` suffix / MSD 4D index).
         eval_split: cases for ``test``/``predict``: "test" (imagesTs with labels) or "val".
+        crop: ROI policy of train/val crops (``sammoe.interact.roi``): "click" (default; centred on a click
+            on the target, as at inference) or "bbox" (the official ground-truth crop, for comparisons only).
+        jitter: training crops are shifted by up to this many voxels per axis from the click ("click" only).
+        background_clicks: per train/val case, this many extra targets that click an unlabelled voxel
+            (class ``background``, empty label): what teaches a gate to leave such clicks to the foundation.
+        first_click_seed: seed of the validation clicks and of the test split's first clicks (official: 233).
 
     Batches from train/val loaders: dict(image (B,1,S,S,S) float32, label (B,1,S,S,S) float32, case_id,
     dataset, class_name, label_value, start). test/predict loaders yield lists of ``CaseDataset`` items.
@@ -343,8 +401,19 @@ class SegDataModule(L.LightningDataModule):
         channel: int = 0,
         eval_split: str = "test",
         pin_memory: bool = False,
+        crop: str = "click",
+        jitter: int = 0,
+        background_clicks: int = 0,
+        first_click_seed: int = 233,
     ) -> None:
         super().__init__()
+        if batch_size < 1 or num_workers < 0 or jitter < 0 or background_clicks < 0:
+            raise ConfigError(
+                "data: batch_size must be >= 1 and num_workers, jitter, background_clicks >= 0; "
+                f"got {batch_size}, {num_workers}, {jitter}, {background_clicks}"
+            )
+        self.crop, self.jitter = check_crop_mode(crop), int(jitter)
+        self.background_clicks, self.first_click_seed = int(background_clicks), int(first_click_seed)
         self.save_hyperparameters()
         self.roots = [roots] if isinstance(roots, str) else list(roots)
         self.classes, self.datasets = classes, datasets
@@ -378,9 +447,21 @@ class SegDataModule(L.LightningDataModule):
         order = np.random.default_rng(self.seed).permutation(len(cases))
         n_val = int(round(self.val_fraction * len(cases))) if len(cases) > 1 else 0
         val_cases = {cases[j] for j in order[:n_val]}
+        by_id = {(c.dataset, c.case_id): c for c, _ in pairs}
+        pairs = pairs + self._background_targets([by_id[key] for key in cases])
         self.train_targets = [p for p in pairs if (p[0].dataset, p[0].case_id) not in val_cases]
         self.val_targets = [p for p in pairs if (p[0].dataset, p[0].case_id) in val_cases]
-        self.test_targets = test if self.eval_split == "test" and test else self.val_targets
+        if self.eval_split == "test" and test:
+            by_test = {(c.dataset, c.case_id): c for c, _ in test}
+            self.test_targets = test + self._background_targets([by_test[k] for k in sorted(by_test)])
+        else:
+            self.test_targets = self.val_targets
+
+    def _background_targets(self, cases: Sequence[Case]) -> list[tuple[Case, ClassRef]]:
+        """``background_clicks`` targets per case that click unlabelled voxels (routing data, no Dice)."""
+        ref = {case.dataset: ClassRef.model_construct(dataset=case.dataset, value=BACKGROUND_VALUE, name=BACKGROUND)
+               for case in cases}  # fmt: skip
+        return [(case, ref[case.dataset]) for case in cases for _ in range(self.background_clicks)]
 
     def _loader(
         self, dataset: Dataset, shuffle: bool, collate=None, batch_size: int | None = None
@@ -397,15 +478,16 @@ class SegDataModule(L.LightningDataModule):
 
     def train_dataset(self) -> TargetDataset:
         return TargetDataset(self.train_targets, self.cache, self.preprocessor, self.flips, self.min_voxels,
-                             self.on_empty, self.index)  # fmt: skip
+                             self.on_empty, self.index, self.crop, self.jitter)  # fmt: skip
 
     def val_dataset(self) -> TargetDataset:
-        return TargetDataset(
-            self.val_targets, self.cache, self.preprocessor, False, 1, self.on_empty, self.index
-        )
+        return TargetDataset(self.val_targets, self.cache, self.preprocessor, False, 1, self.on_empty,
+                             self.index, self.crop, 0, seed=self.first_click_seed)  # fmt: skip
 
     def eval_dataset(self) -> CaseDataset:
-        return CaseDataset(self.test_targets, self.cache, self.preprocessor, self.index)
+        return CaseDataset(
+            self.test_targets, self.cache, self.preprocessor, self.index, first_click_seed=self.first_click_seed
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset(), shuffle=True)

@@ -15,17 +15,34 @@ import torch
 from sammoe.eval.gather import all_gather_rows
 from sammoe.eval.report import build_report, write_report
 from sammoe.eval.results import GENERAL, EvalRow, class_average, class_means
-from sammoe.lit.evaluation import EvalExample, EvalModel, as_eval_batch, evaluate_batch
+from sammoe.lit.evaluation import EvalExample, EvalModel, as_eval_batch, evaluate_batch, first_clicks
 from sammoe.lit.interactive import StepFn, evaluation_rollout
 from sammoe.lit.wandb_log import log_evaluation
+from sammoe.data.datamodule import BACKGROUND
+from sammoe.model.moe import SamMoE
 
 NOTES = (
-    "Dice and {nsd} per class on the {grid} grid after {clicks} clicks, official protocol: "
-    "seed {seed} per target, first click a random foreground voxel (or the crop's centring click), later "
-    "clicks drawn uniformly from the error region of the model's own previous prediction, all clicks and the "
-    "previous low-res logits fed each step, prediction = sigmoid(logits) > 0.5. Empty-ground-truth rule: an "
-    "empty ground truth with an empty prediction is left out (NaN), with a non-empty prediction it scores 0."
+    "Dice and {nsd} per class on the {grid} grid after {clicks} clicks, seed {seed} per target. {protocol} "
+    "Later clicks are drawn uniformly from the error region of the model's own previous prediction, all clicks "
+    "and the previous low-res logits fed each step, prediction = sigmoid(logits) > 0.5. Empty-ground-truth "
+    "rule: an empty ground truth with an empty prediction is left out (NaN), with a non-empty prediction it "
+    "scores 0."
 )
+CLICK_PROTOCOL = (
+    "Click-centred protocol through the Predictor (the path `sammoe segment` runs, no ground truth in the "
+    "crop): the first click is a random voxel of the target, the crop is centred on it, targets larger than "
+    "one crop grow over neighbouring windows, refinement clicks lie inside the target's crop."
+)
+ROI_CLICK_PROTOCOL = (
+    "Click-centred crops (validation on the crop grid): the first click is the random target voxel the crop "
+    "is centred on."
+)
+BBOX_PROTOCOL = (
+    "Official SAM-Med3D protocol, for comparison with published numbers only: the crop is centred on the "
+    "ground truth's bounding box, which tells the model where the target is, so these numbers are optimistic "
+    "for a user who only clicks; the first click is a random foreground voxel of that crop."
+)
+BBOX_FOLDER = "official_bbox"
 
 
 class InteractiveModule(L.LightningModule):
@@ -54,8 +71,10 @@ class InteractiveModule(L.LightningModule):
         self.roi_spacing = tuple(float(s) for s in roi_spacing)
         self.overlay_images = overlay_images
         self._rows: list[EvalRow] = []
+        self._bbox_rows: list[EvalRow] = []
         self._examples: list[EvalExample] = []
-        self._extra_eval: list[Any] = []
+        self._predictor: Any = None
+        self._protocol = ROI_CLICK_PROTOCOL
         self.last_report: dict[str, Any] | None = None
         self.last_report_dir: Path | None = None
 
@@ -81,8 +100,14 @@ class InteractiveModule(L.LightningModule):
         """Last look at the gathered rows (same on every rank) before the report; returns rows + extra keys."""
         return rows, {}
 
-    def eval_step_extra(self, batch: dict[str, Any], embeddings: torch.Tensor) -> None:
-        """Hook for subclasses that collect more per batch (e.g. candidate thresholds)."""
+    def predictor_model(self) -> torch.nn.Module:
+        """The model (SamMed3D or SamMoE) a Predictor runs in the click-centred test protocol."""
+        raise NotImplementedError
+
+    def predictor_routes(self, class_name: str) -> list[tuple[str, str | None, torch.nn.Module | None]]:
+        """(report name, Predictor route, replacement decoder) of every model to test on a target of this
+        class through the Predictor; route None lets the model's gate decide."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------------------------- helpers
     @torch.no_grad()
@@ -96,13 +121,11 @@ class InteractiveModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------------- evaluation
     def _reset_eval(self) -> None:
-        self._rows, self._examples, self._extra_eval = [], [], []
+        self._rows, self._bbox_rows, self._examples = [], [], []
+        self._predictor = None
 
-    def _eval_step(self, batch: Any, batch_idx: int) -> None:
-        batch = as_eval_batch(batch, self.device)
-        if batch is None:
-            return
-        self._original_grid = self._original_grid or ("roi" in batch and "orig_label" in batch)
+    def _roi_rows(self, batch: dict[str, Any], batch_idx: int) -> list[EvalRow]:
+        """The click protocol on the batch's crops (one encoder pass shared by every model)."""
         embeddings = self.encode(batch["image"])
         models = self.eval_models(batch)
         result = evaluate_batch(
@@ -118,15 +141,78 @@ class InteractiveModule(L.LightningModule):
             oracle_expert=self.oracle_expert,
             keep_examples=len(models) if (batch_idx == 0 and self.overlay_images) else 0,
         )
-        self._rows.extend(result.rows)
         self._examples.extend(result.examples)
-        self.eval_step_extra(batch, embeddings)
+        return result.rows
+
+    def _predictor_rows(self, items: list[dict[str, Any]]) -> list[EvalRow]:
+        """The click-centred protocol through the Predictor on whole test volumes (original grid)."""
+        from sammoe.eval.predictor_protocol import evaluate_target
+        from sammoe.infer import Predictor
+
+        if self._predictor is None:
+            self._predictor = Predictor(
+                self.predictor_model(), self.device, target_spacing=self.roi_spacing, autocast=False
+            )
+            self._predictor_image = None
+        predictor = self._predictor
+        rows = []
+        for item in items:
+            if item.get("target") is None or not item["target"].any():
+                continue
+            if self._predictor_image != item["image_path"]:
+                predictor.set_image(item["volume"])
+                self._predictor_image = item["image_path"]
+            case = f"{item['dataset']}/{item['case_id']}" if item.get("dataset") else str(item["case_id"])
+            cls = str(item["class_name"])
+            spacing = [float(v) for v in item["volume"].spacing]
+            gated = isinstance(self.predictor_model(), SamMoE)
+            background = cls == BACKGROUND
+            if background and not gated:
+                continue
+            # a background click has no target to score: only where the gate sends it counts
+            routes = [("moe", None, None)] if background else self.predictor_routes(cls)
+            for name, route, decoder in routes:
+                predictor.route, predictor.decoder = route, decoder
+                scores = evaluate_target(
+                    predictor, item["target"], spacing,
+                    click_counts=(1,) if background else self.click_counts,
+                    seed=self.eval_seed, tolerance_mm=None if background else self.nsd_tolerance_mm,
+                    name=cls, first_click=item.get("first_click_input"),
+                )  # fmt: skip
+                if scores is None:
+                    continue
+                for n in sorted(scores.dice):
+                    rows.append(
+                        EvalRow(
+                            model=name, case_id=case, class_name=cls, class_group=self.class_group(cls),
+                            n_clicks=n, dice=scores.dice[n], nsd=scores.nsd[n],
+                            routed_expert=scores.expert if gated and route is None else None,
+                            oracle_expert=self.oracle_expert(cls) if gated and route is None else None,
+                        )
+                    )  # fmt: skip
+        predictor.route, predictor.decoder = None, None
+        return rows
+
+    def _eval_step(self, batch: Any, batch_idx: int) -> None:
+        if isinstance(batch, dict):  # train/val crops: the click protocol on the crop grid
+            self._protocol = ROI_CLICK_PROTOCOL if first_clicks(batch) is not None else BBOX_PROTOCOL
+            self._rows.extend(self._roi_rows(batch, batch_idx))
+            return
+        # whole test volumes: the click-centred protocol through the Predictor (the headline), then the
+        # official ground-truth crop for comparison
+        self._protocol = CLICK_PROTOCOL
+        self._original_grid = True
+        self._rows.extend(self._predictor_rows(batch))
+        official = as_eval_batch(batch, self.device)
+        if official is not None:
+            self._bbox_rows.extend(self._roi_rows(official, batch_idx))
 
     def _eval_end(self, stage: str) -> None:
         if self.trainer.sanity_checking:
             self._reset_eval()
             return
         rows = all_gather_rows(self._rows)
+        bbox_rows = all_gather_rows(self._bbox_rows)
         rows, extra = self.finalize_rows(rows, stage)
         run_dir = self.run_dir() / stage  # log_dir broadcasts: every rank calls it
         if not rows:
@@ -145,25 +231,28 @@ class InteractiveModule(L.LightningModule):
             self.log(f"{stage}/routing_accuracy", float(acc), rank_zero_only=True)
         self.last_report = report
         if self.trainer.is_global_zero:
-            grid = "original" if self._original_grid else "ROI"
-            notes = NOTES.format(
-                nsd="no NSD (nsd_tolerance_mm: null)"
-                if self.nsd_tolerance_mm is None
-                else f"NSD (tolerance {self.nsd_tolerance_mm:g} mm)",
-                grid=grid,
-                clicks="/".join(map(str, self.click_counts)),
-                seed=self.eval_seed,
-            )
-            files = write_report(
-                rows,
-                run_dir,
-                notes=notes,
-                title=f"sammoe {stage} report",
-                extra={"stage": stage, "epoch": int(self.current_epoch), **extra},
-            )
+            reports = [(rows, run_dir, self._protocol, f"sammoe {stage} report")]
+            if bbox_rows:
+                bbox_rows, _ = self.finalize_rows(bbox_rows, stage)
+                title = f"sammoe {stage} report, official ground-truth-crop protocol (optimistic)"
+                reports.append((bbox_rows, run_dir / BBOX_FOLDER, BBOX_PROTOCOL, title))
+            for part_rows, folder, protocol, title in reports:
+                notes = NOTES.format(
+                    nsd="no NSD (nsd_tolerance_mm: null)"
+                    if self.nsd_tolerance_mm is None
+                    else f"NSD (tolerance {self.nsd_tolerance_mm:g} mm)",
+                    grid="original" if self._original_grid else "ROI",
+                    clicks="/".join(map(str, self.click_counts)),
+                    seed=self.eval_seed,
+                    protocol=protocol,
+                )
+                files = write_report(
+                    part_rows, folder, notes=notes, title=title,
+                    extra={"stage": stage, "epoch": int(self.current_epoch), "protocol": protocol, **extra},
+                )  # fmt: skip
+                print(f"sammoe: {stage} report written to {files.markdown}")
             self.last_report_dir = run_dir
             log_evaluation(self.trainer, stage, report, self._examples, self.roi_spacing)
-            print(f"sammoe: {stage} report written to {files.markdown}")
         self._reset_eval()
 
     _original_grid = False

@@ -10,8 +10,8 @@ A *batch* is a dict (the datamodule's collated output); what is read from it:
   geometries to invert the ROI prediction with), ``orig_label`` (B binary arrays on the original grid) and
   ``orig_spacing`` (B spacings in mm, array-axis order). Without them Dice/NSD are computed on the ROI grid
   with ``roi_spacing`` (the preprocessing spacing, 1.5 mm).
-- optional ``first_click`` ((B, 1, 3) coordinates, (B, 1) labels): the click a ground-truth-free crop was
-  centred on, used as the first evaluation click instead of a random foreground voxel.
+- optional ``first_click`` ((B, 3) ROI voxel coordinates): the click a click-centred crop was centred on,
+  used as the first (positive) evaluation click instead of a random foreground voxel.
 
 Each target is evaluated on its own (the official protocol seeds every case with 233), with every model's
 clicks simulated from that model's own previous prediction.
@@ -61,6 +61,15 @@ class BatchEvaluation:
     rows: list[EvalRow] = field(default_factory=list)
     examples: list[EvalExample] = field(default_factory=list)
     first_probs: list[tuple[str, str, str, list[float]]] = field(default_factory=list)
+
+
+def first_clicks(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The batch's centring clicks as the first click of every target ((B, 1, 3), (B, 1)); None in bbox mode."""
+    first = batch.get("first_click")
+    if first is None:
+        return None
+    coords = torch.as_tensor(first, dtype=torch.float32, device=batch["label"].device).reshape(-1, 1, 3)
+    return coords, torch.ones(coords.shape[0], 1, dtype=torch.long, device=coords.device)
 
 
 def as_eval_batch(batch: Any, device: torch.device | str | None = None) -> dict[str, Any] | None:
@@ -171,8 +180,8 @@ def evaluate_batch(
         else [class_group(c) if class_group else GENERAL for c in classes]
     )
     out = BatchEvaluation()
+    first = first_clicks(batch)
     for b in range(bsz):
-        first = batch.get("first_click")
         first_b = None if first is None else (first[0][b : b + 1], first[1][b : b + 1])
         for model in models:
             rollout = evaluation_rollout(

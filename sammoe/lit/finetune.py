@@ -27,7 +27,7 @@ import torch
 from sammoe.eval.results import GENERAL, TASK
 from sammoe.lit.backbone import build_backbone, describe_checkpoint
 from sammoe.lit.base import InteractiveModule
-from sammoe.lit.evaluation import EvalModel
+from sammoe.lit.evaluation import EvalModel, first_clicks
 from sammoe.lit.interactive import decoder_step, training_rollout
 from sammoe.model.sam3d import backbone_fingerprint
 
@@ -178,6 +178,7 @@ class ExpertFinetune(InteractiveModule):
             num_iterations=self.hparams.num_iterations,
             accumulate_clicks=self.hparams.accumulate_clicks,
             low_res_size=self.backbone.low_res_size,
+            first_clicks=first_clicks(batch),
         )
         with torch.no_grad():
             pred, target = rollout.logits > 0, gt > 0.5
@@ -200,6 +201,15 @@ class ExpertFinetune(InteractiveModule):
 
     def primary_model(self) -> str:
         return self.name
+
+    def predictor_model(self) -> torch.nn.Module:
+        return self.backbone
+
+    def predictor_routes(self, class_name: str) -> list[tuple[str, str | None, torch.nn.Module | None]]:
+        models = [(self.name, None, None)]
+        if self.foundation_decoder is not None:
+            models.append(("foundation", None, self.foundation_decoder))
+        return models
 
     def class_group(self, class_name: str) -> str:
         return TASK if class_name in self._task_classes else GENERAL

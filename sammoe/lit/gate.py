@@ -21,11 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from sammoe.data.clicks import next_click_from_error
+from sammoe.data.datamodule import BACKGROUND
 from sammoe.errors import CheckpointError, ConfigError
 from sammoe.eval.results import GENERAL, TASK, EvalRow, class_means, nanmean
 from sammoe.lit.backbone import build_backbone, describe_checkpoint
 from sammoe.lit.base import InteractiveModule
-from sammoe.lit.evaluation import EvalModel
+from sammoe.lit.evaluation import EvalModel, first_clicks
 from sammoe.lit.interactive import StepOutput, moe_step
 from sammoe.model.gate import LOCAL_RADII, MaskSelector
 from sammoe.model.moe import FOUNDATION, SamMoE
@@ -107,6 +108,16 @@ def load_experts(
     return decoders, class_to_expert
 
 
+def background_claims(rows: Sequence[EvalRow], model: str) -> float | None:
+    """Share of `model`'s background clicks (first click) routed to an expert; None without any."""
+    first = [r for r in rows if r.model == model and r.class_name == BACKGROUND and r.routed_expert is not None]
+    if not first:
+        return None
+    n = min(r.n_clicks for r in first)
+    routed = [r.routed_expert != FOUNDATION for r in first if r.n_clicks == n]
+    return sum(routed) / len(routed)
+
+
 def selector_step(moe: SamMoE, selector: MaskSelector, image: torch.Tensor | None = None):
     """Step function of the MoE with a given selector (e.g. a candidate threshold) on this encoded crop."""
 
@@ -141,6 +152,8 @@ class GateTraining(InteractiveModule):
         tune_tau: tune tau on validation (threshold selector).
         tau_grid: candidate thresholds.
         max_general_drop: largest allowed drop of the general-class Dice (0-1) against the foundation.
+        max_background_claims: largest allowed share of validation background clicks (the data module's
+            `background_clicks`) that tau lets an expert claim.
         lr, weight_decay: AdamW for the gate.
         evaluate_experts: also evaluate each expert alone and oracle routing (the full comparison table).
         clicks_per_target: random first clicks drawn per target and training step.
@@ -165,6 +178,7 @@ class GateTraining(InteractiveModule):
         tune_tau: bool = True,
         tau_grid: list[float] = list(DEFAULT_TAU_GRID),  # noqa: B006 (jsonargparse needs a literal default)
         max_general_drop: float = 0.01,
+        max_background_claims: float = 0.02,
         lr: float = 1e-3,
         weight_decay: float = 0.01,
         evaluate_experts: bool = True,
@@ -223,24 +237,25 @@ class GateTraining(InteractiveModule):
         self.moe.experts.eval()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        """Cross-entropy of the gate toward each target's expert.
+        """Cross-entropy of the gate toward each target's expert (background clicks: the foundation).
 
-        The gate reads the target's first positive click (`sammoe.model.gate.gate_features`), which in the
-        official interaction is a uniformly random foreground voxel; so every step draws
-        `clicks_per_target` such clicks per target instead of running the 11 decoder iterations, whose
-        later clicks the gate never sees.
+        The gate reads the target's first positive click (`sammoe.model.gate.gate_features`), never the
+        later ones, so no decoder iteration runs. With click-centred crops (the default) that click is the
+        one the crop is centred on, as at inference: one sample per target and step. With ground-truth crops
+        (`crop: bbox`) every step draws `clicks_per_target` uniformly random foreground clicks per target.
         """
         image, gt = batch["image"], batch["label"].bool()
         target = self.oracle_index(batch["class_name"], image.device)
         with torch.no_grad():
             embeddings = self.moe.encode(image)
-        empty = torch.zeros_like(gt)
-        logits = []
-        for _ in range(self.hparams.clicks_per_target):
-            points, labels = next_click_from_error(empty, gt, self.generator())
-            logits.append(self.moe.gate_logits(embeddings, points, labels, image).float())
-        logits = torch.cat(logits)
-        targets = target.repeat(self.hparams.clicks_per_target)
+        centred = first_clicks(batch)
+        if centred is not None:
+            draws = [centred]
+        else:
+            empty = torch.zeros_like(gt)
+            draws = [next_click_from_error(empty, gt, self.generator()) for _ in range(self.hparams.clicks_per_target)]
+        logits = torch.cat([self.moe.gate_logits(embeddings, pts, lab, image).float() for pts, lab in draws])
+        targets = target.repeat(len(draws))
         loss = F.cross_entropy(logits, targets, weight=self._expert_weights(logits.device))
         acc = (logits.argmax(-1) == targets).float().mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=image.shape[0])
@@ -296,14 +311,23 @@ class GateTraining(InteractiveModule):
     def primary_model(self) -> str:
         return "moe"
 
+    def predictor_model(self) -> torch.nn.Module:
+        return self.moe
+
+    def predictor_routes(self, class_name: str) -> list[tuple[str, str | None, torch.nn.Module | None]]:
+        if not self.hparams.evaluate_experts:
+            return [(FOUNDATION, FOUNDATION, None), ("moe", None, None)]
+        singles = [(name, name, None) for name in self.expert_names]
+        return [*singles, ("oracle", self.oracle_expert(class_name), None), ("moe", None, None)]
+
     def primary_step(self, image: torch.Tensor):
         return moe_step(self.moe, image=image)
 
     def choose_tau(self, rows: list[EvalRow]) -> tuple[float, dict[str, dict[str, float]]]:
         """The threshold with the best class-average Dice among those within `max_general_drop` of the
-        foundation on the general classes (the middle one when several tie; else the one that loses least
-        there)."""
-        table = class_means(rows, "dice")
+        foundation on the general classes and routing at most `max_background_claims` of the background
+        clicks to an expert (the middle one when several tie; else the one that loses least there)."""
+        table = class_means([r for r in rows if r.class_name != BACKGROUND], "dice")
         base = table.get(FOUNDATION, {})
         general = [c for c in base if self.class_group(c) == GENERAL]
         search: dict[str, dict[str, float]] = {}
@@ -322,7 +346,15 @@ class GateTraining(InteractiveModule):
             ]
             drop = nanmean(drops) if drops else 0.0
             search[f"{tau:g}"] = {"average_dice": average, "general_drop": drop}
-        allowed = [t for t in grid if search[f"{t:g}"]["general_drop"] <= self.hparams.max_general_drop]
+            claims = background_claims(rows, f"moe@{tau:g}")
+            if claims is not None:
+                search[f"{tau:g}"]["background_claims"] = claims
+        allowed = [
+            t
+            for t in grid
+            if search[f"{t:g}"]["general_drop"] <= self.hparams.max_general_drop
+            and search[f"{t:g}"].get("background_claims", 0.0) <= self.hparams.max_background_claims
+        ]
 
         def avg(t: float) -> float:
             value = search[f"{t:g}"]["average_dice"]
@@ -351,6 +383,11 @@ class GateTraining(InteractiveModule):
             extra["tau_search"] = search
             self.log(f"{stage}/tau", float(tau), rank_zero_only=True)
         extra["tau"] = float(self.moe.selector.tau)
+        claims = background_claims(rows, "moe")
+        if claims is not None:  # background clicks test routing only; they have no target to score
+            extra["background_claims"] = claims
+            self.log(f"{stage}/background_claims", claims, rank_zero_only=True)
+            rows = [r for r in rows if r.class_name != BACKGROUND]
         return rows, extra
 
     # ------------------------------------------------------------------------------------- persistence

@@ -71,6 +71,7 @@ def training_rollout(
     accumulate_clicks: bool = False,
     click_threshold: float = 0.5,
     low_res_size: int | None = None,
+    first_clicks: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> TrainingRollout:
     """The official SAM-Med3D training interaction (train.py `interaction`).
 
@@ -79,6 +80,8 @@ def training_rollout(
     detached, as officially) and adds the loss. Iteration `randint(2, 8)` and the last one get no points.
     The official code binarises the previous prediction as `logits > 0.5` (`click_threshold`), not at 0.
     Officially only the newest click is fed; `accumulate_clicks=True` feeds all clicks so far.
+    `first_clicks` ((B, 1, 3), (B, 1)) replaces the first simulated click: the click a click-centred crop was
+    centred on, which is where a user's first click sits at inference.
     """
     bsz, size = gt.shape[0], gt.shape[-1]
     low_res_size = low_res_size or size // 4
@@ -94,9 +97,12 @@ def training_rollout(
         if it in point_free:
             points, point_labels = None, None
         else:
-            new_coords, new_labels = next_click_from_error(
-                prev.detach() > click_threshold, gt_bool, generator
-            )
+            if it == 0 and first_clicks is not None:
+                new_coords, new_labels = first_clicks
+            else:
+                new_coords, new_labels = next_click_from_error(
+                    prev.detach() > click_threshold, gt_bool, generator
+                )
             if accumulate_clicks and coords is not None:
                 coords, labels = torch.cat([coords, new_coords], 1), torch.cat([labels, new_labels], 1)
             else:

@@ -124,7 +124,8 @@ class GatingNetwork(nn.Module):
 class MaskSelector:
     """Turns gate probabilities into a routing decision.
 
-    threshold: the most confident specialist if its probability >= tau, else E0 (the foundation);
+    threshold: an expert only when it is the argmax over all K+1 (the foundation included) and its probability
+    is >= tau, else E0 (the foundation): an expert at 0.3 never beats a foundation at 0.6;
     top1: argmax; soft: probability-weighted logits of every expert; oracle: the route given by the caller.
     """
 
@@ -132,6 +133,8 @@ class MaskSelector:
     tau: float = 0.5
 
     def __post_init__(self) -> None:
+        if not 0.0 <= float(self.tau) <= 1.0:  # also refuses NaN
+            raise ValueError(f"selector tau must be a probability in [0, 1], got {self.tau!r}")
         if self.mode not in SELECTOR_MODES:
             raise ValueError(
                 f"selector mode {self.mode!r} unknown; choose one of {', '.join(SELECTOR_MODES)}"
@@ -141,5 +144,5 @@ class MaskSelector:
         """(B, K+1) probabilities -> (B,) expert index (0 = foundation)."""
         if self.mode == "top1" or probs.shape[1] == 1:
             return probs.argmax(1)
-        best_p, best_k = probs[:, 1:].max(1)
-        return torch.where(best_p >= self.tau, best_k + 1, torch.zeros_like(best_k))
+        best_p, best_k = probs.max(1)
+        return torch.where((best_k > 0) & (best_p >= self.tau), best_k, torch.zeros_like(best_k))

@@ -1,0 +1,88 @@
+"""The evaluation click protocol run through the Predictor: the ground-truth-free path `sammoe segment` runs.
+
+For one target on its original grid, with one torch generator seeded ``seed`` (official: 233 per target):
+the first click is a voxel of the target drawn uniformly (``interact.roi.seeded_first_click`` draws the same
+one), the Predictor crops around it and segments exactly as for a user (sliding window included); each later
+click is drawn uniformly from the error region of the Predictor's own previous mask within the target's crop
+(where a refinement click can go, as in the official protocol's crop) and fed through ``add_click``. Dice
+and NSD are scored on the original grid after each requested click count.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from sammoe.data.clicks import next_click_from_error
+from sammoe.eval.metrics import dice, dice_nsd
+
+
+@dataclass
+class TargetScores:
+    """One target through the Predictor: per click count Dice/NSD, and what routed it."""
+
+    dice: dict[int, float]
+    nsd: dict[int, float]
+    expert: str
+    gate: dict[str, float] | None
+    clicks: list[tuple[list[int], int]] = field(default_factory=list)  # (input voxel, 1/0) in order
+
+
+def _to_tensor(mask: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(mask, dtype=bool))[None]
+
+
+def evaluate_target(
+    predictor: Any,
+    target: np.ndarray,
+    spacing: Sequence[float],
+    *,
+    click_counts: Sequence[int] = (1, 3, 5, 10),
+    seed: int = 233,
+    tolerance_mm: float | None = 1.0,
+    name: str = "target",
+    first_click: Sequence[int] | None = None,
+) -> TargetScores | None:
+    """Run the protocol for one target (bool mask on the Predictor's current image); None when it is empty.
+
+    ``predictor`` is a ``sammoe.infer.Predictor`` with the image set; its ``route``/``decoder`` choose the
+    model (None: the model's own gate). ``tolerance_mm`` None skips NSD (NaN). ``first_click`` (input voxel
+    indices) replaces the drawn first click (the generator still makes that draw, so later clicks do not move).
+    """
+    from sammoe.infer import Target
+
+    wanted = sorted({int(k) for k in click_counts})
+    gt = _to_tensor(target)
+    generator = torch.Generator().manual_seed(int(seed))
+    coords, labels = next_click_from_error(torch.zeros_like(gt), gt, generator)
+    if int(labels[0, 0]) != 1:
+        return None
+    first = coords[0, 0].long().tolist() if first_click is None else [int(v) for v in first_click]
+    seg = predictor.predict(Target([first], [1], name))
+    result = seg.targets[0]
+    clicks = [(first, 1)]
+    footprint = _to_tensor(predictor.crop_footprint(0))
+    scores = TargetScores({}, {}, result.expert, result.gate, clicks)
+    mask = result.mask
+    for n in range(1, wanted[-1] + 1):
+        if n > 1:
+            pred = _to_tensor(mask) & footprint
+            coords, labels = next_click_from_error(pred, gt & footprint, generator)
+            if int(labels[0, 0]) < 0:  # nothing to click inside the crop: the mask stays
+                clicks.append(([-1, -1, -1], -1))
+            else:
+                point = coords[0, 0].long().tolist()
+                positive = int(labels[0, 0]) == 1
+                mask = predictor.add_click(0, point, positive=positive).mask
+                clicks.append((point, int(positive)))
+        if n in wanted:
+            if tolerance_mm is None:
+                scores.dice[n], scores.nsd[n] = dice(mask, target), math.nan
+            else:
+                scores.dice[n], scores.nsd[n] = dice_nsd(mask, target, spacing, tolerance_mm)
+    return scores

@@ -1,0 +1,134 @@
+"""The one ROI policy: training crops, evaluation crops and the Predictor's crop all centre on the first click
+through `sammoe.interact.roi`; the ground-truth crop only in `crop: bbox`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sammoe.data.clicks import ClickProtocol
+from sammoe.data.datamodule import BACKGROUND
+from sammoe.data.preprocess import Preprocessor, official_crop_start
+from sammoe.infer import Predictor, Target
+from sammoe.interact.roi import click_centred_start, draw_click, seeded_first_click
+from sammoe.lit.phantom_data import PhantomDataModule
+from sammoe.plugins.backbone import load_backbone
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    root = tmp_path_factory.mktemp("roi")
+    dm = PhantomDataModule(
+        root=str(root / "ds"), cache_dir=str(root / "cache"), n_cases=4, n_test=2, crop_size=64,
+        classes=["liver", "kidney_left", "spinal_cord"], background_clicks=2,
+    )  # fmt: skip
+    dm.setup("fit")
+    return dm
+
+
+def test_training_crop_is_centred_on_a_click_inside_the_target(phantoms):
+    ds = phantoms.train_dataset()
+    ds.flips = False
+    seen_starts = set()
+    for i in range(len(ds)):
+        item = ds[i]
+        click = item["first_click"].long()
+        if item["class_name"] == BACKGROUND:
+            assert not item["label"].any()  # a click on unlabelled voxels: nothing to segment
+            continue
+        assert item["label"][0][tuple(click)]  # the click lies on the target
+        # the crop is placed by the click alone: its centre is the click
+        assert click.tolist() == [32, 32, 32]
+        seen_starts.add(tuple(item["start"].tolist()))
+    assert len(seen_starts) > 1
+
+
+def test_training_crop_never_uses_the_bounding_box(phantoms):
+    """Two draws of the same target give two different crops (the click moves, the box does not), and none of
+    them is the official box crop but by chance."""
+    ds = phantoms.train_dataset()
+    ds.flips = False
+    liver = next(i for i, (_, ref) in enumerate(ds.targets) if ref.name == "liver")
+    starts = {tuple(ds[liver]["start"].tolist()) for _ in range(6)}
+    case, ref = ds.targets[liver]
+    lo, hi, _ = ds.cache.load(case).bboxes[ref.value]
+    official = tuple(official_crop_start(lo, hi, (64, 64, 64)).tolist())
+    assert len(starts) > 1
+    assert official not in starts
+
+
+def test_jitter_bounds_and_flipped_click(phantoms):
+    ds = phantoms.train_dataset()
+    ds.jitter = 4
+    for i in range(len(ds)):
+        item = ds[i]
+        if item["class_name"] == BACKGROUND:
+            continue
+        click = item["first_click"].long()
+        assert item["label"][0][tuple(click)]  # also after random flips
+        assert (click - 32).abs().max() <= 4 + 1
+
+
+def test_validation_clicks_are_fixed_and_bbox_mode_has_none(phantoms):
+    val = phantoms.val_dataset()
+    assert [val[i]["first_click"].tolist() for i in range(len(val))] == [
+        val[i]["first_click"].tolist() for i in range(len(val))
+    ]
+    val.crop = "bbox"
+    item = next(val[i] for i in range(len(val)) if val.targets[i][1].name != BACKGROUND)
+    assert "first_click" not in item
+
+
+def test_eval_crop_is_the_predictors_crop_for_the_protocols_first_click(phantoms):
+    phantoms.setup("test")
+    items = phantoms.eval_dataset()
+    item = next(items[i] for i in range(len(items)) if items[i]["class_name"] == "liver")
+    target = item["target"]
+    # the official protocol's first click (ClickProtocol, seed 233) on the original grid
+    coords, _ = ClickProtocol(torch.from_numpy(target)[None], seed=233).next()
+    assert item["first_click_input"].tolist() == coords[0, 0].long().tolist()
+    assert target[tuple(item["first_click_input"])]
+    pred = Predictor(load_backbone("tiny"), "cpu", target_spacing=1.5, use_sliding_window=False)
+    pred.set_image(item["volume"])
+    pred.predict(Target([item["first_click_input"].tolist()]))
+    roi = pred._states[0].entry.roi
+    assert roi.start.tolist() == item["click_roi"].start.tolist()
+    assert roi.start.tolist() == click_centred_start(pred.pre, pred._res, item["first_click_input"]).tolist()
+    assert item["click_roi"].label[0][tuple(np.asarray(item["first_click"], dtype=int))]
+    assert item["roi"] is not None  # the official crop rides along for the comparison table
+
+
+def test_background_test_targets_click_unlabelled_voxels_with_distinct_seeds(phantoms):
+    phantoms.setup("test")
+    items = phantoms.eval_dataset()
+    background = [items[i] for i in range(len(items)) if items[i]["class_name"] == BACKGROUND]
+    assert len(background) == 2 * 2  # two per test case
+    for item in background:
+        assert item["target"][tuple(item["first_click_input"])]  # an unlabelled voxel
+        assert item["roi"] is None
+    same_case = [b["first_click_input"].tolist() for b in background if b["case_id"] == background[0]["case_id"]]
+    assert len(same_case) == 2 and same_case[0] != same_case[1]
+
+
+def test_draw_click_and_seeded_first_click():
+    mask = np.zeros((5, 6, 7), bool)
+    assert draw_click(mask, np.random.default_rng(0)) is None
+    assert seeded_first_click(mask, 233) is None
+    mask[1, 2, 3] = mask[4, 5, 6] = True
+    for seed in range(5):
+        assert mask[tuple(draw_click(mask, np.random.default_rng(seed)))]
+    assert seeded_first_click(mask, 233).tolist() == seeded_first_click(mask, 233).tolist()
+
+
+def test_predictor_and_preprocessor_agree_on_click_centre():
+    pre = Preprocessor(1.5, 64)
+    from sammoe.data.io import Volume
+
+    array = np.random.default_rng(0).normal(size=(50, 40, 30)).astype(np.float32)
+    vol = Volume(array=array, affine=np.diag([2.0, 1.0, 3.0, 1.0]))
+    res = pre.resample(vol)
+    start = click_centred_start(pre, res, [20, 10, 5])
+    exact = res.input_to_ras(np.array([20.0, 10.0, 5.0]))  # on a half voxel along axis 0: rounds up
+    assert np.all(np.abs(start + 32 - exact) <= 0.5 + 1e-9)
+    assert (start + 32).tolist() == np.floor(exact + 0.5 + 1e-6).astype(int).tolist()
