@@ -107,7 +107,9 @@ def test_background_test_targets_click_unlabelled_voxels_with_distinct_seeds(pha
     for item in background:
         assert item["target"][tuple(item["first_click_input"])]  # an unlabelled voxel
         assert item["roi"] is None
-    same_case = [b["first_click_input"].tolist() for b in background if b["case_id"] == background[0]["case_id"]]
+    same_case = [
+        b["first_click_input"].tolist() for b in background if b["case_id"] == background[0]["case_id"]
+    ]
     assert len(same_case) == 2 and same_case[0] != same_case[1]
 
 

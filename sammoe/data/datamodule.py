@@ -486,7 +486,11 @@ class SegDataModule(L.LightningDataModule):
 
     def eval_dataset(self) -> CaseDataset:
         return CaseDataset(
-            self.test_targets, self.cache, self.preprocessor, self.index, first_click_seed=self.first_click_seed
+            self.test_targets,
+            self.cache,
+            self.preprocessor,
+            self.index,
+            first_click_seed=self.first_click_seed,
         )
 
     def train_dataloader(self) -> DataLoader:

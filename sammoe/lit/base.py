@@ -12,37 +12,15 @@ from typing import Any
 import lightning as L
 import torch
 
+from sammoe.data.datamodule import BACKGROUND
 from sammoe.eval.gather import all_gather_rows
+from sammoe.eval.protocols import BBOX_FOLDER, BBOX_PROTOCOL, CLICK_PROTOCOL, NOTES, ROI_CLICK_PROTOCOL
 from sammoe.eval.report import build_report, write_report
 from sammoe.eval.results import GENERAL, EvalRow, class_average, class_means
 from sammoe.lit.evaluation import EvalExample, EvalModel, as_eval_batch, evaluate_batch, first_clicks
 from sammoe.lit.interactive import StepFn, evaluation_rollout
 from sammoe.lit.wandb_log import log_evaluation
-from sammoe.data.datamodule import BACKGROUND
 from sammoe.model.moe import SamMoE
-
-NOTES = (
-    "Dice and {nsd} per class on the {grid} grid after {clicks} clicks, seed {seed} per target. {protocol} "
-    "Later clicks are drawn uniformly from the error region of the model's own previous prediction, all clicks "
-    "and the previous low-res logits fed each step, prediction = sigmoid(logits) > 0.5. Empty-ground-truth "
-    "rule: an empty ground truth with an empty prediction is left out (NaN), with a non-empty prediction it "
-    "scores 0."
-)
-CLICK_PROTOCOL = (
-    "Click-centred protocol through the Predictor (the path `sammoe segment` runs, no ground truth in the "
-    "crop): the first click is a random voxel of the target, the crop is centred on it, targets larger than "
-    "one crop grow over neighbouring windows, refinement clicks lie inside the target's crop."
-)
-ROI_CLICK_PROTOCOL = (
-    "Click-centred crops (validation on the crop grid): the first click is the random target voxel the crop "
-    "is centred on."
-)
-BBOX_PROTOCOL = (
-    "Official SAM-Med3D protocol, for comparison with published numbers only: the crop is centred on the "
-    "ground truth's bounding box, which tells the model where the target is, so these numbers are optimistic "
-    "for a user who only clicks; the first click is a random foreground voxel of that crop."
-)
-BBOX_FOLDER = "official_bbox"
 
 
 class InteractiveModule(L.LightningModule):

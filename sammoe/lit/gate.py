@@ -110,7 +110,9 @@ def load_experts(
 
 def background_claims(rows: Sequence[EvalRow], model: str) -> float | None:
     """Share of `model`'s background clicks (first click) routed to an expert; None without any."""
-    first = [r for r in rows if r.model == model and r.class_name == BACKGROUND and r.routed_expert is not None]
+    first = [
+        r for r in rows if r.model == model and r.class_name == BACKGROUND and r.routed_expert is not None
+    ]
     if not first:
         return None
     n = min(r.n_clicks for r in first)
@@ -253,7 +255,10 @@ class GateTraining(InteractiveModule):
             draws = [centred]
         else:
             empty = torch.zeros_like(gt)
-            draws = [next_click_from_error(empty, gt, self.generator()) for _ in range(self.hparams.clicks_per_target)]
+            draws = [
+                next_click_from_error(empty, gt, self.generator())
+                for _ in range(self.hparams.clicks_per_target)
+            ]
         logits = torch.cat([self.moe.gate_logits(embeddings, pts, lab, image).float() for pts, lab in draws])
         targets = target.repeat(len(draws))
         loss = F.cross_entropy(logits, targets, weight=self._expert_weights(logits.device))
