@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import warnings
@@ -152,50 +151,42 @@ def _targets(args: argparse.Namespace) -> list[Any]:
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
+    """Every output against every input and each other, before anything is read or computed."""
     from sammoe.data.io import is_nifti
+    from sammoe.files import check_outputs
 
-    image = Path(args.image).resolve()
     outs = {
         "--out": args.out,
         "--probabilities": args.probabilities,
         "--report": args.report,
         "--png": args.png,
     }
-    given = {k: Path(v) for k, v in outs.items() if v}
     for flag in ("--out", "--probabilities"):
-        if flag in given and not is_nifti(given[flag]):
-            raise ConfigError(f"{flag} {given[flag]}: must end with .nii or .nii.gz")
-    if "--png" in given and given["--png"].suffix.lower() != ".png":
-        raise ConfigError(f"--png {given['--png']}: must end with .png")
-    if len({p.resolve() for p in given.values()}) != len(given):
-        raise ConfigError("output paths must differ from each other")
-    for flag, path in given.items():
-        if path.resolve() == image or (args.checkpoint and path.resolve() == Path(args.checkpoint).resolve()):
-            raise ConfigError(
-                f"{flag} {path}: refusing to overwrite an input file; choose another output path"
-            )
-        if path.exists() and not args.overwrite:
-            raise ConfigError(f"{flag} {path}: already exists; choose another path or pass --overwrite")
-        if path.is_dir():
-            raise ConfigError(f"{flag} {path}: is a folder; give a file name")
+        if outs[flag] and not is_nifti(Path(outs[flag])):
+            raise ConfigError(f"{flag} {outs[flag]}: must end with .nii or .nii.gz")
+    if args.png and Path(args.png).suffix.lower() != ".png":
+        raise ConfigError(f"--png {args.png}: must end with .png")
+    inputs = {
+        "--image": args.image,
+        "--clicks": args.clicks,
+        "--checkpoint": args.checkpoint,
+        "--gate": args.gate,
+    }
+    check_outputs(outs, inputs, overwrite=args.overwrite)
 
 
 def _write_probabilities(path: Path, probs: Any, reference: Any) -> None:
     import nibabel as nib
     import numpy as np
 
+    from sammoe.files import write_file
+
     header = reference.header.copy() if isinstance(reference.header, nib.Nifti1Header) else None
     image = nib.Nifti1Image(np.asarray(probs, dtype=np.float32), reference.affine, header=header)
     image.set_data_dtype(np.float32)
     image.header.set_slope_inter(1.0, 0.0)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp{suffix}"
-    try:
-        nib.save(image, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_file(path, lambda tmp: nib.save(image, str(tmp)), suffix=suffix)
 
 
 def _write_png(path: Path, seg: Any) -> None:
@@ -204,8 +195,8 @@ def _write_png(path: Path, seg: Any) -> None:
     import numpy as np
     from matplotlib.figure import Figure
 
-    from sammoe.eval._atomic import atomic_write
     from sammoe.eval.overlay import overlay_slices, target_centre
+    from sammoe.files import write_file
 
     image = np.asarray(seg.volume.array, dtype=np.float32)
     panels = []
@@ -225,7 +216,7 @@ def _write_png(path: Path, seg: Any) -> None:
     fig.figimage(rgb, 0, 0)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    atomic_write(path, buf.getvalue())
+    write_file(path, buf.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -276,9 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         k: v for k, v in (("labels", args.out), ("probabilities", args.probabilities), ("png", args.png)) if v
     }
     if args.report:
-        from sammoe.eval._atomic import atomic_write
+        from sammoe.files import write_text
 
-        atomic_write(args.report, (json.dumps(report, indent=2) + "\n").encode())
+        write_text(args.report, json.dumps(report, indent=2, allow_nan=False) + "\n")
     if not args.quiet:
         for t in seg.targets:
             gate = "" if not t.gate or t.expert not in t.gate else f" (gate {t.gate[t.expert]:.2f})"

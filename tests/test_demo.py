@@ -44,7 +44,12 @@ def test_report_has_the_promised_shape(demo_run):
             assert set(by_clicks) == {"1", "5"}, (model, cls)
             for dice in by_clicks.values():
                 assert dice is None or 0.0 <= dice <= 1.0
-    assert 0.0 <= report["routing_accuracy"] <= 1.0
+    assert "through the Predictor" in report["protocol"]
+    # the official box-crop protocol follows, over the same models and classes
+    assert set(report["official_bbox"]["models"]) == set(report["models"])
+    assert set(report["official_bbox"]["classes"]) == classes
+    # background clicks were routed on every test case (2 per case, 2 fast test cases): a share of 4 clicks
+    assert report["background_claims"] in (0.0, 0.25, 0.5, 0.75, 1.0)
     assert "synthetic demonstration" in report["notes"]
     assert report["colin27"]["models"]["foundation"]
     assert (out / "report.md").read_text().count("|") > 20
@@ -59,6 +64,10 @@ def test_every_number_comes_from_the_run(demo_run):
     recomputed = build_report(rows)
     assert recomputed["models"] == report["models"]
     assert recomputed["routing_accuracy"] == report["routing_accuracy"]
+    first = [r for r in rows if r.model == "moe" and r.n_clicks == 1]
+    assert first and all(r.routed_expert is not None for r in first)
+    by_rows = sum(r.routed_expert == r.oracle_expert for r in first) / len(first)
+    assert report["routing_accuracy"] == pytest.approx(by_rows)
     by_hand = [
         r.dice for r in rows if r.model == "foundation" and r.class_name == "liver" and r.n_clicks == 1
     ]

@@ -188,7 +188,7 @@ def test_bad_files_one_line(tmp_path, capsys, ckpt, image):
         assert err.count("\n") == 1, err
     for flag, value, message in [
         ("--out", tmp_path / "seg.png", "must end with .nii"),
-        ("--out", image, "refusing to overwrite an input"),
+        ("--out", image, "would replace the input --image"),
         ("--png", tmp_path / "x.jpg", "must end with .png"),
     ]:
         argv = ["--image", image, "--checkpoint", ckpt, "--out", out, "--point", 20, 15, 12, flag, value]
@@ -262,3 +262,29 @@ def test_colin27_geometry_with_known_model(shared_dir):
     # the click is snapped to the nearest voxel of the model's 1.5 mm grid (up to 0.75 mm per axis)
     assert np.linalg.norm(vol.affine[:3, :3] @ centre + vol.affine[:3, 3] - [-24.9, 3.9, 2.4]) < 1.5
     assert np.bincount(aal[mask]).argmax() == 73  # mostly left putamen (the rest: pallidum next to it)
+
+
+def test_route_forces_one_decoder_and_names_it_in_the_report(tmp_path, capsys, image):
+    """`--route` runs the shipped model with one decoder for every target (no gate needed for it), through the
+    same code as the MoE; an unknown name is one line that lists the loaded ones."""
+    from sammoe.infer import load_model
+    from sammoe.model.moe import SamMoE
+
+    model, _ = load_model()
+    if not isinstance(model, SamMoE):
+        pytest.skip("the shipped model has no compatible installed experts")
+    expert = model.expert_names[1]
+    for route in ("foundation", expert):
+        report = tmp_path / f"{route}.json"
+        rc, _, err = run(
+            capsys, "--image", image, "--out", tmp_path / f"{route}.nii.gz", "--report", report,
+            *("--point", 20, 15, 12, "--route", route, "--quiet"),
+        )  # fmt: skip
+        assert rc == 0, err
+        data = json.loads(report.read_text())
+        assert data["route"] == route and data["targets"][0]["expert"] == route
+    rc, _, err = run(
+        capsys, "--image", image, "--out", tmp_path / "x.nii.gz", "--point", 20, 15, 12, "--route", "nope"
+    )
+    assert rc == 2 and "route 'nope' is not a loaded model" in err and "foundation" in err
+    assert len(err.strip().splitlines()) == 1

@@ -44,6 +44,7 @@ from sammoe.data.datasets import Case, CaseIndex, ClassRef, build_index
 from sammoe.data.io import check_label_values, read_image, read_label
 from sammoe.data.preprocess import Preprocessor, Resampled
 from sammoe.errors import ConfigError, DataError
+from sammoe.files import write_text
 from sammoe.interact.roi import check_crop_mode, click_centred_roi, seeded_first_click, training_roi
 
 CACHE_VERSION = 1
@@ -61,12 +62,6 @@ def _sha256_file(path: Path) -> str:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -99,7 +94,7 @@ class PreprocessCache:
             pass
         digest = _sha256_file(path)
         memo.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(memo, json.dumps({**stamp, "sha256": digest}))
+        write_text(memo, json.dumps({**stamp, "sha256": digest}))
         return digest
 
     def key(self, case: Case) -> tuple[str, dict]:

@@ -17,7 +17,6 @@ Every problem a user can cause raises ``sammoe.errors.DataError`` with one line 
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from sammoe.errors import DataError
+from sammoe.files import check_outputs, write_file
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # LPS (ITK/DICOM physical space) <-> RAS (NIfTI/nibabel): negate x and y.
@@ -253,14 +253,10 @@ def write_label(
     path = Path(path)
     if not is_nifti(path):
         raise DataError(f"{path}: output must end with .nii or .nii.gz")
-    resolved = path.resolve()
-    inputs = [Path(p).resolve() for p in protect]
+    inputs = {f"input {i + 1}": p for i, p in enumerate(protect)}
     if reference.path is not None:
-        inputs.append(Path(reference.path).resolve())
-    if resolved in inputs:
-        raise DataError(f"{path}: refusing to overwrite an input file; choose another output path")
-    if path.exists() and not overwrite:
-        raise DataError(f"{path}: already exists; choose another path or pass overwrite=True")
+        inputs["the reference image"] = reference.path
+    check_outputs({"label map": path}, inputs, overwrite=overwrite)
     if hasattr(array, "detach"):
         array = array.detach().cpu().numpy()
     array = np.asarray(array)
@@ -279,13 +275,5 @@ def write_label(
         header.set_slope_inter(1.0, 0.0)
     image = nib.Nifti1Image(data, reference.affine, header=header)
     image.set_data_dtype(data.dtype)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if str(path).lower().endswith(".gz") else ".nii"
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{suffix}"
-    try:
-        nib.save(image, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_file(path, lambda tmp: nib.save(image, str(tmp)), suffix=suffix)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from sammoe.errors import DataError
-from sammoe.eval._atomic import atomic_write
+from sammoe.files import write_file
 
 __all__ = ["target_centre", "overlay_slices"]
 
@@ -118,5 +118,5 @@ def overlay_slices(
     if out_png is not None:
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
-        atomic_write(out_png, buf.getvalue())
+        write_file(out_png, buf.getvalue())
     return rgb

@@ -31,6 +31,7 @@ class TargetScores:
     expert: str
     gate: dict[str, float] | None
     clicks: list[tuple[list[int], int]] = field(default_factory=list)  # (input voxel, 1/0) in order
+    mask: np.ndarray | None = None  # the mask after the last click, input grid
 
 
 def _to_tensor(mask: np.ndarray) -> torch.Tensor:
@@ -85,4 +86,5 @@ def evaluate_target(
                 scores.dice[n], scores.nsd[n] = dice(mask, target), math.nan
             else:
                 scores.dice[n], scores.nsd[n] = dice_nsd(mask, target, spacing, tolerance_mm)
+    scores.mask = mask
     return scores

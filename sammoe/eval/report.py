@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sammoe.eval._atomic import atomic_write
 from sammoe.eval.results import (
     EvalRow,
     case_mean,
@@ -46,6 +45,7 @@ from sammoe.eval.results import (
     routing_accuracy,
     routing_confusion,
 )
+from sammoe.files import write_file
 
 __all__ = [
     "ReportFiles",
@@ -90,7 +90,7 @@ def write_rows_csv(rows: Iterable[EvalRow], path: str | os.PathLike[str]) -> Pat
     for row in rows:
         data = row.to_dict()
         writer.writerow([_csv_cell(data[c]) for c in cols])
-    atomic_write(path, buf.getvalue().encode())
+    write_file(path, buf.getvalue().encode())
     return path
 
 
@@ -349,7 +349,7 @@ def plot_dice(report: Mapping[str, Any], path: str | os.PathLike[str], n_clicks:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
     path = Path(path)
-    atomic_write(path, buf.getvalue())
+    write_file(path, buf.getvalue())
     return path
 
 
@@ -389,7 +389,7 @@ def write_report(
         chart=run_dir / "dice.png",
     )
     write_rows_csv(merged, files.csv)
-    atomic_write(files.json, (json.dumps(report, indent=2, allow_nan=False) + "\n").encode())
+    write_file(files.json, (json.dumps(report, indent=2, allow_nan=False) + "\n").encode())
     plot_dice(report, files.chart, chart_clicks)
-    atomic_write(files.markdown, render_markdown(report, title=title, chart=files.chart.name).encode())
+    write_file(files.markdown, render_markdown(report, title=title, chart=files.chart.name).encode())
     return files

@@ -122,9 +122,9 @@ class InteractiveModule(L.LightningModule):
         self._examples.extend(result.examples)
         return result.rows
 
-    def _predictor_rows(self, items: list[dict[str, Any]]) -> list[EvalRow]:
-        """The click-centred protocol through the Predictor on whole test volumes (original grid)."""
-        from sammoe.eval.predictor_protocol import evaluate_target
+    def _predictor_for_eval(self) -> Any:
+        """One Predictor over this module's model per evaluation epoch (its ROI embeddings are reused across
+        the models compared on a case)."""
         from sammoe.infer import Predictor
 
         if self._predictor is None:
@@ -132,7 +132,13 @@ class InteractiveModule(L.LightningModule):
                 self.predictor_model(), self.device, target_spacing=self.roi_spacing, autocast=False
             )
             self._predictor_image = None
-        predictor = self._predictor
+        return self._predictor
+
+    def _predictor_rows(self, items: list[dict[str, Any]]) -> list[EvalRow]:
+        """The click-centred protocol through the Predictor on whole test volumes (original grid)."""
+        from sammoe.eval.predictor_protocol import evaluate_target
+
+        predictor = self._predictor_for_eval()
         rows = []
         for item in items:
             if item.get("target") is None or not item["target"].any():
@@ -242,14 +248,12 @@ class InteractiveModule(L.LightningModule):
         self._eval_step(batch, batch_idx)
 
     def predict_step(self, batch: Any, batch_idx: int) -> list[dict[str, Any]]:
-        """Masks after the largest click count (clicks simulated from the ground truth, official protocol),
-        on the original grid when the batch carries the geometry (test items), else on the ROI grid."""
-        from sammoe.data.preprocess import Preprocessor
-
-        batch = as_eval_batch(batch, self.device)
-        if batch is None:
-            return []
+        """Masks after the largest click count, clicks simulated from the ground truth: whole test volumes
+        through the Predictor (click-centred, original grid), train/val crops on the ROI grid."""
+        if not isinstance(batch, dict):
+            return self._predict_volumes(batch)
         embeddings = self.encode(batch["image"])
+        first = first_clicks(batch)
         out = []
         for b in range(embeddings.shape[0]):
             rollout = evaluation_rollout(
@@ -259,19 +263,31 @@ class InteractiveModule(L.LightningModule):
                 click_counts=self.click_counts,
                 seed=self.eval_seed,
                 low_res_size=self.backbone.low_res_size,
+                first_clicks=None if first is None else (first[0][b : b + 1], first[1][b : b + 1]),
             )
             mask = rollout.masks[max(self.click_counts)][0, 0].cpu()
-            rois = batch.get("roi")
-            if rois is not None:
-                mask = Preprocessor.invert(rois[b], mask.numpy().astype("uint8"))
-            out.append(
-                {
-                    "case_id": batch["case_id"][b],
-                    "class_name": batch["class_name"][b],
-                    "n_clicks": max(self.click_counts),
-                    "mask": mask,
-                }
-            )
+            out.append({"case_id": batch["case_id"][b], "class_name": batch["class_name"][b],
+                        "n_clicks": max(self.click_counts), "mask": mask})  # fmt: skip
+        return out
+
+    def _predict_volumes(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from sammoe.eval.predictor_protocol import evaluate_target
+
+        predictor = self._predictor_for_eval()
+        predictor.route, predictor.decoder = None, None
+        out = []
+        for item in items:
+            if item.get("target") is None or not item["target"].any() or item["class_name"] == BACKGROUND:
+                continue
+            if self._predictor_image != item["image_path"]:
+                predictor.set_image(item["volume"])
+                self._predictor_image = item["image_path"]
+            scores = evaluate_target(
+                predictor, item["target"], item["volume"].spacing, click_counts=self.click_counts,
+                seed=self.eval_seed, tolerance_mm=None, name=str(item["class_name"]),
+            )  # fmt: skip
+            out.append({"case_id": item["case_id"], "class_name": item["class_name"],
+                        "n_clicks": max(self.click_counts), "mask": scores.mask})  # fmt: skip
         return out
 
     def on_validation_epoch_start(self) -> None:
