@@ -29,7 +29,6 @@ ROI are decoded as one batch. A target whose mask reaches a face of its crop gro
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import sys
 import warnings
@@ -238,8 +237,7 @@ def load_model(
     ``gate`` or, for the shipped model, ``GATE_TINY``; a forced ``route`` (an expert's name) needs no gate.
     """
     from sammoe import assets
-    from sammoe.model.sam3d import backbone_fingerprint
-    from sammoe.plugins.discovery import load_expert_weights, select_experts
+    from sammoe.plugins.loader import load_expert_decoders
 
     shipped = checkpoint is None
     if shipped:
@@ -265,23 +263,9 @@ def load_model(
     names = None if experts is None else list(experts)
     if names == []:
         return backbone, info
-    fingerprint = backbone_fingerprint(backbone)
-    records = select_experts(names, backbone_fingerprint=fingerprint)
-    if not records:
+    decoders = load_expert_decoders(backbone, names)
+    if not decoders:
         return backbone, info
-    decoders = {}
-    for record in records:
-        decoder = copy.deepcopy(backbone.mask_decoder)
-        state = load_expert_weights(record)
-        try:
-            decoder.load_state_dict(state)
-        except RuntimeError as err:
-            first = str(err).strip().splitlines()[0]
-            raise CheckpointError(
-                f"expert {record.name!r}: decoder weights do not fit the {preset} backbone ({first}); "
-                "install the expert built for this backbone"
-            ) from None
-        decoders[record.name] = decoder
     gate_path = Path(gate) if gate is not None else (assets.GATE_TINY if shipped else None)
     moe = SamMoE(backbone, decoders)
     problem = None

@@ -17,7 +17,7 @@ import torch
 from sammoe.errors import PluginError
 from sammoe.eval.results import EvalRow
 from sammoe.lit.gate import GateTraining
-from sammoe.plugins import discovery
+from sammoe.plugins import loader
 
 EXPERTS = {"spinal_cord": ["spinal_cord"], "nodules": ["nodules"]}
 
@@ -47,8 +47,8 @@ def fake_experts(monkeypatch):
             k: v + 0.05 * v.std().nan_to_num() * torch.randn(v.shape, generator=gen) for k, v in base.items()
         }
 
-    monkeypatch.setattr(discovery, "select_experts", select)
-    monkeypatch.setattr(discovery, "load_expert_weights", weights)
+    monkeypatch.setattr(loader, "select_experts", select)
+    monkeypatch.setattr(loader, "load_expert_weights", weights)
 
 
 def _batch(classes: list[str], size: int = 64) -> dict:

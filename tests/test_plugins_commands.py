@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -180,7 +181,7 @@ def test_verify_non_finite_forward(site, tiny, decoder):
     decoder = {k: torch.full_like(v, float("nan")) for k, v in decoder.items()}
     _expert(site, "liver", decoder, tiny[1])
     record = _verify("liver")
-    assert record.status == "broken" and "non-finite" in record.reason
+    assert record.status == "broken" and "holds NaN or infinite values" in record.reason
 
 
 def test_verify_unknown_preset_and_passthrough(site, tiny, decoder, capsys):
@@ -373,6 +374,25 @@ def test_load_expert_decoders_for_a_backbone(site, tiny, decoder, monkeypatch):
         load_expert_decoders(model, ["liver", "spleen"])
     with pytest.raises(PluginError, match="^expert 'kidney' .*missing 1 key"):
         load_expert_decoders(model, ["kidney"])
+
+
+def test_segment_skips_an_expert_whose_weights_do_not_load(site, tiny, decoder, monkeypatch, tmp_path):
+    """`sammoe segment`'s loader goes through the same assembly: a plugin with unloadable weights is skipped
+    with its reason, and the MoE of the others (with a gate over exactly them) still loads."""
+    from sammoe.infer import load_model
+    from sammoe.model.moe import SamMoE
+
+    model, fp = tiny
+    _expert(site, "liver", {k: v + 1 for k, v in decoder.items()}, fp)
+    _expert(site, "kidney", {k: v.to(torch.int32) for k, v in decoder.items()}, fp)  # integer weights
+    monkeypatch.setenv("SAMMOE_EXPERTS", "liver,kidney")
+    ckpt = model.save_safetensors(tmp_path / "tiny.safetensors")
+    gate = SamMoE(model, {"liver": copy.deepcopy(model.mask_decoder)}).save_gate(
+        tmp_path / "gate.safetensors"
+    )
+    with pytest.warns(PluginWarning, match="expert 'kidney' .*dtype torch.int32"):
+        moe, info = load_model(ckpt, gate=gate)
+    assert isinstance(moe, SamMoE) and info["model"]["experts"] == ["liver"]
 
 
 @pytest.mark.filterwarnings("ignore:.*LeafSpec")

@@ -63,6 +63,12 @@ BROKEN = {
         "raised RuntimeError: boom",
     ),
     "manifest exits": (dict(module_source="import sys\n\ndef manifest():\n    sys.exit(3)\n"), "SystemExit"),
+    "exit at import": (dict(module_source="import sys\nsys.exit(0)\n"), "SystemExit"),
+    "interrupt at import": (dict(module_source="raise KeyboardInterrupt\n"), "KeyboardInterrupt"),
+    "manifest interrupts": (
+        dict(module_source="def manifest():\n    raise KeyboardInterrupt('plugin')\n"),
+        "raised KeyboardInterrupt",
+    ),
     "wrong type": (dict(module_source="def manifest():\n    return 'liver'\n"), "is of type str, expected"),
     "bad manifest": (dict(task={"classes": {}}), "the manifest is invalid: task.classes"),
     "name mismatch": (dict(name="kidney"), "returns a manifest named 'kidney'"),

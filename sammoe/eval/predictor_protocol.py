@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from sammoe.data.clicks import next_click_from_error
+from sammoe.errors import DataError
 from sammoe.eval.metrics import dice, dice_nsd
 
 
@@ -74,13 +75,17 @@ def evaluate_target(
         if n > 1:
             pred = _to_tensor(mask) & footprint
             coords, labels = next_click_from_error(pred, gt & footprint, generator)
-            if int(labels[0, 0]) < 0:  # nothing to click inside the crop: the mask stays
-                clicks.append(([-1, -1, -1], -1))
-            else:
-                point = coords[0, 0].long().tolist()
-                positive = int(labels[0, 0]) == 1
+            point = coords[0, 0].long().tolist()
+            positive = int(labels[0, 0]) == 1
+            try:
+                if int(labels[0, 0]) < 0:
+                    raise DataError("nothing to click inside the crop")
                 mask = predictor.add_click(0, point, positive=positive).mask
                 clicks.append((point, int(positive)))
+            except (
+                DataError
+            ):  # nothing left to click in the crop (or a voxel on its rounding edge): keep the mask
+                clicks.append(([-1, -1, -1], -1))
         if n in wanted:
             if tolerance_mm is None:
                 scores.dice[n], scores.nsd[n] = dice(mask, target), math.nan

@@ -73,16 +73,11 @@ def load_experts(
     and `names` is not: `names` = exactly those plugins, None = every usable installed plugin. Plugins are
     checked against the backbone's fingerprint.
     """
-    from sammoe.plugins import load_expert_weights, select_experts
+    from sammoe.plugins.loader import load_experts as load_plugins
 
     found: list[tuple[str, Any, list[str]]] = []
     if names is not None or not files:
-        records = select_experts(
-            None if names is None else list(names), backbone_fingerprint=backbone_fingerprint(backbone)
-        )
-        for record in records:
-            decoder = copy.deepcopy(backbone.mask_decoder)
-            decoder.load_state_dict(load_expert_weights(record))
+        for record, decoder in load_plugins(backbone, None if names is None else list(names)):
             found.append((record.name, decoder, list(record.manifest.task.classes)))
     for name, path in (files or {}).items():
         if any(name == other for other, _, _ in found):

@@ -78,6 +78,11 @@ def selection_from_env(environ: dict[str, str] | None = None) -> list[str] | Non
 _ALL = object()
 
 
+# What plugin code may raise at import or in its manifest function. SystemExit and KeyboardInterrupt too: a
+# plugin calling sys.exit(0) at import must not end `sammoe segment` silently with status 0.
+PLUGIN_FAULTS = (Exception, SystemExit, KeyboardInterrupt)
+
+
 def discover(
     select: Iterable[str] | None | object = _ALL,
     *,
@@ -108,7 +113,7 @@ def discover(
             continue
         try:
             records.append(_inspect(eps[0], sammoe_version, backbone_fingerprint))
-        except Exception as err:  # a last guard: one plugin never stops discovery of the others
+        except PLUGIN_FAULTS as err:  # a last guard: one plugin never stops discovery of the others
             dist, version = _dist_of(eps[0])
             record = ExpertRecord(name=name, status="broken", distribution=dist, dist_version=version)
             problem = f"inspecting it failed ({type(err).__name__}: {err})"
@@ -153,7 +158,7 @@ def _inspect(ep: metadata.EntryPoint, sammoe_version: str, backbone_fingerprint:
     upgrade = f"install a plugin version built for sammoe {sammoe_version}, or a sammoe that it supports"
     try:
         factory = ep.load()
-    except Exception as err:
+    except PLUGIN_FAULTS as err:
         return record.with_status(
             "broken", f"cannot import entry point {ep.value!r} ({type(err).__name__}: {err})", reinstall
         )
@@ -169,7 +174,7 @@ def _inspect(ep: metadata.EntryPoint, sammoe_version: str, backbone_fingerprint:
         return record.with_status("incompatible", str(err), upgrade)
     except PluginError as err:
         return record.with_status("broken", str(err), "fix the plugin's manifest or reinstall it")
-    except (Exception, SystemExit) as err:
+    except PLUGIN_FAULTS as err:
         return record.with_status(
             "broken", f"{ep.value}() raised {type(err).__name__}: {err}", "fix the plugin's manifest function"
         )

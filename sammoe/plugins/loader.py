@@ -31,6 +31,9 @@ def decoder_mismatch(decoder: nn.Module, state: dict[str, torch.Tensor]) -> str 
         if not state[key].is_floating_point():
             parts.append(f"{key} has dtype {state[key].dtype}, expected a floating-point tensor")
             break
+        if not bool(torch.isfinite(state[key]).all()):
+            parts.append(f"{key} holds NaN or infinite values")
+            break
     return "; ".join(parts) or None
 
 
@@ -52,21 +55,29 @@ def expert_decoder(backbone: SamMed3D, record: ExpertRecord) -> nn.Module:
     return decoder.requires_grad_(False).eval()
 
 
-def load_expert_decoders(backbone: SamMed3D, names: Iterable[str] | None = None) -> dict[str, nn.Module]:
-    """name -> decoder for the experts to merge with this backbone (e.g. `SamMoE(backbone, experts=...)`).
+def load_experts(
+    backbone: SamMed3D, names: Iterable[str] | None = None
+) -> list[tuple[ExpertRecord, nn.Module]]:
+    """(record, decoder) of every expert to merge with this backbone, in name order: the one place experts
+    are assembled (inference, gate training and `sammoe experts verify` all come here).
 
-    With `names` (a config's expert list) every one must be installed, ok and trained on this backbone,
-    else PluginError. Without, every installed (or SAMMOE_EXPERTS-selected) expert that fits is used and the
-    others are skipped with a PluginWarning each.
+    With `names` (a config's or the user's list) every one must be installed, ok, trained on this backbone
+    and loadable, else PluginError. Without, every installed (or SAMMOE_EXPERTS-selected) expert that fits is
+    used and each other one is skipped with a PluginWarning that says why.
     """
     strict = names is not None
     records = select_experts(names, backbone_fingerprint=backbone_fingerprint(backbone))
-    decoders = {}
+    loaded = []
     for record in records:
         try:
-            decoders[record.name] = expert_decoder(backbone, record)
+            loaded.append((record, expert_decoder(backbone, record)))
         except PluginError as err:
             if strict:
                 raise
             warnings.warn(f"skipping broken plugin: {err}", PluginWarning, stacklevel=2)
-    return decoders
+    return loaded
+
+
+def load_expert_decoders(backbone: SamMed3D, names: Iterable[str] | None = None) -> dict[str, nn.Module]:
+    """name -> decoder of `load_experts` (e.g. `SamMoE(backbone, experts=...)`)."""
+    return {record.name: decoder for record, decoder in load_experts(backbone, names)}
