@@ -70,9 +70,9 @@ def test_truncated_and_garbage_files(case, tmp_path):
 
 
 def test_dimensions(tmp_path):
-    single = save(tmp_path / "four1.nii.gz", np.ones((4, 5, 6, 1), np.float32))
+    single = save(tmp_path / "four1.nii.gz", np.arange(120, dtype=np.float32).reshape(4, 5, 6, 1))
     assert read_image(single).array.shape == (4, 5, 6)
-    multi = save(tmp_path / "four3.nii.gz", np.ones((4, 5, 6, 3), np.float32))
+    multi = save(tmp_path / "four3.nii.gz", np.arange(360, dtype=np.float32).reshape(4, 5, 6, 3))
     with pytest.raises(DataError, match="3 volumes.*channel") as exc:
         read_image(multi)
     assert "four3.nii.gz" in one_line(exc)
@@ -210,3 +210,74 @@ def test_dicom_series_round_trip(tmp_path):
 def test_volume_from_arrays():
     vol = Volume(np.zeros((2, 3, 4)), np.eye(4))
     assert vol.shape == (2, 3, 4)
+
+
+def _dicom_series(folder, depth=6, skip=(), duplicate=None):
+    sitk = pytest.importorskip("SimpleITK")
+    arr = (np.arange(8 * 7 * depth).reshape(depth, 7, 8) % 200).astype(np.int16)
+    image = sitk.GetImageFromArray(arr)
+    image.SetSpacing((0.7, 0.8, 2.5))
+    folder.mkdir()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in [k for k in range(depth) if k not in skip] + ([duplicate] if duplicate is not None else []):
+        sl = image[:, :, k]
+        sl.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.7")
+        sl.SetMetaData("0020|0032", "\\".join(str(v) for v in image.TransformIndexToPhysicalPoint((0, 0, k))))
+        sl.SetMetaData("0020|0013", str(k))
+        writer.SetFileName(str(folder / f"{k:03d}_{len(list(folder.iterdir()))}.dcm"))
+        writer.Execute(sl)
+    return folder
+
+
+def test_dicom_series_with_a_missing_or_duplicated_slice_is_refused(tmp_path):
+    assert read_image(_dicom_series(tmp_path / "whole")).shape == (8, 7, 6)
+    with pytest.raises(DataError, match=r"not evenly spaced: a gap of 5\.00 mm .* 2\.50 mm") as exc:
+        read_image(_dicom_series(tmp_path / "gap", skip=(3,)))
+    assert "gap" in one_line(exc)
+    with pytest.raises(DataError, match="share the position 5.00 mm"):
+        read_image(_dicom_series(tmp_path / "dup", duplicate=2))
+
+
+def test_header_claiming_too_many_voxels_is_refused_before_reading(tmp_path, monkeypatch):
+    """A 2 KB .nii.gz whose header claims 800^3 voxels: refused from the header, no data read."""
+    path = tmp_path / "bomb.nii"
+    header = nib.Nifti1Header()
+    header.set_data_shape((800, 800, 800))
+    header.set_data_dtype(np.float32)
+    with open(path, "wb") as handle:
+        handle.write(header.binaryblock + b"\0" * 4)
+    import tracemalloc
+
+    tracemalloc.start()
+    with pytest.raises(DataError, match=r"512,000,000 voxels, more than the limit.*SAMMOE_MAX_VOXELS") as exc:
+        read_image(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 50 * 2**20 and "bomb.nii" in one_line(exc)
+    monkeypatch.setenv("SAMMOE_MAX_VOXELS", "100")
+    with pytest.raises(DataError, match="more than the limit of 100"):
+        read_image(
+            save(tmp_path / "ok.nii.gz", np.random.default_rng(0).normal(size=(5, 5, 5)).astype(np.float32))
+        )
+
+
+def test_complex_rgb_constant_and_overflowing_images_are_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    complex_ = save(tmp_path / "c.nii.gz", (rng.normal(size=(4, 4, 4)) + 1j).astype(np.complex64))
+    with pytest.raises(DataError, match="complex-valued"):
+        read_image(complex_)
+    rgb = np.zeros((4, 4, 4), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nib.save(nib.Nifti1Image(rgb, np.eye(4)), tmp_path / "rgb.nii.gz")
+    with pytest.raises(DataError, match="colour"):
+        read_image(tmp_path / "rgb.nii.gz")
+    for value in (0.0, 7.0):
+        with pytest.raises(DataError, match="every voxel has the value") as exc:
+            read_image(save(tmp_path / f"flat{value}.nii.gz", np.full((4, 4, 4), value, np.float32)))
+        one_line(exc)
+    assert read_label(save(tmp_path / "empty_label.nii.gz", np.zeros((4, 4, 4), np.uint8))).array.max() == 0
+    img = nib.Nifti1Image(rng.integers(0, 30000, size=(4, 4, 4)).astype(np.int16), np.eye(4))
+    img.header.set_slope_inter(1e38, 0)
+    nib.save(img, tmp_path / "slope.nii.gz")
+    with pytest.raises(DataError, match="exceed the float32 range.*scl_slope"):
+        read_image(tmp_path / "slope.nii.gz")

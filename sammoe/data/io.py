@@ -17,7 +17,7 @@ Every problem a user can cause raises ``sammoe.errors.DataError`` with one line 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,11 +98,70 @@ def _check_finite(array: np.ndarray, path: Path) -> None:
         )
 
 
+def max_voxels() -> int:
+    """Largest image sammoe reads (``SAMMOE_MAX_VOXELS``, default 400 million voxels, 1.6 GB as float32),
+    checked against the header before any data is read."""
+    value = os.environ.get("SAMMOE_MAX_VOXELS", "400000000")
+    try:
+        limit = int(value)
+    except ValueError:
+        raise DataError(f"SAMMOE_MAX_VOXELS={value!r} is not a whole number of voxels") from None
+    if limit < 1:
+        raise DataError(f"SAMMOE_MAX_VOXELS={value!r} must be positive")
+    return limit
+
+
+def _check_header_size(shape: tuple[int, ...], path: Path) -> None:
+    voxels = int(np.prod([int(s) for s in shape], dtype=object))
+    if voxels > max_voxels():
+        raise DataError(
+            f"{path}: the header claims {'x'.join(map(str, shape))} = {voxels:,} voxels, more than the limit of "
+            f"{max_voxels():,}; crop or downsample the image, or raise SAMMOE_MAX_VOXELS"
+        )
+
+
+def _check_intensities(array: np.ndarray, path: Path) -> None:
+    """Refuse what cannot be one grey value per voxel, or carries no image at all."""
+    if array.dtype.names is not None or array.dtype.kind == "V":
+        raise DataError(f"{path}: colour (RGB) or structured voxels; convert it to one grey channel")
+    if np.iscomplexobj(array):
+        raise DataError(f"{path}: complex-valued image; save its magnitude (numpy.abs) as a real image")
+    if array.dtype.kind not in "biuf":
+        raise DataError(f"{path}: voxel type {array.dtype} is not a number; save it as integers or floats")
+    _check_finite(array, path)
+    if (
+        array.dtype.kind == "f"
+        and array.size
+        and float(np.abs(array).max()) > float(np.finfo(np.float32).max)
+    ):
+        raise DataError(
+            f"{path}: intensities up to {float(np.abs(array).max()):.3g} exceed the float32 range (check the "
+            "header's scl_slope/scl_inter); rescale the image and save it again"
+        )
+
+
+def _check_not_constant(volume: Volume) -> None:
+    """An image whose voxels are all equal has nothing to segment (z-normalisation would make every crop zero
+    and the model label a third of the volume); a label map may be empty, so this is for images only."""
+    array = volume.array
+    if array.size and array.min() == array.max():
+        raise DataError(
+            f"{volume.path}: every voxel has the value {array.flat[0].item()!r}; the image is blank, check the export"
+        )
+
+
 def _read_nifti(path: Path, channel: int | None) -> Volume:
     import nibabel as nib
 
     try:
         img = nib.load(str(path))
+    except Exception as exc:  # nibabel raises many types (ImageFileError, EOFError, ...)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(
+            f"{path}: cannot read NIfTI ({reason}); the file is not NIfTI, re-export it"
+        ) from None
+    _check_header_size(tuple(img.shape), path)
+    try:
         # Force the full read here so truncated/corrupt files fail now, with a clear message.
         array = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types (EOFError, zlib.error, ImageFileError, ...)
@@ -110,9 +169,17 @@ def _read_nifti(path: Path, channel: int | None) -> Volume:
         raise DataError(
             f"{path}: cannot read NIfTI ({reason}); the file is truncated or not NIfTI, re-export it"
         ) from None
-    array = _squeeze_to_3d(np.asarray(array), path, channel)
+    array = np.asarray(array)
+    if (
+        array.dtype.names is None
+        and array.dtype.kind != "V"
+        and not np.iscomplexobj(array)
+        and array.ndim == 3
+    ):
+        _check_finite(array, path)  # an overflowing scl_slope gives inf: name it before anything else
+    array = _squeeze_to_3d(array, path, channel)
     affine = _check_affine(img.affine, path)
-    _check_finite(array, path)
+    _check_intensities(array, path)
     return Volume(array=array, affine=affine, path=path, header=img.header)
 
 
@@ -145,6 +212,7 @@ def _read_dicom_dir(path: Path) -> Volume:
             f"{path}: folder holds {len(series)} DICOM series; move each series into its own folder"
         )
     files = reader.GetGDCMSeriesFileNames(str(path), series[0])
+    _check_slice_positions(path, files)
     try:
         reader.SetFileNames(files)
         image = reader.Execute()
@@ -156,16 +224,59 @@ def _read_dicom_dir(path: Path) -> Volume:
     volume = sitk_to_volume(image, path)
     volume.array = _squeeze_to_3d(volume.array, path, None)
     _check_affine(volume.affine, path)
-    _check_finite(volume.array, path)
+    _check_intensities(volume.array, path)
     return volume
+
+
+def _check_slice_positions(path: Path, files: Sequence[str]) -> None:
+    """Refuse a series whose slices are not one evenly spaced stack: a missing slice, a duplicated position or
+    uneven gaps would be silently averaged into one spacing and misplace anatomy by millimetres."""
+    import SimpleITK as sitk
+
+    if len(files) < 2:
+        return
+    positions = []
+    normal = None
+    for name in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(name)
+        try:
+            reader.ReadImageInformation()
+        except Exception:
+            raise DataError(
+                f"{path}: slice {Path(name).name} cannot be read; it is truncated or not DICOM"
+            ) from None
+        if normal is None:
+            direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(3, 3)
+            normal = direction[:, 2]
+        positions.append(float(np.dot(np.asarray(reader.GetOrigin(), dtype=np.float64), normal)))
+    order = np.sort(np.asarray(positions))
+    gaps = np.diff(order)
+    if np.any(gaps < 1e-3):
+        at = float(order[int(np.argmin(gaps))])
+        raise DataError(f"{path}: two slices share the position {at:.2f} mm; remove the duplicate slice")
+    step = float(np.median(gaps))
+    worst = int(np.argmax(np.abs(gaps - step)))
+    if abs(gaps[worst] - step) > max(0.01 * step, 0.05):
+        raise DataError(
+            f"{path}: slices are not evenly spaced: a gap of {gaps[worst]:.2f} mm between {order[worst]:.2f} and "
+            f"{order[worst + 1]:.2f} mm where the others are {step:.2f} mm (a missing slice?); export the complete series"
+        )
 
 
 def read_image(path: str | os.PathLike, channel: int | None = None) -> Volume:
     """Read a NIfTI file (``.nii``/``.nii.gz``) or a DICOM series folder as a 3D ``Volume``.
 
     4D data with one volume is squeezed; several volumes need ``channel``. Raises ``DataError`` for a missing,
-    unreadable or truncated file, non-3D data, NaN/inf intensities or a singular affine.
+    unreadable or truncated file, a header larger than ``max_voxels()``, non-3D, colour, complex or constant
+    data, NaN/inf intensities, a singular affine, or a DICOM series with missing or uneven slices.
     """
+    volume = _read_volume(path, channel)
+    _check_not_constant(volume)
+    return volume
+
+
+def _read_volume(path: str | os.PathLike, channel: int | None = None) -> Volume:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found; check the path (and the dataset root)")
@@ -211,7 +322,7 @@ def _as_label_array(array: np.ndarray, path: Path | None) -> np.ndarray:
 
 def read_label(path: str | os.PathLike, like: Volume | None = None, atol: float = 1e-3) -> Volume:
     """Read an integer label map (uint8/uint16 array). With ``like``, check shape and affine match it."""
-    volume = read_image(path)
+    volume = _read_volume(path)
     volume.array = _as_label_array(volume.array, volume.path)
     if like is not None:
         check_same_grid(like, volume, atol=atol)
