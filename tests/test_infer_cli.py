@@ -288,3 +288,18 @@ def test_route_forces_one_decoder_and_names_it_in_the_report(tmp_path, capsys, i
     )
     assert rc == 2 and "route 'nope' is not a loaded model" in err and "foundation" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, image, monkeypatch):
+    from sammoe import infer
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(infer.Predictor, "predict", interrupted)
+    out = tmp_path / "seg.nii.gz"
+    rc, _, err = run(capsys, "--image", image, "--experts", "none", "--out", out, "--point", 20, 15, 12)
+    assert rc == 130 and err.strip().splitlines() == [
+        "sammoe: interrupted; segment stopped, outputs are written only when complete"
+    ]
+    assert not out.exists()
