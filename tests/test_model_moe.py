@@ -195,6 +195,18 @@ def test_a_damaged_gate_file_is_one_clear_error(moe, tmp_path):
     save_file(state, str(tmp_path / "radii.safetensors"), {**meta, "local_radii": "[1, 2]"})
     with pytest.raises(CheckpointError, match="radii.safetensors: gate weights do not match its metadata"):
         other.load_gate(tmp_path / "radii.safetensors")
+    # metadata outside its valid range is refused before anything is built (hidden_dim 2e9 meant 1.2 TB)
+    for key, value, message in (
+        ("tau", "nan", "tau must be a probability"),
+        ("tau", "5", "tau must be a probability"),
+        ("hidden_dim", "2000000000", "out of range"),
+        ("local_radii", "[1, -2]", "out of range"),
+    ):
+        save_file(state, str(tmp_path / "bad.safetensors"), {**meta, key: value})
+        with pytest.raises(CheckpointError, match=message) as err:
+            other.load_gate(tmp_path / "bad.safetensors")
+        assert "\n" not in str(err.value)
+    assert other.selector.tau == moe.selector.tau  # a refused file changes nothing
 
 
 def test_threshold_selector_needs_the_argmax_and_tau():

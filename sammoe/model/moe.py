@@ -194,6 +194,11 @@ class SamMoE(nn.Module):
             raise CheckpointError(
                 f"{path}: unreadable gate metadata ({err}); retrain or re-copy it"
             ) from None
+        if not 1 <= hidden <= 65536 or len(radii) > 16 or any(not 0 < r <= 256 for r in radii):
+            raise CheckpointError(
+                f"{path}: gate metadata out of range (hidden_dim {hidden}, local_radii {list(radii)}); "
+                "the file is damaged, retrain or re-copy it"
+            )
         if names != self.expert_names:
             raise CheckpointError(
                 f"{path}: gate was trained over experts {names} but the loaded experts are {self.expert_names}; "
