@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         # Ctrl-C: one line instead of a traceback through torch; 130 is the shell's code for SIGINT.
-        print(f"sammoe: interrupted; {argv[0]} stopped, outputs are written only when complete", file=sys.stderr)
+        print(
+            f"sammoe: interrupted; {argv[0]} stopped, outputs are written only when complete", file=sys.stderr
+        )
         return 130
     except BrokenPipeError:
         # `sammoe experts list | head`: the reader left; stop quietly like other Unix tools.

@@ -1,14 +1,9 @@
-"""Click simulation: uniform error-region sampling, empty cases, seeding, EDT centre, evaluation protocol."""
+"""Click simulation: uniform error-region sampling, empty cases, seeding, devices."""
 
 import pytest
 import torch
 
-from sammoe.data.clicks import (
-    ClickProtocol,
-    center_click_from_error,
-    next_click_from_error,
-    run_click_protocol,
-)
+from sammoe.data.clicks import next_click_from_error
 
 
 def ball(shape, centre, radius):
@@ -50,8 +45,6 @@ def test_empty_cases():
     assert coords[0, 0].tolist() == [2, 2, 2] and labels[0, 0] == 1
     assert coords[1, 0].tolist() == [0, 0, 4] and labels[1, 0] == 0
     assert coords[2, 0].tolist() == [0, 0, 0] and labels[2, 0] == -1
-    c2, l2 = center_click_from_error(pred, gt)
-    assert l2[:, 0].tolist() == [1, 0, -1] and c2[0, 0].tolist() == [2, 2, 2]
 
 
 def test_seeded_and_float_inputs():
@@ -66,55 +59,6 @@ def test_seeded_and_float_inputs():
         next_click_from_error(p[:, :8], g)
 
 
-def test_center_click_is_deepest_error_voxel():
-    gt = ball((24, 24, 24), (12, 12, 12), 6)[None]
-    pred = torch.zeros_like(gt)
-    coords, labels = center_click_from_error(pred, gt)
-    assert coords[0, 0].tolist() == [12, 12, 12] and labels[0, 0] == 1
-    # a big false positive blob elsewhere wins over a thin FN rim
-    pred = gt.clone()
-    pred[0, 12, 12, 6] = False  # one FN voxel on the rim
-    pred[0] |= ball((24, 24, 24), (4, 4, 19), 3)
-    coords, labels = center_click_from_error(pred, gt)
-    assert coords[0, 0].tolist() == [4, 4, 19] and labels[0, 0] == 0
-
-
-def test_protocol_accumulates_and_is_seeded():
-    gt = ball((20, 20, 20), (10, 9, 11), 5)[None]
-    proto = ClickProtocol(gt, seed=233)
-    coords, labels = proto.next()
-    c = coords[0, 0].long()
-    assert coords.shape == (1, 1, 3) and labels[0, 0] == 1 and gt[0, c[0], c[1], c[2]]
-    pred = torch.zeros_like(gt)
-    pred[0, :2] = True  # FP slab
-    coords, labels = proto.next(pred)
-    assert coords.shape == (1, 2, 3) and labels.shape == (1, 2)
-    again = ClickProtocol(gt, seed=233)
-    assert torch.equal(again.next()[0][0, 0], proto.coords[0, 0])
-    with pytest.raises(ValueError):
-        ClickProtocol(gt, strategy="nope")
-
-
-@pytest.mark.parametrize("strategy", ["random", "center"])
-def test_run_click_protocol(strategy):
-    gt = ball((20, 20, 20), (10, 10, 10), 6)[None]
-    seen = []
-
-    def predict(coords, labels):
-        # a toy model: grows a ball of radius 2 per positive click, removes around negative clicks
-        seen.append(coords.shape[1])
-        mask = torch.zeros_like(gt)
-        for c, lab in zip(coords[0], labels[0]):
-            blob = ball((20, 20, 20), c.tolist(), 4)[None]
-            mask = mask | blob if lab == 1 else mask & ~blob
-        return mask
-
-    out = run_click_protocol(gt, predict, num_clicks=(1, 3, 5), strategy=strategy)
-    assert sorted(out) == [1, 3, 5] and seen == [1, 2, 3, 4, 5]
-    dice = {n: float(2 * (m & gt).sum() / (m.sum() + gt.sum())) for n, m in out.items()}
-    assert dice[5] >= dice[1]
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_gpu_tensors():
     gt = ball((32, 32, 32), (16, 16, 16), 6)[None].cuda()
@@ -126,4 +70,3 @@ def test_gpu_tensors():
         pred, gt, torch.Generator().manual_seed(0)
     )  # CPU generator works too
     assert coords.is_cuda
-    assert ClickProtocol(gt).next()[0].is_cuda

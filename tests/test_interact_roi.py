@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sammoe.data.clicks import ClickProtocol
+from sammoe.data.clicks import next_click_from_error
 from sammoe.data.datamodule import BACKGROUND
 from sammoe.data.preprocess import Preprocessor, official_crop_start
 from sammoe.infer import Predictor, Target
@@ -85,8 +85,9 @@ def test_eval_crop_is_the_predictors_crop_for_the_protocols_first_click(phantoms
     items = phantoms.eval_dataset()
     item = next(items[i] for i in range(len(items)) if items[i]["class_name"] == "liver")
     target = item["target"]
-    # the official protocol's first click (ClickProtocol, seed 233) on the original grid
-    coords, _ = ClickProtocol(torch.from_numpy(target)[None], seed=233).next()
+    # the official protocol's first click (uniform over the target, generator seeded 233) on the original grid
+    gt = torch.from_numpy(target)[None]
+    coords, _ = next_click_from_error(torch.zeros_like(gt), gt, torch.Generator().manual_seed(233))
     assert item["first_click_input"].tolist() == coords[0, 0].long().tolist()
     assert target[tuple(item["first_click_input"])]
     pred = Predictor(load_backbone("tiny"), "cpu", target_spacing=1.5, use_sliding_window=False)

@@ -69,7 +69,7 @@ def draw_click(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
 
 def seeded_first_click(mask: np.ndarray, seed: int) -> np.ndarray | None:
     """The evaluation protocol's first click on ``mask`` (any grid): a voxel drawn uniformly with a torch
-    generator seeded ``seed`` (official: 233 per target), as ``data.clicks.ClickProtocol`` draws it.
+    generator seeded ``seed`` (official: 233 per target), the first draw of the evaluation loops.
     Integer indices (3,), or None for an empty mask."""
     import torch
 

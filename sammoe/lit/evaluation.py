@@ -60,7 +60,6 @@ class EvalExample:
 class BatchEvaluation:
     rows: list[EvalRow] = field(default_factory=list)
     examples: list[EvalExample] = field(default_factory=list)
-    first_probs: list[tuple[str, str, str, list[float]]] = field(default_factory=list)
 
 
 def first_clicks(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:

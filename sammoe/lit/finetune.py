@@ -273,10 +273,3 @@ class ExpertFinetune(InteractiveModule):
             written.append(self.export(Path(self.hparams.export_path)))
         for path in written:
             print(f"sammoe: exported {path}")
-
-    def class_dice(self) -> dict[str, float]:
-        """Per-class Dice of this model in the last report (largest click count); for tests and scripts."""
-        if self.last_report is None:
-            return {}
-        k = str(max(self.click_counts))
-        return {c: v.get(k) for c, v in self.last_report["models"].get(self.name, {}).items()}

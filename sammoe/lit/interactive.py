@@ -57,7 +57,6 @@ class TrainingRollout:
 
     loss: torch.Tensor
     logits: torch.Tensor  # final full-size logits (B, 1, S, S, S)
-    iteration_logits: list[torch.Tensor] = field(default_factory=list)  # full-size logits per iteration
     outputs: list[StepOutput] = field(default_factory=list)
 
 
@@ -69,7 +68,6 @@ def training_rollout(
     generator: torch.Generator,
     num_iterations: int = 11,
     accumulate_clicks: bool = False,
-    click_threshold: float = 0.5,
     low_res_size: int | None = None,
     first_clicks: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> TrainingRollout:
@@ -78,7 +76,7 @@ def training_rollout(
     Each iteration draws one click per sample uniformly from the error region of the previous prediction
     (FN -> positive, FP -> negative), feeds the previous low-res logits back as the mask prompt (not
     detached, as officially) and adds the loss. Iteration `randint(2, 8)` and the last one get no points.
-    The official code binarises the previous prediction as `logits > 0.5` (`click_threshold`), not at 0.
+    The official code binarises the previous prediction as `logits > 0.5`, not at 0.
     Officially only the newest click is fed; `accumulate_clicks=True` feeds all clicks so far.
     `first_clicks` ((B, 1, 3), (B, 1)) replaces the first simulated click: the click a click-centred crop was
     centred on, which is where a user's first click sits at inference.
@@ -100,9 +98,7 @@ def training_rollout(
             if it == 0 and first_clicks is not None:
                 new_coords, new_labels = first_clicks
             else:
-                new_coords, new_labels = next_click_from_error(
-                    prev.detach() > click_threshold, gt_bool, generator
-                )
+                new_coords, new_labels = next_click_from_error(prev.detach() > 0.5, gt_bool, generator)
             if accumulate_clicks and coords is not None:
                 coords, labels = torch.cat([coords, new_coords], 1), torch.cat([labels, new_labels], 1)
             else:
@@ -113,7 +109,6 @@ def training_rollout(
         prev = SamMed3D.upsample(low, size)
         if loss_fn is not None:
             loss = loss + loss_fn(prev, gt.to(prev.dtype))
-        result.iteration_logits.append(prev)
         result.outputs.append(out)
     result.loss, result.logits = loss, prev
     return result

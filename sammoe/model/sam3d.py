@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -284,9 +284,6 @@ class SamMed3D(nn.Module):
     def upsample(low_res_logits: torch.Tensor, size: int) -> torch.Tensor:
         """Official upsampling of low-res logits to the input cube (trilinear, align_corners=False)."""
         return F.interpolate(low_res_logits, size=(size,) * 3, mode="trilinear", align_corners=False)
-
-    def describe(self) -> dict[str, Any]:
-        return asdict(self.config)
 
 
 def backbone_fingerprint(model: SamMed3D) -> str:
