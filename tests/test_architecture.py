@@ -1,0 +1,80 @@
+"""The import rules of docs/architecture.md, checked on every module of the package."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "sammoe"
+
+# module prefix -> sammoe modules it may import (prefix match); the first matching rule applies
+RULES: list[tuple[str, tuple[str, ...]]] = [
+    ("sammoe.errors", ()),
+    ("sammoe.files", ("sammoe.errors",)),
+    ("sammoe.model", ("sammoe.model", "sammoe.errors")),
+    ("sammoe.data.datamodule", ("sammoe.data", "sammoe.errors", "sammoe.files", "sammoe.interact.roi")),
+    ("sammoe.data", ("sammoe.data", "sammoe.errors", "sammoe.files")),
+    ("sammoe.interact", ("sammoe.interact", "sammoe.data.preprocess", "sammoe.data.clicks", "sammoe.errors")),
+    ("sammoe.plugins", ("sammoe.plugins", "sammoe.model", "sammoe.errors", "sammoe.files", "sammoe.assets", "sammoe")),
+    ("sammoe.infer", ("sammoe.data", "sammoe.interact", "sammoe.model", "sammoe.plugins", "sammoe.errors",
+                      "sammoe.assets")),
+    ("sammoe.eval", ("sammoe.eval", "sammoe.data", "sammoe.files", "sammoe.errors", "sammoe.infer")),
+]  # fmt: skip
+
+
+def _modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        yield name, path
+
+
+def _imports(path: Path, name: str) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("sammoe")}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative import: resolve against this module's package
+                base = name.split(".")[: -node.level] if path.name != "__init__.py" else name.split(".")
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            if module.startswith("sammoe"):  # `from sammoe import assets` is an import of sammoe.assets
+                found |= {f"{module}.{a.name}" for a in node.names}
+    return found
+
+
+def _allowed(module: str, target: str, allowed: tuple[str, ...]) -> bool:
+    if target == "sammoe":  # the version string
+        return "sammoe" in allowed or target == module
+    return any(target == a or target.startswith(a + ".") for a in allowed if a != "sammoe")
+
+
+@pytest.mark.parametrize("name,path", list(_modules()), ids=lambda v: str(v) if isinstance(v, str) else "")
+def test_module_imports_follow_the_layers(name, path):
+    rule = next(
+        (allowed for prefix, allowed in RULES if name == prefix or name.startswith(prefix + ".")), None
+    )
+    if rule is None:
+        return  # lit, cli, demo, segment_cli: the top layers may import everything
+    bad = sorted(
+        t
+        for t in _imports(path, name)
+        if not _allowed(name, t, rule) and not any(t.startswith(m) for m in (name,))
+    )
+    # `from sammoe.data.io import Volume` also lists sammoe.data.io.Volume: judge the module, not the symbol
+    bad = [t for t in bad if not _allowed(name, t.rsplit(".", 1)[0], rule)]
+    assert not bad, f"{name} imports {bad}; see docs/architecture.md"
+
+
+def test_nothing_below_the_top_imports_lightning_or_napari():
+    """Lightning only in the training layer (and the LightningDataModule); napari only in its plugin."""
+    for name, path in _modules():
+        if name.startswith(("sammoe.lit", "sammoe.napari")) or name == "sammoe.data.datamodule":
+            continue
+        text = path.read_text()
+        for heavy in ("import lightning", "from lightning", "import napari", "from napari"):
+            assert heavy not in text, f"{name} uses {heavy!r}: only sammoe.lit may"
