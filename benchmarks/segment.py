@@ -1,5 +1,6 @@
 """`sammoe segment` speed: one target vs 10 targets on one volume (cached embedding vs re-encoding), and the
 latency of one refinement click after the first encode.
+from sammoe.loading import save_backbone
 
     python benchmarks/segment.py                                   # CPU, tiny preset, colin27
     python benchmarks/segment.py --preset vit_b_ori --device cuda [--compile] [--modes clicks]
@@ -170,9 +171,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         image = args.image or (COLIN if COLIN.is_file() else synthetic_image(folder))
-        from sammoe.plugins.backbone import load_backbone
+        from sammoe.loading import load_backbone, save_backbone
 
-        ckpt = load_backbone(args.preset).save_safetensors(folder / f"{args.preset}.safetensors")
+        ckpt = save_backbone(load_backbone(None, args.preset), folder / f"{args.preset}.safetensors")
         print(
             f"torch {torch.__version__}, threads {torch.get_num_threads()}, python {sys.version.split()[0]}"
         )

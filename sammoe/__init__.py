@@ -14,6 +14,7 @@ _EXPORTS = {
     "SamMed3D": "sammoe.model.sam3d",
     "PRESETS": "sammoe.model.sam3d",
     "SamMoE": "sammoe.model.moe",
+    "load_backbone": "sammoe.loading",
     "MaskSelector": "sammoe.model.gate",
     "Predictor": "sammoe.infer",
     "Target": "sammoe.infer",

@@ -79,9 +79,10 @@ def _check_models() -> list[str]:
 
     if not FOUNDATION_TINY.is_file():
         raise ConfigError(f"the shipped foundation model {FOUNDATION_TINY} is missing; run `make foundation`")
-    from sammoe.model.sam3d import SamMed3D, backbone_fingerprint
+    from sammoe.loading import load_backbone
+    from sammoe.model.sam3d import backbone_fingerprint
 
-    fingerprint = backbone_fingerprint(SamMed3D.from_preset("tiny", checkpoint=FOUNDATION_TINY))
+    fingerprint = backbone_fingerprint(load_backbone(FOUNDATION_TINY, "tiny"))
     records = discover(backbone_fingerprint=fingerprint)
     usable = [r.name for r in records if r.status == "ok"]
     for record in records:

@@ -46,7 +46,7 @@ from sammoe.data.preprocess import Preprocessor, Resampled, Roi, sliding_window
 from sammoe.errors import CheckpointError, ConfigError, DataError
 from sammoe.interact.roi import click_centred_start, round_voxel
 from sammoe.model.moe import FOUNDATION, SamMoE
-from sammoe.model.sam3d import PRESETS, SamMed3D
+from sammoe.model.sam3d import SamMed3D
 
 __all__ = [
     "SPACES",
@@ -202,24 +202,6 @@ def _check_target(target: Target, index: int, volume: Volume) -> tuple[str, np.n
 
 
 # ------------------------------------------------------------------------------------------------ loading
-def _load_backbone(checkpoint: str | os.PathLike, preset: str) -> tuple[SamMed3D, str]:
-    """Build ``preset`` (or, for "auto", the first preset the checkpoint fits) with the checkpoint's weights."""
-    if preset != "auto":
-        return SamMed3D.from_preset(preset, checkpoint), preset
-    errors = []
-    for name in ("tiny", "vit_b_ori", *sorted(set(PRESETS) - {"tiny", "vit_b_ori"})):
-        try:
-            return SamMed3D.from_preset(name, checkpoint), name
-        except CheckpointError as err:
-            if "not found" in str(err) or "cannot be read" in str(err) or "not a readable" in str(err):
-                raise
-            errors.append(str(err))
-    raise CheckpointError(
-        f"{checkpoint}: matches no SAM-Med3D preset ({', '.join(sorted(PRESETS))}); "
-        f"{errors[-1].split(': ', 1)[-1]}"
-    )
-
-
 def load_model(
     checkpoint: str | os.PathLike | None = None,
     *,
@@ -237,7 +219,7 @@ def load_model(
     ``gate`` or, for the shipped model, ``GATE_TINY``; a forced ``route`` (an expert's name) needs no gate.
     """
     from sammoe import assets
-    from sammoe.plugins.loader import load_expert_decoders
+    from sammoe.loading import load_backbone, load_expert_decoders, load_gate, preset_of
 
     shipped = checkpoint is None
     if shipped:
@@ -247,9 +229,8 @@ def load_model(
                 f"the shipped tiny foundation model {checkpoint} is missing; create it with `make foundation` "
                 "in the sammoe repository, or pass --checkpoint PATH"
             )
-        preset = "tiny" if preset == "auto" else preset
-    backbone, preset = _load_backbone(checkpoint, preset)
-    backbone.eval()
+    backbone = load_backbone(checkpoint, preset)
+    preset = preset_of(backbone)
     info: dict[str, Any] = {
         "model": {"checkpoint": str(checkpoint), "preset": preset, "experts": [], "gate": None}
     }
@@ -273,7 +254,7 @@ def load_model(
         problem = "no gate given (--gate PATH)"
     else:
         try:
-            moe.load_gate(gate_path)
+            load_gate(moe, gate_path)
         except CheckpointError as err:
             if gate is not None:
                 raise

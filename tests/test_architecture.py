@@ -17,8 +17,10 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("sammoe.data.datamodule", ("sammoe.data", "sammoe.errors", "sammoe.files", "sammoe.interact.roi")),
     ("sammoe.data", ("sammoe.data", "sammoe.errors", "sammoe.files")),
     ("sammoe.interact", ("sammoe.interact", "sammoe.data.preprocess", "sammoe.data.clicks", "sammoe.errors")),
-    ("sammoe.plugins", ("sammoe.plugins", "sammoe.model", "sammoe.errors", "sammoe.files", "sammoe.assets", "sammoe")),
-    ("sammoe.infer", ("sammoe.data", "sammoe.interact", "sammoe.model", "sammoe.plugins", "sammoe.errors",
+    ("sammoe.loading", ("sammoe.model", "sammoe.errors", "sammoe.files", "sammoe.assets", "sammoe.plugins.discovery")),
+    ("sammoe.plugins", ("sammoe.plugins", "sammoe.loading", "sammoe.model", "sammoe.errors", "sammoe.files",
+                        "sammoe.assets", "sammoe")),
+    ("sammoe.infer", ("sammoe.data", "sammoe.interact", "sammoe.model", "sammoe.loading", "sammoe.errors",
                       "sammoe.assets")),
     ("sammoe.eval", ("sammoe.eval", "sammoe.data", "sammoe.files", "sammoe.errors", "sammoe.infer")),
 ]  # fmt: skip
@@ -68,6 +70,27 @@ def test_module_imports_follow_the_layers(name, path):
     # `from sammoe.data.io import Volume` also lists sammoe.data.io.Volume: judge the module, not the symbol
     bad = [t for t in bad if not _allowed(name, t.rsplit(".", 1)[0], rule)]
     assert not bad, f"{name} imports {bad}; see docs/architecture.md"
+
+
+def test_only_loading_reads_weights_and_only_files_writes():
+    """Model weights are read in sammoe.loading (plugin weight files, sha256-checked, in plugins.weights;
+    checkpoints to package, with their metadata, in plugins.scaffold); user-facing outputs are written through
+    sammoe.files (the preprocessing cache, generated phantom datasets and packaged plugin folders are built
+    in a temp folder of their own and renamed)."""
+    readers = ("safetensors.torch import load", "safe_open(", "torch.load(")
+    writers = ("os.replace(", ".write_text(", ".write_bytes(", "nib.save(", "np.save(", "save_file(")
+    own_readers = ("sammoe.loading", "sammoe.plugins.weights", "sammoe.plugins.scaffold")
+    own_writers = ("sammoe.files", "sammoe.data.datamodule", "sammoe.data.phantoms", "sammoe.demo",
+                   "sammoe.plugins.scaffold", "sammoe.plugins.testing")  # fmt: skip
+    for name, path in _modules():
+        text = path.read_text()
+        if name not in own_readers:
+            assert not any(r in text for r in readers), f"{name} reads weights; go through sammoe.loading"
+        if name not in own_writers:  # a writer handed to files.write_file on the same line is that path
+            lines = [line for line in text.splitlines() if "write_file(" not in line]
+            assert not any(w in line for line in lines for w in writers), (
+                f"{name} writes files; use sammoe.files"
+            )
 
 
 def test_nothing_below_the_top_imports_lightning_or_napari():

@@ -9,14 +9,15 @@ import pytest
 
 from sammoe.assets import FOUNDATION_TINY
 from sammoe.eval.report import build_report, read_rows_csv
-from sammoe.model.sam3d import SamMed3D, backbone_fingerprint
+from sammoe.loading import load_backbone
+from sammoe.model.sam3d import backbone_fingerprint
 from sammoe.plugins.discovery import discover
 
 
 def _usable_experts() -> list[str]:
     if not FOUNDATION_TINY.is_file():
         return []
-    fingerprint = backbone_fingerprint(SamMed3D.from_preset("tiny", checkpoint=FOUNDATION_TINY))
+    fingerprint = backbone_fingerprint(load_backbone(FOUNDATION_TINY, "tiny"))
     return [r.name for r in discover(backbone_fingerprint=fingerprint) if r.status == "ok"]
 
 

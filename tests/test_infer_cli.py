@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from sammoe.cli import main
-from sammoe.plugins.backbone import load_backbone
+from sammoe.loading import load_backbone, save_backbone
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    return load_backbone("tiny").save_safetensors(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
+    return save_backbone(load_backbone(None, "tiny"), tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import torch
 from sammoe.data.io import Volume
 from sammoe.errors import CheckpointError, ConfigError, DataError
 from sammoe.infer import Predictor, Target, load_model, to_input_voxels
+from sammoe.loading import load_backbone, save_backbone, save_gate
 from sammoe.model.moe import SamMoE
 from sammoe.model.sam3d import PRESETS, SamMed3D
-from sammoe.plugins.backbone import load_backbone
 
 
 class SphereModel(SamMed3D):
@@ -56,7 +56,7 @@ def world(volume: Volume, vox) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def tiny() -> SamMed3D:
-    return load_backbone("tiny")
+    return load_backbone(None, "tiny")
 
 
 def test_world_mm_and_voxel_clicks_agree_on_oblique_volume(tiny):
@@ -246,7 +246,7 @@ def test_array_and_dicom_inputs(tmp_path, tiny):
 
 def test_moe_reports_expert_and_gate(tiny):
     torch.manual_seed(1)
-    backbone = load_backbone("tiny")
+    backbone = load_backbone(None, "tiny")
     expert = SamMed3D(PRESETS["tiny"]).mask_decoder
     moe = SamMoE(backbone, {"liver": expert})
     pred = Predictor(moe, "cpu", use_sliding_window=False)
@@ -267,7 +267,7 @@ def test_load_model_shipped_assets(tmp_path, monkeypatch):
     monkeypatch.setattr(assets, "FOUNDATION_TINY", tmp_path / "missing.safetensors")
     with pytest.raises(CheckpointError, match="make foundation"):
         load_model()
-    ckpt = load_backbone("tiny").save_safetensors(tmp_path / "foundation.safetensors")
+    ckpt = save_backbone(load_backbone(None, "tiny"), tmp_path / "foundation.safetensors")
     monkeypatch.setattr(assets, "FOUNDATION_TINY", ckpt)
     monkeypatch.setattr(assets, "GATE_TINY", tmp_path / "no_gate.safetensors")
     if _installed_experts():  # compatible experts but no gate: the foundation alone, with a warning
@@ -289,7 +289,7 @@ def test_load_model_checkpoint_errors(tmp_path):
         load_model(bad, experts="none")
     with pytest.raises(CheckpointError, match="not found"):
         load_model(tmp_path / "nope.pth", experts="none")
-    ckpt = load_backbone("tiny").save_safetensors(tmp_path / "tiny.safetensors")
+    ckpt = save_backbone(load_backbone(None, "tiny"), tmp_path / "tiny.safetensors")
     with pytest.raises(CheckpointError, match="pick the preset"):
         load_model(ckpt, preset="vit_b_ori", experts="none")
 
@@ -298,8 +298,8 @@ def test_load_model_with_installed_experts_and_gate(tmp_path):
     names = _installed_experts()
     if not names:
         pytest.skip("no expert plugins installed")
-    backbone = load_backbone("tiny")
-    ckpt = backbone.save_safetensors(tmp_path / "tiny.safetensors")
+    backbone = load_backbone(None, "tiny")
+    ckpt = save_backbone(backbone, tmp_path / "tiny.safetensors")
     with pytest.raises(ConfigError, match="need a gate"):
         load_model(ckpt, experts=names[:1])
     from sammoe.plugins.discovery import load_expert_weights, select_experts
@@ -310,7 +310,7 @@ def test_load_model_with_installed_experts_and_gate(tmp_path):
         dec = SamMed3D(PRESETS["tiny"]).mask_decoder
         dec.load_state_dict(load_expert_weights(r))
         decoders[r.name] = dec
-    gate = SamMoE(backbone, decoders).save_gate(tmp_path / "gate.safetensors")
+    gate = save_gate(SamMoE(backbone, decoders), tmp_path / "gate.safetensors")
     model, info = load_model(ckpt, experts=names[:1], gate=gate)
     assert isinstance(model, SamMoE) and info["model"]["experts"] == names[:1]
 
@@ -319,7 +319,7 @@ def _installed_experts() -> list[str]:
     from sammoe.model.sam3d import backbone_fingerprint
     from sammoe.plugins.discovery import discover
 
-    fp = backbone_fingerprint(load_backbone("tiny"))
+    fp = backbone_fingerprint(load_backbone(None, "tiny"))
     return [r.name for r in discover(backbone_fingerprint=fp) if r.ok]
 
 

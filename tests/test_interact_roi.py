@@ -13,7 +13,7 @@ from sammoe.data.preprocess import Preprocessor, official_crop_start
 from sammoe.infer import Predictor, Target
 from sammoe.interact.roi import click_centred_start, draw_click, seeded_first_click
 from sammoe.lit.phantom_data import PhantomDataModule
-from sammoe.plugins.backbone import load_backbone
+from sammoe.loading import load_backbone
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_eval_crop_is_the_predictors_crop_for_the_protocols_first_click(phantoms
     coords, _ = next_click_from_error(torch.zeros_like(gt), gt, torch.Generator().manual_seed(233))
     assert item["first_click_input"].tolist() == coords[0, 0].long().tolist()
     assert target[tuple(item["first_click_input"])]
-    pred = Predictor(load_backbone("tiny"), "cpu", target_spacing=1.5, use_sliding_window=False)
+    pred = Predictor(load_backbone(None, "tiny"), "cpu", target_spacing=1.5, use_sliding_window=False)
     pred.set_image(item["volume"])
     pred.predict(Target([item["first_click_input"].tolist()]))
     roi = pred._states[0].entry.roi

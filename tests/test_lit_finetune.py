@@ -10,6 +10,7 @@ import torch
 
 from sammoe.errors import CheckpointError
 from sammoe.lit.finetune import ExpertFinetune
+from sammoe.loading import load_backbone
 
 
 def _batch(bsz: int = 2, size: int = 64) -> dict:
@@ -113,11 +114,10 @@ def test_export_is_what_experts_package_reads(tmp_path):
 
 
 def test_full_model_export_roundtrips(tmp_path):
-    from sammoe.model.sam3d import SamMed3D
 
     model = ExpertFinetune(name="foundation", checkpoint="seeded", trainable="all")
     path = model.export(tmp_path / "model.safetensors")
-    again = SamMed3D.from_preset("tiny", path)
+    again = load_backbone(path, "tiny")
     state = model.backbone.state_dict()
     assert all(torch.equal(v, state[k]) for k, v in again.state_dict().items())
     # and it is a valid starting checkpoint

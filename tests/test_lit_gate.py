@@ -17,7 +17,8 @@ import torch
 from sammoe.errors import PluginError
 from sammoe.eval.results import EvalRow
 from sammoe.lit.gate import GateTraining
-from sammoe.plugins import loader
+from sammoe.loading import save_gate
+from sammoe.plugins import discovery
 
 EXPERTS = {"spinal_cord": ["spinal_cord"], "nodules": ["nodules"]}
 
@@ -25,9 +26,9 @@ EXPERTS = {"spinal_cord": ["spinal_cord"], "nodules": ["nodules"]}
 @pytest.fixture
 def fake_experts(monkeypatch):
     """Two expert plugins on the seeded tiny backbone: the foundation decoder plus seeded noise."""
-    from sammoe.plugins.backbone import load_backbone
+    from sammoe.loading import load_backbone
 
-    base = load_backbone("tiny", None).mask_decoder.state_dict()
+    base = load_backbone(None, "tiny").mask_decoder.state_dict()
 
     def select(names=None, *, backbone_fingerprint=None):
         chosen = list(EXPERTS) if names is None else list(names)
@@ -47,8 +48,8 @@ def fake_experts(monkeypatch):
             k: v + 0.05 * v.std().nan_to_num() * torch.randn(v.shape, generator=gen) for k, v in base.items()
         }
 
-    monkeypatch.setattr(loader, "select_experts", select)
-    monkeypatch.setattr(loader, "load_expert_weights", weights)
+    monkeypatch.setattr(discovery, "select_experts", select)
+    monkeypatch.setattr(discovery, "load_expert_weights", weights)
 
 
 def _batch(classes: list[str], size: int = 64) -> dict:
@@ -145,7 +146,7 @@ def test_checkpoint_keeps_the_tuned_tau_and_gate_file(fake_experts, tmp_path):
     other = GateTraining(tau=0.5)
     other.on_load_checkpoint(ckpt)
     assert other.moe.selector.tau == 0.7
-    path = model.moe.save_gate(tmp_path / "gate.safetensors")
+    path = save_gate(model.moe, tmp_path / "gate.safetensors")
     again = GateTraining(gate=str(path))
     assert again.moe.selector.tau == 0.7
     for key, value in model.moe.gate.state_dict().items():

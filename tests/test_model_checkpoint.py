@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from sammoe.errors import CheckpointError
+from sammoe.loading import load_backbone, preset_of, save_backbone
 from sammoe.model.sam3d import PRESETS, SamMed3D, backbone_fingerprint
 
 
@@ -44,7 +45,7 @@ def test_official_training_checkpoint_with_extras_loads(tiny, tmp_path):
         },
         path,
     )
-    fresh = SamMed3D.from_preset("tiny", checkpoint=path)
+    fresh = load_backbone(path, "tiny")
     for key, value in tiny.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value)
 
@@ -52,12 +53,12 @@ def test_official_training_checkpoint_with_extras_loads(tiny, tmp_path):
 def test_ddp_prefix_is_stripped(tiny, tmp_path):
     path = tmp_path / "ddp.pth"
     torch.save({"model_state_dict": {f"module.{k}": v for k, v in tiny.state_dict().items()}}, path)
-    SamMed3D.from_preset("tiny", checkpoint=path)
+    load_backbone(path, "tiny")
 
 
 def test_safetensors_round_trip(tiny, tmp_path):
-    path = tiny.save_safetensors(tmp_path / "tiny.safetensors")
-    fresh = SamMed3D.from_preset("tiny", checkpoint=path)
+    path = save_backbone(tiny, tmp_path / "tiny.safetensors")
+    fresh = load_backbone(path, "tiny")
     assert backbone_fingerprint(fresh) == backbone_fingerprint(tiny)
     assert torch.equal(fresh.mask_decoder.iou_token.weight, tiny.mask_decoder.iou_token.weight)
 
@@ -70,10 +71,8 @@ def _save_state(state, path):
 def test_missing_key_is_named(tiny, tmp_path):
     state = dict(tiny.state_dict())
     del state["mask_decoder.iou_token.weight"]
-    with pytest.raises(
-        CheckpointError, match=r"missing 1 key\(s\), first mask_decoder\.iou_token\.weight \(1, 48\)"
-    ):
-        SamMed3D.from_preset("tiny", checkpoint=_save_state(state, tmp_path / "m.pth"))
+    with pytest.raises(CheckpointError, match=r"missing mask_decoder\.iou_token\.weight \(1, 48\)"):
+        load_backbone(_save_state(state, tmp_path / "m.pth"), "tiny")
 
 
 def test_shape_mismatch_is_named(tiny, tmp_path):
@@ -82,7 +81,7 @@ def test_shape_mismatch_is_named(tiny, tmp_path):
     with pytest.raises(
         CheckpointError, match=r"image_encoder\.pos_embed has shape \(1, 8, 8, 8, 32\).*\(1, 4, 4, 4, 32\)"
     ):
-        SamMed3D.from_preset("tiny", checkpoint=_save_state(state, tmp_path / "s.pth"))
+        load_backbone(_save_state(state, tmp_path / "s.pth"), "tiny")
 
 
 def test_turbo_checkpoint_into_tiny_preset_says_pick_the_preset(tmp_path):
@@ -90,15 +89,13 @@ def test_turbo_checkpoint_into_tiny_preset_says_pick_the_preset(tmp_path):
         turbo_keys = SamMed3D(PRESETS["vit_b_ori"]).state_dict()
     state = {k: torch.zeros(v.shape) for k, v in turbo_keys.items() if k.startswith("prompt_encoder")}
     with pytest.raises(CheckpointError, match="pick the preset"):
-        SamMed3D.from_preset("tiny", checkpoint=_save_state(state, tmp_path / "t.pth"))
+        load_backbone(_save_state(state, tmp_path / "t.pth"), "tiny")
 
 
 def test_unexpected_key_is_named(tiny, tmp_path):
     state = dict(tiny.state_dict(), **{"mask_decoder.extra_head.weight": torch.zeros(2)})
-    with pytest.raises(
-        CheckpointError, match=r"unexpected 1 key\(s\), first mask_decoder\.extra_head\.weight"
-    ):
-        SamMed3D.from_preset("tiny", checkpoint=_save_state(state, tmp_path / "u.pth"))
+    with pytest.raises(CheckpointError, match=r"unexpected mask_decoder\.extra_head\.weight"):
+        load_backbone(_save_state(state, tmp_path / "u.pth"), "tiny")
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
@@ -107,7 +104,7 @@ def test_corrupt_and_truncated_files(tiny, tmp_path, suffix):
     if suffix == ".pth":
         _save_state(tiny.state_dict(), good)
     else:
-        tiny.save_safetensors(good)
+        save_backbone(tiny, good)
     data = good.read_bytes()
     truncated = tmp_path / f"truncated{suffix}"
     truncated.write_bytes(data[: len(data) // 2])
@@ -115,13 +112,13 @@ def test_corrupt_and_truncated_files(tiny, tmp_path, suffix):
     garbage.write_bytes(b"<html>404 not found</html>" * 10)
     for bad in (truncated, garbage):
         with pytest.raises(CheckpointError) as info:
-            SamMed3D.from_preset("tiny", checkpoint=bad)
+            load_backbone(bad, "tiny")
         assert str(bad) in str(info.value) and "\n" not in str(info.value)
 
 
 def test_missing_file(tmp_path):
     with pytest.raises(CheckpointError, match="checkpoint not found"):
-        SamMed3D.from_preset("tiny", checkpoint=tmp_path / "nope.pth")
+        load_backbone(tmp_path / "nope.pth", "tiny")
 
 
 def test_pickled_code_is_refused(tmp_path):
@@ -135,7 +132,7 @@ def test_pickled_code_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"model_state_dict": {"x": torch.zeros(1)}, "extra": Payload()}, path)
     with pytest.raises(CheckpointError, match="weights-only"):
-        SamMed3D.from_preset("tiny", checkpoint=path)
+        load_backbone(path, "tiny")
     assert not marker.exists()
 
 
@@ -163,3 +160,42 @@ def test_input_size_and_prompt_errors(tiny):
         tiny.prompt_encoder(points=None, boxes=torch.zeros(1, 6), masks=None)
     with pytest.raises(ValueError, match=r"mask prompt must be \(B, 1, 16, 16, 16\)"):
         tiny.prompt_encoder(points=None, boxes=None, masks=torch.zeros(1, 1, 8, 8, 8))
+
+
+def test_auto_preset_blames_the_real_difference(tiny, tmp_path):
+    """The preset is recognised from the tensor shapes in one read: a tiny checkpoint missing one rel_pos
+    table is reported as that missing table of the closest preset (tiny), not as a shape mismatch of the
+    first preset tried."""
+    state = dict(tiny.state_dict())
+    key = next(k for k in state if k.endswith("rel_pos_h"))
+    del state[key]
+    with pytest.raises(
+        CheckpointError, match=rf"matches no SAM-Med3D preset; closest is tiny: missing {key}"
+    ) as err:
+        load_backbone(_save_state(state, tmp_path / "r.pth"))
+    assert "proj.bias" not in str(err.value)
+    assert preset_of(load_backbone(_save_state(dict(tiny.state_dict()), tmp_path / "ok.pth"))) == "tiny"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda v: v.fill_(float("nan")), "NaN or infinite"),
+        (lambda v: v.to(torch.int32), "expected floating-point weights"),
+    ],
+)
+def test_non_finite_or_integer_weights_are_refused(tiny, tmp_path, change, message):
+    state = {k: v.clone() for k, v in tiny.state_dict().items()}
+    key = "mask_decoder.iou_token.weight"
+    state[key] = change(state[key])
+    with pytest.raises(CheckpointError, match=f"{key.replace('.', '[.]')}.*{message}"):
+        load_backbone(_save_state(state, tmp_path / "w.pth"), "tiny")
+
+
+def test_lightning_checkpoint_of_a_finetuning_run_loads(tiny, tmp_path):
+    state = {f"backbone.{k}": v for k, v in tiny.state_dict().items()}
+    state["foundation_decoder.iou_token.weight"] = torch.zeros(1, 48)
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": state, "epoch": 3}, path)
+    loaded = load_backbone(path)
+    assert all(torch.equal(v, tiny.state_dict()[k]) for k, v in loaded.state_dict().items())

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from sammoe.loading import load_state, read_state_dict
 from sammoe.model.sam3d import PRESETS, SamMed3D
 
 TOL = {"atol": 1e-4, "rtol": 1e-4}
@@ -24,11 +25,9 @@ def official_config(fixture_dir):
 
 @pytest.fixture(scope="module")
 def model(fixture_dir, official_config):
-    return (
-        SamMed3D.from_official_config(official_config)
-        .load_checkpoint(fixture_dir / "tiny_sam_med3d.pth")
-        .eval()
-    )
+    model = SamMed3D.from_official_config(official_config)
+    load_state(model, read_state_dict(fixture_dir / "tiny_sam_med3d.pth"), "fixture")
+    return model.eval()
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sammoe.loading import load_state
 from sammoe.model.randomize import randomize_constant_init
 from sammoe.model.sam3d import PRESETS, SamMed3D, SamMed3DConfig
 
@@ -83,7 +84,7 @@ def build_official(config: SamMed3DConfig, seed: int) -> torch.nn.Module:
 def paired(config: SamMed3DConfig, seed: int = 0):
     official = build_official(config, seed)
     ours = SamMed3D(config).eval()
-    ours.load_state_dict_checked(official.state_dict(), source="medim", strict=True)
+    load_state(ours, official.state_dict(), "medim")
     return official, ours
 
 

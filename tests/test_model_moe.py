@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sammoe.errors import CheckpointError
+from sammoe.loading import load_gate, save_gate
 from sammoe.model.gate import MaskSelector, gate_features, local_intensity_stats
 from sammoe.model.moe import SamMoE
 from sammoe.model.sam3d import SamMed3D
@@ -111,10 +112,10 @@ def test_only_the_gate_trains(moe):
 
 def test_gate_round_trip_and_mismatch(moe, tmp_path):
     moe.selector = MaskSelector("threshold", tau=0.73)
-    path = moe.save_gate(tmp_path / "gate.safetensors")
+    path = save_gate(moe, tmp_path / "gate.safetensors")
     moe.selector = MaskSelector()
     other = SamMoE(moe.backbone, dict(moe.experts))
-    other.load_gate(path)
+    load_gate(other, path)
     assert other.selector.tau == pytest.approx(0.73)
     for key, value in moe.gate.state_dict().items():
         assert torch.equal(other.gate.state_dict()[key], value)
@@ -122,9 +123,9 @@ def test_gate_round_trip_and_mismatch(moe, tmp_path):
     with pytest.raises(
         CheckpointError, match=r"trained over experts \['foundation', 'nodules', 'spinal_cord'\]"
     ):
-        fewer.load_gate(path)
+        load_gate(fewer, path)
     with pytest.raises(CheckpointError, match="gate weights not found"):
-        other.load_gate(tmp_path / "missing.safetensors")
+        load_gate(other, tmp_path / "missing.safetensors")
 
 
 def test_gate_reads_the_first_positive_click_only(moe, inputs):
@@ -171,9 +172,9 @@ def test_a_local_gate_needs_the_crop_and_an_embedding_only_gate_does_not(moe, in
     plain = SamMoE(moe.backbone, dict(moe.experts), gate_local_radii=()).eval()
     assert plain.step(emb, points, labels, mask).probs.shape == (3, 3)
     # a gate file records its radii: loading it rebuilds the gate to match
-    path = plain.save_gate(tmp_path / "plain.safetensors")
+    path = save_gate(plain, tmp_path / "plain.safetensors")
     local = SamMoE(moe.backbone, dict(moe.experts)).eval()
-    local.load_gate(path)
+    load_gate(local, path)
     assert local.gate.local_radii == ()
     torch.testing.assert_close(
         local.step(emb, points, labels, mask).gate_logits, plain.step(emb, points, labels, mask).gate_logits
@@ -184,17 +185,17 @@ def test_a_damaged_gate_file_is_one_clear_error(moe, tmp_path):
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    path = moe.save_gate(tmp_path / "gate.safetensors")
+    path = save_gate(moe, tmp_path / "gate.safetensors")
     with safe_open(str(path), framework="pt") as handle:
         meta = handle.metadata()
         state = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
     other = SamMoE(moe.backbone, dict(moe.experts))
     save_file(state, str(tmp_path / "meta.safetensors"), {**meta, "local_radii": "[1, oops"})
     with pytest.raises(CheckpointError, match="meta.safetensors: unreadable gate metadata"):
-        other.load_gate(tmp_path / "meta.safetensors")
+        load_gate(other, tmp_path / "meta.safetensors")
     save_file(state, str(tmp_path / "radii.safetensors"), {**meta, "local_radii": "[1, 2]"})
     with pytest.raises(CheckpointError, match="radii.safetensors: gate weights do not match its metadata"):
-        other.load_gate(tmp_path / "radii.safetensors")
+        load_gate(other, tmp_path / "radii.safetensors")
     # metadata outside its valid range is refused before anything is built (hidden_dim 2e9 meant 1.2 TB)
     for key, value, message in (
         ("tau", "nan", "tau must be a probability"),
@@ -204,7 +205,7 @@ def test_a_damaged_gate_file_is_one_clear_error(moe, tmp_path):
     ):
         save_file(state, str(tmp_path / "bad.safetensors"), {**meta, key: value})
         with pytest.raises(CheckpointError, match=message) as err:
-            other.load_gate(tmp_path / "bad.safetensors")
+            load_gate(other, tmp_path / "bad.safetensors")
         assert "\n" not in str(err.value)
     assert other.selector.tau == moe.selector.tau  # a refused file changes nothing
 

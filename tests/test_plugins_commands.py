@@ -16,11 +16,11 @@ from safetensors.torch import load_file, save, save_file
 
 from sammoe import cli
 from sammoe.errors import PluginError
+from sammoe.loading import backbone_source, load_backbone, load_expert_decoders, save_backbone, save_gate
 from sammoe.model.sam3d import SamMed3D
-from sammoe.plugins.backbone import backbone_source, fingerprint, load_backbone
+from sammoe.model.sam3d import backbone_fingerprint as fingerprint
 from sammoe.plugins.commands import main
 from sammoe.plugins.discovery import PluginWarning, discover
-from sammoe.plugins.loader import load_expert_decoders
 from sammoe.plugins.scaffold import package_expert
 from sammoe.plugins.testing import FAKE_FINGERPRINT, fake_expert, pip_install_target, plugin_site
 from sammoe.plugins.verify import verify_expert
@@ -30,7 +30,7 @@ TASK = {"classes": {"liver": 3}, "modality": "CT", "dataset": "phantom-liver"}
 
 @pytest.fixture(scope="module")
 def tiny():
-    model = load_backbone("tiny")
+    model = load_backbone(None, "tiny")
     return model, fingerprint(model)
 
 
@@ -151,7 +151,7 @@ def test_verify_backbone_mismatch_and_backbone_checkpoint(site, tiny, decoder, t
     # the expert's backbone is a saved checkpoint: verify against it
     torch.manual_seed(1)
     other = SamMed3D.from_preset("tiny")
-    backbone = other.save_safetensors(tmp_path / "backbone.safetensors")
+    backbone = save_backbone(other, tmp_path / "backbone.safetensors")
     _expert(site, "spleen", decoder, fingerprint(other))
     code, out, _ = _cli(["experts", "verify", "spleen", "--backbone", str(backbone)], capsys)
     assert code == 0, out
@@ -386,9 +386,9 @@ def test_segment_skips_an_expert_whose_weights_do_not_load(site, tiny, decoder, 
     _expert(site, "liver", {k: v + 1 for k, v in decoder.items()}, fp)
     _expert(site, "kidney", {k: v.to(torch.int32) for k, v in decoder.items()}, fp)  # integer weights
     monkeypatch.setenv("SAMMOE_EXPERTS", "liver,kidney")
-    ckpt = model.save_safetensors(tmp_path / "tiny.safetensors")
-    gate = SamMoE(model, {"liver": copy.deepcopy(model.mask_decoder)}).save_gate(
-        tmp_path / "gate.safetensors"
+    ckpt = save_backbone(model, tmp_path / "tiny.safetensors")
+    gate = save_gate(
+        SamMoE(model, {"liver": copy.deepcopy(model.mask_decoder)}), tmp_path / "gate.safetensors"
     )
     with pytest.warns(PluginWarning, match="expert 'kidney' .*dtype torch.int32"):
         moe, info = load_model(ckpt, gate=gate)

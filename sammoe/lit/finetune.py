@@ -25,10 +25,10 @@ from typing import Any, Literal
 import torch
 
 from sammoe.eval.results import GENERAL, TASK
-from sammoe.lit.backbone import build_backbone, describe_checkpoint
 from sammoe.lit.base import InteractiveModule
 from sammoe.lit.evaluation import EvalModel, first_clicks
 from sammoe.lit.interactive import decoder_step, training_rollout
+from sammoe.loading import backbone_source, load_backbone, save_backbone, save_tensors
 from sammoe.model.sam3d import backbone_fingerprint
 
 Trainable = Literal["decoder", "decoder+prompt", "all"]
@@ -106,8 +106,8 @@ class ExpertFinetune(InteractiveModule):
         self.trainable = trainable
         self.task = dict(task or {})
         self._task_classes = set((self.task.get("classes") or {}).keys())
-        self.backbone = build_backbone(preset, checkpoint)
-        self.start_weights = describe_checkpoint(preset, checkpoint)
+        self.backbone = load_backbone(checkpoint, preset).train()
+        self.start_weights = backbone_source(preset, checkpoint)
         self.loss_fn = dice_ce_loss(loss)
         self.foundation_decoder = None
         if compare_foundation and trainable == "decoder" and name != "foundation":
@@ -247,20 +247,13 @@ class ExpertFinetune(InteractiveModule):
 
     def export(self, target: Path) -> Path:
         """Write the trained artifact to `target` (a .safetensors path); returns it."""
-        from safetensors.torch import save_file
+        from sammoe.files import write_text
 
-        target.parent.mkdir(parents=True, exist_ok=True)
         if self.trainable == "all":
-            return self.backbone.save_safetensors(target)
-        state = {
-            k: v.detach().to("cpu", torch.float32).contiguous()
-            for k, v in self.backbone.mask_decoder.state_dict().items()
-        }
-        tmp = target.with_name(target.name + ".tmp")
-        save_file(state, str(tmp))
-        tmp.replace(target)
-        sidecar = target.with_suffix(".json")
-        sidecar.write_text(json.dumps(self.export_metadata(), indent=2) + "\n")
+            return save_backbone(self.backbone, target)
+        state = {k: v.detach().float() for k, v in self.backbone.mask_decoder.state_dict().items()}
+        save_tensors(state, target)
+        write_text(target.with_suffix(".json"), json.dumps(self.export_metadata(), indent=2) + "\n")
         return target
 
     def on_train_end(self) -> None:

@@ -9,8 +9,6 @@ forgetting. The trained gate is saved as `gate.safetensors` in the run directory
 
 from __future__ import annotations
 
-import copy
-import json
 import math
 import warnings
 from collections.abc import Sequence
@@ -22,46 +20,17 @@ import torch.nn.functional as F
 
 from sammoe.data.clicks import next_click_from_error
 from sammoe.data.datamodule import BACKGROUND
-from sammoe.errors import CheckpointError, ConfigError
+from sammoe.errors import ConfigError
 from sammoe.eval.results import GENERAL, TASK, EvalRow, class_means, nanmean
-from sammoe.lit.backbone import build_backbone, describe_checkpoint
 from sammoe.lit.base import InteractiveModule
 from sammoe.lit.evaluation import EvalModel, first_clicks
 from sammoe.lit.interactive import StepOutput, moe_step
+from sammoe.loading import backbone_source, load_backbone, load_decoder_file, load_gate, save_gate
+from sammoe.loading import load_experts as load_plugins
 from sammoe.model.gate import LOCAL_RADII, MaskSelector
 from sammoe.model.moe import FOUNDATION, SamMoE
-from sammoe.model.sam3d import backbone_fingerprint
 
 DEFAULT_TAU_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-
-
-def _expert_from_file(backbone: Any, name: str, path: str) -> tuple[Any, list[str]]:
-    """A decoder exported by expert finetuning (`decoder.safetensors` + its `.json` sidecar)."""
-    from safetensors.torch import load_file
-
-    file = Path(path)
-    sidecar = file.with_suffix(".json")
-    if not file.is_file() or not sidecar.is_file():
-        raise CheckpointError(
-            f"expert {name!r}: {file} (and its {sidecar.name} sidecar) not found; give the "
-            "expert/decoder.safetensors that `sammoe fit --config configs/finetune.yaml` wrote"
-        )
-    meta = json.loads(sidecar.read_text())
-    expected = meta.get("backbone_fingerprint")
-    if expected is not None and expected != backbone_fingerprint(backbone):
-        raise CheckpointError(
-            f"expert {name!r}: {file} was finetuned on another backbone; load the foundation it was "
-            "finetuned from (model.init_args.checkpoint)"
-        )
-    decoder = copy.deepcopy(backbone.mask_decoder)
-    try:
-        decoder.load_state_dict(load_file(str(file)))
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise CheckpointError(
-            f"expert {name!r}: {file} does not fit the {meta.get('preset')} decoder ({first})"
-        ) from None
-    return decoder, list((meta.get("task") or {}).get("classes") or {})
 
 
 def load_experts(
@@ -73,7 +42,6 @@ def load_experts(
     and `names` is not: `names` = exactly those plugins, None = every usable installed plugin. Plugins are
     checked against the backbone's fingerprint.
     """
-    from sammoe.plugins.loader import load_experts as load_plugins
 
     found: list[tuple[str, Any, list[str]]] = []
     if names is not None or not files:
@@ -82,7 +50,7 @@ def load_experts(
     for name, path in (files or {}).items():
         if any(name == other for other, _, _ in found):
             raise ConfigError(f"expert {name!r} is both an installed plugin and in expert_files; rename one")
-        found.append((name, *_expert_from_file(backbone, name, path)))
+        found.append((name, *load_decoder_file(backbone, name, path)))
     if not found:
         raise ConfigError(
             "no usable expert plugin is installed; install one (e.g. pip install experts/<project>) or "
@@ -191,12 +159,12 @@ class GateTraining(InteractiveModule):
     ) -> None:
         super().__init__(click_counts, eval_seed, nsd_tolerance_mm, roi_spacing, overlay_images)
         self.save_hyperparameters()
-        backbone = build_backbone(preset, checkpoint).requires_grad_(False)
-        self.start_weights = describe_checkpoint(preset, checkpoint)
+        backbone = load_backbone(checkpoint, preset).requires_grad_(False)
+        self.start_weights = backbone_source(preset, checkpoint)
         decoders, self.class_to_expert = load_experts(backbone, experts, expert_files)
         self.moe = SamMoE(backbone, decoders, gate_hidden_dim, MaskSelector(selector, tau), gate_local_radii)
         if gate is not None:
-            self.moe.load_gate(gate)
+            load_gate(self.moe, gate)
         self.moe.freeze_all_but_gate()
         self.backbone = self.moe.backbone
         self.tau_grid = sorted({float(t) for t in tau_grid})
@@ -404,10 +372,10 @@ class GateTraining(InteractiveModule):
         if not self.trainer.is_global_zero:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
-        written = [self.moe.save_gate(run_dir / "gate.safetensors")]
+        written = [save_gate(self.moe, run_dir / "gate.safetensors")]
         if self.hparams.export_path:
             target = Path(self.hparams.export_path)
             target.parent.mkdir(parents=True, exist_ok=True)
-            written.append(self.moe.save_gate(target))
+            written.append(save_gate(self.moe, target))
         for path in written:
             print(f"sammoe: gate (tau={self.moe.selector.tau:g}) saved to {path}")

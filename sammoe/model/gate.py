@@ -104,6 +104,7 @@ class GatingNetwork(nn.Module):
     ) -> None:
         super().__init__()
         self.num_experts = num_experts
+        self.hidden_dim = int(hidden_dim)
         self.local_radii = tuple(int(r) for r in local_radii)
         in_features = 3 * embed_dim + 2 * len(self.local_radii)
         self.norm = nn.LayerNorm(in_features)

@@ -6,18 +6,15 @@ once per volume by the shared encoder, exactly as in plain SAM-Med3D.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from sammoe.errors import CheckpointError
 from sammoe.model.decoder import MaskDecoder3D
 from sammoe.model.gate import LOCAL_RADII, GatingNetwork, MaskSelector, gate_features, local_intensity_stats
-from sammoe.model.sam3d import SamMed3D, backbone_fingerprint
+from sammoe.model.sam3d import SamMed3D
 
 FOUNDATION = "foundation"
 
@@ -146,79 +143,3 @@ class SamMoE(nn.Module):
                 iou = part_iou.new_empty(emb.shape[0], *part_iou.shape[1:])
             logits[idx], iou[idx] = part_logits, part_iou
         return logits, iou
-
-    # ------------------------------------------------------------------------------------ gate weights
-    def save_gate(self, path: str | Path) -> Path:
-        """Gate weights (safetensors) with the expert order, selector and trunk fingerprint as metadata."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        meta = {
-            "expert_names": json.dumps(self.expert_names),
-            "selector_mode": self.selector.mode,
-            "tau": repr(float(self.selector.tau)),
-            "backbone_fingerprint": backbone_fingerprint(self.backbone),
-            "hidden_dim": str(self.gate.mlp[0].out_features),
-            "local_radii": json.dumps(list(self.gate.local_radii)),
-        }
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(
-            {k: v.detach().contiguous().cpu() for k, v in self.gate.state_dict().items()}, str(tmp), meta
-        )
-        tmp.replace(path)
-        return path
-
-    def load_gate(self, path: str | Path) -> None:
-        """Load a gate saved by `save_gate`; the experts and the trunk must be the ones it was trained over."""
-        from safetensors import safe_open
-
-        path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(
-                f"{path}: gate weights not found; train a gate with `sammoe fit --config configs/gate.yaml`"
-            )
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                meta = handle.metadata() or {}
-                state = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 (safe_open has no iterator)
-        except Exception as err:
-            raise CheckpointError(
-                f"{path}: not a readable gate file ({err}); retrain or re-copy it"
-            ) from None
-        try:
-            names = json.loads(meta.get("expert_names", "[]"))
-            hidden = int(meta.get("hidden_dim", self.gate.mlp[0].out_features))
-            radii = tuple(int(r) for r in json.loads(meta.get("local_radii", "[]")))  # older gates: none
-            selector = MaskSelector(meta.get("selector_mode", "threshold"), float(meta.get("tau", 0.5)))
-        except (ValueError, TypeError) as err:
-            raise CheckpointError(
-                f"{path}: unreadable gate metadata ({err}); retrain or re-copy it"
-            ) from None
-        if not 1 <= hidden <= 65536 or len(radii) > 16 or any(not 0 < r <= 256 for r in radii):
-            raise CheckpointError(
-                f"{path}: gate metadata out of range (hidden_dim {hidden}, local_radii {list(radii)}); "
-                "the file is damaged, retrain or re-copy it"
-            )
-        if names != self.expert_names:
-            raise CheckpointError(
-                f"{path}: gate was trained over experts {names} but the loaded experts are {self.expert_names}; "
-                "install/select the same experts (SAMMOE_EXPERTS) or retrain the gate"
-            )
-        if meta.get("backbone_fingerprint") not in (None, backbone_fingerprint(self.backbone)):
-            raise CheckpointError(
-                f"{path}: gate was trained on a different backbone; load the matching checkpoint"
-            )
-        if hidden != self.gate.mlp[0].out_features or radii != self.gate.local_radii:
-            old = self.gate  # the rebuilt gate keeps its device and train/eval mode
-            self.gate = GatingNetwork(
-                self.backbone.config.prompt_embed_dim, len(names), hidden, local_radii=radii
-            )
-            self.gate.to(old.norm.weight.device).train(old.training)
-        try:
-            self.gate.load_state_dict(state)
-        except RuntimeError as err:
-            first = str(err).strip().splitlines()[-1].strip()
-            raise CheckpointError(
-                f"{path}: gate weights do not match its metadata ({first}); retrain or re-copy it"
-            ) from None
-        self.selector = selector

@@ -1,15 +1,13 @@
-"""SamMed3D = image encoder + prompt encoder + mask decoder, with presets and official checkpoint loading.
+"""SamMed3D = image encoder + prompt encoder + mask decoder, with presets.
 
 The state_dict keys and shapes equal those of the official `Sam3D`, so the released
-`sam_med3d_turbo.pth` loads strictly (preset `vit_b_ori`).
+`sam_med3d_turbo.pth` loads strictly (preset `vit_b_ori`) through `sammoe.loading.load_backbone`.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -65,49 +63,6 @@ PRESETS: dict[str, SamMed3DConfig] = {
 }
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a `.safetensors` file or of a torch checkpoint (plain or under `model_state_dict`)."""
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found; check the path")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as err:
-            raise CheckpointError(
-                f"{path}: not a readable safetensors file ({err}); re-download or re-export it"
-            ) from None
-    try:
-        # Official training checkpoints also pickle `args` (an argparse.Namespace): a plain attribute bag,
-        # safe to allow; anything else that is not a tensor container is refused.
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for corrupt or pickle-unsafe files
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"{path}: cannot be read as a weights-only torch checkpoint ({first}); re-download it, or re-save "
-            "the model_state_dict alone with `torch.save({'model_state_dict': sd}, path)`"
-        ) from None
-    if isinstance(obj, dict):
-        for key in ("model_state_dict", "state_dict", "model"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: holds no state_dict of tensors (expected a 'model_state_dict' entry)")
-    return obj
-
-
-def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop a DDP `module.` or Lightning `model.` prefix shared by every key."""
-    for prefix in ("module.", "model."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix) :]: v for k, v in state.items()}
-    return state
-
-
 class SamMed3D(nn.Module):
     """The SAM-Med3D backbone. Inputs are z-normalised (B, 1, S, S, S) volumes; clicks are voxel indices."""
 
@@ -145,14 +100,12 @@ class SamMed3D(nn.Module):
 
     # ----------------------------------------------------------------------------------------- building
     @classmethod
-    def from_preset(cls, name: str, checkpoint: str | Path | None = None) -> SamMed3D:
-        """Build a preset (`vit_b_ori` = turbo, `tiny`), optionally loading weights strictly."""
+    def from_preset(cls, name: str) -> SamMed3D:
+        """Build a preset (`vit_b_ori` = turbo, `tiny`) with fresh weights; `sammoe.loading.load_backbone`
+        builds one from a checkpoint."""
         if name not in PRESETS:
             raise CheckpointError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
-        model = cls(PRESETS[name])
-        if checkpoint is not None:
-            model.load_checkpoint(checkpoint)
-        return model
+        return cls(PRESETS[name])
 
     @classmethod
     def from_official_config(cls, cfg: dict[str, Any]) -> SamMed3D:
@@ -188,54 +141,6 @@ class SamMed3D(nn.Module):
                 f"({config.prompt_embed_dim})"
             )
         return cls(config)
-
-    # ----------------------------------------------------------------------------------------- weights
-    def load_checkpoint(self, path: str | Path, strict: bool = True) -> SamMed3D:
-        """Load an official `.pth` (weights under `model_state_dict`; other entries ignored) or `.safetensors`.
-
-        Nothing is unpickled beyond tensors (`weights_only=True`). A missing, unexpected or mis-shaped key
-        raises CheckpointError naming it.
-        """
-        path = Path(path)
-        state = _strip_prefix(_read_state_dict(path))
-        self.load_state_dict_checked(state, source=str(path), strict=strict)
-        return self
-
-    def load_state_dict_checked(
-        self, state: dict[str, torch.Tensor], source: str, strict: bool = True
-    ) -> None:
-        own = self.state_dict()
-        for key, value in state.items():
-            if key in own and tuple(own[key].shape) != tuple(value.shape):
-                raise CheckpointError(
-                    f"{source}: {key} has shape {tuple(value.shape)} but this model expects "
-                    f"{tuple(own[key].shape)}; pick the preset the checkpoint was trained with"
-                )
-        if strict:
-            missing = sorted(set(own) - set(state))
-            unexpected = sorted(set(state) - set(own))
-            if missing or unexpected:
-                parts = []
-                if missing:
-                    parts.append(
-                        f"missing {len(missing)} key(s), first {missing[0]} {tuple(own[missing[0]].shape)}"
-                    )
-                if unexpected:
-                    parts.append(f"unexpected {len(unexpected)} key(s), first {unexpected[0]}")
-                raise CheckpointError(
-                    f"{source}: {'; '.join(parts)}; pick the preset the checkpoint was trained with"
-                )
-        self.load_state_dict(state, strict=strict)
-
-    def save_safetensors(self, path: str | Path) -> Path:
-        """Write the state_dict as safetensors (contiguous copies; atomic rename)."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(tmp))
-        tmp.replace(path)
-        return path
 
     # ----------------------------------------------------------------------------------------- inference
     @property

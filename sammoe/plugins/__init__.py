@@ -21,7 +21,7 @@ _EXPORTS = {
     "select_experts": "sammoe.plugins.discovery",
     "get_expert": "sammoe.plugins.discovery",
     "load_expert_weights": "sammoe.plugins.discovery",
-    "load_expert_decoders": "sammoe.plugins.loader",
+    "load_expert_decoders": "sammoe.loading",
     "verify_expert": "sammoe.plugins.verify",
     "package_expert": "sammoe.plugins.scaffold",
 }

@@ -31,8 +31,8 @@ from pydantic import ValidationError
 
 from sammoe import __version__ as sammoe_version
 from sammoe.errors import CheckpointError, PluginError
-from sammoe.plugins import backbone as _backbone
-from sammoe.plugins.loader import decoder_mismatch
+from sammoe.loading import TRUNK_PREFIXES, backbone_source, decoder_mismatch, load_backbone, load_state
+from sammoe.model.sam3d import PRESETS, backbone_fingerprint
 from sammoe.plugins.manifest import (
     ENTRY_POINT_GROUP,
     NAME_PATTERN,
@@ -76,7 +76,7 @@ def _split_state(state: dict[str, torch.Tensor], source: Path) -> tuple[dict, di
     trunk = {
         k[len(prefix) :]: v
         for k, v in state.items()
-        if k.startswith(prefix) and k[len(prefix) :].startswith(_backbone.TRUNK_PREFIXES)
+        if k.startswith(prefix) and k[len(prefix) :].startswith(TRUNK_PREFIXES)
     }
     return decoder, trunk
 
@@ -150,19 +150,19 @@ def _trunk_fingerprint(
     """
     if ckpt.trunk:
         try:
-            model.load_state_dict_checked(ckpt.trunk, source=str(ckpt.source), strict=False)
+            load_state(model, ckpt.trunk, str(ckpt.source), strict=False)
         except CheckpointError as err:
             raise PluginError(str(err)) from None
-        trunk_keys = [k for k in model.state_dict() if k.startswith(_backbone.TRUNK_PREFIXES)]
+        trunk_keys = [k for k in model.state_dict() if k.startswith(TRUNK_PREFIXES)]
         missing = [k for k in trunk_keys if k not in ckpt.trunk]
         if missing:
             raise PluginError(f"{ckpt.source}: the frozen trunk in the checkpoint lacks {missing[0]}")
-        return _backbone.fingerprint(model), f"the trunk stored in {ckpt.source.name}"
+        return backbone_fingerprint(model), f"the trunk stored in {ckpt.source.name}"
     if backbone is not None:
-        return _backbone.fingerprint(_backbone.load_backbone(ckpt.meta["preset"], backbone)), str(backbone)
+        return backbone_fingerprint(load_backbone(backbone, ckpt.meta["preset"])), str(backbone)
     if "backbone_fingerprint" in ckpt.meta:
         return str(ckpt.meta["backbone_fingerprint"]), "the checkpoint's metadata"
-    return _backbone.fingerprint(model), _backbone.backbone_source(ckpt.meta["preset"])
+    return backbone_fingerprint(model), backbone_source(ckpt.meta["preset"])
 
 
 def build_manifest(
@@ -229,11 +229,11 @@ def package_expert(
                 "checkpoint's hyperparameters, or pass --meta FILE.json"
             )
     preset = ckpt.meta["preset"]
-    if preset not in _backbone.known_presets():
+    if preset not in PRESETS:
         raise PluginError(
-            f"{ckpt.source}: unknown preset {preset!r}; use one of {', '.join(_backbone.known_presets())}"
+            f"{ckpt.source}: unknown preset {preset!r}; use one of {', '.join(sorted(PRESETS))}"
         )
-    model = _backbone.load_backbone(preset)
+    model = load_backbone(None, preset)
     problem = decoder_mismatch(model.mask_decoder, ckpt.decoder)
     if problem:
         raise PluginError(f"{ckpt.source}: the decoder does not fit preset {preset!r}: {problem}")

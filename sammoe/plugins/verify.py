@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from sammoe.errors import PluginError
-from sammoe.plugins import backbone as _backbone
+from sammoe.loading import backbone_source, expert_decoder, load_backbone
+from sammoe.model.sam3d import PRESETS, backbone_fingerprint
 from sammoe.plugins.discovery import ExpertRecord
-from sammoe.plugins.loader import expert_decoder
 
 
 @torch.no_grad()
@@ -44,8 +44,8 @@ class BackboneCache:
 
     def get(self, preset: str) -> tuple[nn.Module, str]:
         if preset not in self._models:
-            model = _backbone.load_backbone(preset, self.checkpoint)
-            self._models[preset] = (model, _backbone.fingerprint(model))
+            model = load_backbone(self.checkpoint, preset)
+            self._models[preset] = (model, backbone_fingerprint(model))
         return self._models[preset]
 
 
@@ -58,16 +58,16 @@ def verify_expert(
     """The record with its status after the deep checks (ok / incompatible / broken, one-line reason).
 
     `backbone_checkpoint` holds the frozen trunk the expert must fit (default: the preset's default weights,
-    see `sammoe.plugins.backbone`). A bad `backbone_checkpoint` raises CheckpointError (the user's error).
+    see `sammoe.loading.load_backbone`). A bad `backbone_checkpoint` raises CheckpointError (the user's error).
     """
     if not record.ok or record.manifest is None:
         return record
     manifest = record.manifest
     preset = manifest.backbone.preset
-    if preset not in _backbone.known_presets():
+    if preset not in PRESETS:
         return record.with_status(
             "incompatible",
-            f"backbone preset {preset!r} is unknown here (known: {', '.join(_backbone.known_presets())})",
+            f"backbone preset {preset!r} is unknown here (known: {', '.join(sorted(PRESETS))})",
             "install a sammoe that provides it",
         )
     cache = cache or BackboneCache(backbone_checkpoint)
@@ -81,7 +81,7 @@ def verify_expert(
         return record.with_status(
             "incompatible",
             f"trained on backbone {preset} {manifest.backbone.fingerprint[:12]}..., "
-            f"{_backbone.backbone_source(preset, cache.checkpoint)} has {fingerprint[:12]}...",
+            f"{backbone_source(preset, cache.checkpoint)} has {fingerprint[:12]}...",
             fix,
         )
     try:
