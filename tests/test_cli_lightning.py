@@ -200,6 +200,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow  # over 10 s on 2 cores; `make test-all` runs it
 def test_ddp_two_cpu_processes_count_each_case_once(tmp_path, phantoms):
     run = tmp_path / "run"
     cfg = tiny_config(tmp_path / "c.yaml", run, phantoms, logger="none")
@@ -242,6 +243,7 @@ class HangAtEpoch(Callback):
 '''
 
 
+@pytest.mark.slow  # over 10 s on 2 cores; `make test-all` runs it
 def test_resume_after_kill_loses_no_finished_epoch(tmp_path, phantoms):
     run = tmp_path / "run"
     ckpts = run / "checkpoints"

@@ -21,6 +21,9 @@ def _usable_experts() -> list[str]:
     return [r.name for r in discover(backbone_fingerprint=fingerprint) if r.status == "ok"]
 
 
+pytestmark = pytest.mark.slow  # the whole demo pipeline (gate training + two evaluations): `make test-all`
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     experts = _usable_experts()

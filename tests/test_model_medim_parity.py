@@ -151,6 +151,7 @@ def test_gradients_flow_through_fast_attention():
         assert param.grad is not None and param.grad.abs().sum() > 0
 
 
+@pytest.mark.slow  # over 10 s on 2 cores; `make test-all` runs it
 def test_full_size_vit_b_ori_matches_official():
     """The released architecture at full size (random weights): ~15 s on 2 cores, kept in the default run."""
     config = PRESETS["vit_b_ori"]

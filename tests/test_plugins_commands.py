@@ -313,6 +313,7 @@ def test_package_refuses_pickled_lightning_checkpoint(tmp_path, decoder):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # over 10 s on 2 cores; `make test-all` runs it
 def test_packaged_project_pip_installs_and_passes_its_own_tests(tmp_path, tiny, decoder):
     ckpt = tmp_path / "liver.safetensors"
     save_file(decoder, str(ckpt))
