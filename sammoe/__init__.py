@@ -17,7 +17,7 @@ _EXPORTS = {
     "load_backbone": "sammoe.loading",
     "MaskSelector": "sammoe.model.gate",
     "Predictor": "sammoe.infer",
-    "Target": "sammoe.infer",
+    "Target": "sammoe.segmentation",
     "Preprocessor": "sammoe.data.preprocess",
     "read_image": "sammoe.data.io",
     "write_label": "sammoe.data.io",

@@ -23,7 +23,7 @@ previous low-res logits as mask prompt (zeros on the first step), exactly the of
 mask is sigmoid(trilinear upsample) > 0.5, mapped back onto the input grid (nearest). Targets whose first
 click lies within ``share_roi`` x crop of an already encoded ROI centre reuse that ROI, and all targets of a
 ROI are decoded as one batch. A target whose mask reaches a face of its crop grows into neighbouring windows
-(``data.preprocess.sliding_window``).
+(``interact.sliding_window``).
 """
 
 from __future__ import annotations
@@ -31,255 +31,26 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from sammoe.data.io import Volume, read_image
-from sammoe.data.preprocess import Preprocessor, Resampled, Roi, sliding_window
-from sammoe.errors import CheckpointError, ConfigError, DataError
+from sammoe.data.preprocess import Preprocessor, Resampled, Roi
+from sammoe.errors import ConfigError, DataError
 from sammoe.interact.roi import click_centred_start, round_voxel
+from sammoe.interact.sliding_window import sliding_window
 from sammoe.model.moe import FOUNDATION, SamMoE
 from sammoe.model.sam3d import SamMed3D
+from sammoe.segmentation import SPACES, Segmentation, Target, TargetResult, check_target, to_input_voxels
 
-__all__ = [
-    "SPACES",
-    "Target",
-    "TargetResult",
-    "Segmentation",
-    "Predictor",
-    "load_model",
-    "to_input_voxels",
-]
+__all__ = ["SPACES", "Target", "TargetResult", "Segmentation", "Predictor", "to_input_voxels"]
 
-SPACES = ("voxel", "ras", "lps")
-_LPS_RAS = np.array([-1.0, -1.0, 1.0])
 _PROB_SCALE = 65535  # probabilities pass through the (nearest, integer) inverse as uint16
-
-
-# ------------------------------------------------------------------------------------------------ targets
-@dataclass
-class Target:
-    """Clicks on one structure. ``labels``: 1 positive, 0 negative (default: all positive)."""
-
-    points: Any
-    labels: Any = None
-    name: str = ""
-    space: str = "voxel"
-
-
-@dataclass
-class TargetResult:
-    """One target's result on the input grid."""
-
-    name: str
-    value: int
-    mask: np.ndarray  # bool, input grid
-    probability: np.ndarray | None  # float32, input grid (when requested)
-    expert: str
-    gate: dict[str, float] | None
-    iou: float
-    clicks: int
-    roi: int
-    windows: int
-    click: tuple[int, int, int] = (0, 0, 0)  # the centring click, input voxel indices
-    voxels: int = 0  # voxels carrying this target's value in the label map (after overlaps)
-    volume_ml: float = 0.0
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "label": self.value,
-            "clicks": self.clicks,
-            "expert": self.expert,
-            "gate": self.gate,
-            "predicted_iou": round(self.iou, 4),
-            "voxels": self.voxels,
-            "volume_ml": round(self.volume_ml, 3),
-            "roi": self.roi,
-            "windows": self.windows,
-        }
-
-
-@dataclass
-class Segmentation:
-    """Label map and per-target results on the input grid."""
-
-    labels: np.ndarray
-    targets: list[TargetResult]
-    volume: Volume
-    encodes: int
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def probabilities(self) -> np.ndarray | None:
-        """(X, Y, Z) for one target, (X, Y, Z, T) for several; None unless requested."""
-        probs = [t.probability for t in self.targets]
-        if not probs or any(p is None for p in probs):
-            return None
-        return probs[0] if len(probs) == 1 else np.stack(probs, axis=-1)
-
-    def report(self) -> dict[str, Any]:
-        vol = self.volume
-        return {
-            "image": None if vol.path is None else str(vol.path),
-            "shape": list(vol.shape),
-            "spacing_mm": [round(float(s), 6) for s in vol.spacing],
-            **self.info,
-            "encodes": self.encodes,
-            "targets": [t.summary() for t in self.targets],
-        }
-
-
-def to_input_voxels(volume: Volume, points: Any, space: str) -> np.ndarray:
-    """Clicks (N, 3) in ``space`` (voxel / ras / lps mm) -> float voxel indices of ``volume``'s array."""
-    if space not in SPACES:
-        raise DataError(f"unknown coordinate system {space!r}; use one of {', '.join(SPACES)}")
-    pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-    if space == "voxel":
-        return pts
-    if space == "lps":
-        pts = pts * _LPS_RAS
-    inv = np.linalg.inv(np.asarray(volume.affine, dtype=np.float64))
-    return pts @ inv[:3, :3].T + inv[:3, 3]
-
-
-def _check_target(target: Target, index: int, volume: Volume) -> tuple[str, np.ndarray, np.ndarray]:
-    """Validate one target; returns (name, input voxel coordinates (N, 3), labels (N,))."""
-    name = target.name or f"target_{index + 1}"
-    where = f"target {name!r}"
-    if target.space not in SPACES:
-        raise DataError(
-            f"{where}: unknown coordinate system {target.space!r}; use one of {', '.join(SPACES)}"
-        )
-    try:
-        pts = np.asarray(target.points, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise DataError(f"{where}: clicks must be numbers [x, y, z]; got {target.points!r}") from None
-    if pts.size == 0:
-        raise DataError(f"{where}: empty click list; give at least one positive click [x, y, z]")
-    if pts.ndim == 1 and pts.shape[0] == 3:
-        pts = pts[None]
-    if pts.ndim != 2 or pts.shape[1] != 3:
-        raise DataError(f"{where}: each click needs 3 coordinates [x, y, z]; got shape {pts.shape}")
-    if not np.all(np.isfinite(pts)):
-        raise DataError(f"{where}: click coordinates must be finite numbers")
-    if target.labels is None:
-        labels = np.ones(len(pts), dtype=np.int64)
-    else:
-        labels = np.asarray(target.labels).reshape(-1)
-        if labels.shape[0] != pts.shape[0]:
-            raise DataError(
-                f"{where}: {pts.shape[0]} clicks but {labels.shape[0]} labels; give one label per click"
-            )
-        if not np.all(np.isin(labels, (0, 1))):
-            raise DataError(
-                f"{where}: click labels must be 1 (positive) or 0 (negative); got {labels.tolist()}"
-            )
-        labels = labels.astype(np.int64)
-    if not np.any(labels == 1):
-        raise DataError(f"{where}: no positive click; the first positive click centres the crop")
-    vox = to_input_voxels(volume, pts, target.space)
-    idx = round_voxel(vox)
-    shape = np.asarray(volume.shape)
-    outside = np.any((idx < 0) | (idx >= shape), axis=1)
-    if outside.any():
-        k = int(np.flatnonzero(outside)[0])
-        given = ", ".join(f"{v:g}" for v in pts[k])
-        unit = "voxel" if target.space == "voxel" else f"{target.space.upper()} mm"
-        mapped = "" if target.space == "voxel" else f" (voxel {', '.join(f'{v:.1f}' for v in vox[k])})"
-        raise DataError(
-            f"{where}: click {k + 1} ({given}) {unit}{mapped} lies outside the image of shape "
-            f"{'x'.join(map(str, volume.shape))}; check the coordinates and --space"
-        )
-    return name, vox, labels
-
-
-# ------------------------------------------------------------------------------------------------ loading
-def load_model(
-    checkpoint: str | os.PathLike | None = None,
-    *,
-    preset: str = "auto",
-    experts: Iterable[str] | str | None = None,
-    gate: str | os.PathLike | None = None,
-    route: str | None = None,
-) -> tuple[SamMed3D | SamMoE, dict[str, Any]]:
-    """The model ``sammoe segment`` runs, and a description of it for the report.
-
-    ``checkpoint`` None means the shipped tiny foundation model (``sammoe.assets.FOUNDATION_TINY``); with it,
-    the installed experts and the shipped gate (``GATE_TINY``) are used when present and compatible, else the
-    foundation alone with a warning. ``experts``: None = every installed, compatible expert (``SAMMOE_EXPERTS``
-    honoured); "none" or [] = no experts; names = exactly those (each must be ok). Experts need a gate:
-    ``gate`` or, for the shipped model, ``GATE_TINY``; a forced ``route`` (an expert's name) needs no gate.
-    """
-    from sammoe import assets
-    from sammoe.loading import load_backbone, load_expert_decoders, load_gate, preset_of
-
-    shipped = checkpoint is None
-    if shipped:
-        checkpoint = assets.FOUNDATION_TINY
-        if not Path(checkpoint).is_file():
-            raise CheckpointError(
-                f"the shipped tiny foundation model {checkpoint} is missing; create it with `make foundation` "
-                "in the sammoe repository, or pass --checkpoint PATH"
-            )
-    backbone = load_backbone(checkpoint, preset)
-    preset = preset_of(backbone)
-    info: dict[str, Any] = {
-        "model": {"checkpoint": str(checkpoint), "preset": preset, "experts": [], "gate": None}
-    }
-    if isinstance(experts, str):
-        experts = (
-            [] if experts.strip() in ("none", "") else [e.strip() for e in experts.split(",") if e.strip()]
-        )
-        if experts == ["all"]:
-            experts = None
-    explicit = experts is not None
-    names = None if experts is None else list(experts)
-    if names == []:
-        return backbone, info
-    decoders = load_expert_decoders(backbone, names)
-    if not decoders:
-        return backbone, info
-    gate_path = Path(gate) if gate is not None else (assets.GATE_TINY if shipped else None)
-    moe = SamMoE(backbone, decoders)
-    problem = None
-    if gate_path is None:
-        problem = "no gate given (--gate PATH)"
-    else:
-        try:
-            load_gate(moe, gate_path)
-        except CheckpointError as err:
-            if gate is not None:
-                raise
-            problem = str(err)
-    if problem is not None and route is not None and route != FOUNDATION:
-        moe.eval()  # forced routing decodes with the named expert; the (untrained) gate decides nothing
-        info["model"]["experts"] = list(decoders)
-        return moe, info
-    if problem is not None:
-        if explicit and gate is None:
-            raise ConfigError(
-                f"experts {', '.join(decoders)} need a gate to route between them: {problem}; pass --gate PATH "
-                "(train one with `sammoe fit --config configs/gate.yaml`) or --experts none"
-            )
-        warnings.warn(
-            f"using the foundation decoder only: {problem}; create the gate with `make gate` or pass --gate",
-            UserWarning,
-            stacklevel=2,
-        )
-        return backbone, info
-    moe.eval()
-    info["model"]["experts"] = list(decoders)
-    info["model"]["gate"] = str(gate_path)
-    info["model"]["selector"] = {"mode": moe.selector.mode, "tau": float(moe.selector.tau)}
-    return moe, info
 
 
 # ------------------------------------------------------------------------------------------------ predictor
@@ -396,6 +167,8 @@ class Predictor:
     ) -> Predictor:
         """``load_model(...)`` wrapped in a Predictor (keyword arguments go to ``Predictor``, e.g.
         ``route="spinal_cord"`` or ``route="foundation"`` to force one decoder for every target)."""
+        from sammoe.loading import load_model
+
         route = kwargs.get("route")
         model, info = load_model(checkpoint, preset=preset, experts=experts, gate=gate, route=route)
         return cls(model, info=info, **kwargs)
@@ -659,7 +432,7 @@ class Predictor:
             targets = [targets]
         if not targets:
             raise DataError("no targets given; give at least one target with a positive click")
-        checked = [_check_target(t, i, self.volume) for i, t in enumerate(targets)]
+        checked = [check_target(t, i, self.volume) for i, t in enumerate(targets)]
         self._want_probs = probabilities
         self._states = []
         by_entry: dict[int, tuple[_Entry, list[_State]]] = {}
@@ -688,7 +461,7 @@ class Predictor:
         """Refine one target (index or name) with one more click; reuses its ROI embedding and last logits."""
         state = self._find(target)
         probe = Target([point], [1], state.name, space)  # validates the coordinates only
-        _, vox, _ = _check_target(probe, 0, self.volume)
+        _, vox, _ = check_target(probe, 0, self.volume)
         roi = state.entry.roi
         if not roi.contains(roi.input_to_roi(vox))[0]:
             raise DataError(

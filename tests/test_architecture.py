@@ -16,12 +16,15 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("sammoe.model", ("sammoe.model", "sammoe.errors")),
     ("sammoe.data.datamodule", ("sammoe.data", "sammoe.errors", "sammoe.files", "sammoe.interact.roi")),
     ("sammoe.data", ("sammoe.data", "sammoe.errors", "sammoe.files")),
-    ("sammoe.interact", ("sammoe.interact", "sammoe.data.preprocess", "sammoe.data.clicks", "sammoe.errors")),
-    ("sammoe.loading", ("sammoe.model", "sammoe.errors", "sammoe.files", "sammoe.assets", "sammoe.plugins.discovery")),
+    ("sammoe.interact", ("sammoe.interact", "sammoe.data.preprocess", "sammoe.data.clicks", "sammoe.data.io",
+                         "sammoe.errors")),
+    ("sammoe.segmentation", ("sammoe.data.io", "sammoe.interact.roi", "sammoe.errors")),
+    ("sammoe.loading", ("sammoe.loading", "sammoe.model", "sammoe.errors", "sammoe.files", "sammoe.assets",
+                        "sammoe.plugins.discovery")),
     ("sammoe.plugins", ("sammoe.plugins", "sammoe.loading", "sammoe.model", "sammoe.errors", "sammoe.files",
                         "sammoe.assets", "sammoe")),
-    ("sammoe.infer", ("sammoe.data", "sammoe.interact", "sammoe.model", "sammoe.loading", "sammoe.errors",
-                      "sammoe.assets")),
+    ("sammoe.infer", ("sammoe.data", "sammoe.interact", "sammoe.model", "sammoe.loading", "sammoe.segmentation",
+                      "sammoe.errors", "sammoe.assets")),
     ("sammoe.eval", ("sammoe.eval", "sammoe.data", "sammoe.files", "sammoe.errors", "sammoe.infer")),
 ]  # fmt: skip
 
@@ -84,7 +87,7 @@ def test_only_loading_reads_weights_and_only_files_writes():
                    "sammoe.plugins.scaffold", "sammoe.plugins.testing")  # fmt: skip
     for name, path in _modules():
         text = path.read_text()
-        if name not in own_readers:
+        if not name.startswith(own_readers):
             assert not any(r in text for r in readers), f"{name} reads weights; go through sammoe.loading"
         if name not in own_writers:  # a writer handed to files.write_file on the same line is that path
             lines = [line for line in text.splitlines() if "write_file(" not in line]

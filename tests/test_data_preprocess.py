@@ -14,10 +14,10 @@ from sammoe.data.preprocess import (
     Resampled,
     bbox,
     official_crop_start,
-    sliding_window,
     znormalize,
 )
 from sammoe.errors import DataError
+from sammoe.interact.sliding_window import sliding_window
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 COLIN = SHARED / "data" / "colin27"

@@ -26,7 +26,7 @@ CLICKS = (1, 3)
 
 def _installed_moe():
     from sammoe import assets
-    from sammoe.infer import load_model
+    from sammoe.loading import load_model
     from sammoe.model.moe import SamMoE
 
     if not assets.GATE_TINY.is_file():

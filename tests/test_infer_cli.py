@@ -267,7 +267,7 @@ def test_colin27_geometry_with_known_model(shared_dir):
 def test_route_forces_one_decoder_and_names_it_in_the_report(tmp_path, capsys, image):
     """`--route` runs the shipped model with one decoder for every target (no gate needed for it), through the
     same code as the MoE; an unknown name is one line that lists the loaded ones."""
-    from sammoe.infer import load_model
+    from sammoe.loading import load_model
     from sammoe.model.moe import SamMoE
 
     model, _ = load_model()

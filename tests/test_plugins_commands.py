@@ -380,7 +380,7 @@ def test_load_expert_decoders_for_a_backbone(site, tiny, decoder, monkeypatch):
 def test_segment_skips_an_expert_whose_weights_do_not_load(site, tiny, decoder, monkeypatch, tmp_path):
     """`sammoe segment`'s loader goes through the same assembly: a plugin with unloadable weights is skipped
     with its reason, and the MoE of the others (with a gate over exactly them) still loads."""
-    from sammoe.infer import load_model
+    from sammoe.loading import load_model
     from sammoe.model.moe import SamMoE
 
     model, fp = tiny

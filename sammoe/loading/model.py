@@ -1,0 +1,96 @@
+"""The model `sammoe segment` and `Predictor.load` run: backbone + installed experts + gate."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from sammoe.errors import CheckpointError, ConfigError
+from sammoe.loading.experts import load_expert_decoders
+from sammoe.loading.gate import load_gate
+from sammoe.loading.weights import load_backbone, preset_of
+from sammoe.model.moe import SamMoE
+from sammoe.model.sam3d import SamMed3D
+
+
+def load_model(
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    preset: str = "auto",
+    experts: Iterable[str] | str | None = None,
+    gate: str | os.PathLike | None = None,
+    route: str | None = None,
+) -> tuple[SamMed3D | SamMoE, dict[str, Any]]:
+    """The model ``sammoe segment`` runs, and a description of it for the report.
+
+    ``checkpoint`` None means the shipped tiny foundation model (``sammoe.assets.FOUNDATION_TINY``); with it,
+    the installed experts and the shipped gate (``GATE_TINY``) are used when present and compatible, else the
+    foundation alone with a warning. ``experts``: None = every installed, compatible expert (``SAMMOE_EXPERTS``
+    honoured); "none" or [] = no experts; names = exactly those (each must be ok). Experts need a gate:
+    ``gate`` or, for the shipped model, ``GATE_TINY``; a forced ``route`` (an expert's name) needs no gate.
+    """
+    from sammoe import assets
+    from sammoe.model.moe import FOUNDATION
+
+    shipped = checkpoint is None
+    if shipped:
+        checkpoint = assets.FOUNDATION_TINY
+        if not Path(checkpoint).is_file():
+            raise CheckpointError(
+                f"the shipped tiny foundation model {checkpoint} is missing; create it with `make foundation` "
+                "in the sammoe repository, or pass --checkpoint PATH"
+            )
+    backbone = load_backbone(checkpoint, preset)
+    preset = preset_of(backbone)
+    info: dict[str, Any] = {
+        "model": {"checkpoint": str(checkpoint), "preset": preset, "experts": [], "gate": None}
+    }
+    if isinstance(experts, str):
+        experts = (
+            [] if experts.strip() in ("none", "") else [e.strip() for e in experts.split(",") if e.strip()]
+        )
+        if experts == ["all"]:
+            experts = None
+    explicit = experts is not None
+    names = None if experts is None else list(experts)
+    if names == []:
+        return backbone, info
+    decoders = load_expert_decoders(backbone, names)
+    if not decoders:
+        return backbone, info
+    gate_path = Path(gate) if gate is not None else (assets.GATE_TINY if shipped else None)
+    moe = SamMoE(backbone, decoders)
+    problem = None
+    if gate_path is None:
+        problem = "no gate given (--gate PATH)"
+    else:
+        try:
+            load_gate(moe, gate_path)
+        except CheckpointError as err:
+            if gate is not None:
+                raise
+            problem = str(err)
+    if problem is not None and route is not None and route != FOUNDATION:
+        moe.eval()  # forced routing decodes with the named expert; the (untrained) gate decides nothing
+        info["model"]["experts"] = list(decoders)
+        return moe, info
+    if problem is not None:
+        if explicit and gate is None:
+            raise ConfigError(
+                f"experts {', '.join(decoders)} need a gate to route between them: {problem}; pass --gate PATH "
+                "(train one with `sammoe fit --config configs/gate.yaml`) or --experts none"
+            )
+        warnings.warn(
+            f"using the foundation decoder only: {problem}; create the gate with `make gate` or pass --gate",
+            UserWarning,
+            stacklevel=2,
+        )
+        return backbone, info
+    moe.eval()
+    info["model"]["experts"] = list(decoders)
+    info["model"]["gate"] = str(gate_path)
+    info["model"]["selector"] = {"mode": moe.selector.mode, "tau": float(moe.selector.tau)}
+    return moe, info

@@ -1,0 +1,160 @@
+"""What a user segments and what comes back: targets (clicks in voxel or world coordinates) and results on the
+input grid. Validation of clicks happens here, before any model runs.
+
+- ``Target(points, labels=None, name="", space="voxel")``: one structure to segment. ``points`` (N, 3) clicks,
+  ``labels`` 1 = positive (default), 0 = negative; ``space``: ``"voxel"`` (indices into the input array as
+  stored: i, j, k of the NIfTI file; x, y, z index order of a DICOM series), ``"ras"`` or ``"lps"`` (mm).
+- ``TargetResult``, ``Segmentation``: one target's mask and routing; the label map of all targets.
+- ``to_input_voxels(volume, points, space)``, ``check_target(target, index, volume)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sammoe.data.io import Volume
+from sammoe.errors import DataError
+from sammoe.interact.roi import round_voxel
+
+SPACES = ("voxel", "ras", "lps")
+_LPS_RAS = np.array([-1.0, -1.0, 1.0])
+
+
+@dataclass
+class Target:
+    """Clicks on one structure. ``labels``: 1 positive, 0 negative (default: all positive)."""
+
+    points: Any
+    labels: Any = None
+    name: str = ""
+    space: str = "voxel"
+
+
+@dataclass
+class TargetResult:
+    """One target's result on the input grid."""
+
+    name: str
+    value: int
+    mask: np.ndarray  # bool, input grid
+    probability: np.ndarray | None  # float32, input grid (when requested)
+    expert: str
+    gate: dict[str, float] | None
+    iou: float
+    clicks: int
+    roi: int
+    windows: int
+    click: tuple[int, int, int] = (0, 0, 0)  # the centring click, input voxel indices
+    voxels: int = 0  # voxels carrying this target's value in the label map (after overlaps)
+    volume_ml: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "label": self.value,
+            "clicks": self.clicks,
+            "expert": self.expert,
+            "gate": self.gate,
+            "predicted_iou": round(self.iou, 4),
+            "voxels": self.voxels,
+            "volume_ml": round(self.volume_ml, 3),
+            "roi": self.roi,
+            "windows": self.windows,
+        }
+
+
+@dataclass
+class Segmentation:
+    """Label map and per-target results on the input grid."""
+
+    labels: np.ndarray
+    targets: list[TargetResult]
+    volume: Volume
+    encodes: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def probabilities(self) -> np.ndarray | None:
+        """(X, Y, Z) for one target, (X, Y, Z, T) for several; None unless requested."""
+        probs = [t.probability for t in self.targets]
+        if not probs or any(p is None for p in probs):
+            return None
+        return probs[0] if len(probs) == 1 else np.stack(probs, axis=-1)
+
+    def report(self) -> dict[str, Any]:
+        vol = self.volume
+        return {
+            "image": None if vol.path is None else str(vol.path),
+            "shape": list(vol.shape),
+            "spacing_mm": [round(float(s), 6) for s in vol.spacing],
+            **self.info,
+            "encodes": self.encodes,
+            "targets": [t.summary() for t in self.targets],
+        }
+
+
+def to_input_voxels(volume: Volume, points: Any, space: str) -> np.ndarray:
+    """Clicks (N, 3) in ``space`` (voxel / ras / lps mm) -> float voxel indices of ``volume``'s array."""
+    if space not in SPACES:
+        raise DataError(f"unknown coordinate system {space!r}; use one of {', '.join(SPACES)}")
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    if space == "voxel":
+        return pts
+    if space == "lps":
+        pts = pts * _LPS_RAS
+    inv = np.linalg.inv(np.asarray(volume.affine, dtype=np.float64))
+    return pts @ inv[:3, :3].T + inv[:3, 3]
+
+
+def check_target(target: Target, index: int, volume: Volume) -> tuple[str, np.ndarray, np.ndarray]:
+    """Validate one target; returns (name, input voxel coordinates (N, 3), labels (N,))."""
+    name = target.name or f"target_{index + 1}"
+    where = f"target {name!r}"
+    if target.space not in SPACES:
+        raise DataError(
+            f"{where}: unknown coordinate system {target.space!r}; use one of {', '.join(SPACES)}"
+        )
+    try:
+        pts = np.asarray(target.points, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: clicks must be numbers [x, y, z]; got {target.points!r}") from None
+    if pts.size == 0:
+        raise DataError(f"{where}: empty click list; give at least one positive click [x, y, z]")
+    if pts.ndim == 1 and pts.shape[0] == 3:
+        pts = pts[None]
+    if pts.ndim != 2 or pts.shape[1] != 3:
+        raise DataError(f"{where}: each click needs 3 coordinates [x, y, z]; got shape {pts.shape}")
+    if not np.all(np.isfinite(pts)):
+        raise DataError(f"{where}: click coordinates must be finite numbers")
+    if target.labels is None:
+        labels = np.ones(len(pts), dtype=np.int64)
+    else:
+        labels = np.asarray(target.labels).reshape(-1)
+        if labels.shape[0] != pts.shape[0]:
+            raise DataError(
+                f"{where}: {pts.shape[0]} clicks but {labels.shape[0]} labels; give one label per click"
+            )
+        if not np.all(np.isin(labels, (0, 1))):
+            raise DataError(
+                f"{where}: click labels must be 1 (positive) or 0 (negative); got {labels.tolist()}"
+            )
+        labels = labels.astype(np.int64)
+    if not np.any(labels == 1):
+        raise DataError(f"{where}: no positive click; the first positive click centres the crop")
+    vox = to_input_voxels(volume, pts, target.space)
+    idx = round_voxel(vox)
+    shape = np.asarray(volume.shape)
+    outside = np.any((idx < 0) | (idx >= shape), axis=1)
+    if outside.any():
+        k = int(np.flatnonzero(outside)[0])
+        given = ", ".join(f"{v:g}" for v in pts[k])
+        unit = "voxel" if target.space == "voxel" else f"{target.space.upper()} mm"
+        mapped = "" if target.space == "voxel" else f" (voxel {', '.join(f'{v:.1f}' for v in vox[k])})"
+        raise DataError(
+            f"{where}: click {k + 1} ({given}) {unit}{mapped} lies outside the image of shape "
+            f"{'x'.join(map(str, volume.shape))}; check the coordinates and --space"
+        )
+    return name, vox, labels
