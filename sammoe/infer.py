@@ -1,20 +1,12 @@
 """Predictor: an image and clicks in, a label map on the image's own grid out (no ground truth needed).
 
-Public API
-----------
-- ``Target(points, labels=None, name="", space="voxel")``: one structure to segment. ``points`` (N, 3) clicks,
-  ``labels`` 1 = positive (default), 0 = negative; ``space`` says how the points are given: ``"voxel"``
-  (indices into the input array as stored: i, j, k of the NIfTI file; x, y, z index order of a DICOM
-  series), ``"ras"`` or ``"lps"`` (world millimetres).
-- ``Predictor(model, device=None, ...)``: ``model`` is a ``SamMed3D`` or a ``SamMoE``.
-  ``Predictor.load(checkpoint=None, experts=None, gate=None, ...)`` builds the shipped default.
-    - ``set_image(image, affine=None)``: a path (NIfTI file or DICOM series folder), a ``Volume`` or an array
-      (+ 4x4 voxel -> RAS mm affine). Resampled once; ROI embeddings are cached per image.
+- ``Predictor(model, device=None, route=None, ...)``: ``model`` is a ``SamMed3D`` or a ``SamMoE``; ``route``
+  forces one decoder. ``Predictor.load(checkpoint=None, experts=None, gate=None, ...)`` builds the default.
+    - ``set_image(image, affine=None)``: a path, a ``Volume`` or an array + voxel -> RAS mm affine.
     - ``predict(targets, probabilities=False, progress=False) -> Segmentation``
-    - ``add_click(target, point, positive=True, space="voxel") -> TargetResult``: interactive refinement that
-      reuses the cached embedding and the target's previous low-res logits.
-- ``Segmentation``: ``labels`` (uint8 on the input grid, target i = value i + 1, later targets overwrite
-  earlier ones where they overlap), ``targets`` (``TargetResult`` each), ``probabilities`` and ``report()``.
+    - ``add_click(target, point, positive=True, space="voxel") -> TargetResult``: refinement on the cached
+      embedding and the target's previous low-res logits.
+``Target``, ``TargetResult`` and ``Segmentation`` are defined in ``sammoe.segmentation``.
 
 How a prediction is made (SAM-Med3D inference, centred on clicks instead of ground truth): resample to the
 model's spacing and RAS (``data.preprocess``), crop ``img_size``^3 centred on the target's first positive
@@ -39,11 +31,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from sammoe.data.io import Volume, read_image
+from sammoe.data.io import Volume, as_volume
 from sammoe.data.preprocess import Preprocessor, Resampled, Roi
 from sammoe.errors import ConfigError, DataError
 from sammoe.interact.roi import click_centred_start, round_voxel
-from sammoe.interact.sliding_window import sliding_window
+from sammoe.interact.sliding_window import deepest_prior_voxel, sliding_window
 from sammoe.model.moe import FOUNDATION, SamMoE
 from sammoe.model.sam3d import SamMed3D
 from sammoe.segmentation import SPACES, Segmentation, Target, TargetResult, check_target, to_input_voxels
@@ -181,27 +173,9 @@ class Predictor:
         *,
         channel: int | None = None,
     ) -> Volume:
-        """Load and resample an image; clears every cached embedding and target."""
-        if isinstance(image, (str, os.PathLike)):
-            volume = read_image(image, channel=channel)
-        elif isinstance(image, Volume):
-            volume = image
-        else:
-            array = np.asarray(image.detach().cpu() if hasattr(image, "detach") else image)
-            if array.ndim != 3:
-                raise DataError(f"image array must be 3D, got shape {array.shape}")
-            if affine is None:
-                affine = np.eye(4)
-            affine = np.asarray(affine, dtype=np.float64)
-            if (
-                affine.shape != (4, 4)
-                or not np.all(np.isfinite(affine))
-                or abs(np.linalg.det(affine[:3, :3])) < 1e-9
-            ):
-                raise DataError("affine must be a finite, invertible 4x4 voxel -> RAS mm matrix")
-            volume = Volume(array=array, affine=affine)
-        if np.issubdtype(volume.array.dtype, np.floating) and not np.all(np.isfinite(volume.array)):
-            raise DataError(f"{volume.path or 'image'}: NaN/inf intensities; replace them before segmenting")
+        """Load and resample an image (a path, a ``Volume`` or an array + affine, checked as files are);
+        clears every cached embedding and target."""
+        volume = as_volume(image, affine, channel=channel)
         self.volume = volume
         self._res = self.pre.resample(volume)
         self._cache.clear()
@@ -310,25 +284,6 @@ class Predictor:
         seen: list[tuple[Roi, np.ndarray]] = []
         primary = tuple(int(v) for v in state.entry.roi.start)
 
-        def prior_click(roi: Roi) -> np.ndarray | None:
-            from scipy import ndimage
-
-            size = np.asarray(roi.size)
-            prior = np.zeros(tuple(size), dtype=np.float32)
-            for other, prob in seen:
-                off = np.asarray(other.start) - np.asarray(roi.start)
-                lo, hi = np.maximum(off, 0), np.minimum(off + size, size)
-                if np.any(hi <= lo):
-                    continue
-                dst = tuple(slice(a, b) for a, b in zip(lo, hi))
-                src = tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, off))
-                prior[dst] = np.maximum(prior[dst], prob[src])
-            fg = prior > 0.5
-            if not fg.any():
-                return None
-            depth = ndimage.distance_transform_edt(fg)
-            return np.asarray(np.unravel_index(int(np.argmax(depth)), fg.shape), dtype=np.float32)
-
         def predict(roi: Roi) -> np.ndarray:
             key = tuple(int(v) for v in roi.start)
             if key == primary:
@@ -339,7 +294,7 @@ class Predictor:
                 inside = entry.roi.contains(pts)
                 points, labels = pts[inside].astype(np.float32), state.labels[inside]
                 if not np.any(labels == 1):
-                    seed = prior_click(entry.roi)
+                    seed = deepest_prior_voxel(entry.roi, seen)
                     if seed is None:
                         prob = np.zeros((self.size,) * 3, dtype=np.float32)
                         seen.append((entry.roi, prob))
@@ -397,17 +352,8 @@ class Predictor:
         """The label map of every target so far (later targets overwrite earlier ones where they overlap)."""
         if self.volume is None:
             raise ConfigError("no image set; call set_image(...) first")
-        top = max((s.value for s in self._states), default=0)
-        labels = np.zeros(self.volume.shape, dtype=np.uint8 if top < 256 else np.uint16)
-        for s in self._states:
-            labels[s.result.mask] = s.value
-        voxel_ml = abs(float(np.linalg.det(self.volume.affine[:3, :3]))) / 1000.0
-        counts = np.bincount(labels.reshape(-1), minlength=top + 1)
-        for s in self._states:
-            s.result.voxels = int(counts[s.value])
-            s.result.volume_ml = s.result.voxels * voxel_ml
-        return Segmentation(
-            labels, [s.result for s in self._states], self.volume, self.encodes, dict(self.info)
+        return Segmentation.compose(
+            [s.result for s in self._states], self.volume, self.encodes, dict(self.info)
         )
 
     # ------------------------------------------------------------------------------------------- public
@@ -473,14 +419,8 @@ class Predictor:
         state.entry = self._encode(roi.start)  # cached unless evicted
         self._run(state.entry, [state])
         self._finish(state)
-        # This target's voxels in the label map (later targets overwrite it) without rebuilding the whole map.
-        visible = state.result.mask
-        for later in self._states[self._states.index(state) + 1 :]:
-            visible = visible & ~later.result.mask
-        state.result.voxels = int(np.count_nonzero(visible))
-        state.result.volume_ml = (
-            state.result.voxels * abs(float(np.linalg.det(self.volume.affine[:3, :3]))) / 1000
-        )
+        later = [s.result for s in self._states[self._states.index(state) + 1 :]]
+        state.result.count_visible(later, self.volume)  # without rebuilding the whole label map
         return state.result
 
     def crop_footprint(self, target: int | str) -> np.ndarray:

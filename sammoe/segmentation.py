@@ -51,6 +51,15 @@ class TargetResult:
     voxels: int = 0  # voxels carrying this target's value in the label map (after overlaps)
     volume_ml: float = 0.0
 
+    def count_visible(self, later: list[TargetResult], volume: Volume) -> None:
+        """Set ``voxels``/``volume_ml`` to what the label map shows of this target (later targets overwrite
+        it where they overlap)."""
+        visible = self.mask
+        for other in later:
+            visible = visible & ~other.mask
+        self.voxels = int(np.count_nonzero(visible))
+        self.volume_ml = self.voxels * voxel_ml(volume)
+
     def summary(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -76,6 +85,22 @@ class Segmentation:
     encodes: int
     info: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def compose(
+        cls, results: list[TargetResult], volume: Volume, encodes: int, info: dict[str, Any]
+    ) -> Segmentation:
+        """The label map of ``results`` in order (target i = value i + 1; later ones win where they overlap),
+        with each target's visible voxels and millilitres filled in."""
+        top = max((r.value for r in results), default=0)
+        labels = np.zeros(volume.shape, dtype=np.uint8 if top < 256 else np.uint16)
+        for r in results:
+            labels[r.mask] = r.value
+        counts = np.bincount(labels.reshape(-1), minlength=top + 1)
+        for r in results:
+            r.voxels = int(counts[r.value])
+            r.volume_ml = r.voxels * voxel_ml(volume)
+        return cls(labels, results, volume, encodes, info)
+
     @property
     def probabilities(self) -> np.ndarray | None:
         """(X, Y, Z) for one target, (X, Y, Z, T) for several; None unless requested."""
@@ -94,6 +119,10 @@ class Segmentation:
             "encodes": self.encodes,
             "targets": [t.summary() for t in self.targets],
         }
+
+
+def voxel_ml(volume: Volume) -> float:
+    return abs(float(np.linalg.det(np.asarray(volume.affine)[:3, :3]))) / 1000.0
 
 
 def to_input_voxels(volume: Volume, points: Any, space: str) -> np.ndarray:

@@ -276,6 +276,27 @@ def read_image(path: str | os.PathLike, channel: int | None = None) -> Volume:
     return volume
 
 
+def as_volume(image: Any, affine: Any = None, *, channel: int | None = None) -> Volume:
+    """A path (read with ``read_image``), a ``Volume``, or a 3D array (numpy or torch) with its voxel -> RAS mm
+    ``affine`` (identity when None), held to the same checks as a file."""
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image, channel=channel)
+    if isinstance(image, Volume):
+        volume = image
+    else:
+        array = np.asarray(image.detach().cpu() if hasattr(image, "detach") else image)
+        if array.ndim != 3:
+            raise DataError(f"image array must be 3D, got shape {array.shape}")
+        volume = Volume(
+            array=array, affine=np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+        )
+    where = volume.path or Path("image array")
+    volume.affine = _check_affine(volume.affine, where)
+    _check_intensities(np.asarray(volume.array), where)
+    _check_not_constant(volume)
+    return volume
+
+
 def _read_volume(path: str | os.PathLike, channel: int | None = None) -> Volume:
     path = Path(path)
     if not path.exists():

@@ -184,3 +184,26 @@ def sliding_window(
     if return_probabilities:
         return Preprocessor.invert(whole, mask), blended, whole
     return Preprocessor.invert(whole, mask)
+
+
+def deepest_prior_voxel(roi: Roi, seen: list[tuple[Roi, np.ndarray]]) -> np.ndarray | None:
+    """Where a window with no positive click of its own gets one: the deepest voxel (distance transform) of
+    the foreground that earlier windows ``seen`` ((roi, probabilities)) predicted where they overlap ``roi``;
+    None when they predicted none there. ROI voxel indices, float32 (3,)."""
+    from scipy import ndimage
+
+    size = np.asarray(roi.size)
+    prior = np.zeros(tuple(size), dtype=np.float32)
+    for other, prob in seen:
+        off = np.asarray(other.start) - np.asarray(roi.start)
+        lo, hi = np.maximum(off, 0), np.minimum(off + size, size)
+        if np.any(hi <= lo):
+            continue
+        dst = tuple(slice(a, b) for a, b in zip(lo, hi))
+        src = tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, off))
+        prior[dst] = np.maximum(prior[dst], prob[src])
+    fg = prior > 0.5
+    if not fg.any():
+        return None
+    depth = ndimage.distance_transform_edt(fg)
+    return np.asarray(np.unravel_index(int(np.argmax(depth)), fg.shape), dtype=np.float32)
