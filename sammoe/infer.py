@@ -7,7 +7,6 @@
     - ``add_click(target, point, positive=True, space="voxel") -> TargetResult``: refinement on the cached
       embedding and the target's previous low-res logits.
 ``Target``, ``TargetResult`` and ``Segmentation`` are defined in ``sammoe.segmentation``.
-
 How a prediction is made (SAM-Med3D inference, centred on clicks instead of ground truth): resample to the
 model's spacing and RAS (``data.preprocess``), crop ``img_size``^3 centred on the target's first positive
 click, z-normalise, encode once; the clicks are fed one at a time, each step with every click so far and the

@@ -83,7 +83,7 @@ def test_only_loading_reads_weights_and_only_files_writes():
     readers = ("safetensors.torch import load", "safe_open(", "torch.load(")
     writers = ("os.replace(", ".write_text(", ".write_bytes(", "nib.save(", "np.save(", "save_file(")
     own_readers = ("sammoe.loading", "sammoe.plugins.weights", "sammoe.plugins.scaffold")
-    own_writers = ("sammoe.files", "sammoe.data.datamodule", "sammoe.data.phantoms", "sammoe.demo",
+    own_writers = ("sammoe.files", "sammoe.data.cache", "sammoe.data.phantoms", "sammoe.demo",
                    "sammoe.plugins.scaffold", "sammoe.plugins.testing")  # fmt: skip
     for name, path in _modules():
         text = path.read_text()

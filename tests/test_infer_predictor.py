@@ -10,8 +10,7 @@ import torch
 from sammoe.data.io import Volume
 from sammoe.errors import CheckpointError, ConfigError, DataError
 from sammoe.infer import Predictor, Target, to_input_voxels
-from sammoe.loading import load_model
-from sammoe.loading import load_backbone, save_backbone, save_gate
+from sammoe.loading import load_backbone, load_model, save_backbone, save_gate
 from sammoe.model.moe import SamMoE
 from sammoe.model.sam3d import PRESETS, SamMed3D
 

@@ -1,38 +1,26 @@
-"""LightningDataModule, preprocessing cache and datasets for training and evaluation.
+"""LightningDataModule and the datasets for training and evaluation.
 
-Training never waits on resampling: ``PreprocessCache`` stores each case once on the preprocessing grid
-(target spacing, RAS+) as ``.npy`` (image float32, label uint8/uint16) beside a ``meta.json`` (affines, shapes,
-per-class bounding boxes). The entry's key is a hash of the source files' contents and of the preprocessing
-parameters, so a changed file or spacing gets a new entry. File hashes are memoised by (size, mtime), so a
-warm epoch only stats the sources and memory-maps the arrays. Crop, clamp, z-normalisation and random flips
-run online on the memory-mapped arrays (only the crop is read).
+Crops are placed by the ROI policy (``sammoe.interact.roi``): centred on a click on the target, as at
+inference (``crop="click"``), or around the ground truth's box (``crop="bbox"``, the official protocol, for
+comparisons only). Cases come from the preprocessing cache (``sammoe.data.cache``); crop, clamp,
+z-normalisation and random flips run online on its memory-mapped arrays (only the crop is read).
 
 Public API
 ----------
-- ``PreprocessCache(cache_dir, preprocessor)``: ``load(case, allowed_values=None) -> CachedCase``;
-  ``key(case)``; ``entries()`` (the manifest: one ``meta.json`` per entry). ``cache_dir=None``: no caching.
-- ``CachedCase``: ``resampled`` (``preprocess.Resampled``, arrays possibly memory-mapped), ``bboxes``
-  {value: (min, max_exclusive, voxel_count)}.
-- ``TargetDataset(targets, cache, preprocessor, flips=True, min_voxels=1, on_empty="skip", allowed=...)``:
-  one item per (case, class): dict(image (1,S,S,S) float32, label (1,S,S,S) float32, case_id, dataset,
-  class_name, label_value, start (3,) long). Crop centred like the official code (class bounding box).
+- ``TargetDataset(targets, cache, preprocessor, flips=True, min_voxels=1, on_empty="skip", index=None,
+  crop="click", jitter=0, seed=None)``: one item per (case, class): dict(image (1,S,S,S) float32, label
+  (1,S,S,S) float32, case_id, dataset, class_name, label_value, start (3,) long, first_click (3,) in
+  ``click`` mode).
 - ``CaseDataset(targets, cache, preprocessor)``: un-cropped case info for evaluation on the original grid:
-  dict(case_id, dataset, class_name, label_value, image_path, label_path, volume (io.Volume),
-  target (bool array on the original grid), roi (preprocess.Roi cropped around the target, official)).
-  Use ``collate_cases`` (a list, no stacking).
+  dict(case_id, dataset, class_name, label_value, image_path, label_path, volume (io.Volume), target (bool
+  array on the original grid), first_click_input, click_roi/first_click (the click-centred crop), roi (the
+  official box crop)). Use ``collate_cases`` (a list, no stacking).
 - ``SegDataModule``: the LightningDataModule (plain-typed constructor for LightningCLI/YAML).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -40,147 +28,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from sammoe.data.cache import PreprocessCache
 from sammoe.data.datasets import Case, CaseIndex, ClassRef, build_index
-from sammoe.data.io import check_label_values, read_image, read_label
-from sammoe.data.preprocess import Preprocessor, Resampled
+from sammoe.data.io import read_image, read_label
+from sammoe.data.preprocess import Preprocessor
 from sammoe.errors import ConfigError, DataError
-from sammoe.files import write_text
 from sammoe.interact.roi import check_crop_mode, click_centred_roi, seeded_first_click, training_roi
 
-CACHE_VERSION = 1
 # Clicks on unlabelled voxels (background, air, tissue no class names): routing targets for the foundation.
 BACKGROUND = "background"
 BACKGROUND_VALUE = 0
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        digest.update(file.name.encode())
-        with open(file, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-@dataclass
-class CachedCase:
-    resampled: Resampled
-    bboxes: dict[int, tuple[np.ndarray, np.ndarray, int]]
-
-
-class PreprocessCache:
-    """Disk cache of resampled RAS volumes, keyed by source-file hashes + preprocessing parameters."""
-
-    def __init__(self, cache_dir: str | Path | None, preprocessor: Preprocessor) -> None:
-        self.root = Path(cache_dir) if cache_dir is not None else None
-        self.pre = preprocessor
-
-    # ------------------------------------------------------------------------------------------ hashing
-    def file_hash(self, path: Path) -> str:
-        """Content hash, memoised on (size, mtime_ns) in ``<cache>/hashes``."""
-        path = Path(path)
-        if self.root is None:
-            return _sha256_file(path)
-        stat = path.stat()
-        stamp = {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-        memo = self.root / "hashes" / (hashlib.sha1(stamp["path"].encode()).hexdigest() + ".json")
-        try:
-            known = json.loads(memo.read_text())
-            if all(known.get(k) == v for k, v in stamp.items()):
-                return known["sha256"]
-        except (OSError, ValueError):
-            pass
-        digest = _sha256_file(path)
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        write_text(memo, json.dumps({**stamp, "sha256": digest}))
-        return digest
-
-    def key(self, case: Case) -> tuple[str, dict]:
-        source = {
-            "image": self.file_hash(case.image),
-            "label": self.file_hash(case.label) if case.label is not None else None,
-            "channel": case.channel,
-        }
-        params = {"version": CACHE_VERSION, **self.pre.params()}
-        blob = json.dumps({"source": source, "params": params}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:32], {"source": source, "params": params}
-
-    # --------------------------------------------------------------------------------------------- load
-    def _compute(self, case: Case, allowed_values: Sequence[int] | None) -> tuple[Resampled, dict]:
-        image = read_image(case.image, channel=case.channel)
-        label = None
-        if case.label is not None:
-            label = read_label(case.label, like=image)
-            if allowed_values is not None:
-                check_label_values(label, allowed_values, source=f"the labels of dataset {case.dataset}")
-        res = self.pre.resample(image, label)
-        boxes = {}
-        if res.label is not None:
-            from scipy import ndimage
-
-            # one pass for every class's bounding box, one for the voxel counts
-            counts = np.bincount(res.label.reshape(-1))
-            for value, slices in enumerate(ndimage.find_objects(res.label), start=1):
-                if slices is not None:
-                    lo = np.array([s.start for s in slices], dtype=np.int64)
-                    hi = np.array([s.stop for s in slices], dtype=np.int64)
-                    boxes[value] = (lo, hi, int(counts[value]))
-        return res, boxes
-
-    def load(self, case: Case, allowed_values: Sequence[int] | None = None) -> CachedCase:
-        if self.root is None:
-            res, boxes = self._compute(case, allowed_values)
-            return CachedCase(res, boxes)
-        key, info = self.key(case)
-        entry = self.root / "entries" / key
-        meta_path = entry / "meta.json"
-        if not meta_path.exists():
-            res, boxes = self._compute(case, allowed_values)
-            tmp = self.root / "entries" / f".{key}.{uuid.uuid4().hex[:8]}.tmp"
-            tmp.mkdir(parents=True)
-            np.save(tmp / "image.npy", res.image)
-            if res.label is not None:
-                np.save(tmp / "label.npy", res.label)
-            meta = {
-                **info,
-                "case": {"dataset": case.dataset, "case_id": case.case_id, "image": str(case.image),
-                         "label": str(case.label) if case.label else None},
-                "affine": res.affine.tolist(),
-                "orig_affine": res.orig_affine.tolist(),
-                "orig_shape": list(res.orig_shape),
-                "bboxes": {str(v): [lo.tolist(), hi.tolist(), n] for v, (lo, hi, n) in boxes.items()},
-            }  # fmt: skip
-            (tmp / "meta.json").write_text(json.dumps(meta))
-            try:
-                os.replace(tmp, entry)
-            except OSError:  # another worker finished the same entry first
-                shutil.rmtree(tmp, ignore_errors=True)
-            return CachedCase(res, boxes)
-        meta = json.loads(meta_path.read_text())
-        label_path = entry / "label.npy"
-        res = Resampled(
-            image=np.load(entry / "image.npy", mmap_mode="r"),
-            affine=np.asarray(meta["affine"]),
-            orig_affine=np.asarray(meta["orig_affine"]),
-            orig_shape=tuple(meta["orig_shape"]),
-            label=np.load(label_path, mmap_mode="r") if label_path.exists() else None,
-            path=case.image,
-        )
-        boxes = {
-            int(v): (np.asarray(lo), np.asarray(hi), int(n)) for v, (lo, hi, n) in meta["bboxes"].items()
-        }
-        return CachedCase(res, boxes)
-
-    def entries(self) -> list[dict]:
-        """The manifest: every cache entry's ``meta.json`` (plus its key)."""
-        if self.root is None or not (self.root / "entries").exists():
-            return []
-        out = []
-        for meta in sorted((self.root / "entries").glob("*/meta.json")):
-            out.append({"key": meta.parent.name, **json.loads(meta.read_text())})
-        return out
 
 
 def _allowed(index: CaseIndex | None, dataset: str) -> list[int] | None:
