@@ -6,6 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import write_dicom_series
 
 from sammoe.data.io import Volume, check_label_values, read_image, read_label, write_label
 from sammoe.errors import DataError
@@ -217,17 +218,8 @@ def _dicom_series(folder, depth=6, skip=(), duplicate=None):
     arr = (np.arange(8 * 7 * depth).reshape(depth, 7, 8) % 200).astype(np.int16)
     image = sitk.GetImageFromArray(arr)
     image.SetSpacing((0.7, 0.8, 2.5))
-    folder.mkdir()
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k in [k for k in range(depth) if k not in skip] + ([duplicate] if duplicate is not None else []):
-        sl = image[:, :, k]
-        sl.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.7")
-        sl.SetMetaData("0020|0032", "\\".join(str(v) for v in image.TransformIndexToPhysicalPoint((0, 0, k))))
-        sl.SetMetaData("0020|0013", str(k))
-        writer.SetFileName(str(folder / f"{k:03d}_{len(list(folder.iterdir()))}.dcm"))
-        writer.Execute(sl)
-    return folder
+    slices = [k for k in range(depth) if k not in skip] + ([duplicate] if duplicate is not None else [])
+    return write_dicom_series(folder, image, slices)
 
 
 def test_dicom_series_with_a_missing_or_duplicated_slice_is_refused(tmp_path):

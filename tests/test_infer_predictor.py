@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import write_dicom_series
 
 from sammoe.data.io import Volume
 from sammoe.errors import CheckpointError, ConfigError, DataError
@@ -218,17 +219,7 @@ def test_array_and_dicom_inputs(tmp_path, tiny):
     image = sitk.GetImageFromArray(arr.transpose(2, 1, 0))
     image.SetSpacing((0.9, 1.1, 2.0))
     image.SetOrigin((-10.0, 5.0, 30.0))
-    folder = tmp_path / "series"
-    folder.mkdir()
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k in range(arr.shape[2]):
-        sl = image[:, :, k]
-        sl.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.7")
-        sl.SetMetaData("0020|0032", "\\".join(str(v) for v in image.TransformIndexToPhysicalPoint((0, 0, k))))
-        sl.SetMetaData("0020|0013", str(k))
-        writer.SetFileName(str(folder / f"{k:03d}.dcm"))
-        writer.Execute(sl)
+    folder = write_dicom_series(tmp_path / "series", image)
     pred = Predictor(tiny, "cpu", use_sliding_window=False)
     vol = pred.set_image(folder)
     assert vol.shape == arr.shape
