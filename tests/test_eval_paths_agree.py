@@ -20,7 +20,11 @@ from sammoe.data.clicks import next_click_from_error
 from sammoe.eval.metrics import dice
 from sammoe.lit.phantom_data import PhantomDataModule
 
-CLASSES = ["liver", "kidney_left", "spleen", "spinal_cord", "textured_lesion"]
+CLASSES = [
+    "kidney_left",
+    "spinal_cord",
+    "textured_lesion",
+]  # small targets keep it quick; liver grows windows
 CLICKS = (1, 3)
 
 
@@ -50,7 +54,8 @@ def _replay(predictor, target: np.ndarray) -> dict[int, float]:
     for n in range(2, max(CLICKS) + 1):
         coords, labels = next_click_from_error(torch.from_numpy(mask)[None] & inside, gt & inside, gen)
         mask = predictor.add_click(0, coords[0, 0].long().tolist(), positive=bool(labels[0, 0] == 1)).mask
-        out[n] = dice(mask, target)
+        if n in CLICKS:
+            out[n] = dice(mask, target)
     return out
 
 
@@ -61,7 +66,7 @@ def test_lightning_click_protocol_matches_the_predictor(tmp_path):
 
     names = _installed_moe()
     dm = PhantomDataModule(
-        root=str(tmp_path / "ds"), cache_dir=str(tmp_path / "cache"), n_cases=2, n_test=3, phantom_seed=11,
+        root=str(tmp_path / "ds"), cache_dir=str(tmp_path / "cache"), n_cases=2, n_test=2, phantom_seed=11,
         crop_size=64, classes=CLASSES, eval_split="test",
     )  # fmt: skip
     module = GateTraining(
