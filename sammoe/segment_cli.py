@@ -93,6 +93,8 @@ def _targets_from_json(path: str) -> list[Any]:
         data = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{file}: not valid JSON ({err})") from None
+    except RecursionError:
+        raise ConfigError(f'{file}: JSON nested too deeply; a clicks file is {{"targets": [...]}}') from None
     if not isinstance(data, dict) or not isinstance(data.get("targets"), list):
         raise ConfigError(f'{file}: expected {{"space": ..., "targets": [...]}} at the top level')
     space = data.get("space", "voxel")

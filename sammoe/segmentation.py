@@ -148,8 +148,10 @@ def check_target(target: Target, index: int, volume: Volume) -> tuple[str, np.nd
         )
     try:
         pts = np.asarray(target.points, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise DataError(f"{where}: clicks must be numbers [x, y, z]; got {target.points!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise DataError(
+            f"{where}: clicks must be numbers [x, y, z] within the image; got {str(target.points)[:80]}"
+        ) from None
     if pts.size == 0:
         raise DataError(f"{where}: empty click list; give at least one positive click [x, y, z]")
     if pts.ndim == 1 and pts.shape[0] == 3:

@@ -181,3 +181,12 @@ def test_lightning_fit_and_test_loop(root, tmp_path):
     trainer.fit(probe, datamodule=dm)
     trainer.test(probe, datamodule=dm, verbose=False)
     assert probe.seen == ["phantom_005"]
+
+
+@pytest.mark.parametrize("kwargs", [{"crop_size": 63}, {"crop_size": 0}, {"batch_size": -1}, {"jitter": -2}])
+def test_bad_data_settings_are_one_config_error(tmp_path, kwargs):
+    from sammoe.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        SegDataModule(roots=str(tmp_path), **kwargs)
+    assert "\n" not in str(err.value) and str(next(iter(kwargs.values()))) in str(err.value)

@@ -303,3 +303,12 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, image, monkeypatch):
         "sammoe: interrupted; segment stopped, outputs are written only when complete"
     ]
     assert not out.exists()
+
+
+def test_deeply_nested_clicks_json_is_one_line(tmp_path, capsys, image):
+    clicks = tmp_path / "deep.json"
+    clicks.write_text("[" * 100000 + "]" * 100000)
+    rc, _, err = run(
+        capsys, "--image", image, "--clicks", clicks, "--out", tmp_path / "s.nii.gz", "--experts", "none"
+    )
+    assert rc == 2 and "nested too deeply" in err and len(err.strip().splitlines()) == 1

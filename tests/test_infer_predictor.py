@@ -202,6 +202,7 @@ def test_bad_clicks_raise_one_line_errors(tiny):
         (Target([[1, 2, 3]], [1, 1]), "1 clicks but 2 labels"),
         (Target([[1, 2, 3]], [2]), "1 \\(positive\\) or 0"),
         (Target([[np.nan, 2, 3]]), "finite"),
+        (Target([[int("9" * 400), 2, 3]]), "numbers .* within the image"),  # a 400-digit coordinate
     ]
     for target, message in cases:
         with pytest.raises(DataError, match=message) as info:

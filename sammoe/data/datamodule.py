@@ -259,6 +259,10 @@ class SegDataModule(L.LightningDataModule):
         first_click_seed: int = 233,
     ) -> None:
         super().__init__()
+        if crop_size < 16 or crop_size % 16:
+            raise ConfigError(
+                f"data: crop_size {crop_size} must be a positive multiple of the 16-voxel patch (64 tiny, 128 vit_b_ori)"
+            )
         if batch_size < 1 or num_workers < 0 or jitter < 0 or background_clicks < 0:
             raise ConfigError(
                 "data: batch_size must be >= 1 and num_workers, jitter, background_clicks >= 0; "
