@@ -11,7 +11,7 @@ from sammoe.data.clicks import next_click_from_error
 from sammoe.data.datamodule import BACKGROUND
 from sammoe.data.preprocess import Preprocessor, official_crop_start
 from sammoe.infer import Predictor, Target
-from sammoe.interact.roi import click_centred_start, draw_click, seeded_first_click
+from sammoe.interact.roi import click_centred_start, draw_click, round_voxel, seeded_first_click
 from sammoe.lit.phantom_data import PhantomDataModule
 from sammoe.loading import load_backbone
 
@@ -83,7 +83,8 @@ def test_validation_clicks_are_fixed_and_bbox_mode_has_none(phantoms):
 def test_eval_crop_is_the_predictors_crop_for_the_protocols_first_click(phantoms):
     phantoms.setup("test")
     items = phantoms.eval_dataset()
-    item = next(items[i] for i in range(len(items)) if items[i]["class_name"] == "liver")
+    j = next(i for i, (_, ref) in enumerate(items.targets) if ref.name == "liver")
+    item = items[j]
     target = item["target"]
     # the official protocol's first click (uniform over the target, generator seeded 233) on the original grid
     gt = torch.from_numpy(target)[None]
@@ -94,9 +95,13 @@ def test_eval_crop_is_the_predictors_crop_for_the_protocols_first_click(phantoms
     pred.set_image(item["volume"])
     pred.predict(Target([item["first_click_input"].tolist()]))
     roi = pred._states[0].entry.roi
-    assert roi.start.tolist() == item["click_roi"].start.tolist()
+    cached = phantoms.cache.load(items.targets[j][0]).resampled
+    start = click_centred_start(phantoms.preprocessor, cached, item["first_click_input"])
+    assert roi.start.tolist() == start.tolist()  # the cached grid and the Predictor's resampling agree
     assert roi.start.tolist() == click_centred_start(pred.pre, pred._res, item["first_click_input"]).tolist()
-    assert item["click_roi"].label[0][tuple(np.asarray(item["first_click"], dtype=int))]
+    crop = phantoms.preprocessor.crop(cached, start=start, label_value=item["label_value"])
+    click = round_voxel(crop.input_to_roi(item["first_click_input"].astype(float)))
+    assert crop.label[0][tuple(click)]  # the centring click lies on the target in the crop too
     assert item["roi"] is not None  # the official crop rides along for the comparison table
 
 

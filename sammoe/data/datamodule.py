@@ -13,8 +13,8 @@ Public API
   ``click`` mode).
 - ``CaseDataset(targets, cache, preprocessor)``: un-cropped case info for evaluation on the original grid:
   dict(case_id, dataset, class_name, label_value, image_path, label_path, volume (io.Volume), target (bool
-  array on the original grid), first_click_input, click_roi/first_click (the click-centred crop), roi (the
-  official box crop)). Use ``collate_cases`` (a list, no stacking).
+  array on the original grid), first_click_input (where the click-centred crop goes), roi (the official box
+  crop)). Use ``collate_cases`` (a list, no stacking).
 - ``SegDataModule``: the LightningDataModule (plain-typed constructor for LightningCLI/YAML).
 """
 
@@ -33,7 +33,7 @@ from sammoe.data.datasets import Case, CaseIndex, ClassRef, build_index
 from sammoe.data.io import read_image, read_label
 from sammoe.data.preprocess import Preprocessor
 from sammoe.errors import ConfigError, DataError
-from sammoe.interact.roi import check_crop_mode, click_centred_roi, seeded_first_click, training_roi
+from sammoe.interact.roi import check_crop_mode, seeded_first_click, training_roi
 
 # Clicks on unlabelled voxels (background, air, tissue no class names): routing targets for the foundation.
 BACKGROUND = "background"
@@ -141,10 +141,10 @@ class TargetDataset(Dataset):
 class CaseDataset(Dataset):
     """Evaluation/prediction items with the un-cropped case (metrics on the original grid).
 
-    Each item carries both protocols' crops: ``click_roi`` centred on ``first_click_input``, a voxel of the
-    target drawn on the ORIGINAL grid with the evaluation seed (``interact.roi.seeded_first_click``), and
-    ``roi``, the official crop around the ground truth's bounding box. A ``background`` target (value 0) is
-    the unlabelled voxels, with ``roi`` None and a first click drawn with a seed of its own.
+    Each item carries ``first_click_input``, a voxel of the target drawn on the ORIGINAL grid with the
+    evaluation seed (``interact.roi.seeded_first_click``), where the click-centred protocol's Predictor centres
+    its crop, and ``roi``, the official crop around the ground truth's bounding box. A ``background`` target
+    (value 0) is the unlabelled voxels, with ``roi`` None and a first click drawn with a seed of its own.
     """
 
     def __init__(
@@ -169,7 +169,7 @@ class CaseDataset(Dataset):
         target = None
         if case.label is not None:
             target = read_label(case.label, like=volume).array == ref.value
-        roi = click_roi = first_click_input = first_click = None
+        roi = first_click_input = None
         if self.crop and target is not None:
             cached = self.cache.load(case, _allowed(self.index, case.dataset))
             box = None if ref.value == BACKGROUND_VALUE else cached.bboxes.get(ref.value)
@@ -178,10 +178,6 @@ class CaseDataset(Dataset):
             # background targets of one case differ by their seed; the classes' first click is the official one
             seed = self.click_seed + (1000 * (i + 1) if ref.value == BACKGROUND_VALUE else 0)
             first_click_input = seeded_first_click(target, seed)
-            if first_click_input is not None:
-                click_roi, first_click = click_centred_roi(
-                    self.pre, cached.resampled, first_click_input, label_value=ref.value
-                )
         return {
             "case_id": case.case_id,
             "dataset": case.dataset,
@@ -192,8 +188,6 @@ class CaseDataset(Dataset):
             "volume": volume,
             "target": target,
             "roi": roi,
-            "click_roi": click_roi,
-            "first_click": first_click,
             "first_click_input": first_click_input,
         }
 

@@ -69,23 +69,23 @@ def evaluate_target(
     result = seg.targets[0]
     clicks = [(first, 1)]
     footprint = _to_tensor(predictor.crop_footprint(0))
+    gt_in_crop = gt & footprint
     scores = TargetScores({}, {}, result.expert, result.gate, clicks)
     mask = result.mask
     for n in range(1, wanted[-1] + 1):
         if n > 1:
             pred = _to_tensor(mask) & footprint
-            coords, labels = next_click_from_error(pred, gt & footprint, generator)
+            coords, labels = next_click_from_error(pred, gt_in_crop, generator)
             point = coords[0, 0].long().tolist()
             positive = int(labels[0, 0]) == 1
-            try:
-                if int(labels[0, 0]) < 0:
-                    raise DataError("nothing to click inside the crop")
-                mask = predictor.add_click(0, point, positive=positive).mask
-                clicks.append((point, int(positive)))
-            except (
-                DataError
-            ):  # nothing left to click in the crop (or a voxel on its rounding edge): keep the mask
-                clicks.append(([-1, -1, -1], -1))
+            clicked = False
+            if int(labels[0, 0]) >= 0:  # -1: nothing left to click inside the crop
+                try:
+                    mask = predictor.add_click(0, point, positive=positive).mask
+                    clicked = True
+                except DataError:  # a voxel on the crop's rounding edge: add_click refuses it, the mask stays
+                    pass
+            clicks.append((point, int(positive)) if clicked else ([-1, -1, -1], -1))
         if n in wanted:
             if tolerance_mm is None:
                 scores.dice[n], scores.nsd[n] = dice(mask, target), math.nan

@@ -12,8 +12,6 @@ Public API
 - ``round_voxel(points)``: float voxel coordinates -> integer indices, half-way cases rounded up robustly.
 - ``click_centred_start(pre, res, click_input)``: ROI start on the resampled grid for a click given in input
   voxel indices (what ``Predictor`` and the click-centred evaluation call).
-- ``click_centred_roi(pre, res, click_input, label_value=None) -> (Roi, click_roi)``: that crop and the click
-  in ROI voxel indices (float32 (3,)).
 - ``draw_click(mask, rng)``: a voxel drawn uniformly from a boolean mask (None when empty).
 - ``seeded_first_click(mask, seed)``: the evaluation protocol's first click on a mask (None when empty).
 - ``training_roi(pre, res, value, bbox, rng, jitter=0, flip_axes=()) -> (Roi, click_roi)``: the training
@@ -49,14 +47,6 @@ def click_centred_start(pre: Preprocessor, res: Resampled, click_input: Any) -> 
     """ROI start (resampled grid) of the crop centred on ``click_input`` (input voxel indices (3,))."""
     centre = round_voxel(res.input_to_ras(np.asarray(click_input, dtype=np.float64).reshape(3)))
     return pre.start_for(res, center_ras=centre)
-
-
-def click_centred_roi(
-    pre: Preprocessor, res: Resampled, click_input: Any, label_value: int | None = None
-) -> tuple[Roi, np.ndarray]:
-    roi = pre.crop(res, start=click_centred_start(pre, res, click_input), label_value=label_value)
-    click = round_voxel(roi.input_to_roi(np.asarray(click_input, dtype=np.float64).reshape(3)))
-    return roi, click.astype(np.float32)
 
 
 def draw_click(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
