@@ -9,7 +9,7 @@ import torch
 
 from sammoe.errors import CheckpointError
 from sammoe.loading import load_gate, save_gate
-from sammoe.model.gate import MaskSelector, gate_features, local_intensity_stats
+from sammoe.model.gate import MaskSelector, gate_features, local_intensity_stats, local_texture_stats
 from sammoe.model.moe import SamMoE
 from sammoe.model.sam3d import SamMed3D
 
@@ -161,6 +161,57 @@ def test_local_intensity_stats_read_the_cubes_around_the_first_positive_click():
     corner = local_intensity_stats(image[:1], torch.zeros(3, 1, 3), torch.ones(3, 1), radii=(1,))
     assert corner.shape == (3, 2) and torch.equal(corner, torch.zeros(3, 2))
     assert torch.equal(local_intensity_stats(image, None, None, radii=(1, 2)), torch.zeros(2, 4))
+
+
+def test_texture_stats_see_a_texture_the_crop_normalisation_hides():
+    """A coarse texture inside a noisy organ stands out against the crop's noise level; the statistics do not
+    move with the intensity scale or offset, nor with a bright structure elsewhere in the crop."""
+    gen = torch.Generator().manual_seed(0)
+    image = torch.randn(1, 1, 32, 32, 32, generator=gen) * 0.1
+    blocks = torch.randn(1, 1, 6, 6, 6, generator=gen).repeat_interleave(3, 2).repeat_interleave(3, 3)
+    image[..., 16:28, 16:28, 16:28] += blocks.repeat_interleave(3, 4)[..., :12, :12, :12]
+    clicks = torch.tensor([[[22.0, 22.0, 22.0]], [[6.0, 6.0, 6.0]]])  # the texture / plain organ
+    labels = torch.ones(2, 1, dtype=torch.long)
+    stats = local_texture_stats(image, clicks, labels, radii=(2, 4))
+    assert stats.shape == (2, 4)
+    assert (stats[0] > stats[1] + 1.0).all()  # > e times the plain organ's ratio on every feature
+    torch.testing.assert_close(local_texture_stats(image * 7.0 + 3.0, clicks, labels, (2, 4)), stats)
+    # a crop that also holds a bright slab: the texture ratio stays put
+    slab = image.clone()
+    slab[..., 30:, :, :] += 40.0  # away from both cubes
+    torch.testing.assert_close(local_texture_stats(slab, clicks, labels, (2, 4)), stats, atol=0.05, rtol=0)
+    assert torch.equal(local_texture_stats(image, None, None, (2,)), torch.zeros(1, 2))
+
+
+def test_a_texture_gate_round_trips_and_old_files_load_without_it(moe, inputs, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    emb, points, labels, mask, image = inputs
+    textured = SamMoE(moe.backbone, dict(moe.experts), gate_texture=True).eval()
+    assert textured.gate.norm.normalized_shape[0] == moe.gate.norm.normalized_shape[0] + 8
+    path = save_gate(textured, tmp_path / "texture.safetensors")
+    loaded = SamMoE(moe.backbone, dict(moe.experts)).eval()
+    load_gate(loaded, path)
+    assert loaded.gate.texture
+    torch.testing.assert_close(
+        loaded.step(emb, points, labels, mask, image=image).gate_logits,
+        textured.step(emb, points, labels, mask, image=image).gate_logits,
+    )
+    with pytest.raises(ValueError, match="give local_radii too"):
+        SamMoE(moe.backbone, dict(moe.experts), gate_local_radii=(), gate_texture=True)
+    # a gate written before the texture statistics existed has no key: it loads as a gate without them
+    old = save_gate(moe, tmp_path / "old.safetensors")
+    with safe_open(str(old), framework="pt") as handle:
+        meta = {k: v for k, v in handle.metadata().items() if k != "texture"}
+        state = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    save_file(state, str(old), meta)
+    load_gate(loaded, old)
+    assert not loaded.gate.texture
+    for value, message in (('"yes"', "texture must be true or false"), ("true", "gate weights do not match")):
+        save_file(state, str(tmp_path / "bad.safetensors"), {**meta, "texture": value})
+        with pytest.raises(CheckpointError, match=message):
+            load_gate(loaded, tmp_path / "bad.safetensors")
 
 
 @torch.no_grad()

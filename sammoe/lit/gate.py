@@ -112,6 +112,8 @@ class GateTraining(InteractiveModule):
         gate_hidden_dim: width of the gate MLP.
         gate_local_radii: half-sides (voxels) of the cubes around the first positive click whose intensity
             mean and spread the gate also reads ([] = embedding and prompt features only, as in the paper).
+        gate_texture: the gate also reads the texture in those cubes relative to the crop's noise
+            (``sammoe.model.gate.local_texture_stats``; needs `gate_local_radii`).
         selector: `threshold` (paper), `top1` or `soft`.
         tau: the threshold before tuning.
         tune_tau: tune tau on validation (threshold selector).
@@ -138,6 +140,7 @@ class GateTraining(InteractiveModule):
         gate: str | None = None,
         gate_hidden_dim: int = 256,
         gate_local_radii: list[int] = list(LOCAL_RADII),  # noqa: B006 (jsonargparse needs a literal default)
+        gate_texture: bool = True,
         selector: Literal["threshold", "top1", "soft"] = "threshold",
         tau: float = 0.5,
         tune_tau: bool = True,
@@ -162,7 +165,9 @@ class GateTraining(InteractiveModule):
         backbone = load_backbone(checkpoint, preset).requires_grad_(False)
         self.start_weights = backbone_source(preset, checkpoint)
         decoders, self.class_to_expert = load_experts(backbone, experts, expert_files)
-        self.moe = SamMoE(backbone, decoders, gate_hidden_dim, MaskSelector(selector, tau), gate_local_radii)
+        self.moe = SamMoE(
+            backbone, decoders, gate_hidden_dim, MaskSelector(selector, tau), gate_local_radii, gate_texture
+        )
         if gate is not None:
             load_gate(self.moe, gate)
         self.moe.freeze_all_but_gate()

@@ -22,6 +22,7 @@ def save_gate(moe: SamMoE, path: str | Path) -> Path:
         "backbone_fingerprint": backbone_fingerprint(moe.backbone),
         "hidden_dim": str(moe.gate.hidden_dim),
         "local_radii": json.dumps(list(moe.gate.local_radii)),
+        "texture": json.dumps(moe.gate.texture),
     }
     return save_tensors({k: v.detach() for k, v in moe.gate.state_dict().items()}, path, meta)
 
@@ -46,15 +47,24 @@ def load_gate(moe: SamMoE, path: str | Path) -> None:
         names = json.loads(meta.get("expert_names", "[]"))
         hidden = int(meta.get("hidden_dim", moe.gate.hidden_dim))
         radii = tuple(int(r) for r in json.loads(meta.get("local_radii", "[]")))  # older gates: none
+        texture = json.loads(meta.get("texture", "false"))  # older gates: none
+        if not isinstance(texture, bool):
+            raise ValueError(f"texture must be true or false, not {texture!r}")
         tau = float(meta.get("tau", 0.5))
         selector = MaskSelector(
             meta.get("selector_mode", "threshold"), tau if math.isfinite(tau) else math.nan
         )
     except (ValueError, TypeError) as err:
         raise CheckpointError(f"{path}: unreadable gate metadata ({err}); retrain or re-copy it") from None
-    if not 1 <= hidden <= 65536 or len(radii) > 16 or any(not 0 < r <= 256 for r in radii):
+    if (
+        not 1 <= hidden <= 65536
+        or len(radii) > 16
+        or any(not 0 < r <= 256 for r in radii)
+        or (texture and not radii)
+    ):
         raise CheckpointError(
-            f"{path}: gate metadata out of range (hidden_dim {hidden}, local_radii {list(radii)}); "
+            f"{path}: gate metadata out of range (hidden_dim {hidden}, local_radii {list(radii)}, "
+            f"texture {texture}); "
             "the file is damaged, retrain or re-copy it"
         )
     if names != moe.expert_names:
@@ -67,7 +77,9 @@ def load_gate(moe: SamMoE, path: str | Path) -> None:
             f"{path}: gate was trained on a different backbone; load the matching checkpoint"
         )
     _check_tensors(state, str(path))
-    gate = GatingNetwork(moe.backbone.config.prompt_embed_dim, len(names), hidden, local_radii=radii)
+    gate = GatingNetwork(
+        moe.backbone.config.prompt_embed_dim, len(names), hidden, local_radii=radii, texture=texture
+    )
     try:
         gate.load_state_dict(state)
     except RuntimeError as err:

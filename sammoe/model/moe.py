@@ -13,7 +13,14 @@ import torch
 from torch import nn
 
 from sammoe.model.decoder import MaskDecoder3D
-from sammoe.model.gate import LOCAL_RADII, GatingNetwork, MaskSelector, gate_features, local_intensity_stats
+from sammoe.model.gate import (
+    LOCAL_RADII,
+    GatingNetwork,
+    MaskSelector,
+    gate_features,
+    local_intensity_stats,
+    local_texture_stats,
+)
 from sammoe.model.sam3d import SamMed3D
 
 FOUNDATION = "foundation"
@@ -38,6 +45,7 @@ class SamMoE(nn.Module):
         gate_hidden_dim: int = 256,
         selector: MaskSelector | None = None,
         gate_local_radii: Sequence[int] = LOCAL_RADII,
+        gate_texture: bool = False,
     ) -> None:
         super().__init__()
         experts = dict(experts or {})
@@ -51,6 +59,7 @@ class SamMoE(nn.Module):
             len(self.expert_names),
             gate_hidden_dim,
             local_radii=gate_local_radii,
+            texture=gate_texture,
         )
         self.selector = selector or MaskSelector()
 
@@ -88,8 +97,10 @@ class SamMoE(nn.Module):
                 "this gate reads the image around the click (local_radii "
                 f"{list(self.gate.local_radii)}): pass the encoded crop as image="
             )
-        stats = local_intensity_stats(image, points, labels, self.gate.local_radii)
-        return torch.cat([features, stats.to(features.dtype)], dim=1)
+        stats = [local_intensity_stats(image, points, labels, self.gate.local_radii)]
+        if self.gate.texture:
+            stats.append(local_texture_stats(image, points, labels, self.gate.local_radii))
+        return torch.cat([features, *(s.to(features.dtype) for s in stats)], dim=1)
 
     def step(
         self,
