@@ -201,8 +201,8 @@ class Predictor:
         with torch.inference_mode(), self._amp():
             emb = self._encoder(x)
         roi.image = torch.empty(0)  # geometry only from here on
-        gate = getattr(self.model, "gate", None)
-        entry = _Entry(self._rois, roi, emb, x if gate is not None and gate.local_radii else None)
+        reads_image = getattr(self.model, "reads_image", False)
+        entry = _Entry(self._rois, roi, emb, x if reads_image else None)
         self._rois += 1
         self.encodes += 1
         self._cache[key] = entry
@@ -344,6 +344,7 @@ class Predictor:
             roi=state.entry.index,
             windows=windows,
             click=tuple(int(v) for v in round_voxel(state.clicks[0])),
+            routed_by=getattr(self.model, "routing", None) if self._route is None else "forced",
         )
 
     @property

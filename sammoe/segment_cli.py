@@ -274,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         write_text(args.report, json.dumps(report, indent=2, allow_nan=False) + "\n")
     if not args.quiet:
         for t in seg.targets:
-            gate = "" if not t.gate or t.expert not in t.gate else f" (gate {t.gate[t.expert]:.2f})"
+            by = {"routers": "router", "forced": "forced"}.get(t.routed_by or "", "gate")
+            gate = "" if not t.gate or t.expert not in t.gate else f" ({by} {t.gate[t.expert]:.2f})"
             print(
                 f"{t.name}: label {t.value}, {t.voxels} voxels, {t.volume_ml:.2f} ml, expert {t.expert}{gate}, "
                 f"predicted IoU {t.iou:.2f}, {t.windows} window(s)"

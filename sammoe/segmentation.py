@@ -50,6 +50,7 @@ class TargetResult:
     click: tuple[int, int, int] = (0, 0, 0)  # the centring click, input voxel indices
     voxels: int = 0  # voxels carrying this target's value in the label map (after overlaps)
     volume_ml: float = 0.0
+    routed_by: str | None = None  # "gate", "routers", "forced" (a route chosen by the user); None: no experts
 
     def count_visible(self, later: list[TargetResult], volume: Volume) -> None:
         """Set ``voxels``/``volume_ml`` to what the label map shows of this target (later targets overwrite
@@ -66,6 +67,7 @@ class TargetResult:
             "label": self.value,
             "clicks": self.clicks,
             "expert": self.expert,
+            "routed_by": self.routed_by,
             "gate": self.gate,
             "predicted_iou": round(self.iou, 4),
             "voxels": self.voxels,

@@ -222,6 +222,8 @@ class SegDataModule(L.LightningDataModule):
         background_clicks: per train/val case, this many extra targets that click an unlabelled voxel
             (class ``background``, empty label): what teaches a gate to leave such clicks to the foundation.
         first_click_seed: seed of the validation clicks and of the test split's first clicks (official: 233).
+        general_classes: classes loaded in addition to ``classes`` (router training: the general structures
+            a router learns to leave to the foundation; a config overlay that sets ``classes`` keeps them).
 
     Batches from train/val loaders: dict(image (B,1,S,S,S) float32, label (B,1,S,S,S) float32, case_id,
     dataset, class_name, label_value, start). test/predict loaders yield lists of ``CaseDataset`` items.
@@ -251,6 +253,7 @@ class SegDataModule(L.LightningDataModule):
         jitter: int = 0,
         background_clicks: int = 0,
         first_click_seed: int = 233,
+        general_classes: list[str] | None = None,
     ) -> None:
         super().__init__()
         if crop_size < 16 or crop_size % 16:
@@ -266,6 +269,8 @@ class SegDataModule(L.LightningDataModule):
         self.background_clicks, self.first_click_seed = int(background_clicks), int(first_click_seed)
         self.save_hyperparameters()
         self.roots = [roots] if isinstance(roots, str) else list(roots)
+        if general_classes and classes is not None:
+            classes = [*classes, *(c for c in general_classes if c not in classes)]
         self.classes, self.datasets = classes, datasets
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.seed, self.val_fraction = seed, val_fraction

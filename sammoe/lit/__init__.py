@@ -1,9 +1,10 @@
-"""LightningModules: interactive finetuning (experts, foundation) and gate training, sharing one click loop
+"""LightningModules: interactive finetuning (experts, foundation), gate training and expert routers, sharing one click loop
 (`interactive`) and one evaluation (`evaluation`, `base`); `cli` runs them through LightningCLI."""
 
 from sammoe.lit.base import InteractiveModule
 from sammoe.lit.finetune import ExpertFinetune
 from sammoe.lit.gate import GateTraining
 from sammoe.lit.phantom_data import PhantomDataModule
+from sammoe.lit.router import RouterTraining
 
-__all__ = ["InteractiveModule", "ExpertFinetune", "GateTraining", "PhantomDataModule"]
+__all__ = ["InteractiveModule", "ExpertFinetune", "GateTraining", "PhantomDataModule", "RouterTraining"]

@@ -14,7 +14,9 @@ import torch
 from torch import nn
 
 from sammoe.errors import CheckpointError, PluginError
+from sammoe.loading.router import router_from_bytes
 from sammoe.loading.weights import read_state_dict
+from sammoe.model.router import ExpertRouter
 from sammoe.model.sam3d import SamMed3D, backbone_fingerprint
 
 
@@ -59,6 +61,23 @@ def expert_decoder(backbone: SamMed3D, record: Any) -> nn.Module:
     decoder = copy.deepcopy(backbone.mask_decoder)
     decoder.load_state_dict(state, strict=True)
     return decoder.requires_grad_(False).eval()
+
+
+def expert_router(backbone: SamMed3D, record: Any) -> ExpertRouter:
+    """The plugin's own router (sha256-checked), checked against the backbone; PluginError (one line naming
+    the expert) when it ships none or it does not fit."""
+    from sammoe.plugins.discovery import load_router_bytes
+
+    if record.manifest is not None and record.manifest.router is None:
+        raise PluginError(
+            f"expert {record.name!r} ({record.origin}) ships no router; a gate trained over the installed "
+            "experts must route it (or its author adds one: configs/router.yaml)"
+        )
+    path, data = load_router_bytes(record)
+    try:
+        return router_from_bytes(data, str(path), backbone, record.name)
+    except CheckpointError as err:
+        raise PluginError(f"expert {record.name!r} ({record.origin}): router: {err}") from None
 
 
 def load_experts(backbone: SamMed3D, names: Iterable[str] | None = None) -> list[tuple[Any, nn.Module]]:

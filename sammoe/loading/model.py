@@ -8,8 +8,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from sammoe.errors import CheckpointError, ConfigError
-from sammoe.loading.experts import load_expert_decoders
+from sammoe.errors import CheckpointError, ConfigError, PluginError
+from sammoe.loading.experts import expert_router, load_experts
 from sammoe.loading.gate import load_gate
 from sammoe.loading.weights import load_backbone, preset_of
 from sammoe.model.moe import SamMoE
@@ -27,10 +27,12 @@ def load_model(
     """The model ``sammoe segment`` runs, and a description of it for the report.
 
     ``checkpoint`` None means the shipped tiny foundation model (``sammoe.assets.FOUNDATION_TINY``); with it,
-    the installed experts and the shipped gate (``GATE_TINY``) are used when present and compatible, else the
-    foundation alone with a warning. ``experts``: None = every installed, compatible expert (``SAMMOE_EXPERTS``
-    honoured); "none" or [] = no experts; names = exactly those (each must be ok). Experts need a gate:
-    ``gate`` or, for the shipped model, ``GATE_TINY``; a forced ``route`` (an expert's name) needs no gate.
+    the installed experts and the shipped gate (``GATE_TINY``) are used when present and compatible.
+    ``experts``: None = every installed, compatible expert (``SAMMOE_EXPERTS`` honoured); "none" or [] = no
+    experts; names = exactly those (each must be ok). Routing: the joint gate (``gate`` or, for the shipped
+    model, ``GATE_TINY``) when it was trained over exactly these experts; otherwise each expert's own router,
+    an expert without a usable one left out with a warning; with neither, the foundation alone with a
+    warning. ``info["model"]["routing"]`` says which. A forced ``route`` (an expert's name) needs neither.
     """
     from sammoe import assets
     from sammoe.model.moe import FOUNDATION
@@ -58,7 +60,8 @@ def load_model(
     names = None if experts is None else list(experts)
     if names == []:
         return backbone, info
-    decoders = load_expert_decoders(backbone, names)
+    records = load_experts(backbone, names)
+    decoders = {record.name: decoder for record, decoder in records}
     if not decoders:
         return backbone, info
     gate_path = Path(gate) if gate is not None else (assets.GATE_TINY if shipped else None)
@@ -77,6 +80,16 @@ def load_model(
         moe.eval()  # forced routing decodes with the named expert; the (untrained) gate decides nothing
         info["model"]["experts"] = list(decoders)
         return moe, info
+    if problem is not None and gate is None:
+        routed = _with_routers(backbone, records, problem)
+        if routed is not None:
+            info["model"]["experts"] = list(routed.experts)
+            info["model"]["routing"] = "routers"
+            info["model"]["routers"] = {
+                name: {"threshold": float(r.threshold), "temperature": float(r.temperature)}
+                for name, r in routed.routers.items()
+            }
+            return routed.eval(), info
     if problem is not None:
         if explicit and gate is None:
             raise ConfigError(
@@ -91,6 +104,26 @@ def load_model(
         return backbone, info
     moe.eval()
     info["model"]["experts"] = list(decoders)
+    info["model"]["routing"] = "gate"
     info["model"]["gate"] = str(gate_path)
     info["model"]["selector"] = {"mode": moe.selector.mode, "tau": float(moe.selector.tau)}
     return moe, info
+
+
+def _with_routers(backbone: SamMed3D, records: list, gate_problem: str) -> SamMoE | None:
+    """A SamMoE routed by the experts' own routers when no gate fits the installed set; an expert whose
+    router is missing, broken or incompatible is left out with a one-line warning (None: none is left)."""
+    from sammoe.plugins.discovery import PluginWarning
+
+    routers, decoders = {}, {}
+    for record, decoder in records:
+        try:
+            routers[record.name] = expert_router(backbone, record)
+            decoders[record.name] = decoder
+        except PluginError as err:
+            warnings.warn(f"expert disabled: {err}", PluginWarning, stacklevel=3)
+    if not routers:
+        return None
+    moe = SamMoE(backbone, decoders)
+    moe.use_routers(routers)
+    return moe

@@ -132,6 +132,36 @@ def local_texture_stats(
     return out
 
 
+def routing_features(
+    image_embeddings: torch.Tensor,
+    sparse_embeddings: torch.Tensor,
+    points: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    image_size: int,
+    image: torch.Tensor | None = None,
+    local_radii: Sequence[int] = (),
+    texture: bool = False,
+) -> torch.Tensor:
+    """What a gate or an expert's router reads: ``gate_features``, then with ``local_radii`` the local
+    intensity statistics, then with ``texture`` the texture statistics of the encoded crop ``image``."""
+    features = gate_features(image_embeddings, sparse_embeddings, points, labels, image_size)
+    if not local_radii:
+        return features
+    if image is None:
+        raise ValueError(
+            f"this gate reads the image around the click (local_radii {list(local_radii)}): "
+            "pass the encoded crop as image="
+        )
+    stats = [local_intensity_stats(image, points, labels, local_radii)]
+    if texture:
+        stats.append(local_texture_stats(image, points, labels, local_radii))
+    return torch.cat([features, *(s.to(features.dtype) for s in stats)], dim=1)
+
+
+def routing_feature_count(embed_dim: int, local_radii: Sequence[int], texture: bool) -> int:
+    return 3 * embed_dim + 2 * len(local_radii) * (2 if texture else 1)
+
+
 class GatingNetwork(nn.Module):
     """MLP from trunk features (and, with `local_radii`, the local intensity statistics; with `texture`, also
     the noise-relative texture statistics) to logits over K+1 experts."""
@@ -152,7 +182,7 @@ class GatingNetwork(nn.Module):
         if texture and not self.local_radii:
             raise ValueError("texture statistics are read in the local cubes: give local_radii too")
         self.texture = bool(texture)
-        in_features = 3 * embed_dim + 2 * len(self.local_radii) * (2 if self.texture else 1)
+        in_features = routing_feature_count(embed_dim, self.local_radii, self.texture)
         self.norm = nn.LayerNorm(in_features)
         self.mlp = nn.Sequential(
             nn.Linear(in_features, hidden_dim),

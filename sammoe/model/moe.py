@@ -17,10 +17,9 @@ from sammoe.model.gate import (
     LOCAL_RADII,
     GatingNetwork,
     MaskSelector,
-    gate_features,
-    local_intensity_stats,
-    local_texture_stats,
+    routing_features,
 )
+from sammoe.model.router import ExpertRouter, route_by_routers
 from sammoe.model.sam3d import SamMed3D
 
 FOUNDATION = "foundation"
@@ -62,6 +61,25 @@ class SamMoE(nn.Module):
             texture=gate_texture,
         )
         self.selector = selector or MaskSelector()
+        self.routers = nn.ModuleDict()
+
+    @property
+    def routing(self) -> str:
+        """``gate`` (the joint gate of the paper) or ``routers`` (each expert's own router)."""
+        return "routers" if len(self.routers) else "gate"
+
+    @property
+    def reads_image(self) -> bool:
+        """Whether routing reads the encoded crop around the click (local statistics), not only features."""
+        if self.routing == "routers":
+            return any(r.local_radii for r in self.routers.values())
+        return bool(self.gate.local_radii)
+
+    def use_routers(self, routers: dict[str, ExpertRouter]) -> None:
+        """Route with each expert's own router instead of the gate: one router per expert, in expert order."""
+        if list(routers) != self.expert_names[1:]:
+            raise ValueError(f"routers {list(routers)} do not match the experts {self.expert_names[1:]}")
+        self.routers = nn.ModuleDict(routers).to(self.gate.norm.weight.device)
 
     @property
     def decoders(self) -> list[nn.Module]:
@@ -88,19 +106,26 @@ class SamMoE(nn.Module):
         sparse, _ = self.backbone.prompt_encoder(points=prompt, boxes=None, masks=None)
         return self.gate(self._gate_input(image_embeddings, sparse, points, labels, image))
 
+    def router_probs(self, image_embeddings, sparse, points, labels, image) -> torch.Tensor:
+        """(B, K+1): column k>0 the calibrated probability of expert k's router, column 0 one minus the
+        largest of them (the foundation's share, for reports)."""
+        size = self.backbone.img_size
+        features: dict[tuple, torch.Tensor] = {}  # routers reading the same features share them
+        columns = []
+        for router in self.routers.values():
+            key = (router.local_radii, router.texture)
+            if key not in features:
+                features[key] = routing_features(image_embeddings, sparse, points, labels, size, image, *key)
+            columns.append(router.probability(features[key]))
+        probs = torch.stack(columns, 1)
+        return torch.cat([1.0 - probs.amax(1, keepdim=True), probs], 1)
+
     def _gate_input(self, image_embeddings, sparse, points, labels, image) -> torch.Tensor:
-        features = gate_features(image_embeddings, sparse, points, labels, self.backbone.img_size)
-        if not self.gate.local_radii:
-            return features
-        if image is None:
-            raise ValueError(
-                "this gate reads the image around the click (local_radii "
-                f"{list(self.gate.local_radii)}): pass the encoded crop as image="
-            )
-        stats = [local_intensity_stats(image, points, labels, self.gate.local_radii)]
-        if self.gate.texture:
-            stats.append(local_texture_stats(image, points, labels, self.gate.local_radii))
-        return torch.cat([features, *(s.to(features.dtype) for s in stats)], dim=1)
+        size = self.backbone.img_size
+        gate = self.gate
+        return routing_features(
+            image_embeddings, sparse, points, labels, size, image, gate.local_radii, gate.texture
+        )
 
     def step(
         self,
@@ -112,17 +137,25 @@ class SamMoE(nn.Module):
         image: torch.Tensor | None = None,
     ) -> MoEStep:
         """One interactive step. `route` forces experts (an index or one per sample): oracle routing and
-        per-expert evaluation; otherwise the selector decides from the gate. `image` is the encoded crop
-        (B or 1, 1, S, S, S), needed by a gate with `local_radii`."""
+        per-expert evaluation; otherwise the experts' routers (``routing == "routers"``) or the gate and its
+        selector decide. `image` is the encoded crop (B or 1, 1, S, S, S), needed when routing reads it
+        (``reads_image``)."""
         prompt_encoder = self.backbone.prompt_encoder
         sparse, dense = prompt_encoder(
             points=None if points is None else (points, labels), boxes=None, masks=mask_prompt
         )
-        gate_logits = self.gate(self._gate_input(image_embeddings, sparse, points, labels, image))
-        probs = gate_logits.float().softmax(1)
+        if self.routing == "routers":
+            probs = self.router_probs(image_embeddings, sparse, points, labels, image)
+            gate_logits = torch.logit(probs, eps=1e-6)
+            if route is None:
+                thresholds = torch.stack([r.threshold for r in self.routers.values()])
+                route = route_by_routers(probs[:, 1:], thresholds)
+        else:
+            gate_logits = self.gate(self._gate_input(image_embeddings, sparse, points, labels, image))
+            probs = gate_logits.float().softmax(1)
         pe = prompt_encoder.get_dense_pe()
         bsz = image_embeddings.shape[0]
-        if route is None and self.selector.mode == "soft":
+        if route is None and self.selector.mode == "soft":  # the gate's selector (routers always route)
             outs = [dec(image_embeddings, pe, sparse, dense, multimask_output=False) for dec in self.decoders]
             weights = probs.to(outs[0][0].dtype)
             logits = sum(w.view(-1, 1, 1, 1, 1) * o[0] for w, o in zip(weights.unbind(1), outs))

@@ -42,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", help="plugin version (default: the checkpoint's, else 0.1.0)")
     p.add_argument("--meta", metavar="JSON", help="metadata overriding the checkpoint's (preset, task, ...)")
     p.add_argument("--backbone", metavar="CKPT", help="backbone weights the expert was trained on")
+    p.add_argument(
+        "--router",
+        metavar="FILE",
+        help="the expert's router (default: router.safetensors next to the checkpoint, when present)",
+    )
     return parser
 
 
@@ -140,11 +145,14 @@ def _package(args: argparse.Namespace) -> int:
     from sammoe.plugins.scaffold import distribution_name, package_expert
 
     out = package_expert(
-        args.checkpoint, args.name, args.out, version=args.version, meta=args.meta, backbone=args.backbone
-    )
+        args.checkpoint, args.name, args.out, version=args.version, meta=args.meta, backbone=args.backbone,
+        router=args.router,
+    )  # fmt: skip
     # pip reads a bare relative name as a package to download: spell the directory as a path
     where = str(out) if out.is_absolute() or str(out).startswith(".") else f"./{out}"
     print(f"wrote plugin project {where} (distribution {distribution_name(args.name)})")
+    if not (out / f"sammoe_expert_{args.name}" / "router.safetensors").is_file():
+        print("no router packaged: only a gate trained over the installed experts can route this expert")
     print(f"install it with: pip install {where}")
     return 0
 

@@ -252,3 +252,15 @@ def load_expert_weights(record: ExpertRecord) -> dict[str, Any]:
         return _weights.load_state_dict(record.manifest.weights)
     except PluginError as err:
         raise PluginError(f"expert {record.name!r} ({record.origin}): {err}") from None
+
+
+def load_router_bytes(record: ExpertRecord) -> tuple[Any, bytes]:
+    """(path, bytes) of the expert's router file after the sha256 check; PluginError when it ships none."""
+    if not record.ok or record.manifest is None:
+        raise PluginError(record.reason or f"expert {record.name!r} is not usable")
+    if record.manifest.router is None:
+        raise PluginError(f"expert {record.name!r} ({record.origin}) ships no router")
+    try:
+        return _weights.read_checked(record.manifest.router)
+    except PluginError as err:
+        raise PluginError(f"expert {record.name!r} ({record.origin}): router: {err}") from None

@@ -97,6 +97,15 @@ class WeightsRef(_Model):
         return self
 
 
+class RouterRef(WeightsRef):
+    """The expert's own router (``sammoe fit --config configs/router.yaml``) and what it measured on held-out
+    clicks: recall on its task, and the share of general-structure and background clicks it claims."""
+
+    recall: float | None = Field(None, ge=0.0, le=1.0)
+    false_claims_general: float | None = Field(None, ge=0.0, le=1.0)
+    false_claims_background: float | None = Field(None, ge=0.0, le=1.0)
+
+
 class Provenance(_Model):
     """How the weights were made."""
 
@@ -126,6 +135,9 @@ class ExpertManifest(_Model):
     task: TaskSpec
     backbone: BackboneSpec
     weights: WeightsRef
+    router: RouterRef | None = Field(
+        None, description="the expert's own router; without it a joint gate routes"
+    )
     provenance: Provenance
 
     @field_validator("version")

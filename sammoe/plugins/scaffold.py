@@ -32,15 +32,17 @@ from pydantic import ValidationError
 from sammoe import __version__ as sammoe_version
 from sammoe.errors import CheckpointError, PluginError
 from sammoe.loading import TRUNK_PREFIXES, backbone_source, decoder_mismatch, load_backbone, load_state
+from sammoe.loading.router import ROUTER_FILE, check_router_bytes, router_metrics
 from sammoe.model.sam3d import PRESETS, backbone_fingerprint
 from sammoe.plugins.manifest import (
     ENTRY_POINT_GROUP,
     NAME_PATTERN,
     SAMMOE_API,
     ExpertManifest,
+    RouterRef,
     validation_summary,
 )
-from sammoe.plugins.weights import sha256_file
+from sammoe.plugins.weights import sha256_bytes, sha256_file
 
 WEIGHTS_FILE = "decoder.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -211,8 +213,12 @@ def package_expert(
     version: str | None = None,
     meta: str | Path | None = None,
     backbone: str | Path | None = None,
+    router: str | Path | None = None,
 ) -> Path:
-    """Write a plugin project for the expert into `out` (which must not exist or be empty). Returns `out`."""
+    """Write a plugin project for the expert into `out` (which must not exist or be empty). Returns `out`.
+
+    `router`: the expert's router (``configs/router.yaml``); None takes ``router.safetensors`` next to the
+    checkpoint when there is one. It must fit the same trunk and carry the expert's name."""
     if not re.match(NAME_PATTERN, name):
         raise PluginError(
             f"expert name {name!r} is invalid; use lowercase letters, digits and _ (e.g. liver)"
@@ -239,11 +245,12 @@ def package_expert(
         raise PluginError(f"{ckpt.source}: the decoder does not fit preset {preset!r}: {problem}")
     fingerprint, fp_source = _trunk_fingerprint(ckpt, model, backbone)
     manifest = build_manifest(ckpt, name, version=version, fingerprint=fingerprint, img_size=model.img_size)
+    router_data = _router_bytes(router, ckpt.source, name, model.config.prompt_embed_dim, fingerprint)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        _write_project(tmp, manifest, ckpt.decoder, fp_source)
+        _write_project(tmp, manifest, ckpt.decoder, fp_source, router_data)
         _normal_permissions(tmp)
         if out.exists():
             out.rmdir()  # empty, checked above
@@ -252,6 +259,23 @@ def package_expert(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _router_bytes(
+    router: str | Path | None, checkpoint: Path, name: str, embed_dim: int, fingerprint: str
+) -> bytes | None:
+    """The router file's bytes, checked to load for this expert and trunk (None: no router to ship)."""
+    path = Path(router) if router is not None else checkpoint.parent / ROUTER_FILE
+    if router is None and not path.is_file():
+        return None
+    if not path.is_file():
+        raise PluginError(f"{path}: router not found; give the router.safetensors router training wrote")
+    data = path.read_bytes()
+    try:
+        check_router_bytes(data, str(path), embed_dim, fingerprint, name)
+    except CheckpointError as err:
+        raise PluginError(str(err)) from None
+    return data
 
 
 def _normal_permissions(root: Path) -> None:
@@ -263,7 +287,11 @@ def _normal_permissions(root: Path) -> None:
 
 
 def _write_project(
-    root: Path, manifest: ExpertManifest, decoder: dict[str, torch.Tensor], fp_source: str
+    root: Path,
+    manifest: ExpertManifest,
+    decoder: dict[str, torch.Tensor],
+    fp_source: str,
+    router: bytes | None = None,
 ) -> None:
     from safetensors.torch import save_file
 
@@ -275,6 +303,11 @@ def _write_project(
     save_file(tensors, str(weights))  # no metadata: its header order is not stable across runs
     weights_ref = manifest.weights.model_copy(update={"sha256": sha256_file(weights)})
     manifest = manifest.model_copy(update={"weights": weights_ref})
+    if router is not None:
+        (pkg / ROUTER_FILE).write_bytes(router)
+        ref = {"package": module, "path": ROUTER_FILE, "sha256": sha256_bytes(router)}
+        metrics = router_metrics(router, ROUTER_FILE)
+        manifest = manifest.model_copy(update={"router": RouterRef(**ref, **metrics)})
     (pkg / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
     (pkg / "__init__.py").write_text(_INIT.format(name=manifest.name, description=manifest.description))
     (root / "pyproject.toml").write_text(_pyproject(manifest, module))

@@ -1,4 +1,5 @@
-"""Deep check of a discovered expert: backbone fingerprint, weights load strictly, one forward pass.
+"""Deep check of a discovered expert: backbone fingerprint, weights load strictly, one forward pass; the same
+for its router when it ships one.
 
 Discovery already checked the manifest, API, sammoe version, the weights file and its sha256. Imports torch.
 """
@@ -13,6 +14,8 @@ from torch import nn
 
 from sammoe.errors import PluginError
 from sammoe.loading import backbone_source, expert_decoder, load_backbone
+from sammoe.loading.experts import expert_router
+from sammoe.model.gate import routing_features
 from sammoe.model.sam3d import PRESETS, backbone_fingerprint
 from sammoe.plugins.discovery import ExpertRecord
 
@@ -91,4 +94,30 @@ def verify_expert(
     problem = forward_check(model, decoder)
     if problem:
         return record.with_status("broken", problem, "repackage the expert from a healthy checkpoint")
+    if manifest.router is not None:
+        try:
+            router = expert_router(model, record)
+        except PluginError as err:
+            return replace(record, status="broken", reason=str(err))
+        problem = router_check(model, router)
+        if problem:
+            return record.with_status("broken", f"router: {problem}", "retrain and repackage the router")
     return record
+
+
+@torch.no_grad()
+def router_check(model: nn.Module, router: nn.Module) -> str | None:
+    """Run the router once on a seeded random volume with one centre click; None when it gives a probability."""
+    generator = torch.Generator().manual_seed(233)
+    size = model.img_size
+    image = torch.randn(1, 1, size, size, size, generator=generator)
+    points = torch.full((1, 1, 3), size / 2.0)
+    labels = torch.ones(1, 1, dtype=torch.long)
+    sparse, _ = model.prompt_encoder(points=(points, labels), boxes=None, masks=None)
+    features = routing_features(
+        model.image_encoder(image), sparse, points, labels, size, image, router.local_radii, router.texture
+    )
+    probability = router.probability(features)
+    if probability.shape != (1,) or not bool(((probability >= 0) & (probability <= 1)).all()):
+        return f"forward pass gave {probability.tolist()}, not one probability"
+    return None

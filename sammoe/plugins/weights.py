@@ -69,10 +69,8 @@ def checksum_problem(path: Path, expected: str) -> str | None:
     return None
 
 
-def load_state_dict(ref: WeightsRef) -> dict[str, torch.Tensor]:
-    """Read the file once, check its sha256 on those bytes, then parse them with safetensors."""
-    from safetensors.torch import load
-
+def read_checked(ref: WeightsRef) -> tuple[Path, bytes]:
+    """The file's bytes, read once and checked against the manifest's sha256 (PluginError when they differ)."""
     path = resolve(ref)
     data = path.read_bytes()
     actual = sha256_bytes(data)
@@ -81,6 +79,14 @@ def load_state_dict(ref: WeightsRef) -> dict[str, torch.Tensor]:
             f"sha256 of {path} is {actual[:12]}..., the manifest says {ref.sha256[:12]}...; "
             "the file is corrupt or was replaced, reinstall the plugin"
         )
+    return path, data
+
+
+def load_state_dict(ref: WeightsRef) -> dict[str, torch.Tensor]:
+    """Read the file once, check its sha256 on those bytes, then parse them with safetensors."""
+    from safetensors.torch import load
+
+    path, data = read_checked(ref)
     try:
         return load(data)
     except Exception as err:  # safetensors raises its own error types

@@ -1,0 +1,219 @@
+"""Router training: one expert's own router (``sammoe.model.router``), one-vs-rest with the trunk frozen.
+
+Positives are first clicks on the expert's task classes (``task.classes``); negatives are first clicks on the
+general classes (``data.general_classes``) and on unlabelled voxels (``data.background_clicks``), never
+another expert's data. Each click is the centre of its crop, as at inference. Validation fits a temperature
+to the held-out logits (calibration), then picks the lowest threshold whose false-claim rates on general
+and on background clicks both stay within ``max_false_claims`` (the most recall that allows), and reports
+recall and both rates. The router is written to ``<run dir>/expert/router.safetensors``, next to the
+decoder the finetuning run with the same overlay exported there.
+
+    sammoe fit --config configs/router.yaml --config configs/experts/spinal_cord.yaml
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from sammoe.data.datamodule import BACKGROUND
+from sammoe.errors import ConfigError
+from sammoe.files import write_text
+from sammoe.lit.evaluation import first_clicks
+from sammoe.loading import load_backbone
+from sammoe.loading.router import ROUTER_FILE, save_router
+from sammoe.model.gate import LOCAL_RADII, routing_features
+from sammoe.model.router import ExpertRouter
+
+THRESHOLD_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))  # 0.05 ... 0.95
+
+
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, steps: int = 100) -> float:
+    """The temperature T minimising the binary cross-entropy of logits / T (Guo et al. 2017), in [0.05, 20]."""
+    log_t = torch.zeros((), requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=steps)
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(logits / log_t.exp(), targets)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    value = float(log_t.detach().exp())
+    return min(max(value, 0.05), 20.0) if math.isfinite(value) else 1.0
+
+
+def choose_threshold(
+    probs: torch.Tensor, groups: list[str], max_false_claims: float, grid=THRESHOLD_GRID
+) -> tuple[float, dict[str, float]]:
+    """The lowest threshold of ``grid`` whose false-claim rates on ``general`` and ``background`` clicks are
+    both <= ``max_false_claims`` (the highest grid value when none is), and its recall / rates."""
+
+    def rates(threshold: float) -> dict[str, float]:
+        out = {}
+        for key, group in (("recall", "task"), ("false_claims_general", "general"),
+                           ("false_claims_background", "background")):  # fmt: skip
+            chosen = [float(p) >= threshold for p, g in zip(probs.tolist(), groups) if g == group]
+            out[key] = sum(chosen) / len(chosen) if chosen else math.nan
+        return out
+
+    for threshold in grid:
+        measured = rates(threshold)
+        worst = max((v for k, v in measured.items() if k != "recall" and not math.isnan(v)), default=0.0)
+        if worst <= max_false_claims:
+            return float(threshold), measured
+    return float(grid[-1]), rates(grid[-1])
+
+
+class RouterTraining(L.LightningModule):
+    """Train an expert's router (see the module docstring).
+
+    Args:
+        name: the expert's name (its plugin name; the overlay `configs/experts/NAME.yaml` sets it).
+        task: the expert's task as in its manifest; its `classes` are the positives.
+        preset, checkpoint: the frozen foundation the expert was finetuned on (null: the preset's default).
+        hidden_dim, dropout: the router MLP.
+        local_radii, texture: the local statistics the router reads around the click (as the gate's).
+        lr, weight_decay: AdamW.
+        max_false_claims: largest share of validation general and background clicks the router may claim.
+        export_path: also write the router there.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        task: dict[str, Any] | None = None,
+        preset: str = "tiny",
+        checkpoint: str | None = None,
+        hidden_dim: int = 128,
+        dropout: float = 0.1,
+        local_radii: list[int] = list(LOCAL_RADII),  # noqa: B006 (jsonargparse needs a literal default)
+        texture: bool = True,
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        max_false_claims: float = 0.02,
+        export_path: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.task = dict(task or {})
+        self.positives = set((self.task.get("classes") or {}).keys())
+        if not self.positives:
+            raise ConfigError(
+                f"router {name!r}: model.init_args.task.classes names no class; add the expert's overlay "
+                f"(--config configs/experts/{name}.yaml)"
+            )
+        if not 0.0 <= max_false_claims <= 1.0:
+            raise ConfigError(f"max_false_claims must lie in [0, 1], got {max_false_claims!r}")
+        self.backbone = load_backbone(checkpoint, preset).requires_grad_(False).eval()
+        self.router = ExpertRouter(
+            self.backbone.config.prompt_embed_dim, hidden_dim, dropout, local_radii, texture
+        )
+        self._val: list[tuple[torch.Tensor, list[str]]] = []
+        self.metrics: dict[str, float] = {}
+
+    def group(self, class_name: str) -> str:
+        if class_name in self.positives:
+            return "task"
+        return "background" if class_name == BACKGROUND else "general"
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(
+            self.router.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+
+    def on_train_epoch_start(self) -> None:
+        self.backbone.eval()  # frozen; the router trains (dropout)
+
+    def features(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Routing features of each crop's centring click (the trunk runs without gradients)."""
+        clicks = first_clicks(batch)
+        if clicks is None:
+            raise ConfigError("router training needs click-centred crops: set data.init_args.crop: click")
+        image = batch["image"]
+        points, labels = clicks
+        router = self.router
+        with torch.no_grad():
+            embeddings = self.backbone.image_encoder(image)
+            sparse, _ = self.backbone.prompt_encoder(points=(points, labels), boxes=None, masks=None)
+            return routing_features(
+                embeddings, sparse, points, labels, self.backbone.img_size, image,
+                router.local_radii, router.texture,
+            ).float()  # fmt: skip
+
+    def targets(self, batch: dict[str, Any]) -> torch.Tensor:
+        names = batch["class_name"]
+        return torch.tensor([float(c in self.positives) for c in names], device=batch["image"].device)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        logits = self.router(self.features(batch))
+        targets = self.targets(batch)
+        loss = F.binary_cross_entropy_with_logits(logits, targets)
+        accuracy = ((logits > 0).float() == targets).float().mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(targets))
+        self.log("train/accuracy", accuracy, prog_bar=True, batch_size=len(targets))
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val = []
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        logits = self.router(self.features(batch)).float().cpu()
+        self._val.append((logits, [self.group(c) for c in batch["class_name"]]))
+
+    def on_validation_epoch_end(self) -> None:
+        logits = torch.cat([v[0] for v in self._val]) if self._val else torch.zeros(0)
+        groups = [g for v in self._val for g in v[1]]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, (logits, groups))
+            logits = torch.cat([g[0] for g in gathered])
+            groups = [x for g in gathered for x in g[1]]
+        if not groups or "task" not in groups:
+            return
+        targets = torch.tensor([float(g == "task") for g in groups])
+        temperature = fit_temperature(logits, targets)
+        probs = torch.sigmoid(logits / temperature)
+        threshold, measured = choose_threshold(probs, groups, self.hparams.max_false_claims)
+        self.router.temperature.fill_(temperature)
+        self.router.threshold.fill_(threshold)
+        self.metrics = {**measured, "temperature": temperature, "threshold": threshold}
+        counts = {g: groups.count(g) for g in ("task", "general", "background")}
+        for key, value in self.metrics.items():
+            if not math.isnan(value):
+                self.log(f"val/{key}", value, rank_zero_only=True)
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            report = {"expert": self.hparams.name, **self.metrics, "clicks": counts}
+            folder = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "val"
+            folder.mkdir(parents=True, exist_ok=True)
+            write_text(folder / "router.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
+            print(
+                f"sammoe: router {self.hparams.name}: recall {measured['recall']:.3f}, false claims "
+                f"general {measured['false_claims_general']:.3f} / background "
+                f"{measured['false_claims_background']:.3f} at threshold {threshold:g} "
+                f"(temperature {temperature:.2f}; {counts})"
+            )
+
+    def on_train_end(self) -> None:
+        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        if not self.trainer.is_global_zero:
+            return
+        targets = [run_dir / "expert" / ROUTER_FILE]
+        if self.hparams.export_path:
+            targets.append(Path(self.hparams.export_path))
+        classes = dict(self.task.get("classes") or {})
+        metrics = {k: v for k, v in self.metrics.items() if not math.isnan(v)}
+        for path in targets:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_router(
+                self.router, path, name=self.hparams.name, classes=classes, backbone=self.backbone,
+                metrics=metrics,
+            )  # fmt: skip
+            print(f"sammoe: router of {self.hparams.name!r} saved to {path}")

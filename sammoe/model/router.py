@@ -1,0 +1,75 @@
+"""An expert's own router: does this first click name a target of the expert's task? (one-vs-rest)
+
+The joint gate of SAM-Med3D-MoE is one classifier over a fixed set of experts, so installing an expert means
+retraining it on every task's data. A router belongs to one expert: it is trained with the trunk frozen on
+that expert's task (positives) against general structures and background (negatives), calibrated by a
+temperature, and it carries its own threshold. Routers of independently published experts compose: the
+expert whose calibrated probability is highest among those at or above their own threshold wins, else the
+foundation decoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from sammoe.model.gate import LOCAL_RADII, routing_feature_count
+
+
+class ExpertRouter(nn.Module):
+    """MLP from the routing features (``sammoe.model.gate.routing_features``) to one logit; the temperature
+    and threshold are buffers, so they travel with the weights."""
+
+    def __init__(
+        self,
+        embed_dim: int,
+        hidden_dim: int = 128,
+        dropout: float = 0.1,
+        local_radii: Sequence[int] = LOCAL_RADII,
+        texture: bool = True,
+    ) -> None:
+        super().__init__()
+        self.hidden_dim = int(hidden_dim)
+        self.local_radii = tuple(int(r) for r in local_radii)
+        if texture and not self.local_radii:
+            raise ValueError("texture statistics are read in the local cubes: give local_radii too")
+        self.texture = bool(texture)
+        in_features = routing_feature_count(embed_dim, self.local_radii, self.texture)
+        self.norm = nn.LayerNorm(in_features)
+        self.mlp = nn.Sequential(
+            nn.Linear(in_features, hidden_dim),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, 1),
+        )
+        self.register_buffer("temperature", torch.ones(()))
+        self.register_buffer("threshold", torch.full((), 0.5))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, F) -> (B,) uncalibrated logits (what training optimises)."""
+        return self.mlp(self.norm(features)).squeeze(1)
+
+    def probability(self, features: torch.Tensor) -> torch.Tensor:
+        """(B,) calibrated probability that the click names a target of this expert's task."""
+        return torch.sigmoid(self(features).float() / self.temperature.float())
+
+
+def route_by_routers(probs: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """(B, K) calibrated router probabilities and (K,) their thresholds -> (B,) route (0 = foundation,
+    k = expert k-1 of the columns): the most probable expert among those at or above their threshold."""
+    claims = probs >= thresholds.to(probs.device)
+    masked = torch.where(claims, probs, torch.full_like(probs, -1.0))
+    best_p, best_k = masked.max(1)
+    return torch.where(best_p >= 0, best_k + 1, torch.zeros_like(best_k))
+
+
+def router_table(routers: Mapping[str, ExpertRouter]) -> list[dict[str, float | str]]:
+    """Name, temperature and threshold of each router (for reports)."""
+    return [
+        {"expert": name, "temperature": float(r.temperature), "threshold": float(r.threshold)}
+        for name, r in routers.items()
+    ]
