@@ -76,15 +76,14 @@ def main(argv: list[str]) -> int:
     """Run a LightningCLI subcommand; `argv` starts with the subcommand (`fit`, ...)."""
     os.environ.setdefault("WANDB_MODE", "offline")  # no network unless the user asks for it
     from jsonargparse import ArgumentError
-    from lightning.pytorch import LightningDataModule
+    from lightning.pytorch import LightningDataModule, LightningModule
 
     import sammoe.lit  # noqa: F401  (imports the modules so that short class names resolve)
-    from sammoe.lit.base import InteractiveModule
 
     cli_class, save_config = _build_cli_classes()
     try:
         cli_class(
-            model_class=InteractiveModule,
+            model_class=LightningModule,  # InteractiveModule subclasses and RouterTraining
             datamodule_class=LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,

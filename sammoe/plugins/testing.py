@@ -92,17 +92,24 @@ def fake_expert(
     manifest: dict[str, Any] | None = None,
     module_source: str = _MODULE,
     entry_point: str | None = None,
+    router_payload: bytes | None = None,
     **overrides: Any,
 ) -> str:
-    """Install (by writing files) a fake expert distribution into `site`; returns its module name."""
+    """Install (by writing files) a fake expert distribution into `site`; returns its module name.
+    `router_payload`: the bytes of a router file, shipped as `<module>/router.safetensors`."""
     module = module or f"fake_expert_{name}"
     dist = dist or f"fake-expert-{name.replace('_', '-')}"
+    if router_payload is not None and manifest is None:
+        digest = hashlib.sha256(router_payload).hexdigest()
+        overrides["router"] = {"package": module, "path": "router.safetensors", "sha256": digest}
     data = manifest if manifest is not None else manifest_dict(name, module, payload, **overrides)
     files: dict[str, str | bytes] = {
         f"{module}/__init__.py": module_source,
         f"{module}/manifest.json": json.dumps(data),
         f"{module}/decoder.safetensors": payload,
     }
+    if router_payload is not None:
+        files[f"{module}/router.safetensors"] = router_payload
     write_distribution(site, dist, "1.0.0", {name: entry_point or f"{module}:manifest"}, files)
     return module
 

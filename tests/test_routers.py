@@ -1,0 +1,282 @@
+"""Experts' own routers (issue 12): the routing rule, calibration and threshold choice, the router file,
+router training through the CLI, packaging and verifying a plugin with its router, and routing over whatever
+is installed when no gate fits."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save, save_file
+
+from sammoe.errors import CheckpointError, PluginError
+from sammoe.lit.cli import main as lightning_main
+from sammoe.lit.router import choose_threshold, fit_temperature
+from sammoe.loading import load_backbone, load_model
+from sammoe.loading.router import load_router_file, router_metrics, save_router
+from sammoe.model.moe import SamMoE
+from sammoe.model.router import ExpertRouter, route_by_routers
+from sammoe.model.sam3d import PRESETS, SamMed3D, backbone_fingerprint
+from sammoe.plugins.discovery import PluginWarning, discover
+from sammoe.plugins.scaffold import package_expert
+from sammoe.plugins.testing import fake_expert, plugin_site
+from sammoe.plugins.verify import verify_expert
+
+
+@pytest.fixture(scope="module")
+def tiny() -> SamMed3D:
+    return load_backbone(None, "tiny")
+
+
+def _router(tiny, seed: int = 0, threshold: float = 0.5) -> ExpertRouter:
+    torch.manual_seed(seed)
+    router = ExpertRouter(tiny.config.prompt_embed_dim, hidden_dim=16).eval()
+    router.threshold.fill_(threshold)
+    return router
+
+
+def test_the_most_probable_expert_at_or_above_its_own_threshold_wins():
+    probs = torch.tensor([[0.90, 0.95], [0.30, 0.20], [0.60, 0.40], [0.55, 0.99]])
+    thresholds = torch.tensor([0.5, 0.97])
+    # row 0: expert 2 is more probable but below its own 0.97; row 3: both claim, the higher wins
+    assert route_by_routers(probs, thresholds).tolist() == [1, 0, 1, 2]
+
+
+def test_temperature_recovers_an_overconfident_scale_and_threshold_respects_false_claims():
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(4000, generator=gen) * 2
+    targets = torch.bernoulli(torch.sigmoid(z), generator=gen)
+    assert fit_temperature(3.0 * z, targets) == pytest.approx(3.0, rel=0.1)  # logits 3x too confident
+    probs = torch.tensor([0.9, 0.8, 0.35, 0.3, 0.1, 0.6, 0.05])
+    groups = ["task", "task", "task", "general", "general", "background", "background"]
+    threshold, rates = choose_threshold(probs, groups, max_false_claims=0.0)
+    assert threshold == pytest.approx(0.65)  # the lowest grid value above every negative's probability
+    assert rates == {"recall": 2 / 3, "false_claims_general": 0.0, "false_claims_background": 0.0}
+    threshold, rates = choose_threshold(probs, groups, max_false_claims=0.5)
+    assert threshold == pytest.approx(0.15) and rates["recall"] == 1.0  # one claim in each group is allowed
+
+
+@torch.no_grad()
+def test_a_moe_routed_by_routers_sends_each_click_to_the_claiming_expert(tiny):
+    experts = {"a": copy.deepcopy(tiny.mask_decoder), "b": copy.deepcopy(tiny.mask_decoder)}
+    moe = SamMoE(tiny, experts, gate_local_radii=()).eval()
+    assert moe.routing == "gate" and not moe.reads_image
+    routers = {"a": _router(tiny, 0), "b": _router(tiny, 1)}
+    with pytest.raises(ValueError, match="do not match the experts"):
+        moe.use_routers({"b": routers["b"], "a": routers["a"]})
+    moe.use_routers(routers)
+    assert moe.routing == "routers" and moe.reads_image
+    image = torch.randn(2, 1, 64, 64, 64)
+    emb = tiny.image_encoder(image)
+    points = torch.tensor([[[32.0, 32.0, 32.0]], [[10.0, 40.0, 20.0]]])
+    labels = torch.ones(2, 1, dtype=torch.long)
+    mask = torch.zeros(2, 1, 16, 16, 16)
+    with pytest.raises(ValueError, match="pass the encoded crop"):
+        moe.step(emb, points, labels, mask)
+    out = moe.step(emb, points, labels, mask, image=image)
+    sparse, _ = tiny.prompt_encoder(points=(points, labels), boxes=None, masks=None)
+    expected = moe.router_probs(emb, sparse, points, labels, image)
+    torch.testing.assert_close(out.probs, expected)
+    torch.testing.assert_close(out.probs[:, 0], 1 - out.probs[:, 1:].amax(1))
+    for a_threshold, b_threshold, route in ((0.0, 1.0, [1, 1]), (1.0, 0.0, [2, 2]), (1.0, 1.0, [0, 0])):
+        routers["a"].threshold.fill_(a_threshold)
+        routers["b"].threshold.fill_(b_threshold)
+        assert moe.step(emb, points, labels, mask, image=image).route.tolist() == route
+    assert moe.step(emb, points, labels, mask, route=2, image=image).route.tolist() == [2, 2]
+
+
+def test_router_file_round_trip_and_refusals(tiny, tmp_path):
+    router = _router(tiny, threshold=0.7)
+    router.temperature.fill_(1.8)
+    path = save_router(
+        router, tmp_path / "router.safetensors", name="a", classes={"a": 1}, backbone=tiny,
+        metrics={"recall": 0.9, "false_claims_general": 0.01, "false_claims_background": 0.0},
+    )  # fmt: skip
+    loaded = load_router_file(path, tiny, "a")
+    assert float(loaded.threshold) == pytest.approx(0.7) and float(loaded.temperature) == pytest.approx(1.8)
+    features = torch.randn(3, loaded.norm.normalized_shape[0])
+    torch.testing.assert_close(loaded.probability(features), router.probability(features))
+    assert router_metrics(path.read_bytes(), "x") == {
+        "recall": 0.9, "false_claims_general": 0.01, "false_claims_background": 0.0
+    }  # fmt: skip
+    with pytest.raises(CheckpointError, match="a router of expert 'a', not of 'b'"):
+        load_router_file(path, tiny, "b")
+    other = SamMed3D(PRESETS["tiny"])
+    with pytest.raises(CheckpointError, match="trained on another backbone"):
+        load_router_file(path, other, "a")
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+        state = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    for change, message in (
+        ({"temperature": torch.tensor(0.0)}, "temperature 0.0 or threshold"),
+        ({"threshold": torch.tensor(3.0)}, "or threshold 3.0 out of range"),
+        ({"norm.weight": torch.full_like(state["norm.weight"], math.nan)}, "NaN or infinite"),
+    ):
+        save_file({**state, **change}, str(tmp_path / "bad.safetensors"), meta)
+        with pytest.raises(CheckpointError, match=message) as err:
+            load_router_file(tmp_path / "bad.safetensors", tiny, "a")
+        assert "\n" not in str(err.value)
+    save_file(state, str(tmp_path / "bad.safetensors"), {**meta, "local_radii": "[1, 2]"})
+    with pytest.raises(CheckpointError, match="router weights do not match its metadata"):
+        load_router_file(tmp_path / "bad.safetensors", tiny, "a")
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 40)
+    with pytest.raises(CheckpointError, match="junk.safetensors: not a safetensors file"):
+        load_router_file(tmp_path / "junk.safetensors", tiny, "a")
+    with pytest.raises(CheckpointError, match="configs/router.yaml"):
+        load_router_file(tmp_path / "missing.safetensors", tiny, "a")
+
+
+# ----------------------------------------------------------------------------------------------- plugins
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    monkeypatch.delenv("SAMMOE_EXPERTS", raising=False)
+    with plugin_site(tmp_path / "site") as path:
+        yield path
+
+
+def _routed_expert(site, tmp_path, tiny, name: str, threshold: float = 0.5, router=True):
+    """A fake installed expert with the tiny decoder and (optionally) a router of its own."""
+    decoder = {k: v.clone() for k, v in tiny.mask_decoder.state_dict().items()}
+    extra = {}
+    if router:
+        file = save_router(_router(tiny, threshold=threshold), tmp_path / f"{name}.safetensors", name=name,
+                           classes={name: 1}, backbone=tiny, metrics={"recall": 0.8})  # fmt: skip
+        extra["router_payload"] = file.read_bytes()
+    fake_expert(site, name, payload=save(decoder), backbone={"fingerprint": backbone_fingerprint(tiny)},
+                task={"classes": {name: 1}, "crop_size": [64, 64, 64]}, **extra)  # fmt: skip
+
+
+def test_installed_routers_route_when_no_gate_fits_and_a_broken_one_disables_only_its_expert(
+    site, tiny, tmp_path
+):
+    _routed_expert(site, tmp_path, tiny, "alpha", threshold=0.0)  # claims every click
+    _routed_expert(site, tmp_path, tiny, "beta")
+    _routed_expert(site, tmp_path, tiny, "gamma", router=False)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        model, info = load_model("seeded", preset="tiny", experts=None)
+    assert "routing" not in info["model"]  # on another trunk every expert is skipped: nothing to route
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model, info = load_model(_trunk_file(tiny, tmp_path), preset="tiny")
+    assert info["model"]["routing"] == "routers"
+    assert info["model"]["experts"] == ["alpha", "beta"]
+    assert set(info["model"]["routers"]) == {"alpha", "beta"}
+    disabled = [str(w.message) for w in caught if issubclass(w.category, PluginWarning)]
+    assert any("gamma" in m and "ships no router" in m for m in disabled), disabled
+    from sammoe.infer import Predictor, Target
+
+    predictor = Predictor(model, info=info)
+    image = np.random.default_rng(0).normal(size=(40, 40, 40)).astype(np.float32)
+    predictor.set_image(image, np.diag([1.5, 1.5, 1.5, 1.0]))
+    result = predictor.predict(Target([[20, 20, 20]], [1], "x")).targets[0]
+    assert result.expert == "alpha" and result.routed_by == "routers"
+    predictor.route = "beta"
+    assert predictor.predict(Target([[20, 20, 20]], [1], "x")).targets[0].routed_by == "forced"
+
+
+def _trunk_file(tiny, tmp_path):
+    from sammoe.loading import save_backbone
+
+    path = tmp_path / "trunk.safetensors"
+    if not path.exists():
+        save_backbone(tiny, path)
+    return path
+
+
+def test_a_corrupt_router_is_reported_by_discovery_users_and_verify(site, tiny, tmp_path):
+    _routed_expert(site, tmp_path, tiny, "alpha")
+    record = next(r for r in discover() if r.name == "alpha")
+    assert verify_expert(record).status == "ok"
+    router_file = site / "fake_expert_alpha" / "router.safetensors"
+    router_file.write_bytes(router_file.read_bytes()[:-4] + b"\x00\x00\x00\x00")
+    record = next(r for r in discover() if r.name == "alpha")
+    checked = verify_expert(record)
+    assert checked.status == "broken" and "router" in checked.reason and "sha256" in checked.reason
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model, info = load_model(_trunk_file(tiny, tmp_path), preset="tiny")
+    assert isinstance(model, SamMed3D) and "routing" not in info["model"]  # the foundation alone
+    assert any("alpha" in str(w.message) and "sha256" in str(w.message) for w in caught)
+
+
+def test_package_bundles_the_router_with_its_measured_rates(tiny, tmp_path):
+    export = tmp_path / "run" / "expert"
+    export.mkdir(parents=True)
+    save_file(
+        {k: v.clone() for k, v in tiny.mask_decoder.state_dict().items()}, str(export / "decoder.safetensors")
+    )
+    (export / "decoder.json").write_text(json.dumps({
+        "preset": "tiny", "backbone_fingerprint": backbone_fingerprint(tiny),
+        "task": {"classes": {"liver": 1}, "modality": "CT", "dataset": "phantom"},
+    }))  # fmt: skip
+    metrics = {"recall": 0.93, "false_claims_general": 0.01, "false_claims_background": 0.0}
+    save_router(_router(tiny), export / "router.safetensors", name="liver", classes={"liver": 1},
+                backbone=tiny, metrics=metrics)  # fmt: skip
+    out = package_expert(export / "decoder.safetensors", "liver", tmp_path / "plugin")
+    manifest = json.loads((out / "sammoe_expert_liver" / "manifest.json").read_text())
+    assert manifest["router"]["path"] == "router.safetensors"
+    assert {k: manifest["router"][k] for k in metrics} == metrics
+    assert (out / "sammoe_expert_liver" / "router.safetensors").read_bytes() == (
+        export / "router.safetensors"
+    ).read_bytes()
+    save_router(_router(tiny), export / "wrong.safetensors", name="kidney", classes={"kidney": 2},
+                backbone=tiny, metrics={})  # fmt: skip
+    with pytest.raises(PluginError, match="a router of expert 'kidney', not of 'liver'"):
+        package_expert(
+            export / "decoder.safetensors", "liver", tmp_path / "p2", router=export / "wrong.safetensors"
+        )
+    assert not (tmp_path / "p2").exists()
+
+
+# ----------------------------------------------------------------------------------------------- training
+def test_router_fit_through_the_cli_writes_a_calibrated_router(tmp_path, monkeypatch, capsys):
+    from sammoe.data.phantoms import make_phantom_dataset
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setattr(sys, "argv", ["sammoe"])
+    make_phantom_dataset(tmp_path / "ds", n_cases=4, n_test=0, shape=(48, 48, 32), spacing=(2.0, 2.0, 3.0))
+    run = tmp_path / "run"
+    config = tmp_path / "router.yaml"
+    config.write_text(textwrap.dedent(f"""\
+        seed_everything: 0
+        trainer: {{accelerator: cpu, devices: 1, max_epochs: 2, logger: false, enable_progress_bar: false,
+                   enable_checkpointing: false, enable_model_summary: false, default_root_dir: {run}}}
+        model:
+          class_path: RouterTraining
+          init_args: {{name: spinal_cord, task: {{classes: {{spinal_cord: 5}}}}, hidden_dim: 16}}
+        data:
+          class_path: PhantomDataModule
+          init_args: {{root: {tmp_path / "ds"}, n_cases: 4, n_test: 0, crop_size: 64, batch_size: 4,
+                       val_fraction: 0.5, background_clicks: 1, classes: [spinal_cord],
+                       general_classes: [liver, spleen]}}
+        """))  # fmt: skip
+    assert lightning_main(["fit", "--config", str(config)]) == 0
+    report = json.loads((run / "val" / "router.json").read_text())
+    assert report["clicks"] == {"task": 2, "general": 4, "background": 2}  # 2 val cases, each target once
+    router = load_router_file(
+        run / "expert" / "router.safetensors", load_backbone(None, "tiny"), "spinal_cord"
+    )
+    assert float(router.threshold) == pytest.approx(report["threshold"])
+    assert float(router.temperature) == pytest.approx(report["temperature"])
+    assert (
+        router_metrics((run / "expert" / "router.safetensors").read_bytes(), "x")["recall"]
+        == report["recall"]
+    )
+    # the overlay's classes are the positives; a router config without them is refused in one line
+    config.write_text(config.read_text().replace("task: {classes: {spinal_cord: 5}}, ", ""))
+    capsys.readouterr()
+    assert lightning_main(["fit", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "sammoe: error: router 'spinal_cord': model.init_args.task.classes names no class; add the expert's "
+        "overlay (--config configs/experts/spinal_cord.yaml)"
+    ]
