@@ -280,3 +280,54 @@ def test_router_fit_through_the_cli_writes_a_calibrated_router(tmp_path, monkeyp
         "sammoe: error: router 'spinal_cord': model.init_args.task.classes names no class; add the expert's "
         "overlay (--config configs/experts/spinal_cord.yaml)"
     ]
+
+
+def test_the_feature_cache_computes_each_crop_once_and_persists(tmp_path):
+    from sammoe.lit.feature_cache import FeatureCache
+
+    gen = torch.Generator().manual_seed(0)
+    batch = {
+        "image": torch.randn(3, 1, 8, 8, 8, generator=gen),
+        "first_click": torch.tensor([[1, 2, 3], [4, 4, 4], [1, 2, 3]]),
+        "start": torch.zeros(3, 3, dtype=torch.long),
+        "dataset": ["d"] * 3, "case_id": ["a", "a", "b"], "class_name": ["liver", "liver", "background"],
+    }  # fmt: skip
+    calls = []
+
+    def compute(rows):
+        calls.append(rows)
+        return batch["image"][rows].flatten(1)[:, :4] * 2
+
+    cache = FeatureCache(tmp_path, ("fingerprint", (1, 2), True))
+    first = cache.features(batch, compute)
+    torch.testing.assert_close(first, batch["image"].flatten(1)[:, :4] * 2)
+    assert cache.features(batch, compute).equal(first) and calls == [[0, 1, 2]]
+    assert (cache.hits, cache.misses) == (3, 3)
+    path = cache.flush()
+    assert path is not None and cache.flush() is None  # nothing new: nothing written
+    again = FeatureCache(tmp_path, ("fingerprint", (1, 2), True))
+    assert again.features(batch, compute).equal(first) and calls == [[0, 1, 2]]
+    assert FeatureCache(tmp_path, ("other trunk", (1, 2), True)).path != path  # another trunk: another file
+    changed = {**batch, "image": batch["image"].clone()}
+    changed["image"][1] += 1.0  # the same case, class and click on another image: recomputed
+    again.features(changed, compute)
+    assert calls[-1] == [1]
+    path.write_bytes(b"damaged")
+    with pytest.warns(UserWarning, match="rebuilding the feature cache"):
+        assert FeatureCache(tmp_path, ("fingerprint", (1, 2), True)).table == {}
+
+
+def test_click_draws_make_training_crops_repeat(tmp_path):
+    from sammoe.data.phantoms import make_phantom_dataset
+    from sammoe.lit.phantom_data import PhantomDataModule
+
+    make_phantom_dataset(tmp_path / "ds", n_cases=2, n_test=0, shape=(48, 48, 32), spacing=(2.0, 2.0, 3.0))
+    clicks = {}
+    for draws in (2, 0):
+        dm = PhantomDataModule(root=str(tmp_path / "ds"), n_cases=2, n_test=0, crop_size=64, val_fraction=0.0,
+                               classes=["liver"], click_draws=draws)  # fmt: skip
+        dm.setup("fit")
+        dataset = dm.train_dataset()
+        torch.manual_seed(0)
+        clicks[draws] = {tuple(dataset[0]["start"].tolist()) for _ in range(20)}  # where each crop sits
+    assert len(clicks[2]) == 2 and len(clicks[0]) > 10

@@ -56,6 +56,8 @@ class TargetDataset(Dataset):
     ``jitter`` voxels of shift), the click the item's ``first_click`` carries, exactly what the Predictor does
     with a user's click. ``crop="bbox"``: the official crop around the class bounding box (no ``first_click``).
     ``seed`` None draws new clicks every time (training); an int makes item i's click fixed (validation).
+    ``click_draws`` N > 0 (training): item i is one of N fixed draws, chosen at random each time, so the
+    crops repeat and what is computed from them can be cached (router and gate features).
     A target named ``background`` (value 0) is a click on unlabelled voxels with an empty label (routing data).
     ``on_empty``: what to do when the class has fewer than ``min_voxels`` voxels after resampling:
     ``"skip"`` uses the next target instead (the official loader redraws), ``"error"`` raises ``DataError``.
@@ -73,6 +75,8 @@ class TargetDataset(Dataset):
         crop: str = "click",
         jitter: int = 0,
         seed: int | None = None,
+        click_draws: int = 0,
+        draw_seed: int = 0,
     ) -> None:
         if on_empty not in ("skip", "error"):
             raise ValueError("on_empty must be 'skip' or 'error'")
@@ -81,11 +85,15 @@ class TargetDataset(Dataset):
         self.flips, self.min_voxels, self.on_empty = flips, min_voxels, on_empty
         self.index = index
         self.crop, self.jitter, self.seed = check_crop_mode(crop), int(jitter), seed
+        self.click_draws, self.draw_seed = int(click_draws), int(draw_seed)
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def _rng(self, i: int) -> np.random.Generator:
+        if self.seed is None and self.click_draws > 0:
+            draw = int(torch.randint(0, self.click_draws, ()))
+            return np.random.default_rng((self.draw_seed, i, draw))
         if self.seed is None:  # torch's generator is seeded per worker and by seed_everything
             return np.random.default_rng(int(torch.randint(0, 2**62, ())))
         return np.random.default_rng((int(self.seed), i))
@@ -222,6 +230,8 @@ class SegDataModule(L.LightningDataModule):
         background_clicks: per train/val case, this many extra targets that click an unlabelled voxel
             (class ``background``, empty label): what teaches a gate to leave such clicks to the foundation.
         first_click_seed: seed of the validation clicks and of the test split's first clicks (official: 233).
+        click_draws: training crops per target: 0 = a new click every time; N = one of N fixed clicks per
+            target (seeded by ``seed``), so router/gate training can cache features (``feature_cache``).
         general_classes: classes loaded in addition to ``classes`` (router training: the general structures
             a router learns to leave to the foundation; a config overlay that sets ``classes`` keeps them).
 
@@ -253,6 +263,7 @@ class SegDataModule(L.LightningDataModule):
         jitter: int = 0,
         background_clicks: int = 0,
         first_click_seed: int = 233,
+        click_draws: int = 0,
         general_classes: list[str] | None = None,
     ) -> None:
         super().__init__()
@@ -260,11 +271,12 @@ class SegDataModule(L.LightningDataModule):
             raise ConfigError(
                 f"data: crop_size {crop_size} must be a positive multiple of the 16-voxel patch (64 tiny, 128 vit_b_ori)"
             )
-        if batch_size < 1 or num_workers < 0 or jitter < 0 or background_clicks < 0:
+        if batch_size < 1 or min(num_workers, jitter, background_clicks, click_draws) < 0:
             raise ConfigError(
-                "data: batch_size must be >= 1 and num_workers, jitter, background_clicks >= 0; "
-                f"got {batch_size}, {num_workers}, {jitter}, {background_clicks}"
+                "data: batch_size must be >= 1 and num_workers, jitter, background_clicks, click_draws >= 0; "
+                f"got {batch_size}, {num_workers}, {jitter}, {background_clicks}, {click_draws}"
             )
+        self.click_draws = int(click_draws)
         self.crop, self.jitter = check_crop_mode(crop), int(jitter)
         self.background_clicks, self.first_click_seed = int(background_clicks), int(first_click_seed)
         self.save_hyperparameters()
@@ -333,7 +345,8 @@ class SegDataModule(L.LightningDataModule):
 
     def train_dataset(self) -> TargetDataset:
         return TargetDataset(self.train_targets, self.cache, self.preprocessor, self.flips, self.min_voxels,
-                             self.on_empty, self.index, self.crop, self.jitter)  # fmt: skip
+                             self.on_empty, self.index, self.crop, self.jitter, None, self.click_draws,
+                             self.seed)  # fmt: skip
 
     def val_dataset(self) -> TargetDataset:
         return TargetDataset(self.val_targets, self.cache, self.preprocessor, False, 1, self.on_empty,

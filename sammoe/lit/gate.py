@@ -27,6 +27,8 @@ from sammoe.lit.evaluation import EvalModel, first_clicks
 from sammoe.lit.interactive import StepOutput, moe_step
 from sammoe.loading import backbone_source, load_backbone, load_decoder_file, load_gate, save_gate
 from sammoe.loading import load_experts as load_plugins
+from sammoe.loading.experts import expert_router
+from sammoe.loading.router import ROUTER_FILE, load_router_file
 from sammoe.model.gate import LOCAL_RADII, MaskSelector
 from sammoe.model.moe import FOUNDATION, SamMoE
 
@@ -34,23 +36,32 @@ DEFAULT_TAU_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def load_experts(
-    backbone: Any, names: Sequence[str] | None, files: dict[str, str] | None = None
+    backbone: Any,
+    names: Sequence[str] | None,
+    files: dict[str, str] | None = None,
+    routers: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """Expert decoders (name -> MaskDecoder3D) and the class -> expert map of their tasks.
 
     `files` (name -> exported decoder) are loaded directly; plugins are discovered unless `files` is given
     and `names` is not: `names` = exactly those plugins, None = every usable installed plugin. Plugins are
-    checked against the backbone's fingerprint.
+    checked against the backbone's fingerprint. With `routers` (a dict), each expert's own router is put there
+    (a plugin's packaged one; an exported decoder's ``router.safetensors`` beside it); PluginError or
+    CheckpointError when one is missing or does not fit.
     """
 
     found: list[tuple[str, Any, list[str]]] = []
     if names is not None or not files:
         for record, decoder in load_plugins(backbone, None if names is None else list(names)):
             found.append((record.name, decoder, list(record.manifest.task.classes)))
+            if routers is not None:
+                routers[record.name] = expert_router(backbone, record)
     for name, path in (files or {}).items():
         if any(name == other for other, _, _ in found):
             raise ConfigError(f"expert {name!r} is both an installed plugin and in expert_files; rename one")
         found.append((name, *load_decoder_file(backbone, name, path)))
+        if routers is not None:
+            routers[name] = load_router_file(Path(path).parent / ROUTER_FILE, backbone, name)
     if not found:
         raise ConfigError(
             "no usable expert plugin is installed; install one (e.g. pip install experts/<project>) or "
@@ -109,6 +120,8 @@ class GateTraining(InteractiveModule):
         expert_files: experts not installed as plugins: name -> the `expert/decoder.safetensors` a finetuning
             run exported (its `.json` sidecar names the task classes); used alone unless `experts` is set.
         gate: start from a trained gate (`gate.safetensors`); e.g. to evaluate one with `sammoe test`.
+        routing: `gate` (the joint gate) or `routers` (each expert's own router decides; `sammoe test`
+            measures routing over independently trained routers; there is then no gate to fit).
         gate_hidden_dim: width of the gate MLP.
         gate_local_radii: half-sides (voxels) of the cubes around the first positive click whose intensity
             mean and spread the gate also reads ([] = embedding and prompt features only, as in the paper).
@@ -138,6 +151,7 @@ class GateTraining(InteractiveModule):
         experts: list[str] | None = None,
         expert_files: dict[str, str] | None = None,
         gate: str | None = None,
+        routing: Literal["gate", "routers"] = "gate",
         gate_hidden_dim: int = 256,
         gate_local_radii: list[int] = list(LOCAL_RADII),  # noqa: B006 (jsonargparse needs a literal default)
         gate_texture: bool = True,
@@ -164,12 +178,15 @@ class GateTraining(InteractiveModule):
         self.save_hyperparameters()
         backbone = load_backbone(checkpoint, preset).requires_grad_(False)
         self.start_weights = backbone_source(preset, checkpoint)
-        decoders, self.class_to_expert = load_experts(backbone, experts, expert_files)
+        routers: dict[str, Any] | None = {} if routing == "routers" else None
+        decoders, self.class_to_expert = load_experts(backbone, experts, expert_files, routers)
         self.moe = SamMoE(
             backbone, decoders, gate_hidden_dim, MaskSelector(selector, tau), gate_local_radii, gate_texture
         )
-        if gate is not None:
+        if gate is not None and routers is None:
             load_gate(self.moe, gate)
+        if routers is not None:
+            self.moe.use_routers(routers)
         self.moe.freeze_all_but_gate()
         self.backbone = self.moe.backbone
         self.tau_grid = sorted({float(t) for t in tau_grid})
@@ -205,6 +222,13 @@ class GateTraining(InteractiveModule):
     def on_train_epoch_start(self) -> None:
         self.moe.backbone.eval()  # frozen parts stay in eval mode; the gate trains (dropout)
         self.moe.experts.eval()
+
+    def on_fit_start(self) -> None:
+        if self.moe.routing == "routers":
+            raise ConfigError(
+                "routing: routers evaluates the experts' own routers and has no gate to fit; run `sammoe test`, "
+                "or train each router with configs/router.yaml"
+            )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """Cross-entropy of the gate toward each target's expert (background clicks: the foundation).
@@ -248,6 +272,7 @@ class GateTraining(InteractiveModule):
     def _tuning(self) -> bool:
         return bool(
             self.hparams.tune_tau
+            and self.moe.routing == "gate"
             and self.moe.selector.mode == "threshold"
             and self._trainer is not None
             and self.trainer.state.stage is not None
@@ -344,7 +369,16 @@ class GateTraining(InteractiveModule):
         return best, search
 
     def finalize_rows(self, rows: list[EvalRow], stage: str) -> tuple[list[EvalRow], dict[str, Any]]:
-        extra: dict[str, Any] = {"selector": self.moe.selector.mode, "experts": self.expert_names}
+        extra: dict[str, Any] = {
+            "routing": self.moe.routing,
+            "selector": self.moe.selector.mode,
+            "experts": self.expert_names,
+        }
+        if self.moe.routing == "routers":
+            extra["routers"] = {
+                name: {"threshold": float(r.threshold), "temperature": float(r.temperature)}
+                for name, r in self.moe.routers.items()
+            }
         candidates = [r for r in rows if r.model.startswith("moe@")]
         if candidates:
             tau, search = self.choose_tau(rows)

@@ -26,10 +26,12 @@ from sammoe.data.datamodule import BACKGROUND
 from sammoe.errors import ConfigError
 from sammoe.files import write_text
 from sammoe.lit.evaluation import first_clicks
+from sammoe.lit.feature_cache import FeatureCache
 from sammoe.loading import load_backbone
 from sammoe.loading.router import ROUTER_FILE, save_router
 from sammoe.model.gate import LOCAL_RADII, routing_features
 from sammoe.model.router import ExpertRouter
+from sammoe.model.sam3d import backbone_fingerprint
 
 THRESHOLD_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))  # 0.05 ... 0.95
 
@@ -83,6 +85,8 @@ class RouterTraining(L.LightningModule):
         local_radii, texture: the local statistics the router reads around the click (as the gate's).
         lr, weight_decay: AdamW.
         max_false_claims: largest share of validation general and background clicks the router may claim.
+        feature_cache: folder of the trunk-feature cache (``sammoe.lit.feature_cache``); null: encode every
+            crop every step. Pair it with ``data.click_draws`` so that crops repeat.
         export_path: also write the router there.
     """
 
@@ -99,6 +103,7 @@ class RouterTraining(L.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.01,
         max_false_claims: float = 0.02,
+        feature_cache: str | None = None,
         export_path: str | None = None,
     ) -> None:
         super().__init__()
@@ -118,6 +123,8 @@ class RouterTraining(L.LightningModule):
         )
         self._val: list[tuple[torch.Tensor, list[str]]] = []
         self.metrics: dict[str, float] = {}
+        tag = (backbone_fingerprint(self.backbone), self.router.local_radii, self.router.texture)
+        self.cache = None if feature_cache is None else FeatureCache(feature_cache, tag)
 
     def group(self, class_name: str) -> str:
         if class_name in self.positives:
@@ -133,12 +140,17 @@ class RouterTraining(L.LightningModule):
         self.backbone.eval()  # frozen; the router trains (dropout)
 
     def features(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Routing features of each crop's centring click (the trunk runs without gradients)."""
-        clicks = first_clicks(batch)
-        if clicks is None:
+        """Routing features of each crop's centring click (from the cache when there is one)."""
+        if first_clicks(batch) is None:
             raise ConfigError("router training needs click-centred crops: set data.init_args.crop: click")
-        image = batch["image"]
-        points, labels = clicks
+        if self.cache is None:
+            return self._trunk_features(batch, list(range(len(batch["class_name"]))))
+        return self.cache.features(batch, lambda rows: self._trunk_features(batch, rows))
+
+    def _trunk_features(self, batch: dict[str, Any], rows: list[int]) -> torch.Tensor:
+        """Features of the samples ``rows`` (the trunk runs without gradients)."""
+        points, labels = (t[rows] for t in first_clicks(batch))
+        image = batch["image"][rows]
         router = self.router
         with torch.no_grad():
             embeddings = self.backbone.image_encoder(image)
@@ -160,6 +172,14 @@ class RouterTraining(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(targets))
         self.log("train/accuracy", accuracy, prog_bar=True, batch_size=len(targets))
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        if self.cache is not None:
+            total = max(self.cache.hits + self.cache.misses, 1)
+            self.log("train/feature_cache_hits", self.cache.hits / total, rank_zero_only=True)
+            self.cache.hits = self.cache.misses = 0
+            if self.trainer.is_global_zero:
+                self.cache.flush()
 
     def on_validation_epoch_start(self) -> None:
         self._val = []

@@ -15,7 +15,8 @@ Public API
   initialisation), ``"seeded"`` = that seeded initialisation, else a path.
 - ``backbone_source(preset, checkpoint=None)``: where those weights come from, for messages.
 - ``load_state(model, state, source, strict=True)``: a checked ``load_state_dict``.
-- ``save_backbone(model, path)``, ``save_tensors(state, path, meta=None)``: safetensors via ``sammoe.files``.
+- ``save_backbone(model, path)``, ``save_tensors(state, path, meta=None)``: safetensors via ``sammoe.files``;
+  ``load_tensors(path)`` reads what ``save_tensors`` wrote (e.g. the feature cache of router training).
 - ``expert_decoder(backbone, record)``, ``load_experts(backbone, names=None)``, ``load_expert_decoders``:
   installed expert plugins assembled for a backbone (see ``load_experts``).
 - ``load_decoder_file(backbone, name, path) -> (decoder, classes)``: a decoder exported by finetuning.
@@ -42,6 +43,7 @@ from sammoe.loading.weights import (
     detect_preset,
     load_backbone,
     load_state,
+    load_tensors,
     preset_of,
     read_state_dict,
     save_backbone,
@@ -52,6 +54,6 @@ from sammoe.loading.weights import (
 __all__ = [
     "DEFAULT_SEED", "SEEDED", "TRUNK_PREFIXES", "backbone_source", "decoder_mismatch", "default_checkpoint",
     "detect_preset", "expert_decoder", "load_backbone", "load_decoder_file", "load_expert_decoders",
-    "load_experts", "load_gate", "load_model", "load_state", "preset_of", "read_state_dict", "save_backbone",
+    "load_experts", "load_gate", "load_model", "load_state", "load_tensors", "preset_of", "read_state_dict", "save_backbone",
     "save_gate", "save_tensors", "seeded_backbone",
 ]  # fmt: skip

@@ -184,6 +184,18 @@ def save_backbone(model: SamMed3D, path: str | Path) -> Path:
     return save_tensors({k: v.detach() for k, v in model.state_dict().items()}, path)
 
 
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file sammoe wrote with ``save_tensors`` (keys as stored, no checks on
+    their meaning); CheckpointError when it cannot be read."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return dict(load_file(str(path)))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err}); delete it") from None
+
+
 def save_tensors(
     state: dict[str, torch.Tensor], path: str | Path, meta: dict[str, str] | None = None
 ) -> Path:

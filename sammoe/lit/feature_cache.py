@@ -1,0 +1,75 @@
+"""Routing features computed once: router (and gate) training reads the frozen trunk's features of each crop
+from here instead of re-encoding it every epoch.
+
+A crop is known by its case, class, start, centring click and a checksum of its voxels, so a changed image,
+preprocessing or flip is a new entry. The table is kept in memory and in one safetensors file per trunk and
+feature layout (``tag``: backbone fingerprint, local radii, texture), written atomically when it grew. With
+the data module's ``click_draws`` (a fixed set of clicks per target), every crop repeats and after the first
+epochs no crop is encoded again; the general and background crops are shared by the routers of every expert
+trained on the same data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sammoe.errors import CheckpointError
+
+
+def crop_key(batch: dict[str, Any], b: int) -> str:
+    """What identifies sample ``b`` of a train/val batch's crop."""
+    image = batch["image"][b].detach()
+    checksum = float(image.double().sum()), float(image.double().square().sum())
+    click = batch.get("first_click")
+    click = None if click is None else [int(v) for v in torch.as_tensor(click[b]).round().tolist()]
+    start = [int(v) for v in torch.as_tensor(batch["start"][b]).tolist()]
+    return f"{batch['dataset'][b]}|{batch['case_id'][b]}|{batch['class_name'][b]}|{start}|{click}|{checksum}"
+
+
+class FeatureCache:
+    """Feature vectors by crop key, in memory and (with ``folder``) on disk."""
+
+    def __init__(self, folder: str | Path | None, tag: Sequence[Any]) -> None:
+        digest = hashlib.sha256(repr(tuple(tag)).encode()).hexdigest()[:16]
+        self.path = None if folder is None else Path(folder) / f"features-{digest}.safetensors"
+        self.table: dict[str, torch.Tensor] = {}
+        self.hits = self.misses = 0
+        self._dirty = False
+        if self.path is not None and self.path.is_file():
+            from sammoe.loading import load_tensors
+
+            try:
+                self.table = load_tensors(self.path)
+            except CheckpointError as err:  # a damaged cache is rebuilt, never trusted
+                warnings.warn(f"{err}; rebuilding the feature cache", stacklevel=2)
+
+    def features(self, batch: dict[str, Any], compute: Callable[[list[int]], torch.Tensor]) -> torch.Tensor:
+        """(B, F): cached rows, and ``compute(indices)`` for the samples not cached yet (then stored)."""
+        keys = [crop_key(batch, b) for b in range(len(batch["class_name"]))]
+        missing = [b for b, key in enumerate(keys) if key not in self.table]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            fresh = compute(missing).detach().float().cpu()
+            for row, b in enumerate(missing):
+                self.table[keys[b]] = fresh[row].clone()
+            self._dirty = True
+        device = batch["image"].device
+        return torch.stack([self.table[key] for key in keys]).to(device)
+
+    def flush(self) -> Path | None:
+        """Write the table when it grew (rank 0 only; safetensors via ``sammoe.loading``)."""
+        if self.path is None or not self._dirty:
+            return None
+        from sammoe.loading import save_tensors
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        save_tensors(self.table, self.path)
+        self._dirty = False
+        return self.path
