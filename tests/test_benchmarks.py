@@ -1,0 +1,22 @@
+"""Every benchmark's --smoke mode runs, so that the benchmarks cannot rot unnoticed."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_router_train_smoke_times_both_runs_per_epoch(tmp_path):
+    result = _load("router_train").main(["--smoke", "--json", str(tmp_path / "r.json")])
+    assert len(result["uncached_epoch_s"]) == len(result["cached_epoch_s"]) == 2
+    assert result["preset"] == "tiny" and result["crops_per_epoch"] == 8
+    assert result["speedup_after_first_epoch"] > 0 and (tmp_path / "r.json").is_file()
