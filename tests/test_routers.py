@@ -249,7 +249,9 @@ def test_router_fit_through_the_cli_writes_a_calibrated_router(tmp_path, monkeyp
     config.write_text(textwrap.dedent(f"""\
         seed_everything: 0
         trainer: {{accelerator: cpu, devices: 1, max_epochs: 2, logger: false, enable_progress_bar: false,
-                   enable_checkpointing: false, enable_model_summary: false, default_root_dir: {run}}}
+                   enable_model_summary: false, default_root_dir: {run},
+                   callbacks: [{{class_path: lightning.pytorch.callbacks.ModelCheckpoint,
+                                init_args: {{dirpath: {run}/checkpoints, save_last: true}}}}]}}
         model:
           class_path: RouterTraining
           init_args: {{name: spinal_cord, task: {{classes: {{spinal_cord: 5}}}}, hidden_dim: 16}}
@@ -259,7 +261,15 @@ def test_router_fit_through_the_cli_writes_a_calibrated_router(tmp_path, monkeyp
                        val_fraction: 0.5, background_clicks: 1, classes: [spinal_cord],
                        general_classes: [liver, spleen]}}
         """))  # fmt: skip
+    # the expert's finetuning run already lives there (the overlays share the run directory): kept as it is
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("finetune")
+    (run / "checkpoints" / "last.ckpt").write_text("finetune")
     assert lightning_main(["fit", "--config", str(config)]) == 0
+    assert (run / "config.yaml").read_text() == "finetune"
+    assert (run / "checkpoints" / "last.ckpt").read_text() == "finetune"
+    assert "RouterTraining" in (run / "router_config.yaml").read_text()
+    assert (run / "checkpoints" / "router-last.ckpt").is_file()
     report = json.loads((run / "val" / "router.json").read_text())
     assert report["clicks"] == {"task": 2, "general": 4, "background": 2}  # 2 val cases, each target once
     router = load_router_file(

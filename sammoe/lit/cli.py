@@ -56,7 +56,12 @@ def _build_cli_classes() -> tuple[type, type]:
     from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
     class ConfigToRunDir(SaveConfigCallback):
-        """Saves config.yaml into the run directory (overwrite allowed) and sends it to W&B."""
+        """Saves config.yaml into the run directory (overwrite allowed) and sends it to W&B. A module may name
+        its own file (``config_filename``): a router shares its expert's run directory with the finetuning."""
+
+        def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+            self.config_filename = getattr(pl_module, "config_filename", self.config_filename)
+            super().setup(trainer, pl_module, stage)
 
         def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
             from sammoe.lit.wandb_log import wandb_logger

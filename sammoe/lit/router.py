@@ -126,6 +126,20 @@ class RouterTraining(L.LightningModule):
         tag = (backbone_fingerprint(self.backbone), self.router.local_radii, self.router.texture)
         self.cache = None if feature_cache is None else FeatureCache(feature_cache, tag)
 
+    # The overlay configs/experts/NAME.yaml puts the router's run in the expert's finetuning run directory
+    # (so the router lands next to the decoder it routes to): its config and checkpoints get names of their own.
+    config_filename = "router_config.yaml"
+
+    def configure_callbacks(self) -> list:
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        if self._trainer is None or self.trainer.checkpoint_callback is None:
+            return []
+        previous = self.trainer.checkpoint_callback
+        checkpoint = ModelCheckpoint(dirpath=previous.dirpath, filename="router-{epoch}", save_last=True)
+        checkpoint.CHECKPOINT_NAME_LAST = "router-last"
+        return [checkpoint]
+
     def group(self, class_name: str) -> str:
         if class_name in self.positives:
             return "task"
