@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all bench lint format clean foundation experts-train gate evaluate bench-train
+.PHONY: install demo test test-all bench lint format clean foundation experts-train routers gate evaluate bench-train
 
 $(STAMP): pyproject.toml $(wildcard experts/*/pyproject.toml)
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -46,9 +46,16 @@ foundation: $(STAMP)
 	$(BIN)/sammoe fit --config configs/foundation.yaml --config configs/foundation_stage2.yaml
 	$(BIN)/sammoe fit --config configs/foundation.yaml --config configs/foundation_stage3.yaml --model.init_args.export_path=sammoe/assets/foundation_tiny.safetensors
 
+# Each expert: its decoder, then its own router (runs/experts/NAME/expert/{decoder,router}.safetensors); the
+# example plugins are rebuilt with both and reinstalled.
 experts-train: $(STAMP)
 	$(BIN)/sammoe fit --config configs/finetune.yaml --config configs/experts/spinal_cord.yaml
 	$(BIN)/sammoe fit --config configs/finetune.yaml --config configs/experts/textured_lesion.yaml
+	$(MAKE) routers
+
+routers: $(STAMP)
+	$(BIN)/sammoe fit --config configs/router.yaml --config configs/experts/spinal_cord.yaml
+	$(BIN)/sammoe fit --config configs/router.yaml --config configs/experts/textured_lesion.yaml
 	$(BIN)/python experts/build_examples.py --checkpoint spinal_cord=runs/experts/spinal_cord/expert/decoder.safetensors --checkpoint textured_lesion=runs/experts/textured_lesion/expert/decoder.safetensors
 	$(BIN)/pip install -q --no-deps --force-reinstall ./experts/sammoe-expert-spinal-cord ./experts/sammoe-expert-textured-lesion
 

@@ -74,6 +74,7 @@ def test_list_table_json_and_broken_reason(site, tiny, decoder, capsys, monkeypa
         "BACKBONE",
         "CLASSES",
         "FINETUNED",
+        "ROUTER",
         "STATUS",
     ]
     assert lines[1].split() == [
@@ -84,6 +85,7 @@ def test_list_table_json_and_broken_reason(site, tiny, decoder, capsys, monkeypa
         "decoder",
         "tiny",
         "liver=1",
+        "no",
         "no",
         "ok",
     ]

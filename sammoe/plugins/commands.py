@@ -74,10 +74,13 @@ def _record_json(record: ExpertRecord) -> dict[str, Any]:
 def _row(record: ExpertRecord) -> list[str]:
     m = record.manifest
     if m is None:
-        return [record.name, "-", record.origin, "-", "-", "-", "-", record.status]
+        return [record.name, "-", record.origin, "-", "-", "-", "-", "-", record.status]
     classes = ",".join(f"{k}={v}" for k, v in m.task.classes.items())
     trained = "yes" if m.provenance.finetuned else "no"
-    return [m.name, m.version, record.origin, m.kind, m.backbone.preset, classes, trained, record.status]
+    router = "no"
+    if m.router is not None:
+        router = "yes" if m.router.recall is None else f"recall {m.router.recall:.2f}"
+    return [m.name, m.version, record.origin, m.kind, m.backbone.preset, classes, trained, router, record.status]
 
 
 def _print_table(rows: list[list[str]]) -> None:
@@ -93,7 +96,7 @@ def _print_records(records: list[ExpertRecord], as_json: bool) -> None:
     if not records:
         print(f"no expert plugins installed (entry-point group sammoe.experts; {ENV_VAR} may deselect them)")
         return
-    header = ["NAME", "VERSION", "DISTRIBUTION", "KIND", "BACKBONE", "CLASSES", "FINETUNED", "STATUS"]
+    header = ["NAME", "VERSION", "DISTRIBUTION", "KIND", "BACKBONE", "CLASSES", "FINETUNED", "ROUTER", "STATUS"]
     _print_table([header] + [_row(r) for r in records])
     for record in records:
         if not record.ok:
