@@ -341,3 +341,26 @@ def test_click_draws_make_training_crops_repeat(tmp_path):
         torch.manual_seed(0)
         clicks[draws] = {tuple(dataset[0]["start"].tolist()) for _ in range(20)}  # where each crop sits
     assert len(clicks[2]) == 2 and len(clicks[0]) > 10
+
+
+@torch.no_grad()
+def test_installing_an_expert_changes_nothing_where_its_router_does_not_claim(tiny):
+    """Routing composes: the routes and masks of clicks the new expert's router leaves alone stay the same."""
+    gen = torch.Generator().manual_seed(3)
+    first = copy.deepcopy(tiny.mask_decoder)
+    for p in first.parameters():
+        p.add_(torch.randn(p.shape, generator=gen) * 0.05)  # an expert that differs from the foundation
+    before = SamMoE(tiny, {"a": first}).eval()
+    before.use_routers({"a": _router(tiny, 0, threshold=0.5)})
+    after = SamMoE(tiny, {"a": first, "b": copy.deepcopy(tiny.mask_decoder)}).eval()
+    after.use_routers({"a": before.routers["a"], "b": _router(tiny, 1, threshold=1.0)})  # b claims nothing
+    image = torch.randn(6, 1, 64, 64, 64, generator=gen)
+    emb = tiny.image_encoder(image)
+    points = torch.randint(8, 56, (6, 1, 3), generator=gen).float()
+    labels = torch.ones(6, 1, dtype=torch.long)
+    mask = torch.zeros(6, 1, 16, 16, 16)
+    old = before.step(emb, points, labels, mask, image=image)
+    new = after.step(emb, points, labels, mask, image=image)
+    assert set(old.route.tolist()) == {0, 1}  # some clicks go to the expert, some to the foundation
+    assert new.route.tolist() == old.route.tolist()
+    torch.testing.assert_close(new.logits, old.logits)
