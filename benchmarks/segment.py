@@ -1,9 +1,9 @@
 """`sammoe segment` speed: one target vs 10 targets on one volume (cached embedding vs re-encoding), and the
 latency of one refinement click after the first encode.
-from sammoe.loading import save_backbone
 
     python benchmarks/segment.py                                   # CPU, tiny preset, colin27
     python benchmarks/segment.py --preset vit_b_ori --device cuda [--compile] [--modes clicks]
+    python benchmarks/segment.py --smoke                           # tiny sizes, one repeat (the test suite)
 
 Whole-command times run `sammoe segment` in this process (model load, read, resample, encode, decode, inverse,
 write; Python start-up and imports excluded): 1 target, then 10 targets whose first clicks lie within a few mm
@@ -38,11 +38,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def synthetic_image(folder: Path) -> Path:
+def synthetic_image(folder: Path, shape=(181, 217, 181)) -> Path:
     import nibabel as nib
 
     rng = np.random.default_rng(0)
-    array = rng.normal(100, 20, size=(181, 217, 181)).astype(np.float32)
+    array = rng.normal(100, 20, size=shape).astype(np.float32)
     affine = np.diag([1.0, 1.0, 1.0, 1.0])
     affine[:3, 3] = [-90, -125, -71]
     path = folder / "synthetic.nii.gz"
@@ -116,7 +116,7 @@ def bench_clicks(args, image: Path, ckpt: Path) -> None:
         encodes.append(time.perf_counter() - start)
     first = statistics.median(encodes[1:])
     state = pred._states[0]
-    emb, entry = state.entry.embedding, state.entry
+    entry = state.entry
     rng = np.random.default_rng(0)
     extra = click + rng.uniform(-5, 5, size=(args.clicks, 3))
     # decoder step on the cached embedding: what one refinement click costs the model
@@ -128,7 +128,7 @@ def bench_clicks(args, image: Path, ckpt: Path) -> None:
     for k in range(2, len(pts) + 1):
         sync(device)
         start = time.perf_counter()
-        low, *_ = pred._decode(emb, roi_pts[None, :k], labels[None, :k], low)
+        low, *_ = pred._decode(entry, roi_pts[None, :k], labels[None, :k], low)
         sync(device)
         steps.append(time.perf_counter() - start)
     step = statistics.median(steps[1:])
@@ -150,7 +150,7 @@ def bench_clicks(args, image: Path, ckpt: Path) -> None:
     print(f"  first click / refinement step: {first / step:.1f}x")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny", choices=["tiny", "vit_b_ori"])
     parser.add_argument("--device", default="auto")
@@ -162,7 +162,10 @@ def main() -> None:
         "--threads", type=int, default=None, help="torch CPU threads (1 on a busy shared machine)"
     )
     parser.add_argument("--modes", nargs="+", default=["command", "clicks"], choices=["command", "clicks"])
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="tiny preset, small synthetic image, 1 repeat")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.preset, args.repeats, args.clicks, args.device = "tiny", 1, 3, "cpu"
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.set_grad_enabled(False)
@@ -170,7 +173,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        image = args.image or (COLIN if COLIN.is_file() else synthetic_image(folder))
+        if args.smoke:
+            image = synthetic_image(folder, (120, 140, 110))  # holds the benchmark click (RAS)
+        else:
+            image = args.image or (COLIN if COLIN.is_file() else synthetic_image(folder))
         from sammoe.loading import load_backbone, save_backbone
 
         ckpt = save_backbone(load_backbone(None, args.preset), folder / f"{args.preset}.safetensors")

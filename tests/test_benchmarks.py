@@ -20,3 +20,9 @@ def test_router_train_smoke_times_both_runs_per_epoch(tmp_path):
     assert len(result["uncached_epoch_s"]) == len(result["cached_epoch_s"]) == 2
     assert result["preset"] == "tiny" and result["crops_per_epoch"] == 8
     assert result["speedup_after_first_epoch"] > 0 and (tmp_path / "r.json").is_file()
+
+
+def test_segment_smoke_times_the_command_and_the_clicks(capsys):
+    _load("segment").main(["--smoke"])
+    out = capsys.readouterr().out
+    assert "10 targets, cached embedding" in out and "refinement, add_click end to end" in out
