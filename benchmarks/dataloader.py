@@ -62,7 +62,7 @@ def torchio_loader(targets, spacing, crop, workers):
                       persistent_workers=workers > 0)  # fmt: skip
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
@@ -75,7 +75,10 @@ def main() -> None:
     parser.add_argument("--classes", nargs="+", default=["liver"])
     parser.add_argument("--epochs", type=int, default=3, help="timed warm epochs")
     parser.add_argument("--workdir", default=None, help="keep phantoms/cache here (default: a temp folder)")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="2 small phantoms, 64^3 crops, 1 epoch")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.cases, args.workers, args.shape, args.crop, args.epochs = 2, 0, (48, 48, 32), 64, 1
 
     import torchio  # noqa: F401  (imported before the workers fork, for both pipelines alike)
 

@@ -2,6 +2,7 @@
 
     python benchmarks/train_step.py                                   # CPU, fp32, vit_b_ori, batch 2
     python benchmarks/train_step.py --device cuda --dtype bf16 --batch 2 --modes sft gate all
+    python benchmarks/train_step.py --smoke                            # tiny sizes (the test suite)
 
 One step is the official SAM-Med3D interaction (11 decoder iterations, error-region clicks, previous logits
 fed back, two point-free iterations, DiceCE summed, AdamW) in three modes:
@@ -195,7 +196,7 @@ def worker(args: argparse.Namespace) -> None:
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -211,7 +212,17 @@ def main() -> None:
     parser.add_argument("--impls", nargs="+", default=["ours", "official"], choices=["ours", "official"])
     parser.add_argument("--impl", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="tiny preset, batch 1, 2 iterations, 1 step")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.preset, args.device, args.batch, args.iterations, args.steps, args.warmup = (
+            "tiny",
+            "cpu",
+            1,
+            2,
+            1,
+            0,
+        )
     if args.impl:
         worker(args)
         return

@@ -26,3 +26,16 @@ def test_segment_smoke_times_the_command_and_the_clicks(capsys):
     _load("segment").main(["--smoke"])
     out = capsys.readouterr().out
     assert "10 targets, cached embedding" in out and "refinement, add_click end to end" in out
+
+
+def test_dataloader_smoke_compares_both_pipelines(capsys):
+    _load("dataloader").main(["--smoke"])
+    out = capsys.readouterr().out
+    assert "sammoe warm (cached)" in out and "torchio plain, later epoch" in out
+
+
+def test_train_step_smoke_runs_ours_and_the_official_loop(capfd):
+    _load("train_step").main(["--smoke"])
+    out = capfd.readouterr().out
+    assert "failed" not in out
+    assert "sft    ratio" in out and "gate   ratio" in out
