@@ -108,6 +108,7 @@ def tiny_config(
         ["fit", "--config", "finetune.yaml"],
         ["fit", "--config", "finetune.yaml", "--config", "experts/textured_lesion.yaml"],
         ["fit", "--config", "gate.yaml"],
+        ["fit", "--config", "router.yaml", "--config", "experts/textured_lesion.yaml"],
         ["test", "--config", "evaluate.yaml"],
     ],
 )
