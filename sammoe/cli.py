@@ -34,6 +34,9 @@ commands:
   demo        run the end-to-end demonstration on an embedded default (no downloads, no GPU)
   experts     expert plugins: list, show, verify, package (`sammoe experts --help`)
   segment     segment structures in a volume from clicks (`sammoe segment --help`)
+
+options:
+  -V, --version  print the sammoe version (and torch's) and exit
 """
 
 
@@ -42,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_USAGE)
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        from importlib.metadata import version
+
+        from sammoe import __version__
+
+        print(f"sammoe {__version__} (torch {version('torch')}, python {sys.version.split()[0]})")
+        return 0
     target = _DISPATCH.get(argv[0])
     if target is None:
         print(

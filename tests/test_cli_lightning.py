@@ -285,3 +285,16 @@ def test_resume_after_kill_loses_no_finished_epoch(tmp_path, phantoms):
     final = torch.load(ckpts / "last.ckpt", weights_only=True, map_location="cpu")
     assert final["epoch"] == 2 and final["global_step"] == 3  # only epoch 2 was run again
     assert "Restoring states from the checkpoint" in resumed.stderr + resumed.stdout
+
+
+def test_version_and_an_unknown_command(capsys):
+    from sammoe import __version__
+    from sammoe.cli import main as sammoe_main
+
+    for flag in ("--version", "-V"):
+        assert sammoe_main([flag]) == 0
+        assert capsys.readouterr().out.startswith(f"sammoe {__version__} (torch ")
+    assert sammoe_main(["segmnet"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "sammoe: error: unknown command 'segmnet'; run `sammoe --help` for the list"
+    )
