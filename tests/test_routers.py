@@ -332,15 +332,21 @@ def test_click_draws_make_training_crops_repeat(tmp_path):
     from sammoe.lit.phantom_data import PhantomDataModule
 
     make_phantom_dataset(tmp_path / "ds", n_cases=2, n_test=0, shape=(48, 48, 32), spacing=(2.0, 2.0, 3.0))
-    clicks = {}
-    for draws in (2, 0):
+    starts = {}  # where the liver crop of phantom_000 sits, over 20 draws
+    for draws, classes in ((2, ["liver"]), (0, ["liver"]), (2, ["spleen", "liver"])):
         dm = PhantomDataModule(root=str(tmp_path / "ds"), n_cases=2, n_test=0, crop_size=64, val_fraction=0.0,
-                               classes=["liver"], click_draws=draws)  # fmt: skip
+                               classes=classes, click_draws=draws)  # fmt: skip
         dm.setup("fit")
         dataset = dm.train_dataset()
+        item = next(
+            i
+            for i, (case, ref) in enumerate(dataset.targets)
+            if ref.name == "liver" and case.case_id.endswith("0")
+        )
         torch.manual_seed(0)
-        clicks[draws] = {tuple(dataset[0]["start"].tolist()) for _ in range(20)}  # where each crop sits
-    assert len(clicks[2]) == 2 and len(clicks[0]) > 10
+        starts[draws, len(classes)] = {tuple(dataset[item]["start"].tolist()) for _ in range(20)}
+    assert len(starts[2, 1]) == 2 and len(starts[0, 1]) > 10
+    assert starts[2, 2] == starts[2, 1]  # the same target draws the same crops whatever else is trained
 
 
 @torch.no_grad()

@@ -20,6 +20,7 @@ Public API
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -86,21 +87,37 @@ class TargetDataset(Dataset):
         self.index = index
         self.crop, self.jitter, self.seed = check_crop_mode(crop), int(jitter), seed
         self.click_draws, self.draw_seed = int(click_draws), int(draw_seed)
+        self._keys: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.targets)
 
-    def _rng(self, i: int) -> np.random.Generator:
+    def _target_keys(self) -> list[int]:
+        """A number per target from its case and class (the k-th background target of a case: k), not its
+        index: runs over other class lists draw the same fixed clicks, and share cached features."""
+        seen: dict[str, int] = {}
+        keys = []
+        for case, ref in self.targets:
+            name = f"{case.dataset}/{case.case_id}/{ref.name}"
+            seen[name] = seen.get(name, -1) + 1
+            keys.append(zlib.crc32(f"{name}/{seen[name]}".encode()))
+        return keys
+
+    def _rng(self, i: int, used: int) -> np.random.Generator:
+        """The generator of item ``i``, whose target is ``used`` (the next one when ``i``'s was empty)."""
         if self.seed is None and self.click_draws > 0:
+            if self._keys is None:
+                self._keys = self._target_keys()
             draw = int(torch.randint(0, self.click_draws, ()))
-            return np.random.default_rng((self.draw_seed, i, draw))
+            return np.random.default_rng((self.draw_seed, self._keys[used], draw))
         if self.seed is None:  # torch's generator is seeded per worker and by seed_everything
             return np.random.default_rng(int(torch.randint(0, 2**62, ())))
         return np.random.default_rng((int(self.seed), i))
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         for attempt in range(len(self.targets)):
-            case, ref = self.targets[(i + attempt) % len(self.targets)]
+            used = (i + attempt) % len(self.targets)
+            case, ref = self.targets[used]
             cached = self.cache.load(case, _allowed(self.index, case.dataset))
             if ref.value == BACKGROUND_VALUE:
                 box = (None, None, 1)
@@ -117,7 +134,7 @@ class TargetDataset(Dataset):
             raise DataError(
                 f"none of the {len(self.targets)} targets has enough voxels; check the class selection"
             )
-        rng = self._rng(i)
+        rng = self._rng(i, used)
         flips = [d for d in range(3) if rng.random() < 0.5] if self.flips else []
         first_click = None
         if self.crop == "click" or ref.value == BACKGROUND_VALUE:
