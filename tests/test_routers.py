@@ -228,6 +228,10 @@ def test_package_bundles_the_router_with_its_measured_rates(tiny, tmp_path):
     assert (out / "sammoe_expert_liver" / "router.safetensors").read_bytes() == (
         export / "router.safetensors"
     ).read_bytes()
+    from sammoe.plugins.testing import pip_install_target
+
+    pip_install_target([out], tmp_path / "installed")  # a real install ships the router with the decoder
+    assert (tmp_path / "installed" / "sammoe_expert_liver" / "router.safetensors").is_file()
     save_router(_router(tiny), export / "wrong.safetensors", name="kidney", classes={"kidney": 2},
                 backbone=tiny, metrics={})  # fmt: skip
     with pytest.raises(PluginError, match="a router of expert 'kidney', not of 'liver'"):

@@ -80,7 +80,17 @@ def _row(record: ExpertRecord) -> list[str]:
     router = "no"
     if m.router is not None:
         router = "yes" if m.router.recall is None else f"recall {m.router.recall:.2f}"
-    return [m.name, m.version, record.origin, m.kind, m.backbone.preset, classes, trained, router, record.status]
+    return [
+        m.name,
+        m.version,
+        record.origin,
+        m.kind,
+        m.backbone.preset,
+        classes,
+        trained,
+        router,
+        record.status,
+    ]
 
 
 def _print_table(rows: list[list[str]]) -> None:
@@ -96,7 +106,17 @@ def _print_records(records: list[ExpertRecord], as_json: bool) -> None:
     if not records:
         print(f"no expert plugins installed (entry-point group sammoe.experts; {ENV_VAR} may deselect them)")
         return
-    header = ["NAME", "VERSION", "DISTRIBUTION", "KIND", "BACKBONE", "CLASSES", "FINETUNED", "ROUTER", "STATUS"]
+    header = [
+        "NAME",
+        "VERSION",
+        "DISTRIBUTION",
+        "KIND",
+        "BACKBONE",
+        "CLASSES",
+        "FINETUNED",
+        "ROUTER",
+        "STATUS",
+    ]
     _print_table([header] + [_row(r) for r in records])
     for record in records:
         if not record.ok:

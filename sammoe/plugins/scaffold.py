@@ -329,6 +329,7 @@ def manifest() -> ExpertManifest:
 
 
 def _pyproject(manifest: ExpertManifest, module: str) -> str:
+    router = f', "{ROUTER_FILE}"' if manifest.router is not None else ""
     return f'''[build-system]
 requires = ["setuptools>=68"]
 build-backend = "setuptools.build_meta"
@@ -348,7 +349,7 @@ dependencies = ["sammoe{manifest.requires_sammoe}"]
 packages = ["{module}"]
 
 [tool.setuptools.package-data]
-{module} = ["{MANIFEST_FILE}", "{WEIGHTS_FILE}"]
+{module} = ["{MANIFEST_FILE}", "{WEIGHTS_FILE}"{router}]
 '''
 
 
