@@ -154,6 +154,7 @@ class Predictor:
         preset: str = "auto",
         experts: Iterable[str] | str | None = None,
         gate: str | os.PathLike | None = None,
+        routing: str = "auto",
         **kwargs: Any,
     ) -> Predictor:
         """``load_model(...)`` wrapped in a Predictor (keyword arguments go to ``Predictor``, e.g.
@@ -161,7 +162,9 @@ class Predictor:
         from sammoe.loading import load_model
 
         route = kwargs.get("route")
-        model, info = load_model(checkpoint, preset=preset, experts=experts, gate=gate, route=route)
+        model, info = load_model(
+            checkpoint, preset=preset, experts=experts, gate=gate, route=route, routing=routing
+        )
         return cls(model, info=info, **kwargs)
 
     # ------------------------------------------------------------------------------------------- image

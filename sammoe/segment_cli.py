@@ -69,9 +69,16 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--experts", default=None, help="all (default) | none | name,name")
     m.add_argument("--gate", metavar="PATH", help="gate weights for the experts")
     m.add_argument(
+        "--routing",
+        default="auto",
+        choices=["auto", "gate", "routers"],
+        help="who routes: the gate when it was trained over the installed experts, else their own routers "
+        "(auto), or insist on one",
+    )
+    m.add_argument(
         "--route",
         metavar="NAME",
-        help="force one decoder for every target: foundation or an installed expert's name (default: the gate)",
+        help="force one decoder for every target: foundation or an installed expert's name (default: routed)",
     )
     r = p.add_argument_group("runtime")
     r.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -246,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             preset=args.preset,
             experts=args.experts,
             gate=args.gate,
+            routing=args.routing,
             device=args.device,
             autocast=not args.no_autocast,
             compile=args.compile,

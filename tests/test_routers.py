@@ -155,8 +155,9 @@ def _routed_expert(site, tmp_path, tiny, name: str, threshold: float = 0.5, rout
 
 
 def test_installed_routers_route_when_no_gate_fits_and_a_broken_one_disables_only_its_expert(
-    site, tiny, tmp_path
+    site, tiny, tmp_path, monkeypatch
 ):
+    monkeypatch.setenv("SAMMOE_EXPERTS", "alpha,beta,gamma")  # not the example plugins of this environment
     _routed_expert(site, tmp_path, tiny, "alpha", threshold=0.0)  # claims every click
     _routed_expert(site, tmp_path, tiny, "beta")
     _routed_expert(site, tmp_path, tiny, "gamma", router=False)
@@ -192,7 +193,8 @@ def _trunk_file(tiny, tmp_path):
     return path
 
 
-def test_a_corrupt_router_is_reported_by_discovery_users_and_verify(site, tiny, tmp_path):
+def test_a_corrupt_router_is_reported_by_discovery_users_and_verify(site, tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("SAMMOE_EXPERTS", "alpha")
     _routed_expert(site, tmp_path, tiny, "alpha")
     record = next(r for r in discover() if r.name == "alpha")
     assert verify_expert(record).status == "ok"
@@ -374,3 +376,27 @@ def test_installing_an_expert_changes_nothing_where_its_router_does_not_claim(ti
     assert set(old.route.tolist()) == {0, 1}  # some clicks go to the expert, some to the foundation
     assert new.route.tolist() == old.route.tolist()
     torch.testing.assert_close(new.logits, old.logits)
+
+
+def test_routing_can_insist_on_one_mechanism(site, tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("SAMMOE_EXPERTS", "alpha,beta")
+    from sammoe.errors import ConfigError
+    from sammoe.loading import save_gate
+
+    _routed_expert(site, tmp_path, tiny, "alpha")
+    trunk = _trunk_file(tiny, tmp_path)
+    gate = save_gate(SamMoE(tiny, {"alpha": copy.deepcopy(tiny.mask_decoder)}), tmp_path / "gate.safetensors")
+    model, info = load_model(trunk, preset="tiny", gate=gate)
+    assert info["model"]["routing"] == "gate"  # a gate over exactly the installed experts routes
+    model, info = load_model(trunk, preset="tiny", routing="routers")
+    assert info["model"]["routing"] == "routers" and model.routing == "routers"
+    for kwargs, message in (
+        ({"routing": "routers", "gate": gate}, "--routing routers ignores the gate"),
+        ({"routing": "gate"}, "--routing gate needs a gate trained over alpha: no gate given"),
+        ({"routing": "both"}, "routing 'both' unknown; choose one of auto, gate, routers"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            load_model(trunk, preset="tiny", **kwargs)
+    _routed_expert(site, tmp_path, tiny, "beta", router=False)
+    with pytest.warns(PluginWarning, match="beta"), pytest.raises(ConfigError, match="ships a usable router"):
+        load_model(trunk, preset="tiny", experts=["beta"], routing="routers")

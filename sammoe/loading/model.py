@@ -15,6 +15,8 @@ from sammoe.loading.weights import load_backbone, preset_of
 from sammoe.model.moe import SamMoE
 from sammoe.model.sam3d import SamMed3D
 
+ROUTING_CHOICES = ("auto", "gate", "routers")
+
 
 def load_model(
     checkpoint: str | os.PathLike | None = None,
@@ -23,6 +25,7 @@ def load_model(
     experts: Iterable[str] | str | None = None,
     gate: str | os.PathLike | None = None,
     route: str | None = None,
+    routing: str = "auto",
 ) -> tuple[SamMed3D | SamMoE, dict[str, Any]]:
     """The model ``sammoe segment`` runs, and a description of it for the report.
 
@@ -32,7 +35,8 @@ def load_model(
     experts; names = exactly those (each must be ok). Routing: the joint gate (``gate`` or, for the shipped
     model, ``GATE_TINY``) when it was trained over exactly these experts; otherwise each expert's own router,
     an expert without a usable one left out with a warning; with neither, the foundation alone with a
-    warning. ``info["model"]["routing"]`` says which. A forced ``route`` (an expert's name) needs neither.
+    warning. ``info["model"]["routing"]`` says which. ``routing`` "gate" or "routers" insists on one
+    mechanism ("auto": as above). A forced ``route`` (an expert's name) needs neither.
     """
     from sammoe import assets
     from sammoe.model.moe import FOUNDATION
@@ -64,23 +68,29 @@ def load_model(
     decoders = {record.name: decoder for record, decoder in records}
     if not decoders:
         return backbone, info
+    if routing not in ROUTING_CHOICES:
+        raise ConfigError(f"routing {routing!r} unknown; choose one of {', '.join(ROUTING_CHOICES)}")
+    if routing == "routers" and gate is not None:
+        raise ConfigError("--routing routers ignores the gate; drop --gate or choose --routing gate")
     gate_path = Path(gate) if gate is not None else (assets.GATE_TINY if shipped else None)
     moe = SamMoE(backbone, decoders)
     problem = None
-    if gate_path is None:
+    if routing == "routers":
+        problem = "routing: routers was asked for"
+    elif gate_path is None:
         problem = "no gate given (--gate PATH)"
     else:
         try:
             load_gate(moe, gate_path)
         except CheckpointError as err:
-            if gate is not None:
+            if gate is not None or routing == "gate":
                 raise
             problem = str(err)
     if problem is not None and route is not None and route != FOUNDATION:
         moe.eval()  # forced routing decodes with the named expert; the (untrained) gate decides nothing
         info["model"]["experts"] = list(decoders)
         return moe, info
-    if problem is not None and gate is None:
+    if problem is not None and gate is None and routing != "gate":
         routed = _with_routers(backbone, records, problem)
         if routed is not None:
             info["model"]["experts"] = list(routed.experts)
@@ -90,14 +100,22 @@ def load_model(
                 for name, r in routed.routers.items()
             }
             return routed.eval(), info
+        if routing == "routers":
+            raise ConfigError(
+                f"no expert among {', '.join(decoders)} ships a usable router (see the warnings); choose "
+                "--routing gate or install experts with routers"
+            )
     if problem is not None:
+        if routing == "gate":
+            raise ConfigError(f"--routing gate needs a gate trained over {', '.join(decoders)}: {problem}")
         if explicit and gate is None:
             raise ConfigError(
                 f"experts {', '.join(decoders)} need a gate to route between them: {problem}; pass --gate PATH "
                 "(train one with `sammoe fit --config configs/gate.yaml`) or --experts none"
             )
         warnings.warn(
-            f"using the foundation decoder only: {problem}; create the gate with `make gate` or pass --gate",
+            f"using the foundation decoder only: {problem}; and no expert ships a usable router; pass --gate "
+            "(`sammoe fit --config configs/gate.yaml` trains one) or install experts that ship routers",
             UserWarning,
             stacklevel=2,
         )
