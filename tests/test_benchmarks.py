@@ -39,3 +39,14 @@ def test_train_step_smoke_runs_ours_and_the_official_loop(capfd):
     out = capfd.readouterr().out
     assert "failed" not in out
     assert "sft    ratio" in out and "gate   ratio" in out
+
+
+def test_gpu_script_parses_and_calls_benchmarks_that_exist():
+    import re
+    import subprocess
+
+    script = BENCHMARKS / "gpu.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    called = set(re.findall(r"benchmarks/(\w+\.py)", script.read_text()))
+    assert called == {"encoder.py", "segment.py", "train_step.py"}
+    assert all((BENCHMARKS / name).is_file() for name in called)
