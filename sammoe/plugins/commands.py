@@ -159,7 +159,12 @@ def _verify(args: argparse.Namespace) -> int:
     else:
         width = max(len(r.name) for r in checked)
         for record in checked:
-            detail = "checksum, compatibility and forward pass passed" if record.ok else record.reason
+            detail = record.reason
+            if record.ok:
+                routed = record.manifest is not None and record.manifest.router is not None
+                detail = "checksum, compatibility and forward pass passed" + (
+                    " (decoder and router)" if routed else ""
+                )
             print(f"{record.name.ljust(width)}  {record.status:<12}  {detail}")
     return 0 if all(r.ok for r in checked) else 1
 
