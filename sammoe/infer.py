@@ -78,6 +78,23 @@ class _State:
     result: TargetResult | None = None
 
 
+def usable_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device this machine has; ConfigError (one line, no torch list) otherwise."""
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    try:
+        parsed = torch.device(device.strip().lower() if isinstance(device, str) else device)
+    except (RuntimeError, TypeError):
+        parsed = None
+    if (
+        parsed is not None
+        and (parsed.type == "cpu" or available.get(parsed.type))
+        and (parsed.type != "cuda" or parsed.index is None or parsed.index < torch.cuda.device_count())
+    ):
+        return parsed
+    have = ", ".join(["cpu", *(f"{k} (or {k}:N)" if k == "cuda" else k for k, ok in available.items() if ok)])
+    raise ConfigError(f"device {str(device)!r} is not available here; use auto or one of: {have}")
+
+
 class Predictor:
     """SAM-Med3D / SAM-Med3D-MoE inference on whole volumes from clicks (see the module docstring)."""
 
@@ -98,14 +115,7 @@ class Predictor:
     ) -> None:
         if device is None or str(device) == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        try:
-            self.device = torch.device(device)
-            if self.device.type == "cuda" and not torch.cuda.is_available():
-                raise RuntimeError("CUDA is not available")
-        except RuntimeError as err:
-            raise ConfigError(
-                f"device {str(device)!r} is not usable ({err}); use cpu, cuda or cuda:N"
-            ) from None
+        self.device = usable_device(device)
         self.model = model.to(self.device).eval()
         self.backbone: SamMed3D = model.backbone if isinstance(model, SamMoE) else model
         self.expert_names = model.expert_names if isinstance(model, SamMoE) else [FOUNDATION]

@@ -179,7 +179,12 @@ def test_bad_files_one_line(tmp_path, capsys, ckpt, image):
             "not both",
         ),
         (["--image", image, "--checkpoint", ckpt, "--device", "cuda:7"], "device"),
+        (["--image", image, "--checkpoint", ckpt, "--device", "gpu"], "device 'gpu' is not available here"),
     ]
+    if not torch.backends.mps.is_available():
+        cases.append(
+            (["--image", image, "--checkpoint", ckpt, "--device", "mps"], "device 'mps' is not available")
+        )
     for args, message in cases:
         extra = [] if "--clicks" in args else ["--point", 20, 15, 12]
         rc, _, err = run(capsys, *args, "--experts", "none", "--out", out, *extra, "--quiet")
