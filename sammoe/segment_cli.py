@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
         "with the image's affine. Without --checkpoint: the shipped tiny foundation model, installed experts "
         "and gate.",
     )
-    p.add_argument("--image", required=True, metavar="PATH", help="NIfTI file or DICOM series folder")
+    p.add_argument("-i", "--image", required=True, metavar="PATH", help="NIfTI file or DICOM series folder")
     p.add_argument("--channel", type=int, metavar="N", help="volume index of a 4D image")
     g = p.add_argument_group("clicks (inline, one target, or --clicks)")
     g.add_argument(
@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         "--clicks", metavar="JSON", help='{"space": ..., "targets": [{"name", "points", "labels"}]}'
     )
     o = p.add_argument_group("outputs")
-    o.add_argument("--out", required=True, metavar="PATH", help="label map (.nii or .nii.gz)")
+    o.add_argument("-o", "--out", required=True, metavar="PATH", help="label map (.nii or .nii.gz)")
     o.add_argument(
         "--probabilities", metavar="PATH", help="foreground probability per target (float32 NIfTI)"
     )

@@ -52,10 +52,10 @@ def test_inline_clicks_write_label_map_on_the_input_grid(tmp_path, capsys, ckpt,
     rc, _, err = run(capsys, "--image", image, "--checkpoint", ckpt, "--out", out, "--point", 20, 15, 12)
     assert rc == 2 and "already exists" in err and "--overwrite" in err
     rc, _, err = run(
-        capsys, "--image", image, "--checkpoint", ckpt, "--experts", "none", "--out", out, "--overwrite",
+        capsys, "-i", image, "--checkpoint", ckpt, "--experts", "none", "-o", out, "--overwrite",
         *("--point", 20, 15, 12, "--quiet"),
     )  # fmt: skip
-    assert rc == 0, err
+    assert rc == 0, err  # -i / -o spell --image / --out
 
 
 def test_clicks_file_multi_target_report_probabilities_png(tmp_path, capsys, ckpt, image):
