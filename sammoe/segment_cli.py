@@ -60,7 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument(
         "--probabilities", metavar="PATH", help="foreground probability per target (float32 NIfTI)"
     )
-    o.add_argument("--report", metavar="PATH", help="JSON report: expert, gate, predicted IoU, voxels, ml")
+    o.add_argument(
+        "--report",
+        metavar="PATH",
+        help="JSON report: expert, routing, IoU estimated by the model, voxels, ml",
+    )
     o.add_argument("--png", metavar="PATH", help="orthogonal slices through each target, mask outlined")
     o.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     m = p.add_argument_group("model")
@@ -286,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             gate = "" if not t.gate or t.expert not in t.gate else f" ({by} {t.gate[t.expert]:.2f})"
             print(
                 f"{t.name}: label {t.value}, {t.voxels} voxels, {t.volume_ml:.2f} ml, expert {t.expert}{gate}, "
-                f"predicted IoU {t.iou:.2f}, {t.windows} window(s)"
+                f"IoU estimated by the model {t.predicted_iou:.2f}, {t.windows} window(s)"
             )
         print(f"wrote {args.out} ({seg.encodes} encode(s), {report['seconds']:.2f} s on {predictor.device})")
     return 0

@@ -52,6 +52,11 @@ class TargetResult:
     volume_ml: float = 0.0
     routed_by: str | None = None  # "gate", "routers", "forced" (a route chosen by the user); None: no experts
 
+    @property
+    def predicted_iou(self) -> float:
+        """The model's own estimate of its IoU (its IoU head), clamped to [0, 1]; not a measurement."""
+        return min(max(float(self.iou), 0.0), 1.0)
+
     def count_visible(self, later: list[TargetResult], volume: Volume) -> None:
         """Set ``voxels``/``volume_ml`` to what the label map shows of this target (later targets overwrite
         it where they overlap)."""
@@ -69,7 +74,7 @@ class TargetResult:
             "expert": self.expert,
             "routed_by": self.routed_by,
             "gate": self.gate,
-            "predicted_iou": round(self.iou, 4),
+            "predicted_iou": round(self.predicted_iou, 4),
             "voxels": self.voxels,
             "volume_ml": round(self.volume_ml, 3),
             "roi": self.roi,

@@ -317,3 +317,12 @@ def test_deeply_nested_clicks_json_is_one_line(tmp_path, capsys, image):
         capsys, "--image", image, "--clicks", clicks, "--out", tmp_path / "s.nii.gz", "--experts", "none"
     )
     assert rc == 2 and "nested too deeply" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_predicted_iou_is_the_models_estimate_clamped():
+    from sammoe.segmentation import TargetResult
+
+    result = TargetResult("t", 1, np.zeros((2, 2, 2), bool), None, "foundation", None, -0.16, 1, 0, 1)
+    assert result.predicted_iou == 0.0 and result.summary()["predicted_iou"] == 0.0
+    result.iou = 1.3
+    assert result.predicted_iou == 1.0
