@@ -292,8 +292,11 @@ def test_load_model_with_installed_experts_and_gate(tmp_path):
         pytest.skip("no expert plugins installed")
     backbone = load_backbone(None, "tiny")
     ckpt = save_backbone(backbone, tmp_path / "tiny.safetensors")
-    with pytest.raises(ConfigError, match="need a gate"):
-        load_model(ckpt, experts=names[:1])
+    # without a gate the experts' own routers route (the example plugins ship one); insisting on a gate fails
+    model, info = load_model(ckpt, experts=names[:1])
+    assert isinstance(model, SamMoE) and info["model"]["routing"] == "routers"
+    with pytest.raises(ConfigError, match="--routing gate needs a gate"):
+        load_model(ckpt, experts=names[:1], routing="gate")
     from sammoe.plugins.discovery import load_expert_weights, select_experts
 
     records = select_experts(names[:1])
@@ -305,6 +308,7 @@ def test_load_model_with_installed_experts_and_gate(tmp_path):
     gate = save_gate(SamMoE(backbone, decoders), tmp_path / "gate.safetensors")
     model, info = load_model(ckpt, experts=names[:1], gate=gate)
     assert isinstance(model, SamMoE) and info["model"]["experts"] == names[:1]
+    assert info["model"]["routing"] == "gate"
 
 
 def _installed_experts() -> list[str]:

@@ -39,6 +39,8 @@ def test_build_script_reproduces_the_committed_examples(tmp_path):
         checkpoint = tmp_path / "checkpoints" / name / "decoder.safetensors"
         checkpoint.parent.mkdir(parents=True)
         shutil.copy(package / "decoder.safetensors", checkpoint)
+        if (package / "router.safetensors").is_file():  # the router beside the decoder is packaged with it
+            shutil.copy(package / "router.safetensors", checkpoint.parent / "router.safetensors")
         sidecar = {
             "preset": manifest["backbone"]["preset"],
             "task": manifest["task"],
