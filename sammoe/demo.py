@@ -6,7 +6,9 @@
 3. `sammoe fit --config configs/gate.yaml` trains the gate over them (W&B offline run);
 4. `sammoe test --config configs/evaluate.yaml` evaluates foundation, each expert, the MoE and oracle routing
    on the held-out test phantoms, and the same models on the real Colin27 T1 MRI with the AAL atlas;
-5. the combined report (report.md, dice.png, report.json) is written and its path printed.
+5. the experts are added one at a time with no gate, routed by their own routers (`routing: routers`), and
+   each step is evaluated on the same test phantoms (1 click): what a user gets by `pip install`ing experts;
+6. the combined report (report.md, dice.png, report.json) is written and its path printed.
 
 Every number comes from this run. The trainer commands run as subprocesses, exactly as a user types them,
 with the run directory as their working directory so that every relative path in the configs lands there.
@@ -70,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--clicks", type=int, nargs="+", default=[1, 3, 5], help="click counts evaluated")
     parser.add_argument("--no-colin27", action="store_true", help="skip the real-MRI table")
+    parser.add_argument(
+        "--no-composition",
+        action="store_true",
+        help="skip adding the experts one at a time with their routers",
+    )
     parser.add_argument("--fast", action="store_true", help="a quick smoke run (CI): few cases, one epoch")
     return parser
 
@@ -210,12 +217,80 @@ def _routing_claims(report: dict[str, Any], background: float | None) -> list[st
     return lines
 
 
+def _composition(out: Path, log: Path, experts: list[str], data: list[str], timings: dict) -> list[dict]:
+    """Experts added one at a time with no gate, each step routed by the installed experts' own routers and
+    evaluated on the test phantoms at 1 click (foundation and MoE only)."""
+    steps = []
+    for k in range(1, len(experts) + 1):
+        chosen, name = experts[:k], f"routers_{k}"
+        timings[f"routers, experts {' + '.join(chosen)} (sammoe test)"] = _run(
+            ["test", "--config", str(CONFIGS / "evaluate.yaml"), *data, "--model.init_args.click_counts=[1]",
+             "--model.init_args.gate=null", "--model.init_args.routing=routers",
+             f"--model.init_args.experts=[{','.join(chosen)}]", "--model.init_args.evaluate_experts=false",
+             f"--trainer.logger.init_args.save_dir=runs/{name}", f"--trainer.logger.init_args.name={name}"],
+            out, log,
+        )  # fmt: skip
+        rows = _rows(out / "runs" / name / "test" / "results.csv")
+        steps.append({"experts": chosen, "rows": rows})
+    return steps
+
+
+def _composition_markdown(steps: list[dict]) -> tuple[str, dict[str, Any]]:
+    """Per-class Dice (1 click) of the foundation and of the MoE after each step, routing accuracy, and how
+    many routes of other targets each added expert changed."""
+    from sammoe.eval.results import nanmean
+
+    def dice(rows, model, cls):
+        return nanmean(r.dice for r in rows if r.model == model and r.class_name == cls and r.n_clicks == 1)
+
+    def first(rows) -> dict[tuple[str, str], Any]:
+        return {(r.case_id, r.class_name): r for r in rows if r.model == "moe" and r.n_clicks == 1}
+
+    classes = list(dict.fromkeys(r.class_name for r in steps[0]["rows"]))
+    header = ["class", "foundation", *(f"+ {step['experts'][-1]}" for step in steps)]
+    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+    for cls in classes:
+        values = [dice(steps[0]["rows"], "foundation", cls), *(dice(s["rows"], "moe", cls) for s in steps)]
+        lines.append(f"| {cls} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+    summary: dict[str, Any] = {"steps": []}
+    previous: dict | None = None
+    for step in steps:
+        now = {key: r.routed_expert for key, r in first(step["rows"]).items()}
+        moe = [r for r in step["rows"] if r.model == "moe" and r.n_clicks == 1]
+        accuracy = sum(r.routed_expert == r.oracle_expert for r in moe) / max(len(moe), 1)
+        changed = None
+        if previous is not None:  # targets of the earlier experts' and general classes: did any route move?
+            owner = {key: r.oracle_expert for key, r in first(step["rows"]).items()}
+            # the added expert's own targets are left out: did any other target's route move?
+            others = [key for key in now if key in previous and owner[key] != step["experts"][-1]]
+            changed = sum(now[key] != previous[key] for key in others) / max(len(others), 1)
+        summary["steps"].append({"experts": step["experts"], "routing_accuracy": accuracy,
+                                 "other_routes_changed": changed})  # fmt: skip
+        previous = now
+    notes = [
+        f"- + {' + '.join(s['experts'])}: routing accuracy {s['routing_accuracy']:.3f}"
+        + (
+            ""
+            if s["other_routes_changed"] is None
+            else f"; routes of the other targets changed by adding it: {100 * s['other_routes_changed']:.1f}%"
+        )  # fmt: skip
+        for s in summary["steps"]
+    ]
+    text = "\n".join([
+        "## Experts added one at a time, each routed by its own router (no gate)\n",
+        "The MoE after each `pip install`: Dice after 1 click on the same test phantoms, through the Predictor.\n",
+        *lines, "", *notes, "",
+    ])  # fmt: skip
+    return text, summary
+
+
 def _summary_markdown(
     report: dict[str, Any],
     official: dict[str, Any],
     colin: dict[str, Any] | None,
     claims: list[str],
     timings: dict,
+    composition: str = "",
 ) -> str:
     from sammoe.eval.report import render_markdown
 
@@ -237,6 +312,8 @@ def _summary_markdown(
         ),
         f"{BBOX_PROTOCOL}\n",
     ]
+    if composition:
+        parts.append(composition)
     if colin is not None:
         parts.append(
             render_markdown(
@@ -294,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
         _rows(test_dir / "official_bbox" / "results.csv"), foundation="foundation", moe="moe"
     )
     background = json.loads((test_dir / "report.json").read_text()).get("background_claims")
+    composition, composed = "", None
+    if not args.no_composition:
+        composition, composed = _composition_markdown(_composition(out, log, experts, data, timings))
     colin = None
     if not args.no_colin27:
         _write_colin27_dataset(out / "colin27")
@@ -321,13 +401,14 @@ def main(argv: list[str] | None = None) -> int:
     final["background_claims"] = background
     final["official_bbox"] = official
     final["colin27"] = colin
+    final["composition"] = composed
     final["claims"] = claims
     final["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     final["seed"] = args.seed
     final["how_to_run_for_real"] = GPU_RECIPE
     (out / "report.json").write_text(json.dumps(final, indent=2, allow_nan=False) + "\n")
     plot_dice(report, out / "dice.png", 5 if 5 in report["click_counts"] else None)
-    markdown = _summary_markdown(report, official, colin, claims, timings)
+    markdown = _summary_markdown(report, official, colin, claims, timings, composition)
     (out / "report.md").write_text(markdown)
     print(markdown)
     print(f"sammoe demo: report written to {out / 'report.md'} (also report.json, dice.png; run log {log})")

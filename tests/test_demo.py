@@ -59,6 +59,13 @@ def test_report_has_the_promised_shape(demo_run):
     assert (out / "report.md").read_text().count("|") > 20
     assert (out / "dice.png").stat().st_size > 1000
     assert list((out / "runs" / "gate").rglob("*.wandb")), "the gate run is logged to W&B (offline)"
+    # the experts added one at a time, routed by their own routers: each step lists the experts so far
+    steps = report["composition"]["steps"]
+    assert [s["experts"] for s in steps] == [sorted(experts)[: k + 1] for k in range(len(steps))]
+    assert steps[0]["other_routes_changed"] is None and all(
+        s["other_routes_changed"] is not None for s in steps[1:]
+    )
+    assert "Experts added one at a time" in (out / "report.md").read_text()
 
 
 def test_every_number_comes_from_the_run(demo_run):
