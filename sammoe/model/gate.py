@@ -162,21 +162,20 @@ def routing_feature_count(embed_dim: int, local_radii: Sequence[int], texture: b
     return 3 * embed_dim + 2 * len(local_radii) * (2 if texture else 1)
 
 
-class GatingNetwork(nn.Module):
-    """MLP from trunk features (and, with `local_radii`, the local intensity statistics; with `texture`, also
-    the noise-relative texture statistics) to logits over K+1 experts."""
+class RoutingHead(nn.Module):
+    """LayerNorm + two-hidden-layer MLP over the routing features (``routing_features``): what the gate and
+    every expert's router share (their files hold the same ``norm.*`` / ``mlp.*`` keys)."""
 
     def __init__(
         self,
         embed_dim: int,
-        num_experts: int,
-        hidden_dim: int = 256,
-        dropout: float = 0.1,
-        local_radii: Sequence[int] = (),
-        texture: bool = False,
+        outputs: int,
+        hidden_dim: int,
+        dropout: float,
+        local_radii: Sequence[int],
+        texture: bool,
     ) -> None:
         super().__init__()
-        self.num_experts = num_experts
         self.hidden_dim = int(hidden_dim)
         self.local_radii = tuple(int(r) for r in local_radii)
         if texture and not self.local_radii:
@@ -190,11 +189,28 @@ class GatingNetwork(nn.Module):
             nn.Dropout(dropout),
             nn.Linear(hidden_dim, hidden_dim),
             nn.GELU(),
-            nn.Linear(hidden_dim, num_experts),
+            nn.Linear(hidden_dim, outputs),
         )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.norm(features))
+
+
+class GatingNetwork(RoutingHead):
+    """Logits over K+1 experts from the trunk features (and, with `local_radii`, the local intensity
+    statistics; with `texture`, also the noise-relative texture statistics)."""
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_experts: int,
+        hidden_dim: int = 256,
+        dropout: float = 0.1,
+        local_radii: Sequence[int] = (),
+        texture: bool = False,
+    ) -> None:
+        super().__init__(embed_dim, num_experts, hidden_dim, dropout, local_radii, texture)
+        self.num_experts = num_experts
 
 
 @dataclass

@@ -13,14 +13,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-from torch import nn
 
-from sammoe.model.gate import LOCAL_RADII, routing_feature_count
+from sammoe.model.gate import LOCAL_RADII, RoutingHead
 
 
-class ExpertRouter(nn.Module):
-    """MLP from the routing features (``sammoe.model.gate.routing_features``) to one logit; the temperature
-    and threshold are buffers, so they travel with the weights."""
+class ExpertRouter(RoutingHead):
+    """One logit from the routing features (``sammoe.model.gate.routing_features``); the temperature and
+    threshold are buffers, so they travel with the weights."""
 
     def __init__(
         self,
@@ -30,28 +29,13 @@ class ExpertRouter(nn.Module):
         local_radii: Sequence[int] = LOCAL_RADII,
         texture: bool = True,
     ) -> None:
-        super().__init__()
-        self.hidden_dim = int(hidden_dim)
-        self.local_radii = tuple(int(r) for r in local_radii)
-        if texture and not self.local_radii:
-            raise ValueError("texture statistics are read in the local cubes: give local_radii too")
-        self.texture = bool(texture)
-        in_features = routing_feature_count(embed_dim, self.local_radii, self.texture)
-        self.norm = nn.LayerNorm(in_features)
-        self.mlp = nn.Sequential(
-            nn.Linear(in_features, hidden_dim),
-            nn.GELU(),
-            nn.Dropout(dropout),
-            nn.Linear(hidden_dim, hidden_dim),
-            nn.GELU(),
-            nn.Linear(hidden_dim, 1),
-        )
+        super().__init__(embed_dim, 1, hidden_dim, dropout, local_radii, texture)
         self.register_buffer("temperature", torch.ones(()))
         self.register_buffer("threshold", torch.full((), 0.5))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(B, F) -> (B,) uncalibrated logits (what training optimises)."""
-        return self.mlp(self.norm(features)).squeeze(1)
+        return super().forward(features).squeeze(1)
 
     def probability(self, features: torch.Tensor) -> torch.Tensor:
         """(B,) calibrated probability that the click names a target of this expert's task."""

@@ -20,14 +20,17 @@ from sammoe.model.sam3d import PRESETS, backbone_fingerprint
 from sammoe.plugins.discovery import ExpertRecord
 
 
+def _probe(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A seeded random volume and one positive centre click: the input of the forward checks."""
+    size = model.img_size
+    image = torch.randn(1, 1, size, size, size, generator=torch.Generator().manual_seed(233))
+    return image, torch.full((1, 1, 3), size / 2.0), torch.ones(1, 1, dtype=torch.long)
+
+
 @torch.no_grad()
 def forward_check(model: nn.Module, decoder: nn.Module) -> str | None:
     """Run the expert decoder once on a seeded random volume with one centre click; None when sane."""
-    generator = torch.Generator().manual_seed(233)
-    size = model.img_size
-    image = torch.randn(1, 1, size, size, size, generator=generator)
-    points = torch.full((1, 1, 3), size / 2.0)
-    labels = torch.ones(1, 1, dtype=torch.long)
+    image, points, labels = _probe(model)
     mask = image.new_zeros(1, 1, *model.prompt_encoder.mask_input_size)
     logits, iou = model.decode(model.image_encoder(image), points, labels, mask, decoder=decoder)
     expected = (1, 1, *model.prompt_encoder.mask_input_size)
@@ -108,11 +111,8 @@ def verify_expert(
 @torch.no_grad()
 def router_check(model: nn.Module, router: nn.Module) -> str | None:
     """Run the router once on a seeded random volume with one centre click; None when it gives a probability."""
-    generator = torch.Generator().manual_seed(233)
+    image, points, labels = _probe(model)
     size = model.img_size
-    image = torch.randn(1, 1, size, size, size, generator=generator)
-    points = torch.full((1, 1, 3), size / 2.0)
-    labels = torch.ones(1, 1, dtype=torch.long)
     sparse, _ = model.prompt_encoder(points=(points, labels), boxes=None, masks=None)
     features = routing_features(
         model.image_encoder(image), sparse, points, labels, size, image, router.local_radii, router.texture
