@@ -58,6 +58,22 @@ def gate_features(
     return torch.cat([pooled, sampled * keep, token * keep], dim=1)
 
 
+def _click_voxels(
+    image: torch.Tensor, points: torch.Tensor | None, labels: torch.Tensor | None, width: int
+) -> tuple[torch.Tensor, list[tuple[int, list[int]]]]:
+    """A zero (B, width) output and (sample, voxel of its first positive click in the crop) for every sample
+    that has a click (one host transfer, not one device sync per sample)."""
+    bsz = image.shape[0] if points is None else points.shape[0]
+    out = image.new_zeros(bsz, width, dtype=torch.float32)
+    if points is None or points.shape[1] == 0:
+        return out, []
+    first, has_click = first_positive_click(points, labels)
+    size = torch.tensor(image.shape[2:], device=points.device)
+    clicks = points[torch.arange(bsz, device=points.device), first].round().long()
+    clicks = torch.minimum(clicks.clamp_min(0), size - 1).tolist()
+    return out, [(b, clicks[b]) for b, has in enumerate(has_click.tolist()) if has]
+
+
 def local_intensity_stats(
     image: torch.Tensor,
     points: torch.Tensor | None,
@@ -71,20 +87,11 @@ def local_intensity_stats(
     texture (same mean as its host organ, larger spread) is hard to tell apart in them. These few numbers
     describe the tissue under the click at the crop's own resolution. `image` (B or 1, 1, S, S, S).
     """
-    bsz = image.shape[0] if points is None else points.shape[0]
-    out = image.new_zeros(bsz, 2 * len(radii), dtype=torch.float32)
-    if points is None or points.shape[1] == 0:
-        return out
-    first, has_click = first_positive_click(points, labels)
-    size = torch.tensor(image.shape[2:], device=points.device)
-    clicks = points[torch.arange(bsz, device=points.device), first].round().long()
-    clicks = torch.minimum(clicks.clamp_min(0), size - 1).tolist()
-    for b, has in enumerate(has_click.tolist()):  # one host transfer, not one device sync per sample
-        if not has:
-            continue
+    out, clicks = _click_voxels(image, points, labels, 2 * len(radii))
+    for b, click in clicks:
         volume = image[b if image.shape[0] > 1 else 0, 0]
         for j, r in enumerate(radii):
-            cube = volume[tuple(slice(max(c - r, 0), c + r + 1) for c in clicks[b])].float()
+            cube = volume[tuple(slice(max(c - r, 0), c + r + 1) for c in click)].float()
             out[b, 2 * j] = cube.mean()
             out[b, 2 * j + 1] = cube.std(correction=0)
     return out
@@ -105,26 +112,17 @@ def local_texture_stats(
     crop's contents: a texture stands out as a ratio to it. Measured offline on held-out phantoms (gate MLP,
     3 click draws per training target): lesion recall 0.80 -> 0.90 with these added.
     """
-    bsz = image.shape[0] if points is None else points.shape[0]
-    out = image.new_zeros(bsz, 2 * len(radii), dtype=torch.float32)
-    if points is None or points.shape[1] == 0 or not radii:
-        return out
-    first, has_click = first_positive_click(points, labels)
-    size = torch.tensor(image.shape[2:], device=points.device)
-    clicks = points[torch.arange(bsz, device=points.device), first].round().long()
-    clicks = torch.minimum(clicks.clamp_min(0), size - 1).tolist()
-    reach = max(radii) + 1  # the 3-voxel local std at the cube's border needs one more voxel
-    for b, has in enumerate(has_click.tolist()):
-        if not has:
-            continue
+    out, clicks = _click_voxels(image, points, labels, 2 * len(radii))
+    reach = max(radii, default=0) + 1  # the 3-voxel local std at the cube's border needs one more voxel
+    for b, click in clicks:
         volume = image[b if image.shape[0] > 1 else 0, 0].float()
         noise = (volume[..., 1:] - volume[..., :-1]).abs().median().clamp_min(1e-4)
-        lo = [max(c - reach, 0) for c in clicks[b]]
-        patch = volume[tuple(slice(low, c + reach + 1) for low, c in zip(lo, clicks[b]))][None, None]
+        lo = [max(c - reach, 0) for c in click]
+        patch = volume[tuple(slice(low, c + reach + 1) for low, c in zip(lo, click))][None, None]
         mean = nn.functional.avg_pool3d(patch, 3, 1, 1, count_include_pad=False)
         square = nn.functional.avg_pool3d(patch * patch, 3, 1, 1, count_include_pad=False)
         local_std = (square - mean * mean).clamp_min(0).sqrt()[0, 0]
-        centre = [c - low for c, low in zip(clicks[b], lo)]
+        centre = [c - low for c, low in zip(click, lo)]
         for j, r in enumerate(radii):
             cube = tuple(slice(max(c - r, 0), c + r + 1) for c in centre)
             out[b, 2 * j] = torch.log(patch[0, 0][cube].std(correction=0) / noise + 1e-3)
