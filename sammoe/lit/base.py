@@ -123,14 +123,18 @@ class InteractiveModule(L.LightningModule):
         return result.rows
 
     def _predictor_for_eval(self) -> Any:
-        """One Predictor over this module's model per evaluation epoch (its ROI embeddings are reused across
-        the models compared on a case)."""
+        """One Predictor over this module's model per evaluation epoch. An ROI encoded for one model is reused
+        by the others only at exactly the same place (``share_roi=0``): every target is cropped exactly
+        around its own click, as a fresh `sammoe segment` of it would be, so its result cannot depend on which
+        targets and models ran before it (with ROI sharing the foundation's kidney_right moved by 6 Dice points
+        between two runs that differed only in the models compared)."""
         from sammoe.infer import Predictor
 
         if self._predictor is None:
             self._predictor = Predictor(
-                self.predictor_model(), self.device, target_spacing=self.roi_spacing, autocast=False
-            )
+                self.predictor_model(), self.device, target_spacing=self.roi_spacing, autocast=False,
+                share_roi=0.0,
+            )  # fmt: skip
             self._predictor_image = None
         return self._predictor
 
