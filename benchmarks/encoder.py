@@ -2,6 +2,7 @@
 
     python benchmarks/encoder.py                      # CPU, fp32, batch 1, vit_b_ori at 128^3
     python benchmarks/encoder.py --device cuda --dtype bf16 --batch 1 8 32 [--compile]
+    python benchmarks/encoder.py --smoke                # one CPU pass of each (the test suite)
 
 Each implementation runs in its own subprocess so that its peak memory (RSS on CPU, allocator peak on GPU)
 is its own. Both get identical random weights (every constant-initialised parameter randomised) and the
@@ -99,7 +100,7 @@ def run_impl(impl: str, args: argparse.Namespace, tmp: Path) -> dict:
     return {int(k): v for k, v in json.loads((tmp / impl).read_text()).items()}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -114,7 +115,10 @@ def main() -> None:
     parser.add_argument("--worker", choices=["ours", "official"], help=argparse.SUPPRESS)
     for name in ("--weights", "--input", "--output"):
         parser.add_argument(name, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="CPU, batch 1, one repeat, no warm-up")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.device, args.batch, args.repeats, args.warmup, args.compile = "cpu", [1], 1, 0, False
     if args.worker:
         args.impl = args.worker
         worker(args)

@@ -50,3 +50,11 @@ def test_gpu_script_parses_and_calls_benchmarks_that_exist():
     called = set(re.findall(r"benchmarks/(\w+\.py)", script.read_text()))
     assert called == {"encoder.py", "segment.py", "train_step.py"}
     assert all((BENCHMARKS / name).is_file() for name in called)
+
+
+def test_encoder_smoke_compares_with_the_official_encoder(capfd):
+    _load("encoder").main(["--smoke"])
+    out = capfd.readouterr().out
+    assert "vit_b_ori image encoder, 128^3" in out
+    batch_line = next(line for line in out.splitlines() if line.split()[:1] == ["1"])
+    assert "-" not in batch_line.split()[1]  # the official encoder ran too (its column is filled)
