@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -244,6 +245,12 @@ class RouterTraining(L.LightningModule):
             targets.append(Path(self.hparams.export_path))
         classes = dict(self.task.get("classes") or {})
         metrics = {k: v for k, v in self.metrics.items() if not math.isnan(v)}
+        if not metrics:
+            warnings.warn(
+                f"router {self.hparams.name!r}: no validation ran, so it is not calibrated (temperature 1, "
+                "threshold 0.5) and records no recall; keep a validation split (data.val_fraction > 0)",
+                stacklevel=2,
+            )
         for path in targets:
             path.parent.mkdir(parents=True, exist_ok=True)
             save_router(
