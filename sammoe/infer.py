@@ -32,6 +32,7 @@ import torch
 
 from sammoe.data.io import Volume, as_volume
 from sammoe.data.preprocess import Preprocessor, Resampled, Roi
+from sammoe.devices import usable_device
 from sammoe.errors import ConfigError, DataError
 from sammoe.interact.roi import click_centred_start, round_voxel
 from sammoe.interact.sliding_window import deepest_prior_voxel, sliding_window
@@ -76,23 +77,6 @@ class _State:
     roi_prob: np.ndarray | None = None  # (S, S, S) foreground probability in the primary ROI
     windows: int = 1
     result: TargetResult | None = None
-
-
-def usable_device(device: str | torch.device) -> torch.device:
-    """``device`` as a torch device this machine has; ConfigError (one line, no torch list) otherwise."""
-    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    try:
-        parsed = torch.device(device.strip().lower() if isinstance(device, str) else device)
-    except (RuntimeError, TypeError):
-        parsed = None
-    if (
-        parsed is not None
-        and (parsed.type == "cpu" or available.get(parsed.type))
-        and (parsed.type != "cuda" or parsed.index is None or parsed.index < torch.cuda.device_count())
-    ):
-        return parsed
-    have = ", ".join(["cpu", *(f"{k} (or {k}:N)" if k == "cuda" else k for k, ok in available.items() if ok)])
-    raise ConfigError(f"device {str(device)!r} is not available here; use auto or one of: {have}")
 
 
 class Predictor:
