@@ -11,9 +11,9 @@ How a prediction is made (SAM-Med3D inference, centred on clicks instead of grou
 model's spacing and RAS (``data.preprocess``), crop ``img_size``^3 centred on the target's first positive
 click, z-normalise, encode once; the clicks are fed one at a time, each step with every click so far and the
 previous low-res logits as mask prompt (zeros on the first step), exactly the official interactive loop; the
-mask is sigmoid(trilinear upsample) > 0.5, mapped back onto the input grid (nearest). Targets whose first
-click lies within ``share_roi`` x crop of an already encoded ROI centre reuse that ROI, and all targets of a
-ROI are decoded as one batch. A target whose mask reaches a face of its crop grows into neighbouring windows
+mask is sigmoid(trilinear upsample) > 0.5, mapped back onto the input grid (nearest). Targets whose crop
+starts exactly where an encoded ROI does reuse its embedding and are decoded as one batch; ``share_roi`` > 0
+also reuses ROIs whose centre lies within that fraction of the crop (faster, but off-centre crops lose Dice). A target whose mask reaches a face of its crop grows into neighbouring windows
 (``interact.sliding_window``).
 """
 
@@ -91,7 +91,7 @@ class Predictor:
         autocast: bool = True,
         compile: bool = False,
         use_sliding_window: bool = True,
-        share_roi: float = 0.125,
+        share_roi: float = 0.0,
         max_windows: int = 27,
         cache_size: int = 16,
         info: dict[str, Any] | None = None,

@@ -89,7 +89,14 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-autocast", action="store_true", help="float32 on GPU (default: bf16 autocast)")
     r.add_argument("--compile", action="store_true", help="torch.compile the image encoder")
     r.add_argument("--no-sliding-window", action="store_true", help="never grow past the first crop")
-    r.add_argument("--share-roi", type=float, default=0.125, metavar="F", help="reuse a ROI within F x crop")
+    r.add_argument(
+        "--share-roi",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="reuse a neighbouring target's ROI within F x crop: faster, but an off-centre crop costs Dice "
+        "(kidney_right 0.81 -> 0.66 at 0.125 on held-out phantoms); default 0, every crop on its own click",
+    )
     r.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     return p
 

@@ -105,7 +105,7 @@ def test_mask_lands_on_the_clicked_anatomy_voxel_for_voxel(space):
 def test_multi_target_label_values_shared_roi_and_one_batch():
     vol = oblique_volume(shape=(80, 60, 50))
     model = SphereModel(radius=6.0)
-    pred = Predictor(model, "cpu", use_sliding_window=False)
+    pred = Predictor(model, "cpu", use_sliding_window=False, share_roi=0.125)
     pred.set_image(vol)
     targets = [
         Target([[20, 15, 10]], name="a"),
