@@ -400,3 +400,33 @@ def test_routing_can_insist_on_one_mechanism(site, tiny, tmp_path, monkeypatch):
     _routed_expert(site, tmp_path, tiny, "beta", router=False)
     with pytest.warns(PluginWarning, match="beta"), pytest.raises(ConfigError, match="ships a usable router"):
         load_model(trunk, preset="tiny", experts=["beta"], routing="routers")
+
+
+def test_gate_training_can_evaluate_the_experts_own_routers(tiny, tmp_path):
+    """`sammoe test ... --model.init_args.routing=routers`: each expert's router (beside an exported decoder)
+    routes, and there is no gate to fit."""
+    from sammoe.errors import ConfigError
+    from sammoe.lit.gate import GateTraining
+    from sammoe.loading import save_backbone
+
+    trunk = save_backbone(tiny, tmp_path / "trunk.safetensors")
+    export = tmp_path / "expert"
+    export.mkdir()
+    save_file(
+        {k: v.clone() for k, v in tiny.mask_decoder.state_dict().items()}, str(export / "decoder.safetensors")
+    )
+    (export / "decoder.json").write_text(json.dumps({
+        "preset": "tiny", "backbone_fingerprint": backbone_fingerprint(tiny), "task": {"classes": {"liver": 1}},
+    }))  # fmt: skip
+    files = {"liver": str(export / "decoder.safetensors")}
+    with pytest.raises(CheckpointError, match="router not found"):
+        GateTraining(checkpoint=str(trunk), expert_files=files, routing="routers")
+    save_router(_router(tiny, threshold=0.4), export / "router.safetensors", name="liver", classes={"liver": 1},
+                backbone=tiny, metrics={})  # fmt: skip
+    module = GateTraining(checkpoint=str(trunk), expert_files=files, routing="routers")
+    assert module.moe.routing == "routers" and float(module.moe.routers["liver"].threshold) == pytest.approx(
+        0.4
+    )
+    assert not module._tuning()  # no tau to tune: the routers carry their own thresholds
+    with pytest.raises(ConfigError, match="has no gate to fit"):
+        module.on_fit_start()

@@ -31,6 +31,7 @@ from sammoe.loading.experts import expert_router
 from sammoe.loading.router import ROUTER_FILE, load_router_file
 from sammoe.model.gate import LOCAL_RADII, MaskSelector
 from sammoe.model.moe import FOUNDATION, SamMoE
+from sammoe.model.router import router_summary
 
 DEFAULT_TAU_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -375,10 +376,7 @@ class GateTraining(InteractiveModule):
             "experts": self.expert_names,
         }
         if self.moe.routing == "routers":
-            extra["routers"] = {
-                name: {"threshold": float(r.threshold), "temperature": float(r.temperature)}
-                for name, r in self.moe.routers.items()
-            }
+            extra["routers"] = router_summary(self.moe.routers)
         candidates = [r for r in rows if r.model.startswith("moe@")]
         if candidates:
             tau, search = self.choose_tau(rows)

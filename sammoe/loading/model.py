@@ -13,6 +13,7 @@ from sammoe.loading.experts import expert_router, load_experts
 from sammoe.loading.gate import load_gate
 from sammoe.loading.weights import load_backbone, preset_of
 from sammoe.model.moe import SamMoE
+from sammoe.model.router import router_summary
 from sammoe.model.sam3d import SamMed3D
 
 ROUTING_CHOICES = ("auto", "gate", "routers")
@@ -95,10 +96,7 @@ def load_model(
         if routed is not None:
             info["model"]["experts"] = list(routed.experts)
             info["model"]["routing"] = "routers"
-            info["model"]["routers"] = {
-                name: {"threshold": float(r.threshold), "temperature": float(r.temperature)}
-                for name, r in routed.routers.items()
-            }
+            info["model"]["routers"] = router_summary(routed.routers)
             return routed.eval(), info
         if routing == "routers":
             raise ConfigError(

@@ -51,9 +51,9 @@ def route_by_routers(probs: torch.Tensor, thresholds: torch.Tensor) -> torch.Ten
     return torch.where(best_p >= 0, best_k + 1, torch.zeros_like(best_k))
 
 
-def router_table(routers: Mapping[str, ExpertRouter]) -> list[dict[str, float | str]]:
-    """Name, temperature and threshold of each router (for reports)."""
-    return [
-        {"expert": name, "temperature": float(r.temperature), "threshold": float(r.threshold)}
+def router_summary(routers: Mapping[str, ExpertRouter]) -> dict[str, dict[str, float]]:
+    """Each router's threshold and temperature (for reports)."""
+    return {
+        name: {"threshold": float(r.threshold), "temperature": float(r.temperature)}
         for name, r in routers.items()
-    ]
+    }
