@@ -92,7 +92,7 @@ def load_model(
         info["model"]["experts"] = list(decoders)
         return moe, info
     if problem is not None and gate is None and routing != "gate":
-        routed = _with_routers(backbone, records, problem)
+        routed = _with_routers(backbone, records)
         if routed is not None:
             info["model"]["experts"] = list(routed.experts)
             info["model"]["routing"] = "routers"
@@ -126,7 +126,7 @@ def load_model(
     return moe, info
 
 
-def _with_routers(backbone: SamMed3D, records: list, gate_problem: str) -> SamMoE | None:
+def _with_routers(backbone: SamMed3D, records: list) -> SamMoE | None:
     """A SamMoE routed by the experts' own routers when no gate fits the installed set; an expert whose
     router is missing, broken or incompatible is left out with a one-line warning (None: none is left)."""
     from sammoe.plugins.discovery import PluginWarning
