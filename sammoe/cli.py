@@ -22,6 +22,7 @@ _DISPATCH = {
     "test": "sammoe.lit.cli:main",
     "predict": "sammoe.lit.cli:main",
     "segment": "sammoe.segment_cli:main",
+    "weights": "sammoe.weights_cli:main",
 }
 
 _USAGE = """usage: sammoe <command> [options]
@@ -34,6 +35,7 @@ commands:
   demo        run the end-to-end demonstration on an embedded default (no downloads, no GPU)
   experts     expert plugins: list, show, verify, package (`sammoe experts --help`)
   segment     segment structures in a volume from clicks (`sammoe segment --help`)
+  weights     named model weights: fetch, list, path (`sammoe weights fetch turbo`)
 
 options:
   -V, --version  print the sammoe version (and torch's) and exit
