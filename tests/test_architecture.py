@@ -14,6 +14,7 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("sammoe.errors", ()),
     ("sammoe.files", ("sammoe.errors",)),
     ("sammoe.devices", ("sammoe.errors",)),
+    ("sammoe.hub", ("sammoe.errors", "sammoe.files")),
     ("sammoe.model", ("sammoe.model", "sammoe.errors")),
     ("sammoe.data.datamodule", ("sammoe.data", "sammoe.errors", "sammoe.files", "sammoe.interact.roi")),
     ("sammoe.data", ("sammoe.data", "sammoe.errors", "sammoe.files")),
@@ -25,7 +26,7 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("sammoe.plugins", ("sammoe.plugins", "sammoe.loading", "sammoe.model", "sammoe.errors", "sammoe.files",
                         "sammoe.assets", "sammoe")),
     ("sammoe.infer", ("sammoe.data", "sammoe.interact", "sammoe.model", "sammoe.loading", "sammoe.segmentation",
-                      "sammoe.errors", "sammoe.assets", "sammoe.devices")),
+                      "sammoe.errors", "sammoe.assets", "sammoe.devices", "sammoe.hub")),
     ("sammoe.eval", ("sammoe.eval", "sammoe.data", "sammoe.files", "sammoe.errors", "sammoe.infer")),
 ]  # fmt: skip
 
