@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from sammoe.data.io import Volume, check_same_grid
+from sammoe.data.nearest import sample_nearest
 from sammoe.errors import DataError
 
 Triple = tuple[int, int, int]
@@ -360,15 +361,13 @@ class Preprocessor:
 
     # ------------------------------------------------------------------------------------------------ inverse
     @staticmethod
-    def invert(roi: Roi, pred: Any, order: int = 0) -> np.ndarray:
+    def invert(roi: Roi, pred: Any) -> np.ndarray:
         """Map a ROI-grid prediction onto the original grid (shape ``roi.orig_shape``, affine
         ``roi.orig_affine``) with nearest-neighbour sampling; voxels outside the ROI are 0.
 
         ``pred``: (S, S, S), (1, S, S, S) or (1, 1, S, S, S), numpy or torch. Bool/integer masks keep their
         values (uint8/uint16 result); floats are read as probabilities and thresholded at 0.5.
         """
-        from scipy import ndimage
-
         if hasattr(pred, "detach"):
             pred = pred.detach().cpu().numpy()
         pred = np.asarray(pred)
@@ -398,14 +397,6 @@ class Preprocessor:
         if np.any(hi <= lo) or top == 0:
             return out
         offset = matrix[:3, :3] @ lo + matrix[:3, 3]
-        block = ndimage.affine_transform(
-            pred,
-            matrix[:3, :3],
-            offset=offset,
-            output_shape=tuple(int(v) for v in hi - lo),
-            order=order,
-            mode="constant",
-            cval=0,
-        )
+        block = sample_nearest(pred, matrix[:3, :3], offset, hi - lo)
         out[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = block
         return out

@@ -1,0 +1,51 @@
+"""Nearest-neighbour sampling of a label block through an affine map, as scipy.ndimage.affine_transform
+(order 0, mode "constant", cval 0) samples it, with a fast path for axis-aligned maps.
+
+Mapping a ROI prediction back onto the input grid runs on every click, and scipy's general transform
+visits each output voxel with a 3x3 matrix product: about 40 ms for a 1 mm brain on this project's CPU.
+Where the map only permutes, flips and scales axes (every volume that is not oblique), each output axis
+reads one source axis, so the block is three 1D index gathers: the same voxels, a fraction of the time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def sample_nearest(
+    source: np.ndarray, linear: np.ndarray, offset: np.ndarray, shape: Sequence[int]
+) -> np.ndarray:
+    """Output voxel o takes source[round(linear @ o + offset)], or 0 where that point lies outside
+    [0, n - 1] on any axis; the result equals scipy's order-0 affine_transform voxel for voxel."""
+    shape = tuple(int(s) for s in shape)
+    linear = np.asarray(linear, dtype=np.float64)
+    offset = np.asarray(offset, dtype=np.float64)
+    axes = _axis_map(linear)
+    if axes is None:
+        from scipy import ndimage
+
+        return ndimage.affine_transform(
+            source, linear, offset=offset, output_shape=shape, order=0, mode="constant", cval=0
+        )
+    block = source.transpose(axes)  # axis j of `block` is read along output axis j
+    for j, i in enumerate(axes):
+        coord = linear[i, j] * np.arange(shape[j], dtype=np.float64) + offset[i]
+        inside = (coord >= 0) & (coord <= source.shape[i] - 1)
+        index = np.where(inside, np.floor(coord + 0.5), 0).astype(np.intp)
+        block = np.take(block, index, axis=j)
+        if not inside.all():
+            cut = [slice(None)] * 3
+            cut[j] = ~inside
+            block[tuple(cut)] = 0
+    return np.ascontiguousarray(block)
+
+
+def _axis_map(linear: np.ndarray) -> list[int] | None:
+    """For each output axis j, the one source axis i with linear[i, j] != 0; None unless each row and column
+    has exactly one non-zero entry."""
+    nonzero = linear != 0
+    if not (nonzero.sum(0) == 1).all() or not (nonzero.sum(1) == 1).all():
+        return None
+    return [int(np.flatnonzero(nonzero[:, j])[0]) for j in range(linear.shape[1])]
