@@ -1,13 +1,14 @@
 """Image-encoder speed and memory: sammoe vs the official SAM-Med3D encoder (medim), same run, same input.
 
     python benchmarks/encoder.py                      # CPU, fp32, batch 1, vit_b_ori at 128^3
-    python benchmarks/encoder.py --device cuda --dtype bf16 --batch 1 8 32 [--compile]
+    python benchmarks/encoder.py --device cuda --dtype bf16 --batch 1 8 32 [--compile] [--json out.json]
     python benchmarks/encoder.py --smoke                # one CPU pass of each (the test suite)
 
 Each implementation runs in its own subprocess so that its peak memory (RSS on CPU, allocator peak on GPU)
 is its own. Both get identical random weights (every constant-initialised parameter randomised) and the
 identical input; the parent prints both medians, the ratio and the max abs difference relative to the
-output scale. medim is a test dependency (`pip install -e '.[test]'`).
+output scale. With --compile, our encoder is timed eager and compiled (one compilation per batch size,
+inside the warm-up) in the same run. medim is a test dependency (`pip install -e '.[test]'`).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def worker(args: argparse.Namespace) -> None:
     model.load_state_dict(torch.load(args.weights, weights_only=True))
     model = model.to(device).eval()
     if args.compile:
-        model = torch.compile(model)
+        model = torch.compile(model, dynamic=False)  # one specialised graph per batch size
     base = torch.load(args.input, weights_only=True)
     results = {}
     for batch in args.batch:
@@ -95,7 +96,7 @@ def run_impl(impl: str, args: argparse.Namespace, tmp: Path) -> dict:
         "--output", str(tmp / impl), "--device", args.device, "--dtype", args.dtype,
         "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--threads", str(args.threads),
         "--batch", *map(str, args.batch),
-    ] + (["--compile"] if args.compile and impl == "ours" else [])  # fmt: skip
+    ] + (["--compile"] if impl == "compiled" else [])  # fmt: skip
     subprocess.run(cmd, check=True)
     return {int(k): v for k, v in json.loads((tmp / impl).read_text()).items()}
 
@@ -110,9 +111,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--compile", action="store_true", help="torch.compile our encoder (GPU)")
+    parser.add_argument("--compile", action="store_true", help="also time our encoder under torch.compile")
     parser.add_argument("--skip-official", action="store_true", help="time ours only")
-    parser.add_argument("--worker", choices=["ours", "official"], help=argparse.SUPPRESS)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--worker", choices=["ours", "compiled", "official"], help=argparse.SUPPRESS)
     for name in ("--weights", "--input", "--output"):
         parser.add_argument(name, help=argparse.SUPPRESS)
     parser.add_argument("--smoke", action="store_true", help="CPU, batch 1, one repeat, no warm-up")
@@ -121,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         args.device, args.batch, args.repeats, args.warmup, args.compile = "cpu", [1], 1, 0, False
     if args.worker:
         args.impl = args.worker
+        args.compile = args.worker == "compiled"
         worker(args)
         return
 
@@ -128,29 +131,64 @@ def main(argv: list[str] | None = None) -> None:
         tmp = Path(tmpdir)
         torch.save(random_state_dict(0), tmp / "w.pt")
         torch.save(torch.randn(1, 1, 128, 128, 128, generator=torch.Generator().manual_seed(1)), tmp / "x.pt")
-        ours = run_impl("ours", args, tmp)
-        official = None if args.skip_official else run_impl("official", args, tmp)
+        runs = {
+            impl: run_impl(impl, args, tmp) for impl in ("ours", "compiled", "official") if wanted(impl, args)
+        }
+        rows = summarise(runs, args, tmp)
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+    print(
+        f"vit_b_ori image encoder, 128^3, {where}, dtype={args.dtype}, threads={args.threads}, "
+        f"median of {args.repeats} after {args.warmup} warm-up; seconds per volume"
+    )
+    print(f"{'batch':>5} {'official':>9} {'ours':>9} {'compiled':>9} {'speed-up':>9} {'compiled':>9} "
+          f"{'max|diff|/scale':>16} {'peak MiB off/ours/comp':>23}")  # fmt: skip
+    for row in rows:
         print(
-            f"vit_b_ori image encoder, 128^3, device={args.device}, dtype={args.dtype}, threads={args.threads}, "
-            f"compile={args.compile}, median of {args.repeats} after {args.warmup} warm-up"
+            f"{row['batch']:>5} {_num(row.get('official_s'))} {_num(row['ours_s'])} {_num(row.get('compiled_s'))} "
+            f"{_ratio(row.get('speedup'))} {_ratio(row.get('speedup_compiled'))} "
+            f"{_num(row.get('rel_diff'), '>16.2e')} {row['peak_mib']:>23}"
         )
-        print(f"{'batch':>5} {'official s/vol':>15} {'ours s/vol':>12} {'speed-up':>9} {'max|diff|/scale':>16} "
-              f"{'peak MiB off':>13} {'peak MiB ours':>14}")  # fmt: skip
-        for batch in args.batch:
-            o = ours[batch]
-            line = f"{batch:>5} "
-            if official is None:
-                line += f"{'-':>15} {o['median_s'] / batch:>12.4f}"
-                print(line)
-                continue
-            r = official[batch]
-            a = torch.load(tmp / f"official.{batch}", weights_only=True)
-            b = torch.load(tmp / f"ours.{batch}", weights_only=True)
-            rel = ((a - b).abs().max() / a.abs().max()).item()
-            print(
-                f"{batch:>5} {r['median_s'] / batch:>15.4f} {o['median_s'] / batch:>12.4f} "
-                f"{r['median_s'] / o['median_s']:>8.1f}x {rel:>16.2e} {r['peak_mib']:>13.0f} {o['peak_mib']:>14.0f}"
-            )
+    if args.json:
+        args.json.write_text(json.dumps({"device": where, "dtype": args.dtype, "batches": rows}, indent=1))
+    return rows
+
+
+def wanted(impl: str, args: argparse.Namespace) -> bool:
+    return (
+        impl == "ours"
+        or (impl == "compiled" and args.compile)
+        or (impl == "official" and not args.skip_official)
+    )
+
+
+def summarise(runs: dict, args: argparse.Namespace, tmp: Path) -> list[dict]:
+    """Per batch: seconds per volume of each implementation, ratios against the official encoder, agreement."""
+    rows = []
+    for batch in args.batch:
+        row = {"batch": batch}
+        for impl, result in runs.items():
+            row[f"{impl}_s"] = result[batch]["median_s"] / batch
+        if "official" in runs:
+            reference = torch.load(tmp / f"official.{batch}", weights_only=True)
+            ours = torch.load(tmp / f"ours.{batch}", weights_only=True)
+            row["rel_diff"] = ((reference - ours).abs().max() / reference.abs().max()).item()
+            row["speedup"] = row["official_s"] / row["ours_s"]
+            if "compiled" in runs:
+                row["speedup_compiled"] = row["official_s"] / row["compiled_s"]
+        row["peak_mib"] = "/".join(
+            f"{runs[impl][batch]['peak_mib']:.0f}" if impl in runs else "-"
+            for impl in ("official", "ours", "compiled")
+        )
+        rows.append(row)
+    return rows
+
+
+def _num(value: float | None, spec: str = ">9.4f") -> str:
+    return format(value, spec) if value is not None else format("-", spec[:3].rstrip(".") or ">9")
+
+
+def _ratio(value: float | None) -> str:
+    return f"{value:>8.1f}x" if value is not None else f"{'-':>9}"
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -210,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--modes", nargs="+", default=["sft", "gate"], choices=["sft", "gate", "all"])
     parser.add_argument("--impls", nargs="+", default=["ours", "official"], choices=["ours", "official"])
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--impl", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     parser.add_argument("--smoke", action="store_true", help="tiny preset, batch 1, 2 iterations, 1 step")
@@ -232,8 +234,9 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.threads} threads; median of {args.steps} steps after {args.warmup} warm-up"
     )
     print(f"{'mode':<6} {'impl':<9} {'s/step':>8} {'peak GiB':>9} {'trainable':>10}")
+    everything = {"device": where, "dtype": args.dtype, "batch": args.batch, "modes": {}}
     for mode in args.modes:
-        results = {}
+        results = everything["modes"][mode] = {}
         for impl in args.impls:
             cmd = [sys.executable, __file__, "--impl", impl, "--mode", mode]
             for key in ("preset", "device", "dtype", "batch", "iterations", "steps", "warmup", "threads"):
@@ -253,6 +256,9 @@ def main(argv: list[str] | None = None) -> None:
                 f"{mode:<6} ratio     {official['s_per_step'] / ours['s_per_step']:7.2f}x faster, "
                 f"{official['peak_gib'] / max(ours['peak_gib'], 1e-9):.2f}x less peak memory (official / ours)"
             )
+    if args.json:
+        args.json.write_text(json.dumps(everything, indent=1))
+    return everything
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def test_gpu_script_parses_and_calls_benchmarks_that_exist():
     script = BENCHMARKS / "gpu.sh"
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     called = set(re.findall(r"benchmarks/(\w+\.py)", script.read_text()))
-    assert called == {"encoder.py", "segment.py", "train_step.py"}
+    assert called == {"encoder.py", "segment.py", "train_step.py", "gpu_summary.py"}
     assert all((BENCHMARKS / name).is_file() for name in called)
 
 
@@ -58,3 +58,24 @@ def test_encoder_smoke_compares_with_the_official_encoder(capfd):
     assert "vit_b_ori image encoder, 128^3" in out
     batch_line = next(line for line in out.splitlines() if line.split()[:1] == ["1"])
     assert "-" not in batch_line.split()[1]  # the official encoder ran too (its column is filled)
+
+
+def test_gpu_summary_judges_the_goals_and_names_missing_sections(tmp_path):
+    import json
+
+    summary = _load("gpu_summary")
+    batches = [
+        {"batch": 1, "official_s": 0.02, "ours_s": 0.01, "speedup": 2.0},
+        {"batch": 32, "official_s": 0.02, "ours_s": 0.0008, "compiled_s": 0.002, "speedup": 25.0,
+         "speedup_compiled": 10.0},
+    ]  # fmt: skip
+    (tmp_path / "encoder.json").write_text(json.dumps({"device": "GPU X", "batches": batches}))
+    clicks = {"device": "GPU X", "first_click_ms": 90.0, "refinement_step_ms": 7.5, "add_click_ms": 20.0}
+    (tmp_path / "clicks.json").write_text(json.dumps(clicks))
+    rows = {row[0]: row for row in summary.rows(tmp_path)}
+    assert rows["encoder b32 eager (ms/volume)"][3:] == ("25.0x", ">= 20x met")
+    assert rows["encoder b32 compiled (ms/volume)"][3:] == ("10.0x", ">= 20x NOT met")
+    assert rows["encoder b1 eager (ms/volume)"][4] == ""  # the goal is stated at batch 32 only
+    assert rows["refinement, decoder step (ms)"][4] == "<= 5 ms NOT met"
+    assert rows["training steps"][3] == "missing"
+    assert summary.table(tmp_path).startswith("device: GPU X\n")
