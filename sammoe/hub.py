@@ -45,8 +45,9 @@ class ModelEntry:
     about: str = ""
 
 
+TURBO = "turbo"  # the default model once cached
 REGISTRY: dict[str, ModelEntry] = {
-    "turbo": ModelEntry(
+    TURBO: ModelEntry(
         repo="blueyo0/SAM-Med3D",
         file="sam_med3d_turbo.pth",
         about="SAM-Med3D-turbo, the released ViT-B backbone (128^3 crops)",

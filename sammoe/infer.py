@@ -1,7 +1,7 @@
 """Predictor: an image and clicks in, a label map on the image's own grid out (no ground truth needed).
 
 - ``Predictor(model, device=None, route=None, ...)``: ``model`` is a ``SamMed3D`` or a ``SamMoE``; ``route``
-  forces one decoder. ``Predictor.load(checkpoint=None, experts=None, gate=None, ...)`` builds the default.
+  forces one decoder. ``Predictor.load(checkpoint, experts=None, gate=None, ...)``: "turbo", "demo" or a path.
     - ``set_image(image, affine=None)``: a path, a ``Volume`` or an array + voxel -> RAS mm affine.
     - ``predict(targets, probabilities=False, progress=False) -> Segmentation``
     - ``add_click(target, point, positive=True, space="voxel") -> TargetResult``: refinement on the cached

@@ -33,8 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="sammoe segment",
         description="Segment structures from clicks (SAM-Med3D / SAM-Med3D-MoE); writes a uint8 label map "
-        "with the image's affine. Without --checkpoint: the shipped tiny foundation model, installed experts "
-        "and gate.",
+        "with the image's affine. The model: --checkpoint turbo (SAM-Med3D-turbo, after `sammoe weights fetch "
+        "turbo`; the default once cached), a weights file, or demo (the phantom-only model shipped with "
+        "sammoe), with the installed experts and their routing.",
     )
     p.add_argument("-i", "--image", required=True, metavar="PATH", help="NIfTI file or DICOM series folder")
     p.add_argument("--channel", type=int, metavar="N", help="volume index of a 4D image")
@@ -68,7 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--png", metavar="PATH", help="orthogonal slices through each target, mask outlined")
     o.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     m = p.add_argument_group("model")
-    m.add_argument("--checkpoint", metavar="PATH", help="SamMed3D weights (.pth / .safetensors)")
+    m.add_argument(
+        "--checkpoint",
+        metavar="MODEL",
+        help="turbo (cached by `sammoe weights fetch turbo`; the default when cached) | demo (phantoms only) | "
+        "a SamMed3D weights file (.pth / .safetensors)",
+    )
     m.add_argument("--preset", default="auto", help="architecture of --checkpoint: auto | tiny | vit_b_ori")
     m.add_argument("--experts", default=None, help="all (default) | none | name,name")
     m.add_argument("--gate", metavar="PATH", help="gate weights for the experts")
@@ -254,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from sammoe.data.io import read_image, write_label
     from sammoe.infer import Predictor
+    from sammoe.loading.model import choose_checkpoint
 
+    choose_checkpoint(args.checkpoint)  # no model chosen and none cached: refused before reading the image
     started = time.perf_counter()
     volume = read_image(args.image, channel=args.channel)  # a bad image fails before the model loads
     with warnings.catch_warnings(record=True) as caught:

@@ -21,7 +21,7 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("sammoe.interact", ("sammoe.interact", "sammoe.data.preprocess", "sammoe.data.clicks", "sammoe.data.io",
                          "sammoe.errors")),
     ("sammoe.segmentation", ("sammoe.data.io", "sammoe.interact.roi", "sammoe.errors")),
-    ("sammoe.loading", ("sammoe.loading", "sammoe.model", "sammoe.errors", "sammoe.files", "sammoe.assets",
+    ("sammoe.loading", ("sammoe.loading", "sammoe.model", "sammoe.errors", "sammoe.files", "sammoe.assets", "sammoe.hub",
                         "sammoe.plugins.discovery")),
     ("sammoe.plugins", ("sammoe.plugins", "sammoe.loading", "sammoe.model", "sammoe.errors", "sammoe.files",
                         "sammoe.assets", "sammoe")),

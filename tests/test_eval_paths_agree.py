@@ -1,7 +1,7 @@
 """The Lightning test loop (click-centred protocol) and the Predictor a user runs agree, given the same clicks.
 
 `sammoe test` scores the click-centred protocol through `GateTraining`'s own model; this test replays the
-protocol by hand through `Predictor.load()` (the shipped foundation, the installed experts, the shipped gate:
+protocol by hand through `Predictor.load("demo")` (the shipped foundation, the installed experts, the shipped gate:
 what `sammoe segment` loads) and compares Dice per class and model. A drift between the training/evaluation
 stack and the inference stack (crop placement, click mapping, routing, sliding window, inverse) shows up here.
 """
@@ -35,7 +35,7 @@ def _installed_moe():
 
     if not assets.GATE_TINY.is_file():
         pytest.skip("no shipped gate")
-    model, _ = load_model()
+    model, _ = load_model("demo")
     if not isinstance(model, SamMoE):
         pytest.skip("the installed experts do not form a MoE with the shipped gate")
     return model.expert_names
@@ -86,7 +86,7 @@ def test_lightning_click_protocol_matches_the_predictor(tmp_path):
     dm.setup("test")
     items = [dm.eval_dataset()[i] for i in range(len(dm.test_targets))]
     for model_name, route in [("moe", None), *[(n, n) for n in names]]:
-        predictor = Predictor.load(route=route)
+        predictor = Predictor.load("demo", route=route)
         for item in items:
             if item["class_name"] not in CLASSES:
                 continue

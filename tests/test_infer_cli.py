@@ -205,8 +205,45 @@ def test_missing_shipped_model_says_how_to_create_it(tmp_path, capsys, monkeypat
     from sammoe import assets
 
     monkeypatch.setattr(assets, "FOUNDATION_TINY", tmp_path / "foundation_tiny.safetensors")
-    rc, _, err = run(capsys, "--image", image, "--out", tmp_path / "s.nii.gz", "--point", 20, 15, 12)
+    rc, _, err = run(
+        capsys,
+        "--image",
+        image,
+        "--out",
+        tmp_path / "s.nii.gz",
+        "--point",
+        20,
+        15,
+        12,
+        "--checkpoint",
+        "demo",
+    )
     assert rc == 2 and "make foundation" in err and err.count("\n") == 1
+
+
+def test_no_model_chosen_is_refused_before_the_image_is_read(tmp_path, capsys, monkeypatch, image):
+    from sammoe.data import io
+
+    def must_not_read(*args, **kwargs):
+        raise AssertionError("the image was read before the model was refused")
+
+    monkeypatch.setattr(io, "read_image", must_not_read)
+    out = tmp_path / "s.nii.gz"
+    rc, _, err = run(capsys, "--image", image, "--out", out, "--point", 20, 15, 12)
+    assert rc == 2 and err.count("\n") == 1 and not out.exists()
+    assert "sammoe weights fetch turbo" in err and "--checkpoint demo" in err
+
+
+def test_the_demo_model_says_so_on_stderr_and_in_the_report(tmp_path, capsys, image):
+    report = tmp_path / "r.json"
+    rc, _, err = run(
+        capsys, "--image", image, "--out", tmp_path / "s.nii.gz", "--point", 20, 15, 12,
+        *("--checkpoint", "demo", "--experts", "none", "--report", report, "--quiet"),
+    )  # fmt: skip
+    assert rc == 0, err
+    assert "warning: the demo model knows only sammoe's synthetic phantoms" in err
+    model = json.loads(report.read_text())["model"]
+    assert model["name"] == "demo" and model["warning"].startswith("the demo model knows only")
 
 
 def test_help_and_dispatch(capsys):
@@ -275,7 +312,7 @@ def test_route_forces_one_decoder_and_names_it_in_the_report(tmp_path, capsys, i
     from sammoe.loading import load_model
     from sammoe.model.moe import SamMoE
 
-    model, _ = load_model()
+    model, _ = load_model("demo")
     if not isinstance(model, SamMoE):
         pytest.skip("the shipped model has no compatible installed experts")
     expert = model.expert_names[1]
@@ -283,14 +320,15 @@ def test_route_forces_one_decoder_and_names_it_in_the_report(tmp_path, capsys, i
         report = tmp_path / f"{route}.json"
         rc, _, err = run(
             capsys, "--image", image, "--out", tmp_path / f"{route}.nii.gz", "--report", report,
-            *("--point", 20, 15, 12, "--route", route, "--quiet"),
+            *("--point", 20, 15, 12, "--route", route, "--quiet", "--checkpoint", "demo"),
         )  # fmt: skip
         assert rc == 0, err
         data = json.loads(report.read_text())
         assert data["route"] == route and data["targets"][0]["expert"] == route
     rc, _, err = run(
-        capsys, "--image", image, "--out", tmp_path / "x.nii.gz", "--point", 20, 15, 12, "--route", "nope"
-    )
+        capsys, "--image", image, "--out", tmp_path / "x.nii.gz", "--point", 20, 15, 12, "--route", "nope",
+        "--checkpoint", "demo",
+    )  # fmt: skip
     assert rc == 2 and "route 'nope' is not a loaded model" in err and "foundation" in err
     assert len(err.strip().splitlines()) == 1
 
@@ -303,10 +341,25 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, image, monkeypatch):
 
     monkeypatch.setattr(infer.Predictor, "predict", interrupted)
     out = tmp_path / "seg.nii.gz"
-    rc, _, err = run(capsys, "--image", image, "--experts", "none", "--out", out, "--point", 20, 15, 12)
-    assert rc == 130 and err.strip().splitlines() == [
+    rc, _, err = run(
+        capsys,
+        "--image",
+        image,
+        "--experts",
+        "none",
+        "--out",
+        out,
+        "--point",
+        20,
+        15,
+        12,
+        "--checkpoint",
+        "demo",
+    )
+    assert rc == 130 and err.strip().splitlines()[-1:] == [
         "sammoe: interrupted; segment stopped, outputs are written only when complete"
     ]
+    assert not any("Traceback" in line for line in err.splitlines())
     assert not out.exists()
 
 

@@ -256,19 +256,25 @@ def test_moe_reports_expert_and_gate(tiny):
 def test_load_model_shipped_assets(tmp_path, monkeypatch):
     from sammoe import assets
 
+    with pytest.raises(CheckpointError, match="sammoe weights fetch turbo.*--checkpoint demo"):
+        load_model()  # nothing chosen, nothing cached: never the phantom model silently
     monkeypatch.setattr(assets, "FOUNDATION_TINY", tmp_path / "missing.safetensors")
     with pytest.raises(CheckpointError, match="make foundation"):
-        load_model()
+        load_model("demo")
     ckpt = save_backbone(load_backbone(None, "tiny"), tmp_path / "foundation.safetensors")
     monkeypatch.setattr(assets, "FOUNDATION_TINY", ckpt)
     monkeypatch.setattr(assets, "GATE_TINY", tmp_path / "no_gate.safetensors")
-    if _installed_experts():  # compatible experts but no gate: the foundation alone, with a warning
-        with pytest.warns(UserWarning, match="foundation decoder only"):
-            model, info = load_model()
-    else:
-        model, info = load_model()
-    assert isinstance(model, SamMed3D) and info["model"]["preset"] == "tiny"
-    model, _ = load_model(experts="none")
+    with pytest.warns(UserWarning) as caught:
+        model, info = load_model("demo")
+    messages = [str(w.message) for w in caught]
+    assert any(m.startswith("the demo model knows only") for m in messages)
+    assert info["model"]["name"] == "demo" and info["model"]["warning"].startswith("the demo model")
+    if _installed_experts():  # compatible experts but no gate (and the example routers are for the shipped
+        # foundation, which this copy matches): routed by routers or the foundation alone, never silently
+        assert isinstance(model, SamMoE) or any("foundation decoder only" in m for m in messages)
+    assert info["model"]["preset"] == "tiny"
+    with pytest.warns(UserWarning, match="demo model"):
+        model, _ = load_model("demo", experts="none")
     assert isinstance(model, SamMed3D)
 
 

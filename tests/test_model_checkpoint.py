@@ -199,3 +199,13 @@ def test_lightning_checkpoint_of_a_finetuning_run_loads(tiny, tmp_path):
     torch.save({"state_dict": state, "epoch": 3}, path)
     loaded = load_backbone(path)
     assert all(torch.equal(v, tiny.state_dict()[k]) for k, v in loaded.state_dict().items())
+
+
+def test_named_backbones_turbo_needs_a_fetch_and_demo_is_the_shipped_model():
+    from sammoe.errors import CheckpointError
+    from sammoe.loading import load_backbone
+
+    with pytest.raises(CheckpointError, match="sammoe weights fetch turbo"):
+        load_backbone("turbo")
+    demo, shipped = load_backbone("demo"), load_backbone(None)
+    assert all(torch.equal(a, b) for a, b in zip(demo.state_dict().values(), shipped.state_dict().values()))

@@ -12,7 +12,8 @@ Public API
 - ``detect_preset(state, source) -> str``: the preset whose keys and shapes the state matches exactly.
 - ``load_backbone(checkpoint=None, preset="auto") -> SamMed3D`` (eval mode): ``checkpoint`` None = the
   preset's default weights (``tiny``: the shipped foundation model when present, else the seeded
-  initialisation), ``"seeded"`` = that seeded initialisation, else a path.
+  initialisation), ``"seeded"`` = that seeded initialisation, ``"turbo"`` = the weights ``sammoe weights
+  fetch turbo`` cached, ``"demo"`` = the shipped tiny model, else a path.
 - ``backbone_source(preset, checkpoint=None)``: where those weights come from, for messages.
 - ``load_state(model, state, source, strict=True)``: a checked ``load_state_dict``.
 - ``save_backbone(model, path)``, ``save_tensors(state, path, meta=None)``: safetensors via ``sammoe.files``;
@@ -22,7 +23,8 @@ Public API
 - ``load_decoder_file(backbone, name, path) -> (decoder, classes)``: a decoder exported by finetuning.
 - ``save_gate(moe, path)``, ``load_gate(moe, path)``: a SamMoE's gate with its metadata.
 - ``load_model(checkpoint=None, preset="auto", experts=None, gate=None, route=None) -> (model, info)``: the
-  model ``sammoe segment`` and ``Predictor.load`` run.
+  model ``sammoe segment`` and ``Predictor.load`` run: "turbo" (cached), "demo" (announced by a warning) or
+  a path; None = turbo when cached, else one CheckpointError (``choose_checkpoint``): never the demo silently.
 """
 
 from sammoe.loading.experts import (

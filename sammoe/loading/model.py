@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sammoe.errors import CheckpointError, ConfigError, PluginError
+from sammoe.hub import REGISTRY, TURBO, ResolvedCheckpoint, cached, resolve_checkpoint
 from sammoe.loading.experts import expert_router, load_experts
 from sammoe.loading.gate import load_gate
 from sammoe.loading.weights import load_backbone, preset_of
@@ -17,6 +18,26 @@ from sammoe.model.router import router_summary
 from sammoe.model.sam3d import SamMed3D
 
 ROUTING_CHOICES = ("auto", "gate", "routers")
+
+
+DEMO_WARNING = (
+    "the demo model knows only sammoe's synthetic phantoms; its masks mean nothing on real scans (run "
+    "`sammoe weights fetch turbo` for SAM-Med3D-turbo)"
+)
+
+
+def choose_checkpoint(checkpoint: str | os.PathLike | None) -> ResolvedCheckpoint:
+    """The model the user asked for; None means turbo if its weights are cached. Refuses in one line, before
+    any image is read, when nothing was chosen and nothing is cached."""
+    if checkpoint is None:
+        if cached(TURBO) is None:
+            raise CheckpointError(
+                "no model chosen and no SAM-Med3D-turbo weights cached: run `sammoe weights fetch turbo` "
+                f"(once, {REGISTRY[TURBO].repo} on Hugging Face), or choose the phantom-only demo model with "
+                '`--checkpoint demo` (Python: Predictor.load("demo"))'
+            )
+        checkpoint = TURBO
+    return resolve_checkpoint(checkpoint)
 
 
 def load_model(
@@ -30,8 +51,11 @@ def load_model(
 ) -> tuple[SamMed3D | SamMoE, dict[str, Any]]:
     """The model ``sammoe segment`` runs, and a description of it for the report.
 
-    ``checkpoint`` None means the shipped tiny foundation model (``sammoe.assets.FOUNDATION_TINY``); with it,
-    the installed experts and the shipped gate (``GATE_TINY``) are used when present and compatible.
+    ``checkpoint``: a path; ``"turbo"``, the released SAM-Med3D-turbo weights once ``sammoe weights fetch
+    turbo`` has cached them; ``"demo"``, the tiny foundation model shipped for the phantoms
+    (``sammoe.assets.FOUNDATION_TINY``, with the shipped gate ``GATE_TINY``), announced by a warning and in
+    ``info["model"]["warning"]``; None: turbo when cached, else CheckpointError, never the demo model silently.
+    Installed experts and a gate are used when present and compatible.
     ``experts``: None = every installed, compatible expert (``SAMMOE_EXPERTS`` honoured); "none" or [] = no
     experts; names = exactly those (each must be ok). Routing: the joint gate (``gate`` or, for the shipped
     model, ``GATE_TINY``) when it was trained over exactly these experts; otherwise each expert's own router,
@@ -42,19 +66,28 @@ def load_model(
     from sammoe import assets
     from sammoe.model.moe import FOUNDATION
 
-    shipped = checkpoint is None
-    if shipped:
-        checkpoint = assets.FOUNDATION_TINY
-        if not Path(checkpoint).is_file():
-            raise CheckpointError(
-                f"the shipped tiny foundation model {checkpoint} is missing; create it with `make foundation` "
-                "in the sammoe repository, or pass --checkpoint PATH"
-            )
+    chosen = choose_checkpoint(checkpoint)
+    shipped = chosen.is_demo
+    checkpoint = assets.FOUNDATION_TINY if shipped else chosen.path
+    if shipped and not Path(checkpoint).is_file():
+        raise CheckpointError(
+            f"the shipped demo model {checkpoint} is missing; create it with `make foundation` in the sammoe "
+            "repository, or pass --checkpoint PATH"
+        )
     backbone = load_backbone(checkpoint, preset)
     preset = preset_of(backbone)
     info: dict[str, Any] = {
-        "model": {"checkpoint": str(checkpoint), "preset": preset, "experts": [], "gate": None}
+        "model": {
+            "name": chosen.name,
+            "checkpoint": str(checkpoint),
+            "preset": preset,
+            "experts": [],
+            "gate": None,
+        }
     }
+    if shipped:
+        info["model"]["warning"] = DEMO_WARNING
+        warnings.warn(DEMO_WARNING, UserWarning, stacklevel=2)
     if isinstance(experts, str):
         experts = (
             [] if experts.strip() in ("none", "") else [e.strip() for e in experts.split(",") if e.strip()]

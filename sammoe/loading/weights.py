@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from sammoe.errors import CheckpointError
+from sammoe.hub import DEMO, REGISTRY, resolve_checkpoint
 from sammoe.model.sam3d import PRESETS, SamMed3D
 
 SEEDED = "seeded"
@@ -138,6 +139,8 @@ def load_backbone(checkpoint: str | Path | None = None, preset: str = "auto") ->
     """The backbone of ``checkpoint`` (see the module docstring), in eval mode."""
     if preset != "auto" and preset not in PRESETS:
         raise CheckpointError(f"unknown preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")
+    if isinstance(checkpoint, str) and (checkpoint == DEMO or checkpoint in REGISTRY):
+        checkpoint = resolve_checkpoint(checkpoint).path  # demo: None, the shipped tiny model
     if checkpoint is None or str(checkpoint) == SEEDED:
         name = "tiny" if preset == "auto" else preset
         default = default_checkpoint(name) if checkpoint is None else None
