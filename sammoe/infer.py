@@ -32,7 +32,7 @@ import torch
 
 from sammoe.data.io import Volume, as_volume
 from sammoe.data.preprocess import Preprocessor, Resampled, Roi
-from sammoe.devices import usable_device
+from sammoe.devices import bf16_pays, usable_device
 from sammoe.errors import ConfigError, DataError
 from sammoe.interact.roi import click_centred_start, round_voxel
 from sammoe.interact.sliding_window import deepest_prior_voxel, sliding_window
@@ -88,7 +88,7 @@ class Predictor:
         device: str | torch.device | None = None,
         *,
         target_spacing: float | Sequence[float] = 1.5,
-        autocast: bool = True,
+        autocast: bool | str = "auto",
         compile: bool = False,
         use_sliding_window: bool = True,
         share_roi: float = 0.0,
@@ -106,12 +106,14 @@ class Predictor:
         self.size = int(self.backbone.img_size)
         self.low_size = int(self.backbone.low_res_size)
         self.pre = Preprocessor(target_spacing=target_spacing, crop_size=self.size)
-        self.autocast = bool(autocast) and self.device.type == "cuda"
+        width = int(self.backbone.image_encoder.patch_embed.proj.out_channels)
+        self.autocast = bf16_pays(self.device, width) if autocast == "auto" else bool(autocast)
         self.use_sliding_window = use_sliding_window
         self.share_roi = float(share_roi)
         self.max_windows = int(max_windows)
         self.cache_size = int(cache_size)
         self.info = dict(info or {})
+        self.info["precision"] = "bf16 autocast" if self.autocast else "float32"
         self._encoder = self.backbone.image_encoder
         if compile:
             self._encoder = torch.compile(self._encoder)

@@ -92,7 +92,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     r = p.add_argument_group("runtime")
     r.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    r.add_argument("--no-autocast", action="store_true", help="float32 on GPU (default: bf16 autocast)")
+    r.add_argument(
+        "--no-autocast",
+        action="store_true",
+        help="float32 everywhere (default: bf16 autocast on GPUs, and on CPUs with native bf16 for ViT-B models)",
+    )
     r.add_argument("--compile", action="store_true", help="torch.compile the image encoder")
     r.add_argument("--no-sliding-window", action="store_true", help="never grow past the first crop")
     r.add_argument(
@@ -274,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             gate=args.gate,
             routing=args.routing,
             device=args.device,
-            autocast=not args.no_autocast,
+            autocast=False if args.no_autocast else "auto",
             compile=args.compile,
             use_sliding_window=not args.no_sliding_window,
             share_roi=args.share_roi,
