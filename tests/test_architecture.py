@@ -40,7 +40,7 @@ def _modules():
 
 def _imports(path: Path, name: str) -> set[str]:
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("sammoe")}
         elif isinstance(node, ast.ImportFrom):
@@ -88,7 +88,7 @@ def test_only_loading_reads_weights_and_only_files_writes():
     own_writers = ("sammoe.files", "sammoe.data.cache", "sammoe.data.phantoms", "sammoe.demo",
                    "sammoe.plugins.scaffold", "sammoe.plugins.testing")  # fmt: skip
     for name, path in _modules():
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         if not name.startswith(own_readers):
             assert not any(r in text for r in readers), f"{name} reads weights; go through sammoe.loading"
         if name not in own_writers:  # a writer handed to files.write_file on the same line is that path
@@ -103,12 +103,16 @@ def test_nothing_below_the_top_imports_lightning_or_napari():
     for name, path in _modules():
         if name.startswith(("sammoe.lit", "sammoe.napari")) or name == "sammoe.data.datamodule":
             continue
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         for heavy in ("import lightning", "from lightning", "import napari", "from napari"):
             assert heavy not in text, f"{name} uses {heavy!r}: only sammoe.lit may"
 
 
 def test_no_module_grows_past_450_lines():
     """A module that long has taken on a second job; split it by responsibility."""
-    long = {name: n for name, path in _modules() if (n := len(path.read_text().splitlines())) > 450}
+    long = {
+        name: n
+        for name, path in _modules()
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > 450
+    }
     assert not long, long
