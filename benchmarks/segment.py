@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/official.py
+
 COLIN = Path(__file__).resolve().parents[1] / "sammoe" / "assets" / "colin27" / "ch2.nii.gz"  # shipped copy
 PUTAMEN_L_RAS = np.array([-24.9, 3.9, 2.4])
 
@@ -157,6 +159,74 @@ def bench_clicks(args, image: Path, ckpt: Path) -> dict:
     }  # fmt: skip
 
 
+def bench_official(args, image: Path, ckpt: Path) -> dict:
+    """Ours (the Predictor, automatic precision) against the official pipeline (torchio + medim, float32 as
+    the official inference runs) on the same image, clicks and weights, in this process."""
+    from official import OfficialPipeline, official_modules
+
+    from sammoe.infer import Predictor, Target
+    from sammoe.loading import load_backbone
+
+    ours = Predictor.load(ckpt, experts="none", device="cpu", use_sliding_window=False)
+    theirs = OfficialPipeline(official_modules(load_backbone(ckpt)), crop=ours.size)
+    volume = ours.set_image(image)
+    click = (np.linalg.inv(volume.affine) @ np.append(PUTAMEN_L_RAS, 1.0))[:3]
+    rng = np.random.default_rng(1)
+    clicks = [click] + [click + off for off in rng.uniform(-6.0, 6.0, size=(9, 3))]
+    refine_at = click + np.array([1.0, 0.0, 0.0])
+    t: dict[str, list[float]] = {}
+
+    def timed(key, fn, *fn_args):
+        start = time.perf_counter()
+        out = fn(*fn_args)
+        t.setdefault(key, []).append(time.perf_counter() - start)
+        return out
+
+    for _ in range(args.repeats):
+        timed("ours_open", ours.set_image, image)
+        timed("ours_first", ours.predict, Target([click]))
+        for _ in range(args.clicks):
+            timed("ours_refine", ours.add_click, 0, refine_at)
+        subject = timed("official_open", theirs.open, image)
+        _, state = timed("official_first", theirs.first_click, subject, click)
+        roi_click = list(np.asarray(state.points[0]) + np.array([1.0, 0.0, 0.0]))
+        for _ in range(args.clicks):
+            timed("official_refine", theirs.refine, state, roi_click)
+    ours.set_image(image)
+    timed("ours_ten", ours.predict, [Target([c]) for c in clicks])
+    timed("official_ten", lambda: [theirs.first_click(subject, c) for c in clicks])
+    m = {k: statistics.median(v) for k, v in t.items()}
+    m["ours_open_first"] = m["ours_open"] + m["ours_first"]
+    m["official_open_first"] = m["official_open"] + m["official_first"]
+    rows = [
+        ("open volume", "open"),
+        ("first click (crop, encode, decode, map back)", "first"),
+        ("open + first click", "open_first"),
+        ("refinement click", "refine"),
+        ("10 targets (after open)", "ten"),
+    ]
+    print(
+        f"\nsammoe vs the official pipeline ({args.preset}, CPU, {torch.get_num_threads()} threads, sammoe "
+        f"{ours.info['precision']}, official float32, image {image.name}); median of {args.repeats} "
+        f"({args.clicks} refinement clicks each):"
+    )
+    print(f"  {'step':46s} {'official s':>10s} {'sammoe s':>9s} {'official/sammoe':>15s}")
+    for label, key in rows:
+        a, b = m[f"official_{key}"], m[f"ours_{key}"]
+        print(f"  {label:46s} {a:10.3f} {b:9.3f} {a / b:14.1f}x")
+    goals = [
+        (
+            "open + first click >= 15x faster than official",
+            m["official_open_first"] / m["ours_open_first"] >= 15,
+        ),
+        ("refinement <= 1/15 of our first click", m["ours_refine"] <= m["ours_open_first"] / 15),
+        ("10 targets <= 2x one target", m["ours_ten"] <= 2 * m["ours_first"]),
+    ]
+    for goal, met in goals:
+        print(f"  goal: {goal}: {'met' if met else 'NOT met'}")
+    return m
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny", choices=["tiny", "vit_b_ori"])
@@ -168,7 +238,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (1 on a busy shared machine)"
     )
-    parser.add_argument("--modes", nargs="+", default=["command", "clicks"], choices=["command", "clicks"])
+    parser.add_argument(
+        "--modes", nargs="+", default=["command", "clicks"], choices=["command", "clicks", "official"]
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny preset, small synthetic image, 1 repeat")
     parser.add_argument("--json", type=Path, default=None, help="also write the click latencies here")
     args = parser.parse_args(argv)
@@ -193,6 +265,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         if "command" in args.modes:
             bench_command(args, image, ckpt, folder)
+        if "official" in args.modes:
+            bench_official(args, image, ckpt)
         if "clicks" in args.modes:
             result = bench_clicks(args, image, ckpt)
             if args.json:

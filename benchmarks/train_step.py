@@ -45,28 +45,10 @@ def build_backbone(impl: str, preset: str):
     ours = SamMed3D(PRESETS[preset])
     if impl == "ours":
         return ours
-    import medim.models.sam_med3d as med
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from official import official_modules
 
-    cfg = ours.config
-    grid = cfg.image_size // cfg.patch_size
-    official = med.SAM_Med3D(
-        image_encoder=med.ImageEncoderViT3D(
-            img_size=cfg.image_size, patch_size=cfg.patch_size, embed_dim=cfg.encoder_embed_dim,
-            depth=cfg.encoder_depth, num_heads=cfg.encoder_num_heads, mlp_ratio=cfg.mlp_ratio,
-            out_chans=cfg.prompt_embed_dim, qkv_bias=True,
-            norm_layer=lambda dim: torch.nn.LayerNorm(dim, eps=1e-6), use_rel_pos=True,
-            window_size=cfg.window_size, global_attn_indexes=list(cfg.encoder_global_attn_indexes),
-        ),
-        prompt_encoder=med.PromptEncoder3D(
-            embed_dim=cfg.prompt_embed_dim, image_embedding_size=(grid,) * 3,
-            input_image_size=(cfg.image_size,) * 3, mask_in_chans=cfg.mask_in_chans,
-        ),
-        mask_decoder=med.MaskDecoder3D(
-            transformer_dim=cfg.prompt_embed_dim, num_multimask_outputs=cfg.num_multimask_outputs,
-            iou_head_depth=cfg.iou_head_depth, iou_head_hidden_dim=cfg.iou_head_hidden_dim,
-        ),
-    )  # fmt: skip
-    official.load_state_dict(ours.state_dict())
+    official = official_modules(ours)
     # The same SamMed3D shell (decode = prompt encoder + decoder), with the official modules inside.
     ours.image_encoder = official.image_encoder
     ours.prompt_encoder = official.prompt_encoder

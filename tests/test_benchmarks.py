@@ -28,6 +28,13 @@ def test_segment_smoke_times_the_command_and_the_clicks(capsys):
     assert "10 targets, cached embedding" in out and "refinement, add_click end to end" in out
 
 
+def test_segment_smoke_compares_with_the_official_pipeline(capsys):
+    _load("segment").main(["--smoke", "--modes", "official"])
+    out = capsys.readouterr().out
+    assert "sammoe vs the official pipeline" in out and "open + first click" in out
+    assert out.count("goal: ") == 3
+
+
 def test_dataloader_smoke_compares_both_pipelines(capsys):
     _load("dataloader").main(["--smoke"])
     out = capsys.readouterr().out
