@@ -1,0 +1,16 @@
+"""napari plugin: open scans, click targets, see which expert segmented them (``pip install "sammoe[napari]"``).
+
+Declared to napari through the ``napari.manifest`` entry point (``napari.yaml`` beside this file): a reader for
+what ``sammoe.data.io`` reads, a labels writer (NIfTI on the source affine + the clicks JSON that
+``sammoe segment --clicks`` reads) and the segmentation dock widget. Nothing outside this package imports it,
+and importing this package itself imports neither napari nor Qt (``session`` and ``geometry`` work without
+them), so ``import sammoe`` and the CLI stay free of the viewer.
+
+- ``session``: targets, clicks, undo/reset/delete and the Predictor calls (Qt-free)
+- ``geometry``: stored voxel axes <-> the layer's axes and affine (Qt-free)
+- ``models``: the model choices the widget offers and loading one (Qt-free)
+- ``reader`` / ``writer``: the npe2 reader and writer
+- ``jobs``: one model call at a time in napari worker threads
+- ``layers``: the clicks and segmentation layers of an image
+- ``panels``: the model and target panels; ``widget``: the dock widget that joins them
+"""

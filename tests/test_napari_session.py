@@ -1,0 +1,173 @@
+"""The viewer's interaction logic without napari or Qt: clicks are the source of truth, refinement goes
+through add_click on the cached embedding, everything else re-runs predict, and the label map always equals
+a fresh Predictor's (and `sammoe segment`'s) for the same clicks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from sammoe.data.io import Volume, read_image
+from sammoe.data.phantoms import LABELS, make_phantom_case
+from sammoe.errors import ConfigError, DataError
+from sammoe.infer import Predictor, Target
+from sammoe.loading import load_backbone, save_backbone
+from sammoe.napari.session import Session
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return save_backbone(load_backbone(None, "tiny"), tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    image, label, affine = make_phantom_case(3, shape=(64, 64, 40), spacing=(2.0, 2.0, 3.0))
+    path = tmp_path_factory.mktemp("img") / "phantom.nii.gz"
+    nib.save(nib.Nifti1Image(image, affine), str(path))
+    return read_image(path), label
+
+
+def centre(label: np.ndarray, name: str) -> list[float]:
+    return np.argwhere(label == LABELS[name]).mean(0).round().tolist()
+
+
+def fresh(ckpt, volume, targets):
+    """What a new Predictor (no cache, no history) makes of these targets."""
+    predictor = Predictor.load(ckpt, experts="none")
+    predictor.set_image(volume)
+    return predictor.predict(targets).labels
+
+
+def cli_targets(session: Session) -> list[Target]:
+    doc = session.clicks_document()
+    return [Target(t["points"], t["labels"], t["name"], doc["space"]) for t in doc["targets"]]
+
+
+@pytest.fixture
+def session(ckpt, phantom):
+    s = Session(Predictor.load(ckpt, experts="none"))
+    s.set_volume(phantom[0])
+    return s
+
+
+def test_refinement_uses_the_cached_embedding_and_equals_a_fresh_prediction(session, ckpt, phantom):
+    volume, label = phantom
+    kidney = centre(label, "kidney_left")
+    t = session.add_target("kidney")
+    assert session.needs_image
+    first = session.click(t.id, kidney)
+    assert first.path == "predict" and first.encodes == 1 and not session.needs_image
+    second = session.click(t.id, np.add(kidney, [2, 1, 0]), positive=True)
+    third = session.click(t.id, np.add(kidney, [-6, 0, 0]), positive=False)
+    assert second.path == third.path == "refine" and third.encodes == 1  # the encoder ran once
+    view = third.targets[0]
+    assert view.value == 1 and len(view.clicks) == 3 and view.expert == "foundation"
+    assert view.volume_ml > 0 and 0 <= view.predicted_iou <= 1
+    assert np.array_equal(third.labels, fresh(ckpt, volume, cli_targets(session)))
+
+
+def test_undo_reset_and_delete_rerun_predict_on_the_remaining_clicks(session, ckpt, phantom):
+    volume, label = phantom
+    a = session.add_target("liver")
+    b = session.add_target("spleen")
+    session.click(a.id, centre(label, "liver"))
+    session.click(b.id, centre(label, "spleen"))
+    session.click(b.id, np.add(centre(label, "spleen"), [0, 3, 0]), positive=False)
+    assert [v.value for v in session.targets] == [1, 2]
+    undone = session.undo(b.id)
+    assert undone.path == "predict" and len(undone.targets[1].clicks) == 1
+    assert np.array_equal(undone.labels, fresh(ckpt, volume, cli_targets(session)))
+    deleted = session.delete(a.id)
+    assert [(v.name, v.value) for v in deleted.targets] == [("spleen", 1)]  # values follow the clicks file
+    assert set(np.unique(deleted.labels)) <= {0, 1}
+    assert np.array_equal(deleted.labels, fresh(ckpt, volume, cli_targets(session)))
+    cleared = session.reset(b.id)
+    assert cleared.targets[0].value == 0 and not cleared.labels.any()
+    with pytest.raises(ConfigError, match="no click to undo"):
+        session.undo(b.id)
+
+
+def test_a_target_starting_with_a_negative_click_waits_for_a_positive_one(session, phantom):
+    volume, label = phantom
+    t = session.add_target()
+    pending = session.click(t.id, centre(label, "liver"), positive=False)
+    assert pending.path == "none" and pending.targets[0].value == 0 and pending.labels is None
+    assert session.clicks_document()["targets"] == []  # `sammoe segment` refuses a target without a positive
+    done = session.click(t.id, centre(label, "kidney_right"))
+    assert done.path == "predict" and done.targets[0].value == 1
+    doc = session.clicks_document()
+    assert doc["targets"][0]["labels"] == [0, 1] and doc["space"] == "voxel"
+
+
+def test_refused_clicks_are_not_kept(ckpt):
+    """Outside the image, and outside the target's crop (add_click's DataError), leave the clicks as they were."""
+    rng = np.random.default_rng(0)
+    array = rng.normal(0, 1, size=(200, 24, 24)).astype(np.float32)  # 200 voxels of 1.5 mm: wider than a crop
+    array[10:30, 5:15, 5:15] += 4
+    session = Session(Predictor.load(ckpt, experts="none"))
+    session.set_volume(Volume(array, np.diag([1.5, 1.5, 1.5, 1.0])))
+    t = session.add_target()
+    with pytest.raises(DataError, match="outside the image"):
+        session.click(t.id, [250, 5, 5])
+    session.click(t.id, [20, 10, 10])
+    with pytest.raises(DataError, match="outside the target's"):
+        session.click(t.id, [190, 10, 10])
+    assert len(session.targets[0].clicks) == 1
+    assert session.click(t.id, [22, 10, 10]).path == "refine"  # the Predictor is still in step
+
+
+def test_names_are_unique_and_renames_checked(session):
+    a = session.add_target("lesion")
+    b = session.add_target("lesion")
+    assert b.name == "lesion_2"
+    with pytest.raises(ConfigError, match="exists already"):
+        session.rename(b.id, "lesion")
+    assert session.rename(a.id, " tumour ").name == "tumour"
+    with pytest.raises(ConfigError, match="needs a name"):
+        session.rename(a.id, "  ")
+    with pytest.raises(ConfigError, match="deleted"):
+        session.click(999, [1, 1, 1])
+
+
+def test_another_model_segments_every_target_again(session, ckpt, phantom):
+    volume, label = phantom
+    t = session.add_target()
+    session.click(t.id, centre(label, "liver"))
+    again = session.set_predictor(Predictor.load(ckpt, experts="none", use_sliding_window=False))
+    assert again.path == "predict" and again.targets[0].value == 1 and again.encodes == 1
+
+
+def test_clicks_document_reproduces_the_label_map_with_sammoe_segment(session, ckpt, phantom, tmp_path):
+    from sammoe.segment_cli import main
+
+    volume, label = phantom
+    a = session.add_target("kidney")
+    b = session.add_target("liver")
+    session.click(a.id, centre(label, "kidney_left"))
+    session.click(a.id, np.add(centre(label, "kidney_left"), [0, 0, 4]), positive=False)
+    last = session.click(b.id, centre(label, "liver"))
+    clicks = tmp_path / "clicks.json"
+    clicks.write_text(json.dumps(session.clicks_document()))
+    out = tmp_path / "seg.nii.gz"
+    argv = ["--image", str(volume.path), "--clicks", str(clicks), "--out", str(out)]
+    assert main([*argv, "--checkpoint", str(ckpt), "--experts", "none", "--quiet"]) == 0
+    assert np.array_equal(np.asarray(nib.load(str(out)).dataobj), last.labels)
+    results = json.loads(clicks.read_text())["results"]
+    assert [r["name"] for r in results] == ["kidney", "liver"] and results[0]["expert"] == "foundation"
+
+
+def test_the_session_imports_neither_napari_nor_qt():
+    code = (
+        "import sys, sammoe, sammoe.cli, sammoe.segment_cli, sammoe.napari.session, sammoe.napari.geometry, "
+        "sammoe.napari.models, sammoe.napari.writer; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt6', 'PyQt5', 'vispy')); "
+        "assert not bad, bad"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
