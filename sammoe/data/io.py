@@ -265,7 +265,8 @@ def _check_slice_positions(path: Path, files: Sequence[str]) -> None:
 
 
 def read_image(path: str | os.PathLike, channel: int | None = None) -> Volume:
-    """Read a NIfTI file (``.nii``/``.nii.gz``) or a DICOM series folder as a 3D ``Volume``.
+    """Read a NIfTI file (``.nii``/``.nii.gz``), NRRD, MHA/MHD, MGH/MGZ or a DICOM series folder as a 3D
+    ``Volume``.
 
     4D data with one volume is squeezed; several volumes need ``channel``. Raises ``DataError`` for a missing,
     unreadable or truncated file, a header larger than ``max_voxels()``, non-3D, colour, complex or constant
@@ -305,7 +306,14 @@ def _read_volume(path: str | os.PathLike, channel: int | None = None) -> Volume:
         return _read_dicom_dir(path)
     if is_nifti(path):
         return _read_nifti(path, channel)
-    raise DataError(f"{path}: unsupported file type; give a .nii/.nii.gz file or a DICOM series folder")
+    from sammoe.data.formats import is_other_format, read_other
+
+    if is_other_format(path):
+        return read_other(path, channel)
+    raise DataError(
+        f"{path}: unsupported file type; give a NIfTI (.nii/.nii.gz), NRRD, MHA/MHD or MGZ file, or a DICOM series "
+        "folder"
+    )
 
 
 def check_same_grid(a: Volume, b: Volume, atol: float = 1e-3) -> None:
