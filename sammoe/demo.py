@@ -26,10 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sammoe import assets
 from sammoe.errors import ConfigError
 from sammoe.eval.protocols import BBOX_PROTOCOL, CLICK_PROTOCOL
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = assets.CONFIGS
 
 # Deep grey-matter structures of the AAL atlas (single components that fit a 96 mm crop at 1.5 mm).
 COLIN27_CLASSES = {
@@ -336,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fast:
         args.cases, args.test_cases, args.epochs, args.clicks = 6, 2, 1, [1, 5]
     if not (CONFIGS / "gate.yaml").is_file():
-        raise ConfigError(f"{CONFIGS} not found; run `sammoe demo` from a sammoe source checkout (make demo)")
+        raise ConfigError(f"{CONFIGS} not found; the sammoe installation is incomplete, reinstall it")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     log = out / "demo.log"

@@ -77,9 +77,27 @@ def _build_cli_classes() -> tuple[type, type]:
     return LightningCLI, ConfigToRunDir
 
 
+def shipped_config_names(argv: list[str]) -> list[str]:
+    """`--config gate` (or `configs/gate.yaml` outside a checkout) -> the config shipped in the package."""
+    from sammoe.assets import shipped_config
+
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--config" and i + 1 < len(out):
+            found = shipped_config(out[i + 1])
+            out[i + 1] = str(found) if found else out[i + 1]
+        elif arg.startswith("--config="):
+            found = shipped_config(arg.split("=", 1)[1])
+            out[i] = f"--config={found}" if found else arg
+    return out
+
+
 def main(argv: list[str]) -> int:
     """Run a LightningCLI subcommand; `argv` starts with the subcommand (`fit`, ...)."""
     os.environ.setdefault("WANDB_MODE", "offline")  # no network unless the user asks for it
+    if list(argv) == sys.argv[1:]:
+        sys.argv[1:] = shipped_config_names(sys.argv[1:])  # Lightning's DDP launcher re-runs sys.argv
+    argv = shipped_config_names(argv)
     from jsonargparse import ArgumentError
     from lightning.pytorch import LightningDataModule, LightningModule
 
