@@ -28,6 +28,9 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("sammoe.infer", ("sammoe.data", "sammoe.interact", "sammoe.model", "sammoe.loading", "sammoe.segmentation",
                       "sammoe.errors", "sammoe.assets", "sammoe.devices", "sammoe.hub")),
     ("sammoe.eval", ("sammoe.eval", "sammoe.data", "sammoe.files", "sammoe.errors", "sammoe.infer")),
+    # the viewer plugin sits on the Predictor's public API; nothing in sammoe imports it (test below)
+    ("sammoe.napari", ("sammoe.napari", "sammoe.infer", "sammoe.segmentation", "sammoe.data", "sammoe.errors",
+                       "sammoe.files", "sammoe.hub", "sammoe.plugins.discovery")),
 ]  # fmt: skip
 
 
@@ -106,6 +109,24 @@ def test_nothing_below_the_top_imports_lightning_or_napari():
         text = path.read_text(encoding="utf-8")
         for heavy in ("import lightning", "from lightning", "import napari", "from napari"):
             assert heavy not in text, f"{name} uses {heavy!r}: only sammoe.lit may"
+
+
+def test_nothing_imports_the_napari_plugin():
+    """The plugin is an optional extra: no sammoe module imports it, and neither `import sammoe` nor the CLI
+    loads napari or Qt."""
+    import subprocess
+    import sys
+
+    for name, path in _modules():
+        if not name.startswith("sammoe.napari"):
+            assert not any(t.startswith("sammoe.napari") for t in _imports(path, name)), name
+    code = (
+        "import sys, sammoe, sammoe.cli, sammoe.segment_cli; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt6', 'PyQt5', 'vispy')); "
+        "assert not bad, bad"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 def test_no_module_grows_past_450_lines():

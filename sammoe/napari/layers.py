@@ -1,0 +1,103 @@
+"""The layers of the image being segmented: the image, its clicks (points) and its segmentation (labels).
+
+All three share the image's affine and ``units="mm"``, so points and labels data coordinates are the image's
+voxel indices (``geometry.Display``). The labels layer shows a view of one stored-order array that is updated
+in place after every model call; the points layer is redrawn from the session's clicks (green positive, red
+negative), so what it shows is always what the model was given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from sammoe.data.io import Volume, as_volume
+from sammoe.errors import DataError
+from sammoe.napari.geometry import Display
+from sammoe.napari.reader import META_KEY
+from sammoe.napari.session import TargetView
+
+POSITIVE = (0.2, 0.95, 0.2, 1.0)
+NEGATIVE = (0.95, 0.15, 0.15, 1.0)
+
+
+def volume_of(layer: Any) -> tuple[Volume, Display]:
+    """The volume an image layer shows: the one the sammoe reader read, else the layer's array with its
+    data -> world transform taken as voxel -> RAS mm."""
+    ours = (layer.metadata or {}).get(META_KEY) or {}
+    if isinstance(ours.get("volume"), Volume) and isinstance(ours.get("display"), Display):
+        return ours["volume"], ours["display"]
+    if getattr(layer, "multiscale", False) or getattr(layer, "rgb", False) or np.ndim(layer.data) != 3:
+        raise DataError(f"layer {layer.name!r}: choose a 3D grey image layer (not RGB, multiscale or 2D/4D)")
+    origin = np.asarray(layer.data_to_world(np.zeros(3)), dtype=np.float64)
+    affine = np.eye(4)
+    for axis in range(3):
+        step = np.zeros(3)
+        step[axis] = 1.0
+        affine[:3, axis] = np.asarray(layer.data_to_world(step), dtype=np.float64) - origin
+    affine[:3, 3] = origin
+    return as_volume(np.asarray(layer.data), affine), Display.as_is(affine)
+
+
+class ImageLayers:
+    """An image layer and the clicks and segmentation layers made for it."""
+
+    def __init__(self, viewer: Any, image: Any) -> None:
+        self.viewer = viewer
+        self.image = image
+        self.volume, self.display = volume_of(image)
+        self.stored = np.zeros(self.volume.shape, dtype=np.uint8)  # the label map in stored axis order
+        meta = {META_KEY: {"volume": self.volume, "display": self.display, "clicks": None}}
+        common = {"affine": self.display.affine, "units": "mm"}
+        self.labels = viewer.add_labels(
+            self.display.view(self.stored), name=f"{image.name} segmentation", metadata=meta, **common
+        )
+        size = max(2.5, 0.03 * max(self.volume.shape))  # data units: visible but not hiding the structure
+        self.points = viewer.add_points(
+            np.empty((0, 3)), name=f"{image.name} clicks", size=size, border_width=0, **common
+        )
+        self.syncing = False  # set while the points layer is redrawn, so its data events are not clicks
+
+    def activate(self) -> None:
+        """Make the clicks layer the one that receives clicks, in add mode."""
+        self.viewer.layers.selection.active = self.points
+        self.points.mode = "add"
+
+    def click_position(self, index: int) -> np.ndarray:
+        """Stored voxel indices of the point at ``index`` of the clicks layer."""
+        return self.display.to_stored(np.asarray(self.points.data)[index])[0]
+
+    def show_clicks(self, targets: Sequence[TargetView]) -> None:
+        clicks = [c for t in targets for c in t.clicks]
+        data = self.display.to_layer(np.array([c.point for c in clicks], dtype=np.float64).reshape(-1, 3))
+        colors = np.array([POSITIVE if c.positive else NEGATIVE for c in clicks], dtype=np.float64)
+        self.syncing = True
+        try:
+            self.points.data = data
+            if len(clicks):
+                self.points.face_color = colors
+            self.points.selected_data = set()
+        finally:
+            self.syncing = False
+
+    def show_labels(self, labels: np.ndarray | None) -> None:
+        """Copy a label map (stored order) into the layer's array and redraw."""
+        if labels is None:
+            return
+        if labels.shape != self.stored.shape or labels.dtype != self.stored.dtype:
+            self.stored = np.array(labels)  # more than 255 targets: uint16
+            self.labels.data = self.display.view(self.stored)
+            return
+        np.copyto(self.stored, labels)
+        self.labels.refresh()
+
+    def set_clicks_document(self, document: dict[str, Any]) -> None:
+        """What the writer saves beside the label map (``seg.clicks.json``)."""
+        self.labels.metadata[META_KEY]["clicks"] = document
+
+    def remove(self) -> None:
+        for layer in (self.points, self.labels):
+            if layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)

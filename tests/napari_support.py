@@ -1,0 +1,63 @@
+"""When the napari tests can run: napari + pytest-qt installed and a real X display (pytest-xvfb starts Xvfb
+when the binary exists; napari cannot render with Qt's offscreen platform). Otherwise they skip and say why."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+_QT_PROBE = "from qtpy.QtWidgets import QApplication; QApplication([])"
+
+
+@functools.cache
+def viewer_unavailable() -> str | None:
+    for module, package in (("napari", "sammoe[napari]"), ("pytestqt", "pytest-qt"), ("npe2", "npe2")):
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not installed (pip install '{package}')"
+    if os.environ.get("QT_QPA_PLATFORM") == "offscreen":
+        return "QT_QPA_PLATFORM=offscreen: napari crashes without a GL context; unset it and use Xvfb"
+    if not os.environ.get("DISPLAY"):
+        return "no X display: install Xvfb (apt-get install xvfb, see .ci/run) so pytest-xvfb starts one"
+    # Missing system libraries make Qt abort the whole process; find out in a child process first.
+    probe = subprocess.run([sys.executable, "-c", _QT_PROBE], capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"Qt cannot start on DISPLAY={os.environ['DISPLAY']} ({last}); see the apt-get line in .ci/run"
+    return None
+
+
+def needs_viewer():
+    """``pytestmark = needs_viewer()`` in a module of napari tests."""
+    reason = viewer_unavailable()
+    return pytest.mark.skipif(reason is not None, reason=reason or "")
+
+
+def mouse_click(viewer, layer, voxel, modifiers=()) -> None:
+    """Press and release the mouse on ``layer`` at layer data coordinates ``voxel``, as napari's canvas does:
+    the event goes through the layer's drag callbacks (a Points layer in add mode adds on release)."""
+    import numpy as np
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
+
+    world = tuple(float(v) for v in layer.data_to_world(np.asarray(voxel, dtype=np.float64)))
+    displayed = list(viewer.dims.displayed)
+    for axis in viewer.dims.not_displayed:  # the slice through the click, as a user would have scrolled to
+        viewer.dims.set_point(axis, world[axis])
+    for kind, dispatch in (
+        ("mouse_press", mouse_press_callbacks),
+        ("mouse_release", mouse_release_callbacks),
+    ):
+        event = read_only_mouse_event(
+            type=kind,
+            position=world,
+            modifiers=list(modifiers),
+            pos=np.zeros(2),
+            dims_displayed=displayed,
+            button=1,
+        )
+        dispatch(layer, event)

@@ -1,0 +1,184 @@
+"""The napari plugin in a real (hidden) viewer under Xvfb: reader, widget, simulated mouse clicks, writer.
+The label map must equal, voxel for voxel, what `sammoe segment` writes for the clicks the widget saved."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from napari_support import mouse_click, needs_viewer
+
+from sammoe.data.phantoms import LABELS, make_phantom_case
+
+pytestmark = needs_viewer()
+WIDGET = ("sammoe", "Segment with clicks")
+WAIT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    image, label, affine = make_phantom_case(5, shape=(64, 64, 40), spacing=(2.0, 2.0, 3.0))
+    path = tmp_path_factory.mktemp("img") / "phantom.nii.gz"
+    nib.save(nib.Nifti1Image(image, affine), str(path))
+    return path, label, affine
+
+
+def centre(label, name) -> np.ndarray:
+    return np.argwhere(label == LABELS[name]).mean(0).round()
+
+
+@pytest.fixture
+def opened(make_napari_viewer, qtbot, phantom):
+    viewer = make_napari_viewer()
+    viewer.open(str(phantom[0]), plugin="sammoe")
+    _, widget = viewer.window.add_plugin_dock_widget(*WIDGET)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+    return viewer, widget
+
+
+def settle(qtbot, widget) -> None:
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+
+
+def segment_cli(tmp_path, image, clicks) -> np.ndarray:
+    from sammoe.segment_cli import main
+
+    out = tmp_path / "cli.nii.gz"
+    argv = ["--image", str(image), "--clicks", str(clicks), "--out", str(out), "--checkpoint", "demo"]
+    assert main([*argv, "--quiet"]) == 0
+    return np.asarray(nib.load(str(out)).dataobj)
+
+
+def test_reader_keeps_voxel_axes_and_the_full_affine(phantom, tmp_path):
+    from sammoe.napari.reader import get_reader
+
+    path, _, affine = phantom
+    data, kwargs, kind = get_reader(str(path))(str(path))[0]
+    assert kind == "image" and data.shape == (64, 64, 40) and kwargs["units"] == "mm"
+    assert np.allclose(kwargs["affine"], affine)
+    assert get_reader(str(tmp_path / "notes.txt")) is None and get_reader(str(tmp_path)) is None
+    # A grid stored with permuted axes is shown transposed (napari cannot slice it in 2D) and mapped back.
+    permuted = np.array([[0, 0, -2.0, 40], [-0.8, 0, 0, 15], [0, 1.2, 0, -20], [0, 0, 0, 1]])
+    rng = np.random.default_rng(0)
+    nib.save(
+        nib.Nifti1Image(rng.normal(size=(20, 15, 12)).astype(np.float32), permuted), str(tmp_path / "p.nii")
+    )
+    data, kwargs, _ = get_reader(str(tmp_path / "p.nii"))(str(tmp_path / "p.nii"))[0]
+    display = kwargs["metadata"]["sammoe"]["display"]
+    voxel = np.array([[7.0, 3.0, 9.0]])
+    shown = display.to_layer(voxel)
+    assert data.shape == (12, 20, 15) and np.array_equal(display.to_stored(shown), voxel)
+    assert np.allclose(
+        kwargs["affine"][:3, :3] @ shown[0] + kwargs["affine"][:3, 3],
+        permuted[:3, :3] @ voxel[0] + permuted[:3, 3],
+    )
+
+
+def test_clicks_from_the_api_and_the_mouse_equal_sammoe_segment(opened, qtbot, phantom, tmp_path):
+    viewer, widget = opened
+    path, label, affine = phantom
+    image = viewer.layers["phantom"]
+    assert np.allclose(image.affine.affine_matrix, affine) and widget.layers.image is image
+    messages = []
+    widget.jobs._on_progress = lambda text: (messages.append(text), widget._progress(text))
+    kidney = centre(label, "kidney_left")
+    widget.click(kidney)
+    settle(qtbot, widget)
+    assert any(m and "first click on this image" in m for m in messages)  # progress while encoding
+    assert widget.message == "" and widget.last_update.path == "predict"
+    points = widget.layers.points
+    assert viewer.layers.selection.active.name == points.name  # the widget holds napari's proxies of layers
+    assert points.mode == "add"
+    mouse_click(viewer, points, kidney + [1, 1, 0])  # a positive refinement click on the canvas
+    settle(qtbot, widget)
+    assert widget.last_update.path == "refine" and widget.last_update.encodes == 1
+    mouse_click(viewer, points, kidney + [0, 0, 3], modifiers=["Shift"])  # negative
+    settle(qtbot, widget)
+    view = widget.last_update.targets[0]
+    assert [c.positive for c in view.clicks] == [True, True, False] and widget.last_update.path == "refine"
+    assert np.allclose(points.face_color[2][:3], (0.95, 0.15, 0.15))
+    row = widget.table.row_text(view.id)
+    assert (
+        row[0] == "1"
+        and row[3] == view.expert
+        and "(gate)" in row[4]
+        and float(row[6]) == pytest.approx(view.volume_ml, abs=0.01)
+    )
+    assert widget.table.horizontalHeaderItem(5).text() == "IoU (model's estimate)"
+    written = widget.save(str(tmp_path / "seg.nii.gz"))
+    assert [p.rsplit("/", 1)[-1] for p in written] == ["seg.nii.gz", "seg.clicks.json"]
+    saved = nib.load(written[0])
+    assert np.allclose(saved.affine, affine)
+    cli = segment_cli(tmp_path, path, written[1])
+    assert cli.any() and np.array_equal(cli, np.asarray(widget.layers.labels.data))
+    assert np.array_equal(cli, np.asarray(saved.dataobj))
+
+
+def test_two_targets_undo_reset_and_delete(opened, qtbot, phantom, tmp_path):
+    viewer, widget = opened
+    path, label, _ = phantom
+    widget.add_target("liver")
+    settle(qtbot, widget)
+    widget.click(centre(label, "liver"))
+    widget.click(centre(label, "liver") + [0, 4, 0], positive=False)
+    widget.add_target("spleen")
+    settle(qtbot, widget)
+    mouse_click(viewer, widget.layers.points, centre(label, "spleen"))
+    settle(qtbot, widget)
+    assert [(t.name, t.value) for t in widget.last_update.targets] == [("liver", 1), ("spleen", 2)]
+    assert set(np.unique(widget.layers.labels.data)) == {0, 1, 2}
+    widget.table.selectRow(0)
+    widget.undo()  # the liver's negative click
+    settle(qtbot, widget)
+    assert len(widget.last_update.targets[0].clicks) == 1 and widget.last_update.path == "predict"
+    assert len(widget.layers.points.data) == 2
+    clicks = tmp_path / "seg.clicks.json"
+    widget.save(str(tmp_path / "seg.nii.gz"))
+    assert json.loads(clicks.read_text())["targets"][0]["labels"] == [1]
+    assert np.array_equal(segment_cli(tmp_path, path, clicks), np.asarray(widget.layers.labels.data))
+    widget.reset()
+    settle(qtbot, widget)
+    assert set(np.unique(widget.layers.labels.data)) == {0, 1}  # spleen is value 1 now, as in the clicks file
+    widget.table.selectRow(0)
+    widget.delete()
+    settle(qtbot, widget)
+    assert [t.name for t in widget.last_update.targets] == ["spleen"]
+
+
+def test_bad_checkpoint_unreadable_file_and_refused_click_show_one_line(opened, qtbot, tmp_path):
+    viewer, widget = opened
+    bad = tmp_path / "weights.pth"
+    bad.write_bytes(b"not a checkpoint")
+    widget.model_panel.set_checkpoint_file(str(bad))
+    widget.load_model()
+    settle(qtbot, widget)
+    assert str(bad) in widget.message and "\n" not in widget.message and "Traceback" not in widget.message
+    broken = tmp_path / "scan.nii.gz"
+    broken.write_bytes(b"\x1f\x8b garbage")
+    widget.open_image(str(broken))
+    settle(qtbot, widget)
+    assert (
+        str(broken) in widget.message and "cannot read NIfTI" in widget.message and "\n" not in widget.message
+    )
+    widget.model_panel.model.setCurrentIndex(0)  # back to the demo model
+    widget.click([500, 0, 0])
+    settle(qtbot, widget)
+    assert "outside the image" in widget.message and len(widget.layers.points.data) == 0
+
+
+def test_napari_save_uses_the_writer_and_never_replaces_the_image(opened, qtbot, phantom, tmp_path):
+    viewer, widget = opened
+    path, label, affine = phantom
+    widget.click(centre(label, "kidney_right"))
+    settle(qtbot, widget)
+    labels = widget.layers.labels
+    viewer.layers.selection.active = labels
+    out = tmp_path / "napari_save.nii.gz"
+    viewer.layers.save(str(out), selected=True, plugin="sammoe")
+    assert np.array_equal(np.asarray(nib.load(str(out)).dataobj), np.asarray(labels.data))
+    assert (tmp_path / "napari_save.clicks.json").is_file()
+    before = path.read_bytes()
+    widget.save(str(path))
+    assert "would replace the input" in widget.message and path.read_bytes() == before
