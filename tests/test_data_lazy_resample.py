@@ -77,7 +77,8 @@ CASES = {
     "oblique": _oblique,
     "oblique_flipped": _oblique_flipped,
     "odd_finer": lambda: _random((37, 51, 23), (0.6, -0.7, 0.45)),  # downsampled, y flipped
-    "odd_coarser_float64": lambda: _random((31, 29, 17), (-3.1, 2.2, 4.0), np.float64),  # upsampled: border band
+    # upsampled, so the first/last planes fall in the half-voxel border band
+    "odd_coarser_float64": lambda: _random((31, 29, 17), (-3.1, 2.2, 4.0), np.float64),
     "int16_mixed": lambda: _random((45, 33, 19), (0.9, 1.1, 2.0), np.int16),
     "singleton_axis": lambda: _random((20, 1, 9), (0.5, 2.0, 1.0)),
 }
