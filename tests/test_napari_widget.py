@@ -51,31 +51,6 @@ def segment_cli(tmp_path, image, clicks) -> np.ndarray:
     return np.asarray(nib.load(str(out)).dataobj)
 
 
-def test_reader_keeps_voxel_axes_and_the_full_affine(phantom, tmp_path):
-    from sammoe.napari.reader import get_reader
-
-    path, _, affine = phantom
-    data, kwargs, kind = get_reader(str(path))(str(path))[0]
-    assert kind == "image" and data.shape == (64, 64, 40) and kwargs["units"] == "mm"
-    assert np.allclose(kwargs["affine"], affine)
-    assert get_reader(str(tmp_path / "notes.txt")) is None and get_reader(str(tmp_path)) is None
-    # A grid stored with permuted axes is shown transposed (napari cannot slice it in 2D) and mapped back.
-    permuted = np.array([[0, 0, -2.0, 40], [-0.8, 0, 0, 15], [0, 1.2, 0, -20], [0, 0, 0, 1]])
-    rng = np.random.default_rng(0)
-    nib.save(
-        nib.Nifti1Image(rng.normal(size=(20, 15, 12)).astype(np.float32), permuted), str(tmp_path / "p.nii")
-    )
-    data, kwargs, _ = get_reader(str(tmp_path / "p.nii"))(str(tmp_path / "p.nii"))[0]
-    display = kwargs["metadata"]["sammoe"]["display"]
-    voxel = np.array([[7.0, 3.0, 9.0]])
-    shown = display.to_layer(voxel)
-    assert data.shape == (12, 20, 15) and np.array_equal(display.to_stored(shown), voxel)
-    assert np.allclose(
-        kwargs["affine"][:3, :3] @ shown[0] + kwargs["affine"][:3, 3],
-        permuted[:3, :3] @ voxel[0] + permuted[:3, 3],
-    )
-
-
 def test_clicks_from_the_api_and_the_mouse_equal_sammoe_segment(opened, qtbot, phantom, tmp_path):
     viewer, widget = opened
     path, label, affine = phantom
