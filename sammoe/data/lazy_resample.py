@@ -23,8 +23,10 @@ in the tests): continuous index c along an axis of n voxels is sampled when -0.5
 to [0, n - 1] (the edge voxel's value in the half-voxel border band), and gives 0 (the default value) beyond;
 it computes in double and casts to float32. The grid built this way lies strictly inside that band, so the
 band rule only matters for the first/last planes when upsampling; zeros outside the grid are ``crop_or_pad``'s
-padding. Interpolation here is separable (trilinear = three 1D linear passes, in float64), so results agree
-with torchio to float32 round-off.
+padding. Interpolation here is separable (trilinear = three 1D linear passes in ITK's v0 + (v1 - v0) * d
+form, in float32: 3x faster than float64), so results agree with torchio to float32 round-off (<= 1e-7 of
+the image's range in the tests; the grid affine to ~1e-14 mm). Memory: one window plus the source box it
+reads (in slabs when that box is large), never the whole resampled grid.
 """
 
 from __future__ import annotations
