@@ -56,7 +56,12 @@ class ImageLayers:
         )
         size = max(2.5, 0.03 * max(self.volume.shape))  # data units: visible but not hiding the structure
         self.points = viewer.add_points(
-            np.empty((0, 3)), name=f"{image.name} clicks", size=size, border_width=0, **common
+            np.empty((0, 3)),
+            name=f"{image.name} clicks",
+            size=size,
+            border_width=0,
+            projection_mode="none",  # a click shows on its own slice only
+            **common,
         )
         self.syncing = False  # set while the points layer is redrawn, so its data events are not clicks
 

@@ -11,6 +11,7 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
+    QHeaderView,
     QLineEdit,
     QListWidget,
     QListWidgetItem,
@@ -50,7 +51,7 @@ class ModelPanel(QWidget):
         row.addWidget(browse)
         form.addRow("file", row)
         self.experts = QListWidget()
-        self.experts.setMaximumHeight(70)
+        self.experts.setMaximumHeight(56)
         for name in installed_experts():
             item = QListWidgetItem(name)
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
@@ -102,12 +103,24 @@ class TargetTable(QTableWidget):
     """One row per target: label value, name (editable), clicks, expert, its routing confidence, the model's
     own IoU estimate and the volume in ml. The selected row is the target that clicks go to."""
 
-    HEADERS = ("label", "name", "clicks", "expert", "confidence", "IoU (model's estimate)", "volume (ml)")
+    HEADERS = ("label", "name", "clicks", "expert", "confidence", "model IoU", "ml")
+    TIPS = (
+        "value in the label map",
+        "double-click to rename",
+        "positive+ negative- clicks",
+        "the decoder that segmented it: foundation or an expert plugin",
+        "the gate's (or the expert's router's) probability for that expert",
+        "the model's own estimate of its IoU (its IoU head), not a measurement",
+        "volume in millilitres (voxels carrying this label x voxel volume)",
+    )
     renamed = Signal(int, str)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(0, len(self.HEADERS), parent)
         self.setHorizontalHeaderLabels(self.HEADERS)
+        for col, tip in enumerate(self.TIPS):
+            self.horizontalHeaderItem(col).setToolTip(tip)
+        self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.verticalHeader().setVisible(False)
@@ -126,9 +139,9 @@ class TargetTable(QTableWidget):
                 cells = (
                     str(t.value) if t.value else "-",
                     t.name,
-                    f"{sum(c.positive for c in t.clicks)}+ {sum(not c.positive for c in t.clicks)}-",
+                    f"{sum(c.positive for c in t.clicks)}+{sum(not c.positive for c in t.clicks)}-",
                     t.expert or "-",
-                    "-" if t.confidence is None else f"{t.confidence:.2f} ({by})",
+                    "-" if t.confidence is None else f"{t.confidence:.2f} {by}",
                     "-" if t.predicted_iou is None else f"{t.predicted_iou:.2f}",
                     "-" if t.volume_ml is None else f"{t.volume_ml:.2f}",
                 )

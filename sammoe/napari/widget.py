@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
 )
 
 from sammoe.data.io import read_image
+from sammoe.errors import ConfigError
 from sammoe.napari.jobs import Jobs, one_line
 from sammoe.napari.layers import ImageLayers
 from sammoe.napari.models import ModelChoice, load_predictor
@@ -63,6 +64,7 @@ class SegmentWidget(QWidget):
         self.notes: list[str] = []
         self._negative = False
         self._adopting = False
+        self._selected: int | None = None
         self.jobs = Jobs(self._progress, self._show_error)
         self._build()
         self.viewer.layers.events.inserted.connect(self._layers_changed)
@@ -71,6 +73,7 @@ class SegmentWidget(QWidget):
 
     # ------------------------------------------------------------------------------------------ layout
     def _build(self) -> None:
+        self.setMinimumWidth(580)  # the target table's columns without scrolling
         root = QVBoxLayout(self)
         image_box = QGroupBox("image")
         row = QHBoxLayout(image_box)
@@ -88,6 +91,7 @@ class SegmentWidget(QWidget):
         column = QVBoxLayout(target_box)
         self.table = TargetTable()
         self.table.renamed.connect(self.rename)
+        self.table.itemSelectionChanged.connect(self._selection_changed)
         column.addWidget(self.table)
         buttons = QHBoxLayout()
         _button("Add", lambda: self.add_target(), buttons)
@@ -232,8 +236,10 @@ class SegmentWidget(QWidget):
         return predictor
 
     # ------------------------------------------------------------------------------------------ targets
-    def _current(self) -> int | None:
-        return self.table.current_id()
+    def _selection_changed(self) -> None:
+        # Jobs read the selected target when they start (after earlier jobs' results are shown), from a plain
+        # attribute: a worker thread must not touch the table.
+        self._selected = self.table.current_id()
 
     def add_target(self, name: str | None = None) -> None:
         def work() -> Generator[str, None, tuple[Update, int]]:
@@ -252,12 +258,10 @@ class SegmentWidget(QWidget):
         self._submit(work, self._apply)
 
     def _on_target(self, method: str, verb: str) -> None:
-        id_ = self._current()
-        if id_ is None:
-            self.error_label.setText(f"select a target to {verb}")
-            return
-
         def work() -> Generator[str, None, Update]:
+            id_ = self._selected
+            if id_ is None:
+                raise ConfigError(f"select a target to {verb}")
             yield f"{verb}: segmenting the remaining clicks again"
             return getattr(self.session, method)(id_)
 
@@ -290,14 +294,15 @@ class SegmentWidget(QWidget):
 
     def click(self, voxel: Any, positive: bool = True, target: int | None = None) -> None:
         """One click at stored voxel indices on the selected target (or ``target``; a new one when none)."""
-        target = self._current() if target is None else target
         point = np.asarray(voxel, dtype=np.float64).reshape(3).copy()
         choice = None if self.session.predictor is not None else self.model_panel.choice()
 
         def work() -> Generator[str, None, tuple[Update, int]]:
             if choice is not None and self.session.predictor is None:
                 self.session.set_predictor((yield from self._load(choice)))
-            id_ = target if target is not None else self.session.add_target().id
+            id_ = target if target is not None else self._selected
+            if id_ is None or all(t.id != id_ for t in self.session.targets):
+                id_ = self.session.add_target().id
             if self.session.needs_image:
                 yield "first click on this image: resampling it and encoding the crop"
                 self.session.prepare()
