@@ -7,14 +7,15 @@
     - ``add_click(target, point, positive=True, space="voxel") -> TargetResult``: refinement on the cached
       embedding and the target's previous low-res logits.
 ``Target``, ``TargetResult`` and ``Segmentation`` are defined in ``sammoe.segmentation``.
-How a prediction is made (SAM-Med3D inference, centred on clicks instead of ground truth): resample to the
-model's spacing and RAS (``data.preprocess``), crop ``img_size``^3 centred on the target's first positive
-click, z-normalise, encode once; the clicks are fed one at a time, each step with every click so far and the
-previous low-res logits as mask prompt (zeros on the first step), exactly the official interactive loop; the
-mask is sigmoid(trilinear upsample) > 0.5, mapped back onto the input grid (nearest). Targets whose crop
-starts exactly where an encoded ROI does reuse its embedding and are decoded as one batch; ``share_roi`` > 0
-also reuses ROIs whose centre lies within that fraction of the crop (faster, but off-centre crops lose Dice). A target whose mask reaches a face of its crop grows into neighbouring windows
-(``interact.sliding_window``).
+How a prediction is made (SAM-Med3D inference, centred on clicks instead of ground truth): the model's grid
+(spacing, RAS) is computed from the header and each crop of ``img_size``^3, centred on the target's first
+positive click, is sampled alone (``data.lazy_resample``, equal to resampling the whole volume), z-normalised
+and encoded once; the clicks are fed one at a time, each step with every click so far and the previous
+low-res logits as mask prompt (zeros on the first step), exactly the official interactive loop; the mask is
+sigmoid(trilinear upsample) > 0.5, mapped back onto the input grid (nearest). Targets whose crop starts where
+an encoded ROI does reuse its embedding and are decoded as one batch; ``share_roi`` > 0 also reuses ROIs
+whose centre lies within that fraction of the crop (faster, but off-centre crops lose Dice). A target whose
+mask reaches a face of its crop grows into neighbouring windows (``interact.sliding_window``).
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ import numpy as np
 import torch
 
 from sammoe.data.io import Volume, as_volume
+from sammoe.data.lazy_resample import LazyResampled
 from sammoe.data.preprocess import Preprocessor, Resampled, Roi
 from sammoe.devices import bf16_pays, usable_device
 from sammoe.errors import ConfigError, DataError
 from sammoe.interact.roi import click_centred_start, round_voxel
-from sammoe.interact.sliding_window import deepest_prior_voxel, sliding_window
+from sammoe.interact.sliding_window import deepest_prior_voxel, sliding_window, touches_face
 from sammoe.model.moe import FOUNDATION, SamMoE
 from sammoe.model.sam3d import SamMed3D
 from sammoe.segmentation import SPACES, Segmentation, Target, TargetResult, check_target, to_input_voxels
@@ -118,7 +120,7 @@ class Predictor:
         if compile:
             self._encoder = torch.compile(self._encoder)
         self.volume: Volume | None = None
-        self._res: Resampled | None = None
+        self._res: Resampled | LazyResampled | None = None
         self._cache: OrderedDict[tuple[int, int, int], _Entry] = OrderedDict()
         self._states: list[_State] = []
         self._rois = 0
@@ -175,7 +177,7 @@ class Predictor:
         clears every cached embedding and target."""
         volume = as_volume(image, affine, channel=channel)
         self.volume = volume
-        self._res = self.pre.resample(volume)
+        self._res = LazyResampled(volume, self.pre.target_spacing)  # each crop samples only its window
         self._cache.clear()
         self._states = []
         self._rois = 0
@@ -267,11 +269,6 @@ class Predictor:
                 s.roi_prob = prob
 
     # ------------------------------------------------------------------------------------------- windows
-    @staticmethod
-    def _touches_face(prob: np.ndarray) -> bool:
-        fg = prob > 0.5
-        return any(np.take(fg, face, axis=a).any() for a in range(3) for face in (0, -1))
-
     def _windowed(self, state: _State) -> tuple[np.ndarray, np.ndarray | None]:
         """Grow a target that reaches its crop's faces over neighbouring windows (data-layer sliding window).
 
@@ -322,7 +319,7 @@ class Predictor:
 
     def _finish(self, state: _State) -> None:
         windows = 1
-        if self.use_sliding_window and self._touches_face(state.roi_prob):
+        if self.use_sliding_window and touches_face(state.roi_prob):
             mask, prob = self._windowed(state)
             windows = state.windows
         else:

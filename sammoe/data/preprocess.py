@@ -309,7 +309,10 @@ class Preprocessor:
         if start is None:
             start = self.start_for(res, center_ras=center_ras, label_value=label_value, class_bbox=class_bbox)
         start = np.asarray(start, dtype=np.int64)
-        raw = crop_or_pad(res.image, start, self.crop_size).astype(np.float32, copy=False)
+        if hasattr(res, "region"):  # a LazyResampled: only this window is sampled
+            raw = res.region(start, self.crop_size)
+        else:
+            raw = crop_or_pad(res.image, start, self.crop_size).astype(np.float32, copy=False)
         if self.ct_clamp is not None:
             np.clip(raw, *self.ct_clamp, out=raw)
         flip_axes = tuple(int(a) for a in flip_axes)

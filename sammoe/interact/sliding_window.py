@@ -91,6 +91,12 @@ def _face_neighbours(
     return out
 
 
+def touches_face(prob: np.ndarray) -> bool:
+    """Whether a ROI's mask (probability > 0.5) reaches any face of the crop: the target may continue outside."""
+    fg = prob > 0.5
+    return any(np.take(fg, face, axis=a).any() for a in range(3) for face in (0, -1))
+
+
 def sliding_window(
     pre: Preprocessor,
     volume: Volume | Resampled,
@@ -119,7 +125,7 @@ def sliding_window(
     Returns a uint8 mask of the original shape; with ``return_probabilities`` also the blended probabilities
     on the resampled grid and the whole-grid ``Roi`` that maps them back with ``Preprocessor.invert``.
     """
-    res = volume if isinstance(volume, Resampled) else pre.resample(volume, label)
+    res = pre.resample(volume, label) if isinstance(volume, Volume) else volume  # Resampled or LazyResampled
     size = np.asarray(pre.crop_size)
     step = np.maximum(np.round(size * (1.0 - overlap)).astype(np.int64), 1)
     click = np.asarray(res.input_to_ras(click_vox), dtype=np.float64).reshape(3)
