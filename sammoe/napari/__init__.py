@@ -14,3 +14,13 @@ them), so ``import sammoe`` and the CLI stay free of the viewer.
 - ``layers``: the clicks and segmentation layers of an image
 - ``panels``: the model and target panels; ``widget``: the dock widget that joins them
 """
+
+import os as _os
+import sys as _sys
+
+# The model runs in a worker thread while the GUI thread waits in Qt's event loop. With OpenMP's default
+# (spinning) wait policy a 12 ms refinement click took 400-600 ms there on a busy 2-core machine, with
+# passive waiting 13-16 ms (benchmarks/napari_click.py). The runtime reads the policy once, when torch loads,
+# so set it only if torch is not loaded yet, and never over a value the user chose.
+if "torch" not in _sys.modules:
+    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -56,9 +56,11 @@ class Jobs:
         self,
         on_progress: Callable[[str | None], None],
         on_error: Callable[[str], None],
+        on_idle: Callable[[], None] = lambda: None,
     ) -> None:
         self._on_progress = on_progress
         self._on_error = on_error
+        self._on_idle = on_idle
         self._queue: deque[tuple[Work, Callable[[Any], None]]] = deque()
         self._worker: Any = None
 
@@ -75,6 +77,7 @@ class Jobs:
         if not self._queue:
             self._worker = None
             self._on_progress(None)
+            self._on_idle()
             return
         work, done = self._queue.popleft()
         worker = create_worker(_guarded(work), _start_thread=False)

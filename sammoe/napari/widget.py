@@ -8,7 +8,8 @@ the buttons, never a traceback.
 
 Scripting and tests use the same entry points as the buttons: ``open_image(path)``, ``use_layer(layer)``,
 ``load_model()``, ``add_target(name)``, ``click(voxel, positive)``, ``undo()``, ``reset()``, ``delete()``,
-``save(path)``; ``busy`` says whether a job is queued or running and ``message`` shows the last error.
+``save(path)``; ``busy`` says whether a job is queued or running, the ``idle`` signal fires when the last one
+is done, and ``message`` shows the last error.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 from napari.layers import Image
 from napari.layers.base import ActionType
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -55,6 +57,8 @@ def _button(text: str, slot, row: QHBoxLayout) -> QPushButton:
 class SegmentWidget(QWidget):
     """SAM-Med3D(-MoE) interactive segmentation of the chosen image layer."""
 
+    idle = Signal()  # every queued job has finished and its result is shown
+
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
         self.viewer = napari_viewer
@@ -65,7 +69,7 @@ class SegmentWidget(QWidget):
         self._negative = False
         self._adopting = False
         self._selected: int | None = None
-        self.jobs = Jobs(self._progress, self._show_error)
+        self.jobs = Jobs(self._progress, self._show_error, self.idle.emit)
         self._build()
         self.viewer.layers.events.inserted.connect(self._layers_changed)
         self.viewer.layers.events.removed.connect(self._layers_changed)
