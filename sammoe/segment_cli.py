@@ -5,7 +5,8 @@
     sammoe segment --image CT/ --clicks clicks.json --out seg.nii.gz --report report.json --png overlay.png
 
 `--clicks FILE`: {"space": "voxel"|"ras"|"lps", "targets": [{"name": str, "points": [[x, y, z], ...],
-"labels": [1, 0, ...]}]}; target i is written as label value i + 1. Every user error prints one line and
+"labels": [1, 0, ...]}]}, or a 3D Slicer markups file (``*.mrk.json``: one point list per target, see
+``sammoe.data.markups``); target i is written as label value i + 1. Every user error prints one line and
 exits with status 2.
 """
 
@@ -117,8 +118,10 @@ def _targets_from_json(path: str) -> list[Any]:
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"{file}: clicks file not found")
+    from sammoe.data.markups import is_markups, read_markups
+
     try:
-        data = json.loads(file.read_text())
+        data = read_markups(file) if is_markups(file) else json.loads(file.read_text())  # Slicer: .mrk.json
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{file}: not valid JSON ({err})") from None
     except RecursionError:
