@@ -292,7 +292,9 @@ class SegmentWidget(QWidget):
     def _points_changed(self, event: Any) -> None:
         if self.layers is None or self.layers.syncing or event.action != ActionType.ADDED:
             return
-        for index in sorted(int(i) for i in event.data_indices):
+        count = len(self.layers.points.data)
+        for index in sorted(int(i) % count for i in event.data_indices):  # napari reports -1 for "the last"
+            self.layers.mark_sign(index, not self._negative)
             self.click(self.layers.click_position(index), positive=not self._negative)
         self._negative = False
 
