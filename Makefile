@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all bench lint format clean foundation experts-train routers gate evaluate bench-train
+.PHONY: install demo test test-all test-wheel bench lint format clean foundation experts-train routers gate evaluate bench-train
 
 $(STAMP): pyproject.toml $(wildcard experts/*/pyproject.toml)
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# the built wheel in a fresh venv runs `sammoe demo --fast` outside the checkout (about 10 minutes)
+test-wheel: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow tests/test_wheel.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/encoder.py

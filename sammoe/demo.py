@@ -82,10 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_models() -> list[str]:
-    """The shipped foundation and at least two usable experts, or one clear line on how to get them."""
+def _check_models(out: Path) -> list[str]:
+    """The shipped foundation and at least two usable experts, or one clear line on how to get them. Without
+    two installed experts, the example plugins shipped in the package are laid out under ``out/plugins``."""
     from sammoe.assets import FOUNDATION_TINY
-    from sammoe.plugins.discovery import discover
+    from sammoe.plugins.discovery import ENV_VAR, discover
 
     if not FOUNDATION_TINY.is_file():
         raise ConfigError(f"the shipped foundation model {FOUNDATION_TINY} is missing; run `make foundation`")
@@ -95,6 +96,17 @@ def _check_models() -> list[str]:
     fingerprint = backbone_fingerprint(load_backbone(FOUNDATION_TINY, "tiny"))
     records = discover(backbone_fingerprint=fingerprint)
     usable = [r.name for r in records if r.status == "ok"]
+    if len(usable) < 2 and os.environ.get(ENV_VAR) is None:
+        from sammoe import examples
+
+        plugins = examples.lay_out(out / "plugins")
+        examples.use(plugins)
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(plugins), os.environ.get("PYTHONPATH")]))
+        print(
+            f"sammoe demo: the example experts are not installed; using the copies shipped in sammoe ({plugins})"
+        )
+        records = discover(backbone_fingerprint=fingerprint)
+        usable = [r.name for r in records if r.status == "ok"]
     for record in records:
         if record.status != "ok":
             print(f"sammoe demo: skipping expert {record.name}: {record.reason}")
@@ -342,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     log = out / "demo.log"
     total = time.perf_counter()
-    experts = _check_models()
+    experts = _check_models(out)
     print(f"sammoe demo: foundation + experts {', '.join(experts)}; run directory {out}", flush=True)
 
     clicks = "[" + ",".join(map(str, args.clicks)) + "]"

@@ -38,7 +38,13 @@ def _parser() -> argparse.ArgumentParser:
         "turbo`; the default once cached), a weights file, or demo (the phantom-only model shipped with "
         "sammoe), with the installed experts and their routing.",
     )
-    p.add_argument("-i", "--image", required=True, metavar="PATH", help="NIfTI file or DICOM series folder")
+    p.add_argument(
+        "-i",
+        "--image",
+        required=True,
+        metavar="PATH",
+        help="NIfTI, NRRD, MHA/MHD or MGZ file, or a DICOM series folder",
+    )
     p.add_argument("--channel", type=int, metavar="N", help="volume index of a 4D image")
     g = p.add_argument_group("clicks (inline, one target, or --clicks)")
     g.add_argument(

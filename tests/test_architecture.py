@@ -84,11 +84,12 @@ def test_only_loading_reads_weights_and_only_files_writes():
     """Model weights are read in sammoe.loading (plugin weight files, sha256-checked, in plugins.weights;
     checkpoints to package, with their metadata, in plugins.scaffold); user-facing outputs are written through
     sammoe.files (the preprocessing cache, generated phantom datasets and packaged plugin folders are built
-    in a temp folder of their own and renamed)."""
+    in a temp folder of their own and renamed; the demo and its example plugins write into the demo's run
+    folder)."""
     readers = ("safetensors.torch import load", "safe_open(", "torch.load(")
     writers = ("os.replace(", ".write_text(", ".write_bytes(", "nib.save(", "np.save(", "save_file(")
     own_readers = ("sammoe.loading", "sammoe.plugins.weights", "sammoe.plugins.scaffold")
-    own_writers = ("sammoe.files", "sammoe.data.cache", "sammoe.data.phantoms", "sammoe.demo",
+    own_writers = ("sammoe.files", "sammoe.data.cache", "sammoe.data.phantoms", "sammoe.demo", "sammoe.examples",
                    "sammoe.plugins.scaffold", "sammoe.plugins.testing")  # fmt: skip
     for name, path in _modules():
         text = path.read_text(encoding="utf-8")
