@@ -103,6 +103,9 @@ def test_two_targets_undo_reset_and_delete(opened, qtbot, phantom, tmp_path):
     mouse_click(viewer, widget.layers.points, centre(label, "spleen"))
     settle(qtbot, widget)
     assert [(t.name, t.value) for t in widget.last_update.targets] == [("liver", 1), ("spleen", 2)]
+    widget.table.item(1, 1).setText("splenic")  # a rename typed into the table
+    settle(qtbot, widget)
+    assert [t.name for t in widget.last_update.targets] == ["liver", "splenic"]
     assert set(np.unique(widget.layers.labels.data)) == {0, 1, 2}
     widget.table.selectRow(0)
     widget.undo()  # the liver's negative click
@@ -119,10 +122,10 @@ def test_two_targets_undo_reset_and_delete(opened, qtbot, phantom, tmp_path):
     widget.table.selectRow(0)
     widget.delete()
     settle(qtbot, widget)
-    assert [t.name for t in widget.last_update.targets] == ["spleen"]
+    assert [t.name for t in widget.last_update.targets] == ["splenic"]
 
 
-def test_bad_checkpoint_unreadable_file_and_refused_click_show_one_line(opened, qtbot, tmp_path):
+def test_bad_checkpoint_unreadable_file_and_refused_click_show_one_line(opened, qtbot, phantom, tmp_path):
     viewer, widget = opened
     bad = tmp_path / "weights.pth"
     bad.write_bytes(b"not a checkpoint")
@@ -141,6 +144,13 @@ def test_bad_checkpoint_unreadable_file_and_refused_click_show_one_line(opened, 
     widget.click([500, 0, 0])
     settle(qtbot, widget)
     assert "outside the image" in widget.message and len(widget.layers.points.data) == 0
+    second = tmp_path / "second.nii.gz"
+    second.write_bytes(phantom[0].read_bytes())
+    widget.open_image(str(second))  # opened from the widget: segmented from now on
+    settle(qtbot, widget)
+    assert widget.message == "" and widget.layers.image.name == "second"
+    names = [layer.name for layer in viewer.layers]
+    assert "phantom segmentation" in names and "phantom clicks" not in names and "second clicks" in names
 
 
 def test_napari_save_uses_the_writer_and_never_replaces_the_image(opened, qtbot, phantom, tmp_path):

@@ -113,7 +113,8 @@ class ImageLayers:
         """What the writer saves beside the label map (``seg.clicks.json``)."""
         self.labels.metadata[META_KEY]["clicks"] = document
 
-    def remove(self) -> None:
-        for layer in (self.points, self.labels):
-            if layer in self.viewer.layers:
-                self.viewer.layers.remove(layer)
+    def detach(self) -> None:
+        """Another image is segmented now: its clicks layer goes (the clicks live in the session, which starts
+        over), its segmentation layer stays as the user's result."""
+        if self.points in self.viewer.layers:
+            self.viewer.layers.remove(self.points)

@@ -163,8 +163,13 @@ class SegmentWidget(QWidget):
             self.image_combo.addItem(layer.name)
         if current in images:
             self.image_combo.setCurrentIndex(images.index(current))
-        elif images and (current is None or current not in self.viewer.layers):
-            self.use_layer(images[-1])
+        elif current is not None:  # its image was removed (or the viewer is closing): wait for a choice
+            self.layers = None
+            self.image_combo.setCurrentIndex(-1)
+        elif images and event is not None and getattr(event, "type", "") == "inserted":
+            self.use_layer(images[-1])  # the first image opened while the widget is docked
+        elif images and event is None:
+            self.use_layer(images[-1])  # docked with images already open
 
     def _combo_chosen(self) -> None:
         images = self._image_layers()
@@ -188,7 +193,7 @@ class SegmentWidget(QWidget):
 
         def done(layer: tuple) -> None:
             data, kwargs, _ = layer
-            self.viewer.add_image(data, **kwargs)  # the inserted event adopts it
+            self.use_layer(self.viewer.add_image(data, **kwargs))
 
         self._submit(work, done)
 
@@ -199,7 +204,7 @@ class SegmentWidget(QWidget):
             layers = ImageLayers(self.viewer, layer)
             old, self.layers = self.layers, layers
             if old is not None:
-                old.remove()
+                old.detach()
         except Exception as err:  # a layer that is not a usable volume
             self.error_label.setText(one_line(err))
             return
