@@ -67,6 +67,20 @@ def test_dicom_folder_is_read_like_sammoe_segment_reads_it(tmp_path):
     assert np.array_equal(data, volume.array) and np.allclose(kwargs["affine"], volume.affine)
 
 
+def test_nrrd_and_mha_are_read_like_sammoe_segment_reads_them(tmp_path):
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.random.default_rng(3).normal(size=(8, 12, 10)).astype(np.float32))
+    image.SetSpacing((0.7, 0.9, 2.5))
+    image.SetOrigin((10.0, -5.0, 3.0))
+    for name in ("scan.nrrd", "scan.mha"):
+        sitk.WriteImage(image, str(tmp_path / name))
+        data, kwargs, _ = read(tmp_path / name)
+        volume = read_image(tmp_path / name)
+        assert kwargs["name"] == "scan" and np.array_equal(data, volume.array)
+        assert np.allclose(kwargs["affine"], volume.affine)
+
+
 def test_writer_puts_labels_on_the_source_grid_and_never_replaces_the_image(tmp_path):
     rng = np.random.default_rng(2)
     source = tmp_path / "p.nii.gz"

@@ -1,4 +1,5 @@
-"""The npe2 reader: what ``sammoe.data.io`` reads (NIfTI files, DICOM series folders) as an image layer.
+"""The npe2 reader: what ``sammoe.data.io`` reads (NIfTI, NRRD, MHA/MHD, MGH/MGZ files, DICOM series folders)
+as an image layer.
 
 The layer's data axes are the stored voxel axes and its affine the file's voxel -> RAS mm matrix
 (``geometry.Display``), so napari shows true millimetres and a click's data coordinates are voxel indices.
@@ -15,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from sammoe.data.io import Volume, is_nifti, read_image
+from sammoe.data.formats import SUFFIXES as OTHER_SUFFIXES
+from sammoe.data.formats import is_other_format
+from sammoe.data.io import NIFTI_SUFFIXES, Volume, is_nifti, read_image
 from sammoe.napari.geometry import Display
 
 META_KEY = "sammoe"  # layer.metadata[META_KEY]: {"volume": Volume, "display": Display}
@@ -43,8 +46,8 @@ def _looks_like_dicom_folder(folder: Path, probe: int = 32) -> bool:
 
 
 def get_reader(path: str | list[str]) -> Callable[[Any], list[tuple]] | None:
-    """npe2 reader hook: a reader for one NIfTI file or DICOM folder, None for anything else (so napari asks
-    the next plugin)."""
+    """npe2 reader hook: a reader for one image file sammoe reads or a DICOM folder, None for anything else (so
+    napari asks the next plugin)."""
     if isinstance(path, (list, tuple)):
         if len(path) != 1:
             return None
@@ -52,7 +55,7 @@ def get_reader(path: str | list[str]) -> Callable[[Any], list[tuple]] | None:
     p = Path(path)
     if p.is_dir():
         return read_layers if _looks_like_dicom_folder(p) else None
-    return read_layers if is_nifti(p) else None
+    return read_layers if is_nifti(p) or is_other_format(p) else None
 
 
 def _contrast(array: np.ndarray) -> tuple[float, float]:
@@ -65,7 +68,7 @@ def _contrast(array: np.ndarray) -> tuple[float, float]:
 
 def _stem(path: Path) -> str:
     name = path.name
-    for suffix in (".nii.gz", ".nii"):
+    for suffix in sorted(NIFTI_SUFFIXES + OTHER_SUFFIXES, key=len, reverse=True):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)] or name
     return name
