@@ -205,19 +205,7 @@ def test_missing_shipped_model_says_how_to_create_it(tmp_path, capsys, monkeypat
     from sammoe import assets
 
     monkeypatch.setattr(assets, "FOUNDATION_TINY", tmp_path / "foundation_tiny.safetensors")
-    rc, _, err = run(
-        capsys,
-        "--image",
-        image,
-        "--out",
-        tmp_path / "s.nii.gz",
-        "--point",
-        20,
-        15,
-        12,
-        "--checkpoint",
-        "demo",
-    )
+    rc, _, err = run(capsys, "--image", image, "--out", tmp_path / "s.nii.gz", *("--point", 20, 15, 12), "--checkpoint", "demo")  # fmt: skip
     assert rc == 2 and "make foundation" in err and err.count("\n") == 1
 
 
@@ -341,21 +329,7 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, image, monkeypatch):
 
     monkeypatch.setattr(infer.Predictor, "predict", interrupted)
     out = tmp_path / "seg.nii.gz"
-    rc, _, err = run(
-        capsys,
-        "--image",
-        image,
-        "--experts",
-        "none",
-        "--out",
-        out,
-        "--point",
-        20,
-        15,
-        12,
-        "--checkpoint",
-        "demo",
-    )
+    rc, _, err = run(capsys, "--image", image, "--experts", "none", "--out", out, *("--point", 20, 15, 12), "--checkpoint", "demo")  # fmt: skip
     assert rc == 130 and err.strip().splitlines()[-1:] == [
         "sammoe: interrupted; segment stopped, outputs are written only when complete"
     ]
