@@ -178,9 +178,9 @@ class SegmentWidget(QWidget):
             self.use_layer(images[index])
 
     def _open_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Open a scan", "", "NIfTI (*.nii *.nii.gz);;All files (*)"
-        )
+        # DICOM series folders open through napari's File > Open Folder (the same reader).
+        scans = "Scans (*.nii *.nii.gz *.nrrd *.nhdr *.mha *.mhd *.mgz *.mgh)"
+        path, _ = QFileDialog.getOpenFileName(self, "Open a scan", "", f"{scans};;All files (*)")
         if path:
             self.open_image(path)
 
