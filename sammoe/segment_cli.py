@@ -64,7 +64,13 @@ def _parser() -> argparse.ArgumentParser:
         "--clicks", metavar="JSON", help='{"space": ..., "targets": [{"name", "points", "labels"}]}'
     )
     o = p.add_argument_group("outputs")
-    o.add_argument("-o", "--out", required=True, metavar="PATH", help="label map (.nii or .nii.gz)")
+    o.add_argument(
+        "-o",
+        "--out",
+        required=True,
+        metavar="PATH",
+        help="label map: .nii / .nii.gz, or .seg.nrrd (3D Slicer: segments named after the targets, expert noted)",
+    )
     o.add_argument(
         "--probabilities", metavar="PATH", help="foreground probability per target (float32 NIfTI)"
     )
@@ -191,6 +197,7 @@ def _targets(args: argparse.Namespace) -> list[Any]:
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """Every output against every input and each other, before anything is read or computed."""
+    from sammoe.data.formats import is_seg_nrrd
     from sammoe.data.io import is_nifti
     from sammoe.files import check_outputs
 
@@ -200,9 +207,12 @@ def _check_outputs(args: argparse.Namespace) -> None:
         "--report": args.report,
         "--png": args.png,
     }
-    for flag in ("--out", "--probabilities"):
-        if outs[flag] and not is_nifti(Path(outs[flag])):
-            raise ConfigError(f"{flag} {outs[flag]}: must end with .nii or .nii.gz")
+    if not (is_nifti(Path(args.out)) or is_seg_nrrd(args.out)):
+        raise ConfigError(
+            f"--out {args.out}: must end with .nii, .nii.gz or .seg.nrrd (a 3D Slicer segmentation)"
+        )
+    if args.probabilities and not is_nifti(Path(args.probabilities)):
+        raise ConfigError(f"--probabilities {args.probabilities}: must end with .nii or .nii.gz")
     if args.png and Path(args.png).suffix.lower() != ".png":
         raise ConfigError(f"--png {args.png}: must end with .png")
     inputs = {
@@ -297,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sammoe segment: warning: {w.message}", file=sys.stderr)
     predictor.set_image(volume)
     seg = predictor.predict(targets, probabilities=bool(args.probabilities), progress=not args.quiet)
-    write_label(args.out, seg.labels, volume, overwrite=args.overwrite)
+    segments = [(t.value, t.name, f"sammoe {t.expert}") for t in seg.targets]
+    write_label(args.out, seg.labels, volume, overwrite=args.overwrite, segments=segments)
     if args.probabilities:
         _write_probabilities(Path(args.probabilities), seg.probabilities, volume)
     if args.png:

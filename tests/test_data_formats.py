@@ -96,3 +96,38 @@ def test_segment_reads_nrrd_and_writes_on_its_grid(tmp_path, capsys):
     written = read_image(out)
     assert written.shape == (48, 48, 32)
     np.testing.assert_allclose(written.affine, affine, atol=1e-4)
+
+
+def test_segment_writes_a_slicer_segmentation_with_names(tmp_path, capsys):
+    import json
+
+    import SimpleITK as sitk
+
+    from sammoe.data.phantoms import make_phantom_case
+    from sammoe.segment_cli import main
+
+    image, _, affine = make_phantom_case(4, shape=(48, 48, 32))
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(image, affine), str(tmp_path / "case.nii.gz"))
+    clicks = {"space": "voxel", "targets": [{"name": "liver", "points": [[20, 22, 16]]},
+                                            {"name": "kidney_left", "points": [[30, 30, 16]]}]}  # fmt: skip
+    (tmp_path / "clicks.json").write_text(json.dumps(clicks))
+    base = ["--image", str(tmp_path / "case.nii.gz"), "--clicks", str(tmp_path / "clicks.json")]
+    base += ["--checkpoint", "demo", "--experts", "none", "--quiet"]
+    assert main([*base, "--out", str(tmp_path / "seg.nii.gz")]) == 0
+    assert main([*base, "--out", str(tmp_path / "seg.seg.nrrd")]) == 0, capsys.readouterr().err
+    nifti, slicer = read_image(tmp_path / "seg.nii.gz"), read_image(tmp_path / "seg.seg.nrrd")
+    np.testing.assert_array_equal(slicer.array, nifti.array)
+    np.testing.assert_allclose(slicer.affine, nifti.affine, atol=1e-4)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(tmp_path / "seg.seg.nrrd"))
+    reader.ReadImageInformation()
+    meta = {k: reader.GetMetaData(k) for k in reader.GetMetaDataKeys()}
+    assert meta["Segment0_Name"] == "liver" and meta["Segment1_Name"] == "kidney_left"
+    assert meta["Segment1_LabelValue"] == "2" and meta["Segment0_Tags"] == "Description:sammoe foundation|"
+    assert meta["Segmentation_MasterRepresentation"] == "Binary labelmap"
+    from sammoe.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"must end with \.nii, \.nii\.gz or \.seg\.nrrd"):
+        main([*base, "--out", str(tmp_path / "seg.mha")])

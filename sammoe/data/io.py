@@ -380,8 +380,10 @@ def write_label(
     reference: Volume,
     overwrite: bool = False,
     protect: Iterable[str | os.PathLike] = (),
+    segments: Sequence[tuple[int, str, str]] = (),
 ) -> Path:
-    """Write a label map as uint8 (or uint16 if values exceed 255) NIfTI on ``reference``'s grid.
+    """Write a label map as uint8 (or uint16 if values exceed 255) NIfTI on ``reference``'s grid, or as a 3D
+    Slicer segmentation when ``path`` ends with ``.seg.nrrd`` (``segments``: (value, name, description)).
 
     The affine (and the NIfTI header, when the reference came from NIfTI) is the reference's. The file is
     written to a temporary name in the target folder and renamed, so a crash never leaves a half-written file.
@@ -390,9 +392,11 @@ def write_label(
     """
     import nibabel as nib
 
+    from sammoe.data.formats import is_seg_nrrd, write_seg_nrrd
+
     path = Path(path)
-    if not is_nifti(path):
-        raise DataError(f"{path}: output must end with .nii or .nii.gz")
+    if not is_nifti(path) and not is_seg_nrrd(path):
+        raise DataError(f"{path}: output must end with .nii, .nii.gz or .seg.nrrd (3D Slicer)")
     inputs = {f"input {i + 1}": p for i, p in enumerate(protect)}
     if reference.path is not None:
         inputs["the reference image"] = reference.path
@@ -408,6 +412,11 @@ def write_label(
             f"{reference.shape}; map the prediction onto the original grid first (Preprocessor.invert)"
         )
     data = _as_label_array(array, path)
+    if is_seg_nrrd(path):
+        named = list(segments) or [(int(v), f"label {int(v)}", "") for v in np.unique(data) if v]
+        return write_file(
+            path, lambda tmp: write_seg_nrrd(tmp, data, reference.affine, named), suffix=".seg.nrrd"
+        )
     header = None
     if isinstance(reference.header, nib.Nifti1Header):
         header = reference.header.copy()
