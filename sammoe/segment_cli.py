@@ -238,7 +238,15 @@ def _write_probabilities(path: Path, probs: Any, reference: Any) -> None:
     write_file(path, lambda tmp: nib.save(image, str(tmp)), suffix=suffix)
 
 
-def _write_png(path: Path, seg: Any) -> None:
+def _voxel_clicks(targets: list, index: int, volume: Any) -> list:
+    """The clicks of target ``index`` as (input voxel, positive) pairs, for the overlay."""
+    from sammoe.segmentation import check_target
+
+    _, voxels, labels = check_target(targets[index], index, volume)
+    return [(v, bool(lab)) for v, lab in zip(voxels, labels)]
+
+
+def _write_png(path: Path, seg: Any, targets: list) -> None:
     import io
 
     import numpy as np
@@ -251,11 +259,23 @@ def _write_png(path: Path, seg: Any) -> None:
     panels = []
     for t in seg.targets:
         centre = t.click if t.mask[t.click] or not t.mask.any() else target_centre(t.mask)
-        title = f"{t.name} (label {t.value}): {t.volume_ml:.2f} ml, expert {t.expert}, IoU {t.iou:.2f}"
+        title = (
+            f"{t.name} (label {t.value}): {t.volume_ml:.2f} ml, expert {t.expert}, "
+            f"IoU estimated by the model {t.predicted_iou:.2f}"
+        )
+        clicks = _voxel_clicks(targets, t.value - 1, seg.volume)
         panels.append(
             overlay_slices(
-                image, None, t.mask, None, centre=centre, spacing_mm=seg.volume.spacing, title=title
-            )
+                image,
+                None,
+                t.mask,
+                None,
+                centre=centre,
+                spacing_mm=seg.volume.spacing,
+                title=title,
+                affine=seg.volume.affine,
+                clicks=clicks,
+            )  # fmt: skip
         )
     width = max(p.shape[1] for p in panels)
     rgb = np.concatenate(
@@ -312,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.probabilities:
         _write_probabilities(Path(args.probabilities), seg.probabilities, volume)
     if args.png:
-        _write_png(Path(args.png), seg)
+        _write_png(Path(args.png), seg, targets)
     report = seg.report()
     report["device"] = str(predictor.device)
     report["seconds"] = round(time.perf_counter() - started, 3)

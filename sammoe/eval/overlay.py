@@ -43,6 +43,46 @@ def _window(image: np.ndarray) -> tuple[float, float]:
     return (float(lo), float(hi)) if hi > lo else (float(lo), float(lo) + 1.0)
 
 
+CLICK_POSITIVE, CLICK_NEGATIVE = "#2ca02c", "#d62728"
+# per panel: title, (row axis, column axis), columns flipped?, (left, right) end labels
+_AXIS_VIEWS = (
+    ("axis 0 =", (1, 2), False, ("", "")),
+    ("axis 1 =", (0, 2), False, ("", "")),
+    ("axis 2 =", (0, 1), False, ("", "")),
+)
+# on a RAS+ grid: rows run to superior (anterior in the axial panel), the patient's right is on the left
+_RAS_VIEWS = (
+    ("sagittal, x index", (2, 1), True, ("A", "P")),
+    ("coronal, y index", (2, 0), True, ("R", "L")),
+    ("axial, z index", (1, 0), True, ("R", "L")),
+)
+
+
+def _to_ras(affine: np.ndarray, img, p, g, centre, points):
+    """Arrays, centre, spacing and click points on the closest RAS+ axis order (nibabel's orientation)."""
+    import nibabel as nib
+
+    ornt = nib.orientations.io_orientation(affine)
+    shape = img.shape
+
+    def turn(a):
+        return None if a is None else nib.orientations.apply_orientation(a, ornt)
+
+    def move(pts):
+        pts = np.asarray(pts, dtype=np.float64).reshape(-1, 3)
+        out = np.empty_like(pts)
+        for src, (dst, sign) in enumerate(ornt):
+            out[:, int(dst)] = pts[:, src] if sign > 0 else shape[src] - 1 - pts[:, src]
+        return out
+
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    new_spacing = np.empty(3)
+    for src, (dst, _) in enumerate(ornt):
+        new_spacing[int(dst)] = spacing[src]
+    c = tuple(int(round(v)) for v in move(centre)[0])
+    return turn(img), turn(p), turn(g), c, new_spacing, move(points)
+
+
 def overlay_slices(
     image: Any,
     gt: Any | None,
@@ -52,13 +92,17 @@ def overlay_slices(
     centre: Sequence[int] | None = None,
     spacing_mm: Sequence[float] | None = None,
     title: str | None = None,
+    affine: Any = None,
+    clicks: Sequence[tuple[Sequence[float], bool]] = (),
 ) -> np.ndarray:
     """Render the three orthogonal slices through `centre` (default: the GT centroid, else the prediction's,
     else the grid centre) with the ground truth (green) and prediction (red) outlined.
 
     `image` is a 3D array; `gt` (or None) and `pred` are 3D masks of the same shape. With `spacing_mm` the
-    panels keep the physical aspect ratio. Returns the figure as an (H, W, 3) uint8 RGB array (e.g. for
-    `wandb.Image`) and also writes it as PNG when `out_png` is given.
+    panels keep the physical aspect ratio. With the voxel -> RAS mm `affine` the panels are sagittal, coronal
+    and axial in the radiological convention (patient right on the screen's left, anterior / superior up) and
+    `clicks` ((voxel, positive) pairs) are drawn: positive as green +, negative as red x. Returns the figure
+    as an (H, W, 3) uint8 RGB array (e.g. for `wandb.Image`) and also writes it as PNG when `out_png` is given.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -76,17 +120,27 @@ def overlay_slices(
     if len(c) != 3 or not all(0 <= v < s for v, s in zip(c, img.shape)):
         raise DataError(f"centre {c} lies outside the image of shape {img.shape}.")
     sp = np.ones(3) if spacing_mm is None else np.asarray(spacing_mm, dtype=float)
+    views = _AXIS_VIEWS
+    points = np.asarray([pt for pt, _ in clicks], dtype=np.float64).reshape(-1, 3)
+    signs = [bool(positive) for _, positive in clicks]
+    if affine is not None:
+        img, p, g, c, sp, points = _to_ras(np.asarray(affine, dtype=np.float64), img, p, g, c, points)
+        views = _RAS_VIEWS
     lo, hi = _window(img)
 
     fig = Figure(figsize=(10.5, 3.8), dpi=100)
     canvas = FigureCanvasAgg(fig)
     axes = fig.subplots(1, 3)
     for axis, ax in enumerate(axes):
+        name, (rows_ax, cols_ax), flip_cols, (left, right) = views[axis]
         take = [slice(None)] * 3
         take[axis] = c[axis]
-        rows_ax, cols_ax = [a for a in range(3) if a != axis]
+        flip_plane = (
+            rows_ax > cols_ax
+        )  # a slice keeps the remaining axes in order: transpose to (rows, columns)
+        plane = img[tuple(take)].T if flip_plane else img[tuple(take)]
         ax.imshow(
-            img[tuple(take)],
+            plane,
             cmap="gray",
             vmin=lo,
             vmax=hi,
@@ -97,16 +151,26 @@ def overlay_slices(
         for mask, colour in ((g, GT_COLOUR), (p, PRED_COLOUR)):
             if mask is None:
                 continue
-            plane = mask[tuple(take)]
-            if plane.any() and not plane.all():
+            cut = mask[tuple(take)].T if flip_plane else mask[tuple(take)]
+            if cut.any() and not cut.all():
                 ax.contour(
-                    plane.astype(np.float32), levels=[0.5], colors=colour, linewidths=1.2, origin="lower"
+                    cut.astype(np.float32), levels=[0.5], colors=colour, linewidths=1.2, origin="lower"
                 )
-        ax.set_title(f"axis {axis} = {c[axis]}", fontsize=9)
-        ax.set_xlabel(f"axis {cols_ax}", fontsize=8)
-        ax.set_ylabel(f"axis {rows_ax}", fontsize=8)
+        for point, positive in zip(points, signs):
+            if abs(point[axis] - c[axis]) <= 1.0:  # on this slice (or the next): drawn
+                marker, colour = ("+", CLICK_POSITIVE) if positive else ("x", CLICK_NEGATIVE)
+                ax.plot(point[cols_ax], point[rows_ax], marker, color=colour, markersize=9, markeredgewidth=2)
+        if flip_cols:
+            ax.invert_xaxis()
+        ax.set_title(f"{name} {c[axis]}", fontsize=9)
+        ax.set_xlabel(f"{left}  <->  {right}" if left else f"axis {cols_ax}", fontsize=8)
+        ax.set_ylabel(f"axis {rows_ax}" if affine is None else "", fontsize=8)
         ax.tick_params(labelsize=7)
     handles = [Line2D([], [], color=PRED_COLOUR, label="prediction")]
+    if len(points):
+        handles.append(Line2D([], [], color=CLICK_POSITIVE, marker="+", ls="", label="positive click"))
+        if not all(signs):
+            handles.append(Line2D([], [], color=CLICK_NEGATIVE, marker="x", ls="", label="negative click"))
     if g is not None:
         handles.insert(0, Line2D([], [], color=GT_COLOUR, label="ground truth"))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
