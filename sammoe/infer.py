@@ -12,7 +12,7 @@ How a prediction is made (SAM-Med3D inference, centred on clicks instead of grou
 positive click, is sampled alone (``data.lazy_resample``, equal to resampling the whole volume), z-normalised
 and encoded once; the clicks are fed one at a time, each step with every click so far and the previous
 low-res logits as mask prompt (zeros on the first step), exactly the official interactive loop; the mask is
-sigmoid(trilinear upsample) > 0.5, mapped back onto the input grid (nearest). Targets whose crop starts where
+sigmoid(trilinear upsample) mapped back onto the input grid (linear), then > 0.5. Targets whose crop starts where
 an encoded ROI does reuse its embedding and are decoded as one batch; ``share_roi`` > 0 also reuses ROIs
 whose centre lies within that fraction of the crop (faster, but off-centre crops lose Dice). A target whose
 mask reaches a face of its crop grows into neighbouring windows (``interact.sliding_window``).
@@ -43,8 +43,6 @@ from sammoe.model.sam3d import SamMed3D
 from sammoe.segmentation import SPACES, Segmentation, Target, TargetResult, check_target, to_input_voxels
 
 __all__ = ["SPACES", "Target", "TargetResult", "Segmentation", "Predictor", "to_input_voxels"]
-
-_PROB_SCALE = 65535  # probabilities pass through the (nearest, integer) inverse as uint16
 
 
 # ------------------------------------------------------------------------------------------------ predictor
@@ -309,13 +307,10 @@ class Predictor:
             self.pre, self._res, centre, predict, max_windows=self.max_windows, return_probabilities=True
         )
         state.windows = len(seen)
-        prob = self._invert_prob(whole, blended) if self._want_probs else None
+        prob = Preprocessor.invert_probability(whole, blended) if self._want_probs else None
         return mask.astype(bool), prob
 
     # ------------------------------------------------------------------------------------------- results
-    def _invert_prob(self, roi: Roi, prob: np.ndarray) -> np.ndarray:
-        quantised = np.round(np.clip(prob, 0.0, 1.0) * _PROB_SCALE).astype(np.uint16)
-        return Preprocessor.invert(roi, quantised).astype(np.float32) / _PROB_SCALE
 
     def _finish(self, state: _State) -> None:
         windows = 1
@@ -323,8 +318,8 @@ class Predictor:
             mask, prob = self._windowed(state)
             windows = state.windows
         else:
-            mask = Preprocessor.invert(state.entry.roi, state.roi_prob > 0.5).astype(bool)
-            prob = self._invert_prob(state.entry.roi, state.roi_prob) if self._want_probs else None
+            on_input = Preprocessor.invert_probability(state.entry.roi, state.roi_prob)
+            mask, prob = on_input > 0.5, (on_input if self._want_probs else None)
         gate = None
         if state.probs is not None:
             gate = {n: round(float(p), 4) for n, p in zip(self.expert_names, state.probs)}

@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from sammoe.data.block_sampling import sample_linear, sample_nearest
 from sammoe.data.io import Volume, check_same_grid
-from sammoe.data.nearest import sample_nearest
 from sammoe.errors import DataError
 
 Triple = tuple[int, int, int]
@@ -151,6 +151,31 @@ class Resampled:
 
     def world_to_ras(self, points_mm: Any) -> np.ndarray:
         return _apply(np.linalg.inv(self.affine), points_mm)
+
+
+def _as_block(pred: Any) -> np.ndarray:
+    """A ROI prediction as a 3D numpy array (leading 1-dims dropped)."""
+    if hasattr(pred, "detach"):
+        pred = pred.detach().cpu().numpy()
+    pred = np.asarray(pred)
+    while pred.ndim > 3 and pred.shape[0] == 1:
+        pred = pred[0]
+    if pred.ndim != 3:
+        raise ValueError(f"prediction must be 3D (optionally with leading 1-dims), got {pred.shape}")
+    return pred
+
+
+def _footprint(roi: Roi, block: Sequence[int]):
+    """(lo, hi, matrix, offset): the box of the original grid the ROI covers (only that box is sampled), the
+    original -> ROI index matrix and the sampling offset of the box; None when the ROI misses the grid."""
+    matrix = np.linalg.inv(roi.affine) @ roi.orig_affine
+    corners = np.array([[a, b, c] for a in (-0.5, block[0] - 0.5) for b in (-0.5, block[1] - 0.5) for c in (-0.5, block[2] - 0.5)])  # fmt: skip
+    back = _apply(np.linalg.inv(matrix), corners)
+    lo = np.clip(np.floor(back.min(0)).astype(int) - 1, 0, roi.orig_shape)
+    hi = np.clip(np.ceil(back.max(0)).astype(int) + 2, 0, roi.orig_shape)
+    if np.any(hi <= lo):
+        return None
+    return lo, hi, matrix, matrix[:3, :3] @ lo + matrix[:3, 3]
 
 
 def _apply(matrix: np.ndarray, points: Any) -> np.ndarray:
@@ -365,41 +390,40 @@ class Preprocessor:
     # ------------------------------------------------------------------------------------------------ inverse
     @staticmethod
     def invert(roi: Roi, pred: Any) -> np.ndarray:
-        """Map a ROI-grid prediction onto the original grid (shape ``roi.orig_shape``, affine
-        ``roi.orig_affine``) with nearest-neighbour sampling; voxels outside the ROI are 0.
+        """Map a ROI-grid mask onto the original grid (shape ``roi.orig_shape``, affine ``roi.orig_affine``)
+        with nearest-neighbour sampling; voxels outside the ROI are 0.
 
         ``pred``: (S, S, S), (1, S, S, S) or (1, 1, S, S, S), numpy or torch. Bool/integer masks keep their
-        values (uint8/uint16 result); floats are read as probabilities and thresholded at 0.5.
+        values (uint8/uint16 result); floats are read as probabilities and thresholded at 0.5 first (to map
+        probabilities, use ``invert_probability``).
         """
-        if hasattr(pred, "detach"):
-            pred = pred.detach().cpu().numpy()
-        pred = np.asarray(pred)
-        while pred.ndim > 3 and pred.shape[0] == 1:
-            pred = pred[0]
-        if pred.ndim != 3:
-            raise ValueError(f"prediction must be 3D (optionally with leading 1-dims), got {pred.shape}")
+        pred = _as_block(pred)
         if np.issubdtype(pred.dtype, np.floating):
             pred = pred > 0.5
         top = int(pred.max()) if pred.size else 0
         pred = pred.astype(np.uint8 if top < 256 else np.uint16)
         out = np.zeros(roi.orig_shape, dtype=pred.dtype)
-        # output index -> ROI index
-        matrix = np.linalg.inv(roi.affine) @ roi.orig_affine
-        # Footprint of the ROI on the original grid: only that block needs sampling.
-        corners = np.array(
-            [
-                [a, b, c]
-                for a in (-0.5, pred.shape[0] - 0.5)
-                for b in (-0.5, pred.shape[1] - 0.5)
-                for c in (-0.5, pred.shape[2] - 0.5)
-            ]
-        )
-        back = _apply(np.linalg.inv(matrix), corners)
-        lo = np.clip(np.floor(back.min(0)).astype(int) - 1, 0, roi.orig_shape)
-        hi = np.clip(np.ceil(back.max(0)).astype(int) + 2, 0, roi.orig_shape)
-        if np.any(hi <= lo) or top == 0:
+        window = _footprint(roi, pred.shape)
+        if window is None or top == 0:
             return out
-        offset = matrix[:3, :3] @ lo + matrix[:3, 3]
-        block = sample_nearest(pred, matrix[:3, :3], offset, hi - lo)
-        out[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = block
+        lo, hi, matrix, offset = window
+        out[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = sample_nearest(
+            pred, matrix[:3, :3], offset, hi - lo
+        )
+        return out
+
+    @staticmethod
+    def invert_probability(roi: Roi, prob: Any) -> np.ndarray:
+        """ROI-grid probabilities on the original grid, linearly interpolated (float32, 0 outside the ROI):
+        threshold after mapping, as nnU-Net does, so an edge between input voxels lands where the probability
+        crosses 0.5 instead of on the nearest ROI voxel's side."""
+        prob = np.asarray(_as_block(prob), dtype=np.float32)
+        out = np.zeros(roi.orig_shape, dtype=np.float32)
+        window = _footprint(roi, prob.shape)
+        if window is None or not prob.any():
+            return out
+        lo, hi, matrix, offset = window
+        out[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = sample_linear(
+            prob, matrix[:3, :3], offset, hi - lo
+        )
         return out

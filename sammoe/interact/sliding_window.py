@@ -120,8 +120,8 @@ def sliding_window(
     (at most ``max_windows`` windows in all). Foreground not connected to the target (false positives on an
     unfamiliar scan) therefore never adds windows, but it stays in the returned mask where the visited windows
     predict it. ``predict(roi)`` returns foreground probabilities of shape ``roi.size`` (numpy or torch);
-    windows are blended with Gaussian weights on the resampled grid, thresholded, and inverted (nearest) to
-    the original grid. ``label`` (optional) is cropped into each ``roi.label`` (oracle tests, evaluation).
+    windows are blended with Gaussian weights on the resampled grid, mapped to the original grid (linear) and
+    thresholded. ``label`` (optional) is cropped into each ``roi.label`` (oracle tests, evaluation).
     Returns a uint8 mask of the original shape; with ``return_probabilities`` also the blended probabilities
     on the resampled grid and the whole-grid ``Roi`` that maps them back with ``Preprocessor.invert``.
     """
@@ -176,7 +176,6 @@ def sliding_window(
             break
         frontier = _face_neighbours(windows, component, lo_box, start0, step, size, shape, visited)
     blended = np.divide(acc, wsum, out=np.zeros_like(acc), where=wsum > 0)
-    mask = (blended > threshold).astype(np.uint8)
     whole = Roi(
         image=torch.empty(0),
         start=np.zeros(3, dtype=np.int64),
@@ -187,9 +186,11 @@ def sliding_window(
         orig_shape=res.orig_shape,
         meta={"windows": done},
     )
+    # probabilities to the input grid first (linear), then the threshold: edges fall between input voxels
+    mask = (Preprocessor.invert_probability(whole, blended) > threshold).astype(np.uint8)
     if return_probabilities:
-        return Preprocessor.invert(whole, mask), blended, whole
-    return Preprocessor.invert(whole, mask)
+        return mask, blended, whole
+    return mask
 
 
 def deepest_prior_voxel(roi: Roi, seen: list[tuple[Roi, np.ndarray]]) -> np.ndarray | None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from sammoe.data.nearest import sample_nearest
+from sammoe.data.block_sampling import sample_nearest
 
 
 def _scipy(source, linear, offset, shape):
@@ -51,3 +51,17 @@ def test_oblique_maps_fall_back_to_scipy_and_uint16_values_survive():
         got.dtype == np.uint16
         and got.max() == _scipy(source, flipped, np.array([8.0, 0, 0]), (9, 10, 22)).max()
     )
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_linear_axis_aligned_maps_agree_with_scipy(seed):
+    from sammoe.data.block_sampling import sample_linear
+
+    rng = np.random.default_rng(seed)
+    source = rng.random(tuple(rng.integers(5, 20, 3))).astype(np.float32)
+    linear = _random_axis_map(rng)
+    shape = tuple(rng.integers(4, 30, 3))
+    offset = rng.choice([-0.5, 0.5, 0.0, 3.5, -2.0], 3) + rng.choice([0.0, 1e-9, -1e-9, 0.25], 3)
+    offset += np.where(linear.sum(1) < 0, np.array(source.shape) - 1, 0)
+    expected = ndimage.affine_transform(source.astype(np.float64), linear, offset=offset, output_shape=shape, order=1, mode="constant")  # fmt: skip
+    np.testing.assert_allclose(sample_linear(source, linear, offset, shape), expected, atol=2e-6)

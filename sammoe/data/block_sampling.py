@@ -1,10 +1,12 @@
-"""Nearest-neighbour sampling of a label block through an affine map, as scipy.ndimage.affine_transform
-(order 0, mode "constant", cval 0) samples it, with a fast path for axis-aligned maps.
+"""Sampling a block (a ROI's mask or probabilities) through an affine map onto another grid, as
+scipy.ndimage.affine_transform samples it (order 0 or 1, mode "constant", cval 0: points outside [0, n - 1] on
+any axis give 0), with a fast path for axis-aligned maps.
 
 Mapping a ROI prediction back onto the input grid runs on every click, and scipy's general transform
 visits each output voxel with a 3x3 matrix product: about 40 ms for a 1 mm brain on this project's CPU.
 Where the map only permutes, flips and scales axes (every volume that is not oblique), each output axis
-reads one source axis, so the block is three 1D index gathers: the same voxels, a fraction of the time.
+reads one source axis, so the block is three 1D index gathers (nearest) or three 1D linear passes (linear):
+the same values (linear: to float32 round-off), a fraction of the time.
 """
 
 from __future__ import annotations
@@ -49,3 +51,39 @@ def _axis_map(linear: np.ndarray) -> list[int] | None:
     if not (nonzero.sum(0) == 1).all() or not (nonzero.sum(1) == 1).all():
         return None
     return [int(np.flatnonzero(nonzero[:, j])[0]) for j in range(linear.shape[1])]
+
+
+def sample_linear(
+    source: np.ndarray, linear: np.ndarray, offset: np.ndarray, shape: Sequence[int]
+) -> np.ndarray:
+    """Output voxel o takes the trilinear interpolation of ``source`` (float32) at ``linear @ o + offset``, or
+    0 where that point lies outside [0, n - 1] on any axis (scipy's order-1 affine_transform, float32)."""
+    shape = tuple(int(s) for s in shape)
+    linear = np.asarray(linear, dtype=np.float64)
+    offset = np.asarray(offset, dtype=np.float64)
+    source = np.asarray(source, dtype=np.float32)
+    axes = _axis_map(linear)
+    if axes is None:
+        from scipy import ndimage
+
+        return ndimage.affine_transform(
+            source, linear, offset=offset, output_shape=shape, order=1, mode="constant", cval=0.0
+        ).astype(np.float32, copy=False)
+    block = source.transpose(axes)
+    for j, i in enumerate(axes):
+        n = source.shape[i]
+        coord = linear[i, j] * np.arange(shape[j], dtype=np.float64) + offset[i]
+        inside = (coord >= 0) & (coord <= n - 1)
+        low = np.clip(np.floor(coord), 0, n - 1).astype(np.intp)
+        high = np.minimum(low + 1, n - 1)
+        frac = np.where(inside, coord - low, 0.0).astype(np.float32)
+        weight = [1] * 3
+        weight[j] = shape[j]
+        frac = frac.reshape(weight)
+        below, above = np.take(block, low, axis=j), np.take(block, high, axis=j)
+        block = below + (above - below) * frac
+        if not inside.all():
+            cut = [slice(None)] * 3
+            cut[j] = ~inside
+            block[tuple(cut)] = 0
+    return np.ascontiguousarray(block, dtype=np.float32)
