@@ -11,8 +11,13 @@ from sammoe.errors import ConfigError
 def usable_device(device: str | torch.device) -> torch.device:
     """``device`` as a torch device this machine has; ConfigError (one line, no torch list) otherwise."""
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    asked = device
+    if isinstance(device, str):
+        device = device.strip().lower()
+        if device == "gpu" or device.startswith("gpu:"):  # what people type; torch calls it cuda
+            device = "cuda" + device[3:]
     try:
-        parsed = torch.device(device.strip().lower() if isinstance(device, str) else device)
+        parsed = torch.device(device)
     except (RuntimeError, TypeError):
         parsed = None
     if (
@@ -22,7 +27,7 @@ def usable_device(device: str | torch.device) -> torch.device:
     ):
         return parsed
     have = ", ".join(["cpu", *(f"{k} (or {k}:N)" if k == "cuda" else k for k, ok in available.items() if ok)])
-    raise ConfigError(f"device {str(device)!r} is not available here; use auto or one of: {have}")
+    raise ConfigError(f"device {str(asked)!r} is not available here; use auto or one of: {have}")
 
 
 # Encoders at least this wide (vit_b_ori: 768) spend their time in matrix products, where bf16 pays on a CPU
