@@ -69,7 +69,8 @@ def _parser() -> argparse.ArgumentParser:
         "--out",
         required=True,
         metavar="PATH",
-        help="label map: .nii / .nii.gz, or .seg.nrrd (3D Slicer: segments named after the targets, expert noted)",
+        help="label map: .nii / .nii.gz, .seg.nrrd (3D Slicer) or, for a DICOM series input, .dcm (DICOM-SEG); "
+        "the last two name each segment after its target and note the expert",
     )
     o.add_argument(
         "--probabilities", metavar="PATH", help="foreground probability per target (float32 NIfTI)"
@@ -197,6 +198,7 @@ def _targets(args: argparse.Namespace) -> list[Any]:
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """Every output against every input and each other, before anything is read or computed."""
+    from sammoe.data.dicom_seg import check_available, is_dicom_seg
     from sammoe.data.formats import is_seg_nrrd
     from sammoe.data.io import is_nifti
     from sammoe.files import check_outputs
@@ -207,9 +209,12 @@ def _check_outputs(args: argparse.Namespace) -> None:
         "--report": args.report,
         "--png": args.png,
     }
-    if not (is_nifti(Path(args.out)) or is_seg_nrrd(args.out)):
+    if is_dicom_seg(args.out):
+        check_available(args.image, args.out)
+    elif not (is_nifti(Path(args.out)) or is_seg_nrrd(args.out)):
         raise ConfigError(
-            f"--out {args.out}: must end with .nii, .nii.gz or .seg.nrrd (a 3D Slicer segmentation)"
+            f"--out {args.out}: must end with .nii, .nii.gz, .seg.nrrd (3D Slicer) or .dcm (DICOM-SEG of a DICOM "
+            "series input)"
         )
     if args.probabilities and not is_nifti(Path(args.probabilities)):
         raise ConfigError(f"--probabilities {args.probabilities}: must end with .nii or .nii.gz")

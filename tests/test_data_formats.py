@@ -129,5 +129,7 @@ def test_segment_writes_a_slicer_segmentation_with_names(tmp_path, capsys):
     assert meta["Segmentation_MasterRepresentation"] == "Binary labelmap"
     from sammoe.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"must end with \.nii, \.nii\.gz or \.seg\.nrrd"):
+    with pytest.raises(
+        ConfigError, match=r"must end with \.nii, \.nii\.gz, \.seg\.nrrd \(3D Slicer\) or \.dcm"
+    ):
         main([*base, "--out", str(tmp_path / "seg.mha")])

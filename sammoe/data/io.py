@@ -382,8 +382,9 @@ def write_label(
     protect: Iterable[str | os.PathLike] = (),
     segments: Sequence[tuple[int, str, str]] = (),
 ) -> Path:
-    """Write a label map as uint8 (or uint16 if values exceed 255) NIfTI on ``reference``'s grid, or as a 3D
-    Slicer segmentation when ``path`` ends with ``.seg.nrrd`` (``segments``: (value, name, description)).
+    """Write a label map as uint8 (or uint16 if values exceed 255) NIfTI on ``reference``'s grid, as a 3D
+    Slicer segmentation when ``path`` ends with ``.seg.nrrd``, or as a DICOM-SEG referencing the source series
+    when it ends with ``.dcm`` (``segments``: (value, name, description) per target).
 
     The affine (and the NIfTI header, when the reference came from NIfTI) is the reference's. The file is
     written to a temporary name in the target folder and renamed, so a crash never leaves a half-written file.
@@ -392,11 +393,14 @@ def write_label(
     """
     import nibabel as nib
 
+    from sammoe.data.dicom_seg import is_dicom_seg, write_dicom_seg
     from sammoe.data.formats import is_seg_nrrd, write_seg_nrrd
 
     path = Path(path)
-    if not is_nifti(path) and not is_seg_nrrd(path):
-        raise DataError(f"{path}: output must end with .nii, .nii.gz or .seg.nrrd (3D Slicer)")
+    if not (is_nifti(path) or is_seg_nrrd(path) or is_dicom_seg(path)):
+        raise DataError(
+            f"{path}: output must end with .nii, .nii.gz, .seg.nrrd (3D Slicer) or .dcm (DICOM-SEG)"
+        )
     inputs = {f"input {i + 1}": p for i, p in enumerate(protect)}
     if reference.path is not None:
         inputs["the reference image"] = reference.path
@@ -412,10 +416,16 @@ def write_label(
             f"{reference.shape}; map the prediction onto the original grid first (Preprocessor.invert)"
         )
     data = _as_label_array(array, path)
+    named = list(segments) or [(int(v), f"label {int(v)}", "") for v in np.unique(data) if v]
     if is_seg_nrrd(path):
-        named = list(segments) or [(int(v), f"label {int(v)}", "") for v in np.unique(data) if v]
         return write_file(
             path, lambda tmp: write_seg_nrrd(tmp, data, reference.affine, named), suffix=".seg.nrrd"
+        )
+    if is_dicom_seg(path):
+        if reference.path is None or not Path(reference.path).is_dir():
+            raise DataError(f"{path}: a DICOM-SEG needs the DICOM series folder the image was read from")
+        return write_file(
+            path, lambda tmp: write_dicom_seg(tmp, data, Path(reference.path), named), suffix=".dcm"
         )
     header = None
     if isinstance(reference.header, nib.Nifti1Header):
