@@ -268,19 +268,10 @@ def _write_png(path: Path, seg: Any, targets: list) -> None:
             f"{t.name} (label {t.value}): {t.volume_ml:.2f} ml, expert {t.expert}, "
             f"IoU estimated by the model {t.predicted_iou:.2f}"
         )
+        geometry = {"spacing_mm": seg.volume.spacing, "affine": seg.volume.affine}
         clicks = _voxel_clicks(targets, t.value - 1, seg.volume)
         panels.append(
-            overlay_slices(
-                image,
-                None,
-                t.mask,
-                None,
-                centre=centre,
-                spacing_mm=seg.volume.spacing,
-                title=title,
-                affine=seg.volume.affine,
-                clicks=clicks,
-            )  # fmt: skip
+            overlay_slices(image, None, t.mask, centre=centre, title=title, clicks=clicks, **geometry)
         )
     width = max(p.shape[1] for p in panels)
     rgb = np.concatenate(
@@ -291,6 +282,19 @@ def _write_png(path: Path, seg: Any, targets: list) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     write_file(path, buf.getvalue())
+
+
+def _status_line(quiet: bool):
+    """What the command is doing, on one rewritten stderr line of a terminal (nothing in logs or pipes, where
+    the per-target bar of the Predictor is silent too); "" clears it."""
+    if quiet or not sys.stderr.isatty():
+        return lambda message: None
+
+    def show(message: str) -> None:
+        sys.stderr.write(f"\r\x1b[K{'sammoe segment: ' + message if message else ''}")
+        sys.stderr.flush()
+
+    return show
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -312,7 +316,10 @@ def main(argv: list[str] | None = None) -> int:
 
     choose_checkpoint(args.checkpoint)  # no model chosen and none cached: refused before reading the image
     started = time.perf_counter()
+    status = _status_line(args.quiet)
+    status(f"reading {args.image}")
     volume = read_image(args.image, channel=args.channel)  # a bad image fails before the model loads
+    status(f"read {'x'.join(map(str, volume.shape))} voxels; loading the model")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         predictor = Predictor.load(
@@ -328,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             share_roi=args.share_roi,
             route=args.route,
         )
+    status("")
     for w in caught:
         print(f"sammoe segment: warning: {w.message}", file=sys.stderr)
     predictor.set_image(volume)

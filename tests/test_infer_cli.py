@@ -353,3 +353,14 @@ def test_the_predicted_iou_is_the_models_estimate_clamped():
     assert result.predicted_iou == 0.0 and result.summary()["predicted_iou"] == 0.0
     result.iou = 1.3
     assert result.predicted_iou == 1.0
+
+
+def test_a_terminal_sees_what_the_command_is_doing(tmp_path, capsys, monkeypatch, image, ckpt):
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    args = ["--image", image, "--checkpoint", ckpt, "--experts", "none", *("--point", 20, 15, 12)]
+    rc, _, err = run(capsys, *args, "--out", tmp_path / "a.nii.gz")
+    assert rc == 0 and "sammoe segment: reading" in err and "loading the model" in err
+    rc, _, err = run(capsys, *args, "--out", tmp_path / "b.nii.gz", "--quiet")
+    assert rc == 0 and "reading" not in err
