@@ -21,22 +21,46 @@ def sample_nearest(
 ) -> np.ndarray:
     """Output voxel o takes source[round(linear @ o + offset)], or 0 where that point lies outside
     [0, n - 1] on any axis; the result equals scipy's order-0 affine_transform voxel for voxel."""
+    return _sample(source, linear, offset, shape, order=0)
+
+
+def sample_linear(
+    source: np.ndarray, linear: np.ndarray, offset: np.ndarray, shape: Sequence[int]
+) -> np.ndarray:
+    """Output voxel o takes the trilinear interpolation of ``source`` (float32) at ``linear @ o + offset``, or
+    0 where that point lies outside [0, n - 1] on any axis (scipy's order-1 affine_transform, float32)."""
+    return _sample(np.asarray(source, dtype=np.float32), linear, offset, shape, order=1)
+
+
+def _sample(source: np.ndarray, linear, offset, shape: Sequence[int], order: int) -> np.ndarray:
     shape = tuple(int(s) for s in shape)
     linear = np.asarray(linear, dtype=np.float64)
     offset = np.asarray(offset, dtype=np.float64)
     axes = _axis_map(linear)
-    if axes is None:
+    if axes is None:  # oblique: scipy's general transform
         from scipy import ndimage
 
-        return ndimage.affine_transform(
-            source, linear, offset=offset, output_shape=shape, order=0, mode="constant", cval=0
+        out = ndimage.affine_transform(
+            source, linear, offset=offset, output_shape=shape, order=order, mode="constant", cval=0
         )
+        return out if order == 0 else out.astype(np.float32, copy=False)
     block = source.transpose(axes)  # axis j of `block` is read along output axis j
     for j, i in enumerate(axes):
+        n = source.shape[i]
         coord = linear[i, j] * np.arange(shape[j], dtype=np.float64) + offset[i]
-        inside = (coord >= 0) & (coord <= source.shape[i] - 1)
-        index = np.where(inside, np.floor(coord + 0.5), 0).astype(np.intp)
-        block = np.take(block, index, axis=j)
+        inside = (coord >= 0) & (coord <= n - 1)
+        if order == 0:
+            block = np.take(block, np.where(inside, np.floor(coord + 0.5), 0).astype(np.intp), axis=j)
+        else:
+            low = np.clip(np.floor(coord), 0, n - 1).astype(np.intp)
+            high = np.minimum(low + 1, n - 1)
+            frac = (
+                np.where(inside, coord - low, 0.0)
+                .astype(np.float32)
+                .reshape([-1 if a == j else 1 for a in range(3)])
+            )
+            below = np.take(block, low, axis=j)
+            block = below + (np.take(block, high, axis=j) - below) * frac
         if not inside.all():
             cut = [slice(None)] * 3
             cut[j] = ~inside
@@ -51,39 +75,3 @@ def _axis_map(linear: np.ndarray) -> list[int] | None:
     if not (nonzero.sum(0) == 1).all() or not (nonzero.sum(1) == 1).all():
         return None
     return [int(np.flatnonzero(nonzero[:, j])[0]) for j in range(linear.shape[1])]
-
-
-def sample_linear(
-    source: np.ndarray, linear: np.ndarray, offset: np.ndarray, shape: Sequence[int]
-) -> np.ndarray:
-    """Output voxel o takes the trilinear interpolation of ``source`` (float32) at ``linear @ o + offset``, or
-    0 where that point lies outside [0, n - 1] on any axis (scipy's order-1 affine_transform, float32)."""
-    shape = tuple(int(s) for s in shape)
-    linear = np.asarray(linear, dtype=np.float64)
-    offset = np.asarray(offset, dtype=np.float64)
-    source = np.asarray(source, dtype=np.float32)
-    axes = _axis_map(linear)
-    if axes is None:
-        from scipy import ndimage
-
-        return ndimage.affine_transform(
-            source, linear, offset=offset, output_shape=shape, order=1, mode="constant", cval=0.0
-        ).astype(np.float32, copy=False)
-    block = source.transpose(axes)
-    for j, i in enumerate(axes):
-        n = source.shape[i]
-        coord = linear[i, j] * np.arange(shape[j], dtype=np.float64) + offset[i]
-        inside = (coord >= 0) & (coord <= n - 1)
-        low = np.clip(np.floor(coord), 0, n - 1).astype(np.intp)
-        high = np.minimum(low + 1, n - 1)
-        frac = np.where(inside, coord - low, 0.0).astype(np.float32)
-        weight = [1] * 3
-        weight[j] = shape[j]
-        frac = frac.reshape(weight)
-        below, above = np.take(block, low, axis=j), np.take(block, high, axis=j)
-        block = below + (above - below) * frac
-        if not inside.all():
-            cut = [slice(None)] * 3
-            cut[j] = ~inside
-            block[tuple(cut)] = 0
-    return np.ascontiguousarray(block, dtype=np.float32)
