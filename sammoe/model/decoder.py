@@ -10,8 +10,15 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from sammoe.model.common import MLP, LayerNorm3d, MLPBlock
 
 # The token count grows with every click, and cuDNN attention builds a new plan for every new shape (about
-# 120 ms each on an H200, against 5 ms for the whole decoder step with the other kernels): never use it here.
-_TOKEN_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+# 120 ms each on an H200): never use it here. On an H200 (vit_b_ori decoder, bf16, one run) a whole decoder
+# step took 4.4 ms on a repeated shape and 5.5-7.8 ms on a new one with memory-efficient attention alone, 4.5
+# and 5.7-10 ms with flash alone, 7.5 and 9 ms with flash + efficient + math enabled together (first calls
+# aside). CPUs have flash and math kernels only.
+_TOKEN_BACKENDS = {
+    "cuda": [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
+    "cpu": [SDPBackend.FLASH_ATTENTION, SDPBackend.MATH],
+}
+_OTHER_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 class TokenAttention(nn.Module):
@@ -33,7 +40,7 @@ class TokenAttention(nn.Module):
         return x.view(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        with sdpa_kernel(_TOKEN_BACKENDS):
+        with sdpa_kernel(_TOKEN_BACKENDS.get(q.device.type, _OTHER_BACKENDS)):
             out = F.scaled_dot_product_attention(
                 self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
             )
