@@ -2,7 +2,7 @@
 
     python benchmarks/encoder.py                      # CPU, fp32, batch 1, vit_b_ori at 128^3
     python benchmarks/encoder.py --device cuda --dtype bf16 --batch 1 8 32 [--compile] [--json out.json]
-    python benchmarks/encoder.py --smoke                # one CPU pass of each (the test suite)
+    python benchmarks/encoder.py --smoke                # one CPU pass of each at 64^3 (the test suite)
 
 Each implementation runs in its own subprocess so that its peak memory (RSS on CPU, allocator peak on GPU)
 is its own. Both get identical random weights (every constant-initialised parameter randomised) and the
@@ -28,25 +28,34 @@ import torch
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def random_state_dict(seed: int) -> dict[str, torch.Tensor]:
+def config(size: int):
+    """vit_b_ori (the turbo architecture), for inputs of side `size` (128 as released; 64 for the smoke run)."""
+    import dataclasses
+
+    from sammoe.model.sam3d import PRESETS
+
+    return dataclasses.replace(PRESETS["vit_b_ori"], image_size=size)
+
+
+def random_state_dict(seed: int, size: int = 128) -> dict[str, torch.Tensor]:
     """Turbo-shaped encoder weights where positional tables and norms are random too."""
     from sammoe.model.randomize import randomize_constant_init
-    from sammoe.model.sam3d import PRESETS, SamMed3D
+    from sammoe.model.sam3d import SamMed3D
 
     torch.manual_seed(seed)
-    encoder = randomize_constant_init(SamMed3D(PRESETS["vit_b_ori"]).image_encoder, seed + 1)
+    encoder = randomize_constant_init(SamMed3D(config(size)).image_encoder, seed + 1)
     return encoder.state_dict()
 
 
-def build(impl: str) -> torch.nn.Module:
+def build(impl: str, size: int = 128) -> torch.nn.Module:
     if impl == "ours":
-        from sammoe.model.sam3d import PRESETS, SamMed3D
+        from sammoe.model.sam3d import SamMed3D
 
-        return SamMed3D(PRESETS["vit_b_ori"]).image_encoder
+        return SamMed3D(config(size)).image_encoder
     from medim.models.sam_med3d import ImageEncoderViT3D
 
     return ImageEncoderViT3D(
-        img_size=128, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4, out_chans=384,
+        img_size=size, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4, out_chans=384,
         qkv_bias=True, norm_layer=lambda d: torch.nn.LayerNorm(d, eps=1e-6), use_rel_pos=True,
         window_size=14, global_attn_indexes=[2, 5, 8, 11],
     )  # fmt: skip
@@ -55,7 +64,7 @@ def build(impl: str) -> torch.nn.Module:
 def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    model = build(args.impl)
+    model = build(args.impl, args.image_size)
     model.load_state_dict(torch.load(args.weights, weights_only=True))
     model = model.to(device).eval()
     if args.compile:
@@ -95,7 +104,7 @@ def run_impl(impl: str, args: argparse.Namespace, tmp: Path) -> dict:
         sys.executable, __file__, "--worker", impl, "--weights", str(tmp / "w.pt"), "--input", str(tmp / "x.pt"),
         "--output", str(tmp / impl), "--device", args.device, "--dtype", args.dtype,
         "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--threads", str(args.threads),
-        "--batch", *map(str, args.batch),
+        "--batch", *map(str, args.batch), "--image-size", str(args.image_size),
     ] + (["--compile"] if impl == "compiled" else [])  # fmt: skip
     subprocess.run(cmd, check=True)
     return {int(k): v for k, v in json.loads((tmp / impl).read_text()).items()}
@@ -117,10 +126,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker", choices=["ours", "compiled", "official"], help=argparse.SUPPRESS)
     for name in ("--weights", "--input", "--output"):
         parser.add_argument(name, help=argparse.SUPPRESS)
-    parser.add_argument("--smoke", action="store_true", help="CPU, batch 1, one repeat, no warm-up")
+    parser.add_argument("--image-size", type=int, default=128, help="input side (the release: 128)")
+    parser.add_argument("--smoke", action="store_true", help="CPU, 64^3, batch 1, one repeat, no warm-up")
     args = parser.parse_args(argv)
     if args.smoke:
         args.device, args.batch, args.repeats, args.warmup, args.compile = "cpu", [1], 1, 0, False
+        args.image_size = 64
     if args.worker:
         args.impl = args.worker
         args.compile = args.worker == "compiled"
@@ -129,15 +140,18 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        torch.save(random_state_dict(0), tmp / "w.pt")
-        torch.save(torch.randn(1, 1, 128, 128, 128, generator=torch.Generator().manual_seed(1)), tmp / "x.pt")
+        size = args.image_size
+        torch.save(random_state_dict(0, size), tmp / "w.pt")
+        torch.save(
+            torch.randn(1, 1, size, size, size, generator=torch.Generator().manual_seed(1)), tmp / "x.pt"
+        )
         runs = {
             impl: run_impl(impl, args, tmp) for impl in ("ours", "compiled", "official") if wanted(impl, args)
         }
         rows = summarise(runs, args, tmp)
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
     print(
-        f"vit_b_ori image encoder, 128^3, {where}, dtype={args.dtype}, threads={args.threads}, "
+        f"vit_b_ori image encoder, {args.image_size}^3, {where}, dtype={args.dtype}, threads={args.threads}, "
         f"median of {args.repeats} after {args.warmup} warm-up; seconds per volume"
     )
     print(f"{'batch':>5} {'official':>9} {'ours':>9} {'compiled':>9} {'speed-up':>9} {'compiled':>9} "
