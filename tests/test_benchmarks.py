@@ -62,9 +62,10 @@ def test_gpu_script_parses_and_calls_benchmarks_that_exist():
 def test_encoder_smoke_compares_with_the_official_encoder(capfd):
     _load("encoder").main(["--smoke"])
     out = capfd.readouterr().out
-    assert "vit_b_ori image encoder, 128^3" in out
+    assert "vit_b_ori image encoder, 64^3" in out
     batch_line = next(line for line in out.splitlines() if line.split()[:1] == ["1"])
     assert "-" not in batch_line.split()[1]  # the official encoder ran too (its column is filled)
+    assert float(batch_line.split()[6]) < 1e-4  # and both computed the same encoding (float32)
 
 
 def test_gpu_summary_judges_the_goals_and_names_missing_sections(tmp_path):
