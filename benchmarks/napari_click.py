@@ -35,23 +35,9 @@ def _clicks(centre: np.ndarray, n: int) -> list[tuple[np.ndarray, bool]]:
 
 
 def _mouse_click(viewer, layer, voxel, negative: bool) -> None:
-    from napari.utils._test_utils import read_only_mouse_event
-    from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
+    from sammoe.napari.testing import simulate_click
 
-    world = tuple(float(v) for v in layer.data_to_world(np.asarray(voxel, dtype=np.float64)))
-    for kind, dispatch in (
-        ("mouse_press", mouse_press_callbacks),
-        ("mouse_release", mouse_release_callbacks),
-    ):
-        event = read_only_mouse_event(
-            type=kind,
-            position=world,
-            modifiers=["Shift"] if negative else [],
-            pos=np.zeros(2),
-            dims_displayed=list(viewer.dims.displayed),
-            button=1,
-        )
-        dispatch(layer, event)
+    simulate_click(viewer, layer, voxel, ["Shift"] if negative else [])
 
 
 def _wait(widget, app, timeout: float = 300.0) -> None:

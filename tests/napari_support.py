@@ -38,26 +38,12 @@ def needs_viewer():
 
 
 def mouse_click(viewer, layer, voxel, modifiers=()) -> None:
-    """Press and release the mouse on ``layer`` at layer data coordinates ``voxel``, as napari's canvas does:
-    the event goes through the layer's drag callbacks (a Points layer in add mode adds on release)."""
+    """Scroll to the slice through ``voxel`` (as a user would), then click there on ``layer``."""
     import numpy as np
-    from napari.utils._test_utils import read_only_mouse_event
-    from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
 
-    world = tuple(float(v) for v in layer.data_to_world(np.asarray(voxel, dtype=np.float64)))
-    displayed = list(viewer.dims.displayed)
-    for axis in viewer.dims.not_displayed:  # the slice through the click, as a user would have scrolled to
-        viewer.dims.set_point(axis, world[axis])
-    for kind, dispatch in (
-        ("mouse_press", mouse_press_callbacks),
-        ("mouse_release", mouse_release_callbacks),
-    ):
-        event = read_only_mouse_event(
-            type=kind,
-            position=world,
-            modifiers=list(modifiers),
-            pos=np.zeros(2),
-            dims_displayed=displayed,
-            button=1,
-        )
-        dispatch(layer, event)
+    from sammoe.napari.testing import simulate_click
+
+    world = layer.data_to_world(np.asarray(voxel, dtype=np.float64))
+    for axis in viewer.dims.not_displayed:
+        viewer.dims.set_point(axis, float(world[axis]))
+    simulate_click(viewer, layer, voxel, modifiers)
