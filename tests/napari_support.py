@@ -31,6 +31,19 @@ def viewer_unavailable() -> str | None:
     return None
 
 
+GUI_PACKAGES = ("napari", "qtpy", "PyQt6", "PyQt5", "vispy")
+
+
+def gui_loaded_by(imports: str) -> subprocess.CompletedProcess:
+    """Run ``import <imports>`` in a fresh interpreter that fails if any GUI package got loaded with it."""
+    code = (
+        f"import sys, {imports}; "
+        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {GUI_PACKAGES!r}); "
+        "assert not bad, bad"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
 def needs_viewer():
     """``pytestmark = needs_viewer()`` in a module of napari tests."""
     reason = viewer_unavailable()
