@@ -26,7 +26,7 @@ def read_other(path: Path, channel: int | None):
     from sammoe.data import io
 
     if str(path).lower().endswith(MGH_SUFFIXES):
-        return _read_mgh(path, channel)
+        return io.read_nibabel(path, channel, kind="MGH/MGZ")
     import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()
@@ -56,27 +56,6 @@ def read_other(path: Path, channel: int | None):
     io._check_affine(volume.affine, path)
     io._check_intensities(volume.array, path)
     return volume
-
-
-def _read_mgh(path: Path, channel: int | None):
-    import nibabel as nib
-
-    from sammoe.data import io
-
-    try:
-        img = nib.load(str(path))
-        io._check_header_size(tuple(img.shape), path)
-        array = np.asarray(np.asanyarray(img.dataobj))
-    except DataError:
-        raise
-    except Exception as exc:  # nibabel raises many types (ImageFileError, EOFError, zlib.error, ...)
-        raise DataError(
-            f"{path}: cannot read MGH/MGZ ({_reason(exc)}); the file is truncated, re-export it"
-        ) from None
-    array = io._squeeze_to_3d(array, path, channel)
-    affine = io._check_affine(np.asarray(img.affine, dtype=np.float64), path)
-    io._check_intensities(array, path)
-    return io.Volume(array=array, affine=affine, path=path)
 
 
 def _reason(exc: BaseException) -> str:

@@ -150,7 +150,9 @@ def _check_not_constant(volume: Volume) -> None:
         )
 
 
-def _read_nifti(path: Path, channel: int | None) -> Volume:
+def read_nibabel(path: Path, channel: int | None, kind: str = "NIfTI") -> Volume:
+    """A NIfTI (or another nibabel format, named by ``kind`` in the messages, e.g. MGH/MGZ) as a checked
+    ``Volume``; the NIfTI header is kept for writing labels."""
     import nibabel as nib
 
     try:
@@ -158,7 +160,7 @@ def _read_nifti(path: Path, channel: int | None) -> Volume:
     except Exception as exc:  # nibabel raises many types (ImageFileError, EOFError, ...)
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(
-            f"{path}: cannot read NIfTI ({reason}); the file is not NIfTI, re-export it"
+            f"{path}: cannot read {kind} ({reason}); the file is not {kind}, re-export it"
         ) from None
     _check_header_size(tuple(img.shape), path)
     try:
@@ -167,7 +169,7 @@ def _read_nifti(path: Path, channel: int | None) -> Volume:
     except Exception as exc:  # nibabel raises many types (EOFError, zlib.error, ImageFileError, ...)
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(
-            f"{path}: cannot read NIfTI ({reason}); the file is truncated or not NIfTI, re-export it"
+            f"{path}: cannot read {kind} ({reason}); the file is truncated or not {kind}, re-export it"
         ) from None
     array = np.asarray(array)
     if (
@@ -180,7 +182,8 @@ def _read_nifti(path: Path, channel: int | None) -> Volume:
     array = _squeeze_to_3d(array, path, channel)
     affine = _check_affine(img.affine, path)
     _check_intensities(array, path)
-    return Volume(array=array, affine=affine, path=path, header=img.header)
+    header = img.header if isinstance(img.header, nib.Nifti1Header) else None
+    return Volume(array=array, affine=affine, path=path, header=header)
 
 
 def sitk_to_volume(image: Any, path: Path | None = None) -> Volume:
@@ -305,7 +308,7 @@ def _read_volume(path: str | os.PathLike, channel: int | None = None) -> Volume:
     if path.is_dir():
         return _read_dicom_dir(path)
     if is_nifti(path):
-        return _read_nifti(path, channel)
+        return read_nibabel(path, channel)
     from sammoe.data.formats import is_other_format, read_other
 
     if is_other_format(path):
