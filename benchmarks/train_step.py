@@ -61,8 +61,8 @@ def make_step(impl: str, mode: str, preset: str, device: torch.device, iteration
     import copy
 
     from sammoe.data.clicks import next_click_from_error
+    from sammoe.interact.rollout import decoder_step, moe_step, training_rollout
     from sammoe.lit.finetune import dice_ce_loss
-    from sammoe.lit.interactive import decoder_step, moe_step, training_rollout
 
     backbone = build_backbone(impl, preset).to(device)
     loss_fn = dice_ce_loss("dicece")

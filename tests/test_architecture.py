@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,8 +20,9 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("sammoe.model", ("sammoe.model", "sammoe.errors")),
     ("sammoe.data.datamodule", ("sammoe.data", "sammoe.errors", "sammoe.files", "sammoe.interact.roi")),
     ("sammoe.data", ("sammoe.data", "sammoe.errors", "sammoe.files")),
+    # the click loops and the ROI policy: pure torch, used by sammoe.lit and the Predictor (test below)
     ("sammoe.interact", ("sammoe.interact", "sammoe.data.preprocess", "sammoe.data.clicks", "sammoe.data.io",
-                         "sammoe.errors")),
+                         "sammoe.model", "sammoe.eval.metrics", "sammoe.eval.results", "sammoe.errors")),
     ("sammoe.segmentation", ("sammoe.data.io", "sammoe.interact.roi", "sammoe.errors")),
     ("sammoe.loading", ("sammoe.loading", "sammoe.model", "sammoe.errors", "sammoe.files", "sammoe.assets", "sammoe.hub",
                         "sammoe.plugins.discovery")),
@@ -110,6 +113,25 @@ def test_nothing_below_the_top_imports_lightning_or_napari():
         text = path.read_text(encoding="utf-8")
         for heavy in ("import lightning", "from lightning", "import napari", "from napari"):
             assert heavy not in text, f"{name} uses {heavy!r}: only sammoe.lit may"
+
+
+def test_interact_uses_neither_lit_nor_lightning():
+    """The interaction code is shared by the LightningModules and the Predictor: no `sammoe.interact` module
+    imports `sammoe.lit` or Lightning, not even through another module (checked in a fresh interpreter)."""
+    modules = [name for name, _ in _modules() if name.startswith("sammoe.interact.")]
+    assert {f"sammoe.interact.{m}" for m in ("rollout", "crop_evaluation", "roi")} <= set(modules)
+    for name, path in _modules():
+        if name.startswith("sammoe.interact"):
+            lit = sorted(t for t in _imports(path, name) if t == "sammoe.lit" or t.startswith("sammoe.lit."))
+            assert not lit, f"{name} imports {lit}: interact sits below sammoe.lit"
+    code = (
+        f"import sys, {', '.join(modules)}; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning', "
+        "'lightning_fabric') or m.startswith('sammoe.lit')); "
+        "sys.exit(f'loaded {bad}' if bad else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr.strip().splitlines()[-1:]
 
 
 def test_nothing_imports_the_napari_plugin():

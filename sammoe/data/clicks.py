@@ -12,7 +12,7 @@ Public API
   uniformly from the error region FN | FP (FN -> 1, FP -> 0); empty error region -> a uniform foreground voxel
   labelled 1 (the official training/eval rule); empty GT and empty prediction -> label -1 at (0, 0, 0).
 
-The click loops that use it live in ``sammoe.lit.interactive`` (training and evaluation on crops) and
+The click loops that use it live in ``sammoe.interact.rollout`` (training and evaluation on crops) and
 ``sammoe.eval.predictor_protocol`` (evaluation through the Predictor).
 """
 

@@ -17,8 +17,14 @@ from sammoe.eval.gather import all_gather_rows
 from sammoe.eval.protocols import BBOX_FOLDER, BBOX_PROTOCOL, CLICK_PROTOCOL, NOTES, ROI_CLICK_PROTOCOL
 from sammoe.eval.report import build_report, write_report
 from sammoe.eval.results import GENERAL, EvalRow, class_average, class_means
-from sammoe.lit.evaluation import EvalExample, EvalModel, as_eval_batch, evaluate_batch, first_clicks
-from sammoe.lit.interactive import StepFn, evaluation_rollout
+from sammoe.interact.crop_evaluation import (
+    EvalExample,
+    EvalModel,
+    as_eval_batch,
+    evaluate_batch,
+    first_clicks,
+)
+from sammoe.interact.rollout import StepFn, evaluation_rollout
 from sammoe.lit.wandb_log import log_evaluation
 from sammoe.model.moe import SamMoE
 

@@ -25,9 +25,9 @@ from typing import Any, Literal
 import torch
 
 from sammoe.eval.results import GENERAL, TASK
+from sammoe.interact.crop_evaluation import EvalModel, first_clicks
+from sammoe.interact.rollout import decoder_step, training_rollout
 from sammoe.lit.base import InteractiveModule
-from sammoe.lit.evaluation import EvalModel, first_clicks
-from sammoe.lit.interactive import decoder_step, training_rollout
 from sammoe.loading import backbone_source, load_backbone, save_backbone, save_tensors
 from sammoe.model.sam3d import backbone_fingerprint
 

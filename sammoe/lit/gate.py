@@ -22,9 +22,9 @@ from sammoe.data.clicks import next_click_from_error
 from sammoe.data.datamodule import BACKGROUND
 from sammoe.errors import ConfigError
 from sammoe.eval.results import GENERAL, TASK, EvalRow, class_means, nanmean
+from sammoe.interact.crop_evaluation import EvalModel, first_clicks
+from sammoe.interact.rollout import StepOutput, moe_step
 from sammoe.lit.base import InteractiveModule
-from sammoe.lit.evaluation import EvalModel, first_clicks
-from sammoe.lit.interactive import StepOutput, moe_step
 from sammoe.loading import backbone_source, load_backbone, load_decoder_file, load_gate, save_gate
 from sammoe.loading import load_experts as load_plugins
 from sammoe.loading.experts import expert_router

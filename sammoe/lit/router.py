@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from sammoe.data.datamodule import BACKGROUND
 from sammoe.errors import ConfigError
 from sammoe.files import write_text
-from sammoe.lit.evaluation import first_clicks
+from sammoe.interact.crop_evaluation import first_clicks
 from sammoe.lit.feature_cache import FeatureCache
 from sammoe.loading import load_backbone
 from sammoe.loading.router import ROUTER_FILE, save_router

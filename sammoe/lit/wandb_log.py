@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sammoe.eval.report import report_table
-from sammoe.lit.evaluation import EvalExample
+from sammoe.interact.crop_evaluation import EvalExample
 
 
 def wandb_logger(trainer: Any) -> Any | None:

@@ -1,6 +1,7 @@
 """Interactive evaluation of one batch of targets: Dice and NSD per model, case, class and click count.
 
-Pure torch + numpy (no Lightning), shared by expert finetuning, gate training and evaluation runs.
+Pure torch + numpy (no Lightning), shared by expert finetuning, gate training and router training; the clicks
+are simulated by ``rollout.evaluation_rollout``.
 
 A *batch* is a dict (the datamodule's collated output); what is read from it:
 
@@ -29,7 +30,7 @@ import torch
 
 from sammoe.eval.metrics import dice, dice_nsd
 from sammoe.eval.results import GENERAL, EvalRow
-from sammoe.lit.interactive import StepFn, evaluation_rollout
+from sammoe.interact.rollout import StepFn, evaluation_rollout
 
 
 @dataclass

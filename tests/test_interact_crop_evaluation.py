@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from sammoe.eval.results import merge_rows
-from sammoe.lit.evaluation import EvalModel, as_eval_batch, evaluate_batch, target_metrics
-from sammoe.lit.interactive import StepOutput
+from sammoe.interact.crop_evaluation import EvalModel, as_eval_batch, evaluate_batch, target_metrics
+from sammoe.interact.rollout import StepOutput
 
 LOW = 16
 
@@ -151,7 +151,7 @@ def test_wandb_gets_dice_tables_confusion_matrix_and_overlays(tmp_path, monkeypa
 
     from sammoe.eval.report import build_report
     from sammoe.eval.results import EvalRow
-    from sammoe.lit.evaluation import EvalExample
+    from sammoe.interact.crop_evaluation import EvalExample
     from sammoe.lit.wandb_log import log_evaluation
 
     for key in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):

@@ -1,6 +1,7 @@
-"""The interactive click loop shared by expert finetuning, gate training, evaluation and the demo.
+"""The click loops on crops: the official training interaction and evaluation protocol, shared by expert
+finetuning, gate training and their validation/test (``crop_evaluation``).
 
-Pure torch (no Lightning), so evaluation and inference can use it too. A *step function* maps
+Pure torch (no Lightning). A *step function* maps
 (image_embeddings, points, labels, mask_prompt) to an object with `.logits` (B, 1, L, L, L) low-res logits
 (and, for SamMoE, gate outputs); `decoder_step` and `moe_step` build one from a model.
 """
