@@ -4,15 +4,21 @@ Every output goes through ``write_file``: the content is written to a temp file 
 exclusively in the target folder (``tempfile.mkstemp``: ``O_CREAT | O_EXCL``, so a planted link is never
 followed), flushed to disk, given the permissions of a normal new file (0666 less the umask, not mkstemp's
 0600, so colleagues can read a shared run) and renamed over the target in one step. A reader sees the old
-file or the new one, never half of one, and a failure leaves nothing behind.
+file or the new one, never half of one, and a failure leaves nothing behind. A disk that refuses the write
+(full, over quota, read-only, permission denied, I/O error) is one line naming the file and the fix; the temp
+file is removed and a file already at the target is left as it was.
 
 ``check_outputs`` runs before any long work: every output is compared with every input (a file, or any file
 inside an input folder such as a DICOM series) and with the other outputs, existing outputs need
-``overwrite``, and each target folder must be a writable folder. A refusal leaves nothing on disk.
+``overwrite``, and each target folder must accept a new file: one is created there (exclusively, under a
+random name) and removed, which also catches what ``os.access`` cannot see for root (a read-only file system,
+``/proc``). A refusal leaves nothing on disk.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Callable, Mapping
@@ -34,6 +40,27 @@ def new_file_mode() -> int:
     return 0o666 & ~_umask()
 
 
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# what the disk or the folder answers (not a bug in a writer): turned into one line with the fix
+_DISK_ERRORS = _NO_SPACE | {errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+_REASONS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for this file system",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
+
+
+def _reason(err: OSError) -> str:
+    return _REASONS.get(err.errno, (err.strerror or type(err).__name__).lower())
+
+
+def _fix(err: OSError) -> str:
+    return "free some space or choose another folder" if err.errno in _NO_SPACE else "choose another folder"
+
+
 def write_file(path: str | os.PathLike[str], content: bytes | Writer, *, suffix: str = "") -> Path:
     """Write ``content`` (bytes, or a function that writes a given path) to ``path`` atomically.
 
@@ -41,8 +68,11 @@ def write_file(path: str | os.PathLike[str], content: bytes | Writer, *, suffix:
     """
     path = Path(path)
     folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=folder)
+    except OSError as err:
+        raise _write_error(path, err) from err
     tmp = Path(name)
     try:
         if isinstance(content, (bytes, bytearray, memoryview)):
@@ -57,10 +87,32 @@ def write_file(path: str | os.PathLike[str], content: bytes | Writer, *, suffix:
                 os.fsync(handle.fileno())
         os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as err:
+        with contextlib.suppress(OSError):  # the error that stopped the write is the one to report
+            tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise _write_error(path, err) from err
         raise
     return path
+
+
+def _write_error(path: Path, err: OSError) -> Exception:
+    """A disk's refusal as one line naming the file and the fix; any other error as it was."""
+    if err.errno not in _DISK_ERRORS:
+        return err
+    kept = " (the existing file is unchanged)" if path.exists() else ""
+    return DataError(f"cannot write {path}: {_reason(err)}{kept}; {_fix(err)}")
+
+
+def _refuses_new_files(folder: Path) -> OSError | None:
+    """Create a file in ``folder`` exclusively under a random name and remove it: the error if that fails."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".sammoe-write-check.", dir=folder)
+    except OSError as err:
+        return err
+    os.close(fd)
+    os.unlink(name)
+    return None
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -83,7 +135,8 @@ def check_outputs(
 ) -> None:
     """Refuse, in one line naming the option and the fix, any output that would replace or sit inside an
     input, coincide with another output, exist already (without ``overwrite``) or land in a folder that is
-    not a writable folder. Keys are the option names used in messages (``--out``)."""
+    not a folder that accepts a new file (tried for real: ``os.access`` says yes to root everywhere). Keys are
+    the option names used in messages (``--out``)."""
     resolved_inputs = {k: Path(v).resolve() for k, v in inputs.items() if v is not None}
     seen: dict[Path, str] = {}
     for option, value in outputs.items():
@@ -111,7 +164,6 @@ def check_outputs(
             folder = folder.parent
         if not folder.is_dir():
             raise DataError(f"{option} {path}: {folder} is a file, not a folder; choose another output path")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise DataError(
-                f"{option} {path}: cannot write in {folder} (permission denied); choose another folder"
-            )
+        if (err := _refuses_new_files(folder)) is not None:
+            why = _REASONS.get(err.errno) or f"the folder refuses new files: {_reason(err)}"  # /proc: ENOENT
+            raise DataError(f"{option} {path}: cannot write in {folder} ({why}); {_fix(err)}")

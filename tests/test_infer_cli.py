@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -364,3 +365,54 @@ def test_a_terminal_sees_what_the_command_is_doing(tmp_path, capsys, monkeypatch
     assert rc == 0 and "sammoe segment: reading" in err and "loading the model" in err
     rc, _, err = run(capsys, *args, "--out", tmp_path / "b.nii.gz", "--quiet")
     assert rc == 0 and "reading" not in err
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="no /proc")
+def test_an_output_folder_that_refuses_files_is_refused_before_the_image_is_read(
+    tmp_path, capsys, monkeypatch, image
+):
+    """/proc accepts no new file even from root (for whom os.access says yes): refused in one line before the
+    image is read, and the other outputs are not written either."""
+    from sammoe.data import io
+
+    def must_not_read(*args, **kwargs):
+        raise AssertionError("the image was read before the output folder was refused")
+
+    monkeypatch.setattr(io, "read_image", must_not_read)
+    report = tmp_path / "r.json"
+    rc, _, err = run(
+        capsys, "--image", image, "--out", "/proc/seg.nii.gz", "--report", report, "--point", 20, 15, 12,
+        *("--checkpoint", "demo", "--experts", "none", "--quiet"),
+    )  # fmt: skip
+    assert rc == 2 and err.count("\n") == 1, err
+    assert err.startswith("sammoe: error: --out /proc/seg.nii.gz: cannot write in /proc (")
+    assert err.endswith("; choose another folder\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_while_writing_is_one_line_and_leaves_no_output(
+    tmp_path, capsys, monkeypatch, image, ckpt
+):
+    """ENOSPC when the label map goes to disk (after inference): exit 2, one stderr line naming the file and
+    the fix, the label map already there byte-identical, no report and no temp file left."""
+    import errno
+
+    from sammoe import files
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    out, report = tmp_path / "seg.nii.gz", tmp_path / "r.json"
+    out.write_bytes(b"an earlier label map")
+    monkeypatch.setattr(files.os, "fsync", no_space)
+    rc, _, err = run(
+        capsys, "--image", image, "--out", out, "--report", report, "--overwrite", "--point", 20, 15, 12,
+        *("--checkpoint", ckpt, "--experts", "none", "--quiet"),
+    )  # fmt: skip
+    assert rc == 2 and err.count("\n") == 1, err
+    assert err == (
+        f"sammoe: error: cannot write {out}: no space left on the device (the existing file is unchanged); "
+        "free some space or choose another folder\n"
+    )
+    assert out.read_bytes() == b"an earlier label map"
+    assert [p.name for p in tmp_path.iterdir()] == ["seg.nii.gz"]
