@@ -209,8 +209,12 @@ def test_dicom_series_round_trip(tmp_path):
 
 
 def test_volume_from_arrays():
-    vol = Volume(np.zeros((2, 3, 4)), np.eye(4))
-    assert vol.shape == (2, 3, 4)
+    affine = np.diag([0.8, -1.2, 2.5, 1.0])
+    affine[:3, :3] = affine[:3, :3] @ np.array([[0, 1, 0], [1, 0, 0], [0, 0, 1.0]])  # axes 0 and 1 swapped
+    vol = Volume(np.zeros((2, 3, 4), np.int16), affine)
+    assert vol.shape == (2, 3, 4) and all(isinstance(s, int) for s in vol.shape)
+    assert np.allclose(vol.spacing, [1.2, 0.8, 2.5])  # per array axis: the column norms of the affine
+    assert vol.path is None and vol.header is None
 
 
 def _dicom_series(folder, depth=6, skip=(), duplicate=None):

@@ -3,6 +3,7 @@
 import json
 import math
 import random
+import statistics
 
 import numpy as np
 import pytest
@@ -85,7 +86,9 @@ def test_write_report_files_and_json_shape(tmp_path):
     assert report["case_mean"]["moe"]["1"] == pytest.approx(
         mean([r.dice for r in rows if (r.model, r.n_clicks) == ("moe", 1)])
     )
-    assert report["dice_std"]["moe"]["liver"]["5"] >= 0.0
+    liver = [r.dice for r in rows if (r.model, r.class_name, r.n_clicks) == ("moe", "liver", 5)]
+    assert report["dice_std"]["moe"]["liver"]["5"] == pytest.approx(statistics.pstdev(liver))
+    assert report["dice_std"]["moe"]["liver"]["5"] > 0  # three different random Dice values
     columns, data = report_table(report, 5)
     assert columns == ["class", "group", *MODELS]
     assert data[0] == ["liver", GENERAL, *[report["models"][m]["liver"]["5"] for m in MODELS]]

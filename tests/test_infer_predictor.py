@@ -326,16 +326,22 @@ def _installed_experts() -> list[str]:
 
 
 def test_bf16_autocast_path_runs(tiny):
-    """The GPU path (bf16 autocast) exercised on CPU autocast: dtypes flow through encode, decode, refinement."""
+    """The GPU path (bf16 autocast) exercised on CPU autocast: dtypes flow through encode, decode, refinement,
+    and the result is float32's up to bf16 rounding (different, so bf16 really ran, but close)."""
     for model in (tiny, SamMoE(tiny, {"x": SamMed3D(PRESETS["tiny"]).mask_decoder})):
-        pred = Predictor(model, "cpu", use_sliding_window=False)
-        pred.autocast = True  # on CPU the constructor leaves it off
-        pred.set_image(oblique_volume())
-        seg = pred.predict(
-            [Target([[17, 14, 9], [12, 10, 8]], [1, 0]), Target([[17, 14, 9]])], probabilities=True
-        )
-        assert seg.probabilities.shape == (40, 30, 24, 2) and seg.probabilities.dtype == np.float32
+        probabilities = {}
+        for autocast in (False, True):
+            pred = Predictor(model, "cpu", use_sliding_window=False)
+            pred.autocast = autocast  # on CPU the constructor leaves it off
+            pred.set_image(oblique_volume())
+            seg = pred.predict(
+                [Target([[17, 14, 9], [12, 10, 8]], [1, 0]), Target([[17, 14, 9]])], probabilities=True
+            )
+            assert seg.probabilities.shape == (40, 30, 24, 2) and seg.probabilities.dtype == np.float32
+            probabilities[autocast] = seg.probabilities
         assert pred.add_click(1, [12, 10, 8], positive=False).clicks == 2
+        assert not np.array_equal(probabilities[True], probabilities[False])
+        assert np.abs(probabilities[True] - probabilities[False]).max() < 0.1
 
 
 def test_forced_route_uses_the_named_decoder_through_the_same_path(tiny):

@@ -12,6 +12,7 @@ from sammoe.data.datamodule import BACKGROUND
 from sammoe.data.preprocess import Preprocessor, official_crop_start
 from sammoe.infer import Predictor, Target
 from sammoe.interact.roi import click_centred_start, draw_click, round_voxel, seeded_first_click
+from sammoe.interact.rollout import StepOutput, evaluation_rollout
 from sammoe.lit.phantom_data import PhantomDataModule
 from sammoe.loading import load_backbone
 
@@ -71,10 +72,16 @@ def test_jitter_bounds_and_flipped_click(phantoms):
 
 
 def test_validation_clicks_are_fixed_and_bbox_mode_has_none(phantoms):
-    val = phantoms.val_dataset()
-    assert [val[i]["first_click"].tolist() for i in range(len(val))] == [
-        val[i]["first_click"].tolist() for i in range(len(val))
-    ]
+    """Every epoch (and every dataloader worker, which holds its own copy of the dataset) validates on the same
+    clicks: a second dataset draws the same ones, and each lies on its target at the crop's centre."""
+    val, again = phantoms.val_dataset(), phantoms.val_dataset()
+    items = [val[i] for i in range(len(val))]
+    assert [item["first_click"].tolist() for item in items] == [again[i]["first_click"].tolist() for i in range(len(again))]  # fmt: skip
+    targets = [item for item in items if item["class_name"] != BACKGROUND]
+    assert targets
+    for item in targets:
+        click = item["first_click"].long()
+        assert item["label"][0][tuple(click)] and click.tolist() == [32, 32, 32]
     val.crop = "bbox"
     item = next(val[i] for i in range(len(val)) if val.targets[i][1].name != BACKGROUND)
     assert "first_click" not in item
@@ -126,7 +133,17 @@ def test_draw_click_and_seeded_first_click():
     mask[1, 2, 3] = mask[4, 5, 6] = True
     for seed in range(5):
         assert mask[tuple(draw_click(mask, np.random.default_rng(seed)))]
-    assert seeded_first_click(mask, 233).tolist() == seeded_first_click(mask, 233).tolist()
+    # the seed decides which target voxel is clicked; every one of them can be
+    assert {tuple(seeded_first_click(mask, seed).tolist()) for seed in range(20)} == {(1, 2, 3), (4, 5, 6)}
+    # and it is the first click the evaluation protocol itself draws with that seed
+    cube = np.zeros((8, 8, 8), bool)
+    cube[1, 2, 3] = cube[4, 5, 6] = cube[7, 0, 2] = True
+    gt = torch.from_numpy(cube)[None, None].float()
+    rollout = evaluation_rollout(
+        lambda *args: StepOutput(torch.zeros(1, 1, 2, 2, 2)), torch.zeros(1), gt, click_counts=(1,), seed=233
+    )
+    first = seeded_first_click(cube, 233)
+    assert cube[tuple(first)] and rollout.clicks[0][0, 0].tolist() == first.tolist()
 
 
 def test_predictor_and_preprocessor_agree_on_click_centre():

@@ -53,7 +53,9 @@ def test_official_training_checkpoint_with_extras_loads(tiny, tmp_path):
 def test_ddp_prefix_is_stripped(tiny, tmp_path):
     path = tmp_path / "ddp.pth"
     torch.save({"model_state_dict": {f"module.{k}": v for k, v in tiny.state_dict().items()}}, path)
-    load_backbone(path, "tiny")
+    fresh = load_backbone(path, "tiny")
+    assert fresh.state_dict().keys() == tiny.state_dict().keys()
+    assert all(torch.equal(v, tiny.state_dict()[k]) for k, v in fresh.state_dict().items())
 
 
 def test_safetensors_round_trip(tiny, tmp_path):

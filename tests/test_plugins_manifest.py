@@ -79,12 +79,12 @@ def test_incompatibility_checks_the_sammoe_version():
     manifest = ExpertManifest.parse(_valid(requires_sammoe=">=0.2,<0.3"))
     assert manifest.incompatibility("0.2.5") is None
     assert manifest.incompatibility("0.1.0") == "requires sammoe>=0.2,<0.3, installed is 0.1.0"
-    assert manifest.incompatibility("0.3.0.dev1") is not None
+    assert manifest.incompatibility("0.3.0.dev1") == "requires sammoe>=0.2,<0.3, installed is 0.3.0.dev1"
 
 
 def test_local_weights_path_is_allowed_outside_a_package():
     manifest = ExpertManifest.parse(_valid(weights={"package": None, "path": "$DATA/x.safetensors"}))
-    assert manifest.weights.package is None
+    assert manifest.weights.package is None and manifest.weights.path == "$DATA/x.safetensors"
 
 
 def test_from_package_reports_missing_and_bad_json(tmp_path, monkeypatch):
