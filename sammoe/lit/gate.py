@@ -128,6 +128,8 @@ class GateTraining(InteractiveModule):
             mean and spread the gate also reads ([] = embedding and prompt features only, as in the paper).
         gate_texture: the gate also reads the texture in those cubes relative to the crop's noise
             (``sammoe.model.gate.local_texture_stats``; needs `gate_local_radii`).
+        gate_robust_texture: the gate also reads texture statistics that an organ's border cannot fake
+            (``sammoe.model.gate.robust_texture_stats``).
         selector: `threshold` (paper), `top1` or `soft`.
         tau: the threshold before tuning.
         tune_tau: tune tau on validation (threshold selector).
@@ -156,6 +158,7 @@ class GateTraining(InteractiveModule):
         gate_hidden_dim: int = 256,
         gate_local_radii: list[int] = list(LOCAL_RADII),  # noqa: B006 (jsonargparse needs a literal default)
         gate_texture: bool = True,
+        gate_robust_texture: bool = False,
         selector: Literal["threshold", "top1", "soft"] = "threshold",
         tau: float = 0.5,
         tune_tau: bool = True,
@@ -182,7 +185,13 @@ class GateTraining(InteractiveModule):
         routers: dict[str, Any] | None = {} if routing == "routers" else None
         decoders, self.class_to_expert = load_experts(backbone, experts, expert_files, routers)
         self.moe = SamMoE(
-            backbone, decoders, gate_hidden_dim, MaskSelector(selector, tau), gate_local_radii, gate_texture
+            backbone,
+            decoders,
+            gate_hidden_dim,
+            MaskSelector(selector, tau),
+            gate_local_radii,
+            gate_texture,
+            gate_robust_texture,
         )
         if gate is not None and routers is None:
             load_gate(self.moe, gate)

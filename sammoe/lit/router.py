@@ -83,7 +83,8 @@ class RouterTraining(L.LightningModule):
         task: the expert's task as in its manifest; its `classes` are the positives.
         preset, checkpoint: the frozen foundation the expert was finetuned on (null: the preset's default).
         hidden_dim, dropout: the router MLP.
-        local_radii, texture: the local statistics the router reads around the click (as the gate's).
+        local_radii, texture, robust_texture: the local statistics the router reads around the click (as
+            the gate's; ``sammoe.model.gate.routing_features``).
         lr, weight_decay: AdamW.
         max_false_claims: largest share of validation general and background clicks the router may claim.
         feature_cache: folder of the trunk-feature cache (``sammoe.lit.feature_cache``); null: encode every
@@ -101,6 +102,7 @@ class RouterTraining(L.LightningModule):
         dropout: float = 0.1,
         local_radii: list[int] = list(LOCAL_RADII),  # noqa: B006 (jsonargparse needs a literal default)
         texture: bool = True,
+        robust_texture: bool = False,
         lr: float = 1e-3,
         weight_decay: float = 0.01,
         max_false_claims: float = 0.02,
@@ -120,11 +122,11 @@ class RouterTraining(L.LightningModule):
             raise ConfigError(f"max_false_claims must lie in [0, 1], got {max_false_claims!r}")
         self.backbone = load_backbone(checkpoint, preset).requires_grad_(False).eval()
         self.router = ExpertRouter(
-            self.backbone.config.prompt_embed_dim, hidden_dim, dropout, local_radii, texture
+            self.backbone.config.prompt_embed_dim, hidden_dim, dropout, local_radii, texture, robust_texture
         )
         self._val: list[tuple[torch.Tensor, list[str]]] = []
         self.metrics: dict[str, float] = {}
-        tag = (backbone_fingerprint(self.backbone), self.router.local_radii, self.router.texture)
+        tag = (backbone_fingerprint(self.backbone), *self.router.layout)
         self.cache = None if feature_cache is None else FeatureCache(feature_cache, tag)
 
     # The overlay configs/experts/NAME.yaml puts the router's run in the expert's finetuning run directory
@@ -171,9 +173,8 @@ class RouterTraining(L.LightningModule):
             embeddings = self.backbone.image_encoder(image)
             sparse, _ = self.backbone.prompt_encoder(points=(points, labels), boxes=None, masks=None)
             return routing_features(
-                embeddings, sparse, points, labels, self.backbone.img_size, image,
-                router.local_radii, router.texture,
-            ).float()  # fmt: skip
+                embeddings, sparse, points, labels, self.backbone.img_size, image, *router.layout
+            ).float()
 
     def targets(self, batch: dict[str, Any]) -> torch.Tensor:
         names = batch["class_name"]

@@ -23,6 +23,7 @@ def save_gate(moe: SamMoE, path: str | Path) -> Path:
         "hidden_dim": str(moe.gate.hidden_dim),
         "local_radii": json.dumps(list(moe.gate.local_radii)),
         "texture": json.dumps(moe.gate.texture),
+        "robust_texture": json.dumps(moe.gate.robust_texture),
     }
     return save_tensors({k: v.detach() for k, v in moe.gate.state_dict().items()}, path, meta)
 
@@ -48,8 +49,9 @@ def load_gate(moe: SamMoE, path: str | Path) -> None:
         hidden = int(meta.get("hidden_dim", moe.gate.hidden_dim))
         radii = tuple(int(r) for r in json.loads(meta.get("local_radii", "[]")))  # older gates: none
         texture = json.loads(meta.get("texture", "false"))  # older gates: none
-        if not isinstance(texture, bool):
-            raise ValueError(f"texture must be true or false, not {texture!r}")
+        robust = json.loads(meta.get("robust_texture", "false"))  # older gates: none
+        if not isinstance(texture, bool) or not isinstance(robust, bool):
+            raise ValueError(f"texture and robust_texture must be true or false, not {texture!r}, {robust!r}")
         tau = float(meta.get("tau", 0.5))
         selector = MaskSelector(
             meta.get("selector_mode", "threshold"), tau if math.isfinite(tau) else math.nan
@@ -78,7 +80,12 @@ def load_gate(moe: SamMoE, path: str | Path) -> None:
         )
     _check_tensors(state, str(path))
     gate = GatingNetwork(
-        moe.backbone.config.prompt_embed_dim, len(names), hidden, local_radii=radii, texture=texture
+        moe.backbone.config.prompt_embed_dim,
+        len(names),
+        hidden,
+        local_radii=radii,
+        texture=texture,
+        robust_texture=robust,
     )
     try:
         gate.load_state_dict(state)

@@ -35,6 +35,7 @@ def save_router(
         "hidden_dim": str(router.hidden_dim),
         "local_radii": json.dumps(list(router.local_radii)),
         "texture": json.dumps(router.texture),
+        "robust_texture": json.dumps(router.robust_texture),
         "metrics": json.dumps({k: float(metrics[k]) for k in METRICS if k in metrics}),
     }
     return save_tensors({k: v.detach() for k, v in router.state_dict().items()}, path, meta)
@@ -75,8 +76,9 @@ def check_router_bytes(data: bytes, source: str, embed_dim: int, fingerprint: st
         hidden = int(meta.get("hidden_dim", "128"))
         radii = tuple(int(r) for r in json.loads(meta.get("local_radii", "[]")))
         texture = json.loads(meta.get("texture", "false"))
-        if not isinstance(texture, bool):
-            raise ValueError(f"texture must be true or false, not {texture!r}")
+        robust = json.loads(meta.get("robust_texture", "false"))  # older routers: none
+        if not isinstance(texture, bool) or not isinstance(robust, bool):
+            raise ValueError(f"texture and robust_texture must be true or false, not {texture!r}, {robust!r}")
     except (ValueError, TypeError) as err:
         raise CheckpointError(
             f"{source}: unreadable router metadata ({err}); retrain or re-copy it"
@@ -94,7 +96,7 @@ def check_router_bytes(data: bytes, source: str, embed_dim: int, fingerprint: st
         )
     _check_tensors(state, source)
     try:
-        router = ExpertRouter(embed_dim, hidden, local_radii=radii, texture=texture)
+        router = ExpertRouter(embed_dim, hidden, local_radii=radii, texture=texture, robust_texture=robust)
         router.load_state_dict(state)
     except (RuntimeError, ValueError) as err:
         first = str(err).strip().splitlines()[-1].strip()

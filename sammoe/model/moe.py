@@ -45,6 +45,7 @@ class SamMoE(nn.Module):
         selector: MaskSelector | None = None,
         gate_local_radii: Sequence[int] = LOCAL_RADII,
         gate_texture: bool = False,
+        gate_robust_texture: bool = False,
     ) -> None:
         super().__init__()
         experts = dict(experts or {})
@@ -59,6 +60,7 @@ class SamMoE(nn.Module):
             gate_hidden_dim,
             local_radii=gate_local_radii,
             texture=gate_texture,
+            robust_texture=gate_robust_texture,
         )
         self.selector = selector or MaskSelector()
         self.routers = nn.ModuleDict()
@@ -72,8 +74,8 @@ class SamMoE(nn.Module):
     def reads_image(self) -> bool:
         """Whether routing reads the encoded crop around the click (local statistics), not only features."""
         if self.routing == "routers":
-            return any(r.local_radii for r in self.routers.values())
-        return bool(self.gate.local_radii)
+            return any(r.reads_image for r in self.routers.values())
+        return self.gate.reads_image
 
     def use_routers(self, routers: dict[str, ExpertRouter]) -> None:
         """Route with each expert's own router instead of the gate: one router per expert, in expert order."""
@@ -113,7 +115,7 @@ class SamMoE(nn.Module):
         features: dict[tuple, torch.Tensor] = {}  # routers reading the same features share them
         columns = []
         for router in self.routers.values():
-            key = (router.local_radii, router.texture)
+            key = router.layout
             if key not in features:
                 features[key] = routing_features(image_embeddings, sparse, points, labels, size, image, *key)
             columns.append(router.probability(features[key]))
@@ -122,10 +124,7 @@ class SamMoE(nn.Module):
 
     def _gate_input(self, image_embeddings, sparse, points, labels, image) -> torch.Tensor:
         size = self.backbone.img_size
-        gate = self.gate
-        return routing_features(
-            image_embeddings, sparse, points, labels, size, image, gate.local_radii, gate.texture
-        )
+        return routing_features(image_embeddings, sparse, points, labels, size, image, *self.gate.layout)
 
     def step(
         self,

@@ -28,8 +28,9 @@ class ExpertRouter(RoutingHead):
         dropout: float = 0.1,
         local_radii: Sequence[int] = LOCAL_RADII,
         texture: bool = True,
+        robust_texture: bool = False,
     ) -> None:
-        super().__init__(embed_dim, 1, hidden_dim, dropout, local_radii, texture)
+        super().__init__(embed_dim, 1, hidden_dim, dropout, local_radii, texture, robust_texture)
         self.register_buffer("temperature", torch.ones(()))
         self.register_buffer("threshold", torch.full((), 0.5))
 

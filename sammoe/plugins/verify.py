@@ -115,7 +115,7 @@ def router_check(model: nn.Module, router: nn.Module) -> str | None:
     size = model.img_size
     sparse, _ = model.prompt_encoder(points=(points, labels), boxes=None, masks=None)
     features = routing_features(
-        model.image_encoder(image), sparse, points, labels, size, image, router.local_radii, router.texture
+        model.image_encoder(image), sparse, points, labels, size, image, *router.layout
     )
     probability = router.probability(features)
     if probability.shape != (1,) or not bool(((probability >= 0) & (probability <= 1)).all()):
