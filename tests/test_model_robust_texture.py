@@ -42,7 +42,9 @@ def test_split_residual_is_the_best_two_class_split():
     gen = torch.Generator().manual_seed(0)
     for n in (2, 3, 7, 40):
         values = torch.randn(n, generator=gen)
-        assert float(split_residual_std(values)) == pytest.approx(_brute_force_split(values), rel=1e-5, abs=1e-6)
+        assert float(split_residual_std(values)) == pytest.approx(
+            _brute_force_split(values), rel=1e-5, abs=1e-6
+        )
     two_flat = torch.cat([torch.zeros(30), torch.full((20,), 9.0)])
     assert float(split_residual_std(two_flat)) == 0.0
     # a Gaussian keeps 1 - 2/pi of its variance after the best split: std ratio sqrt(0.363) = 0.603
@@ -77,7 +79,9 @@ def test_a_border_between_flat_organs_does_not_look_like_texture():
             assert lesion[residual] > border[residual] + 1.0  # ... but a split explains it, not the texture
         assert abs(float(organ[residual]) - float(border[residual])) < 1.0  # border residual ~ flat organ
     # scale and offset free (the crop's noise is the unit); no click: zeros
-    torch.testing.assert_close(robust_texture_stats(image * 5.0 - 2.0, clicks, labels), stats, atol=1e-3, rtol=0)
+    torch.testing.assert_close(
+        robust_texture_stats(image * 5.0 - 2.0, clicks, labels), stats, atol=1e-3, rtol=0
+    )
     assert torch.equal(robust_texture_stats(image, None, None), torch.zeros(1, ROBUST_TEXTURE_COUNT))
     # clicks at the crop's corners: cubes are clipped, values stay finite
     corners = torch.tensor([[list(c)] for c in itertools.product((0.0, 63.0), repeat=3)])
@@ -100,7 +104,9 @@ def test_routers_and_gates_reading_robust_texture_round_trip(tiny, tmp_path):
     features = routing_features(emb, sparse, clicks, labels, tiny.img_size, image, *router.layout)
     assert features.shape[1] == routing_feature_count(tiny.config.prompt_embed_dim, *router.layout)
     assert router.norm.normalized_shape[0] == features.shape[1]
-    path = save_router(router, tmp_path / "r.safetensors", name="a", classes={"a": 1}, backbone=tiny, metrics={})
+    path = save_router(
+        router, tmp_path / "r.safetensors", name="a", classes={"a": 1}, backbone=tiny, metrics={}
+    )
     loaded = load_router_file(path, tiny, "a")
     assert loaded.robust_texture and loaded.layout == router.layout
     torch.testing.assert_close(loaded.probability(features), router.probability(features))
