@@ -215,10 +215,12 @@ class Predictor:
         points: np.ndarray,
         labels: np.ndarray,
         low: torch.Tensor,
-        route: int | None = None,
+        route: int | torch.Tensor | None = None,
+        probs: torch.Tensor | None = None,
     ):
         """One interactive step for a batch of targets in one ROI: -> (low-res logits, iou (B,), gate probs
-        (B, K+1) | None, route). `route` forces an expert (a MoE's further windows keep the target's)."""
+        (B, K+1) | None, route). `route` forces an expert (a MoE's further windows keep the target's);
+        with `probs`, the targets' routing from their first step is reused."""
         emb = entry.embedding
         pts = torch.as_tensor(points, dtype=torch.float32, device=self.device)
         lab = torch.as_tensor(labels, dtype=torch.long, device=self.device)
@@ -227,10 +229,22 @@ class Predictor:
             route = self.expert_names.index(self._route)
         with torch.inference_mode(), self._amp():
             if isinstance(self.model, SamMoE):
-                out = self.model.step(emb, pts, lab, low.to(emb.dtype), route=route, image=entry.image)
+                out = self.model.step(
+                    emb, pts, lab, low.to(emb.dtype), route=route, image=entry.image, probs=probs
+                )
                 return out.logits.float(), out.iou.float()[:, 0], out.probs.float(), out.route
             logits, iou = self.backbone.decode(emb, pts, lab, low.to(emb.dtype), decoder=self.decoder)
             return logits.float(), iou.float()[:, 0], None, None
+
+    def _routed(self, group: list[_State]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(route, probs) of targets a MoE has already routed (each target's first step decides), else Nones."""
+        if not isinstance(self.model, SamMoE) or any(
+            s.fed == 0 or s.probs is None or s.route < 0 for s in group
+        ):
+            return None, None
+        route = torch.tensor([s.route for s in group], device=self.device)
+        probs = torch.as_tensor(np.stack([s.probs for s in group]), device=self.device)
+        return route, probs
 
     def _zeros_low(self, n: int) -> torch.Tensor:
         return torch.zeros(n, 1, *(self.low_size,) * 3, device=self.device)
@@ -254,7 +268,7 @@ class Predictor:
                 points = np.stack([self._roi_clicks(entry, s, count) for s in group])
                 labels = np.stack([s.labels[:count] for s in group])
                 low = torch.cat([self._zeros_low(1) if s.low is None else s.low for s in group])
-                logits, iou, probs, route = self._decode(entry, points, labels, low)
+                logits, iou, probs, route = self._decode(entry, points, labels, low, *self._routed(group))
                 for b, s in enumerate(group):
                     s.low = logits[b : b + 1]
                     s.iou = float(iou[b])

@@ -253,6 +253,31 @@ def test_moe_reports_expert_and_gate(tiny):
     assert forced.expert == max(forced.gate, key=forced.gate.get)
 
 
+def test_a_target_is_routed_once_and_refinement_reuses_it(tiny, monkeypatch):
+    """Routing reads only the first positive click, so refinement clicks reuse the first step's route and
+    probabilities (the texture statistics cost more than a decoder pass) with the same masks as recomputing."""
+    import sammoe.model.moe as moe_module
+
+    torch.manual_seed(1)
+    backbone = load_backbone(None, "tiny")
+    moe = SamMoE(backbone, {"liver": SamMed3D(PRESETS["tiny"]).mask_decoder}, gate_robust_texture=True)
+    calls = []
+    original = moe_module.routing_features
+    monkeypatch.setattr(moe_module, "routing_features", lambda *a, **k: calls.append(1) or original(*a, **k))
+    pred = Predictor(moe, "cpu", use_sliding_window=False)
+    pred.set_image(oblique_volume())
+    targets = [Target([[17, 14, 9], [12, 10, 8], [15, 12, 9]], [1, 0, 1]), Target([[12, 10, 8]])]
+    seg = pred.predict(targets, probabilities=True)
+    assert len(calls) == 2  # each target's first click (each has its own crop), none for the 2 refinements
+    monkeypatch.setattr(pred, "_routed", lambda group: (None, None))  # recompute at every click
+    again = pred.predict(targets, probabilities=True)
+    assert len(calls) == 2 + 4
+    for a, b in zip(seg.targets, again.targets):
+        assert a.expert == b.expert and a.gate == pytest.approx(b.gate)
+        np.testing.assert_array_equal(a.probability, b.probability)
+    np.testing.assert_array_equal(seg.labels, again.labels)
+
+
 def test_load_model_shipped_assets(tmp_path, monkeypatch):
     from sammoe import assets
 

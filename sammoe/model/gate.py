@@ -97,11 +97,19 @@ def local_intensity_stats(
     return out
 
 
+def crop_noise(image: torch.Tensor) -> torch.Tensor:
+    """(N,) noise level of each crop of ``image`` (N, 1, S, S, S): the median absolute difference of
+    neighbouring voxels, set by the scanner rather than by what the crop holds."""
+    volume = image[:, 0].float()
+    return (volume[..., 1:] - volume[..., :-1]).abs().flatten(1).median(1).values.clamp_min(1e-4)
+
+
 def local_texture_stats(
     image: torch.Tensor,
     points: torch.Tensor | None,
     labels: torch.Tensor | None,
     radii: Sequence[int] = LOCAL_RADII,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(B, 2 * len(radii)): texture around each sample's first positive click relative to the crop's noise:
     log(std in the cube / noise) and log(mean 3-voxel local std in the cube / noise); zeros without a click.
@@ -110,13 +118,15 @@ def local_texture_stats(
     bone shrink every value), so a textured lesion and its host organ overlap there. The noise level, the
     median absolute difference of neighbouring voxels over the whole crop, is set by the scanner, not by the
     crop's contents: a texture stands out as a ratio to it. Measured offline on held-out phantoms (gate MLP,
-    3 click draws per training target): lesion recall 0.80 -> 0.90 with these added.
+    3 click draws per training target): lesion recall 0.80 -> 0.90 with these added. ``noise``: the
+    ``crop_noise`` of ``image`` when already known.
     """
     out, clicks = _click_voxels(image, points, labels, 2 * len(radii))
+    noise = crop_noise(image) if noise is None and clicks else noise
     reach = max(radii, default=0) + 1  # the 3-voxel local std at the cube's border needs one more voxel
     for b, click in clicks:
-        volume = image[b if image.shape[0] > 1 else 0, 0].float()
-        noise = (volume[..., 1:] - volume[..., :-1]).abs().median().clamp_min(1e-4)
+        row = b if image.shape[0] > 1 else 0
+        volume, level = image[row, 0].float(), noise[row]
         lo = [max(c - reach, 0) for c in click]
         patch = volume[tuple(slice(low, c + reach + 1) for low, c in zip(lo, click))][None, None]
         mean = nn.functional.avg_pool3d(patch, 3, 1, 1, count_include_pad=False)
@@ -125,8 +135,8 @@ def local_texture_stats(
         centre = [c - low for c, low in zip(click, lo)]
         for j, r in enumerate(radii):
             cube = tuple(slice(max(c - r, 0), c + r + 1) for c in centre)
-            out[b, 2 * j] = torch.log(patch[0, 0][cube].std(correction=0) / noise + 1e-3)
-            out[b, 2 * j + 1] = torch.log(local_std[cube].mean() / noise + 1e-3)
+            out[b, 2 * j] = torch.log(patch[0, 0][cube].std(correction=0) / level + 1e-3)
+            out[b, 2 * j + 1] = torch.log(local_std[cube].mean() / level + 1e-3)
     return out
 
 
@@ -152,7 +162,10 @@ def split_residual_std(values: torch.Tensor) -> torch.Tensor:
 
 
 def robust_texture_stats(
-    image: torch.Tensor, points: torch.Tensor | None, labels: torch.Tensor | None
+    image: torch.Tensor,
+    points: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(B, ROBUST_TEXTURE_COUNT): texture at each sample's first positive click that an edge cannot fake,
     relative to the crop's noise (as ``local_texture_stats``); zeros without a click.
@@ -166,12 +179,13 @@ def robust_texture_stats(
     held-out phantoms (seed 4, 3 click draws, one-vs-rest routers on seed-2 clicks): routing 0.937 -> 0.985.
     """
     out, clicks = _click_voxels(image, points, labels, ROBUST_TEXTURE_COUNT)
+    noise = crop_noise(image) if noise is None and clicks else noise
     reach = max(max(SPLIT_RADII), max(SPREAD_RADII)) + 1
     for b, click in clicks:
-        volume = image[b if image.shape[0] > 1 else 0, 0].float()
-        noise = (volume[..., 1:] - volume[..., :-1]).abs().median().clamp_min(1e-4)
+        row = b if image.shape[0] > 1 else 0
+        volume = image[row, 0].float()
         lo = [max(c - reach, 0) for c in click]
-        patch = volume[tuple(slice(low, c + reach + 1) for low, c in zip(lo, click))] / noise
+        patch = volume[tuple(slice(low, c + reach + 1) for low, c in zip(lo, click))] / noise[row]
         mean = nn.functional.avg_pool3d(patch[None, None], 3, 1, 1, count_include_pad=False)
         square = nn.functional.avg_pool3d(patch[None, None] ** 2, 3, 1, 1, count_include_pad=False)
         spread = (square - mean * mean).clamp_min(0).sqrt()[0, 0]
@@ -220,10 +234,11 @@ def routing_features(
             "pass the encoded crop as image="
         )
     stats = [local_intensity_stats(image, points, labels, local_radii)] if local_radii else []
+    noise = crop_noise(image) if texture or robust_texture else None  # once for both
     if texture:
-        stats.append(local_texture_stats(image, points, labels, local_radii))
+        stats.append(local_texture_stats(image, points, labels, local_radii, noise))
     if robust_texture:
-        stats.append(robust_texture_stats(image, points, labels))
+        stats.append(robust_texture_stats(image, points, labels, noise))
     return torch.cat([features, *(s.to(features.dtype) for s in stats)], dim=1)
 
 

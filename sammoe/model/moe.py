@@ -134,16 +134,23 @@ class SamMoE(nn.Module):
         mask_prompt: torch.Tensor | None,
         route: torch.Tensor | int | None = None,
         image: torch.Tensor | None = None,
+        probs: torch.Tensor | None = None,
     ) -> MoEStep:
         """One interactive step. `route` forces experts (an index or one per sample): oracle routing and
         per-expert evaluation; otherwise the experts' routers (``routing == "routers"``) or the gate and its
         selector decide. `image` is the encoded crop (B or 1, 1, S, S, S), needed when routing reads it
-        (``reads_image``)."""
+        (``reads_image``). `probs` (B, K+1) with `route`: the routing an earlier step of these targets
+        computed, reused as is (routing reads only the first positive click, so a refinement click cannot
+        change it, and the texture statistics cost more than a decoder pass)."""
         prompt_encoder = self.backbone.prompt_encoder
         sparse, dense = prompt_encoder(
             points=None if points is None else (points, labels), boxes=None, masks=mask_prompt
         )
-        if self.routing == "routers":
+        if probs is not None:
+            if route is None:
+                raise ValueError("probs from an earlier step need that step's route")
+            gate_logits = torch.logit(probs.float(), eps=1e-6)
+        elif self.routing == "routers":
             probs = self.router_probs(image_embeddings, sparse, points, labels, image)
             gate_logits = torch.logit(probs, eps=1e-6)
             if route is None:
