@@ -309,8 +309,10 @@ class Predictor:
                     points = np.concatenate([seed[None], points])
                     labels = np.concatenate([[1], labels])
                 # The target's expert, not a new gate decision on a window it merely overlaps.
-                route = state.route if state.route >= 0 else None
-                logits, *_ = self._decode(entry, points[None], labels[None], self._zeros_low(1), route)
+                route, probs = self._routed([state])
+                if route is None and state.route >= 0:
+                    route = state.route
+                logits, *_ = self._decode(entry, points[None], labels[None], self._zeros_low(1), route, probs)
                 prob = self._upsample(logits)[0]
             seen.append((roi, prob))
             return prob
