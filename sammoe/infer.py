@@ -210,17 +210,10 @@ class Predictor:
         return entry
 
     def _decode(
-        self,
-        entry: _Entry,
-        points: np.ndarray,
-        labels: np.ndarray,
-        low: torch.Tensor,
-        route: int | torch.Tensor | None = None,
-        probs: torch.Tensor | None = None,
+        self, entry: _Entry, points: np.ndarray, labels: np.ndarray, low: torch.Tensor, route=None, probs=None
     ):
         """One interactive step for a batch of targets in one ROI: -> (low-res logits, iou (B,), gate probs
-        (B, K+1) | None, route). `route` forces an expert (a MoE's further windows keep the target's);
-        with `probs`, the targets' routing from their first step is reused."""
+        (B, K+1) | None, route). `route` forces an expert; with `probs` it is the targets' own, reused."""
         emb = entry.embedding
         pts = torch.as_tensor(points, dtype=torch.float32, device=self.device)
         lab = torch.as_tensor(labels, dtype=torch.long, device=self.device)
@@ -229,22 +222,18 @@ class Predictor:
             route = self.expert_names.index(self._route)
         with torch.inference_mode(), self._amp():
             if isinstance(self.model, SamMoE):
-                out = self.model.step(
-                    emb, pts, lab, low.to(emb.dtype), route=route, image=entry.image, probs=probs
-                )
+                out = self.model.step(emb, pts, lab, low.to(emb.dtype), route, entry.image, probs)
                 return out.logits.float(), out.iou.float()[:, 0], out.probs.float(), out.route
             logits, iou = self.backbone.decode(emb, pts, lab, low.to(emb.dtype), decoder=self.decoder)
             return logits.float(), iou.float()[:, 0], None, None
 
     def _routed(self, group: list[_State]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(route, probs) of targets a MoE has already routed (each target's first step decides), else Nones."""
-        if not isinstance(self.model, SamMoE) or any(
-            s.fed == 0 or s.probs is None or s.route < 0 for s in group
-        ):
+        done = all(s.fed > 0 and s.probs is not None and s.route >= 0 for s in group)
+        if not done or not isinstance(self.model, SamMoE):
             return None, None
-        route = torch.tensor([s.route for s in group], device=self.device)
         probs = torch.as_tensor(np.stack([s.probs for s in group]), device=self.device)
-        return route, probs
+        return torch.tensor([s.route for s in group], device=self.device), probs
 
     def _zeros_low(self, n: int) -> torch.Tensor:
         return torch.zeros(n, 1, *(self.low_size,) * 3, device=self.device)
@@ -309,10 +298,8 @@ class Predictor:
                     points = np.concatenate([seed[None], points])
                     labels = np.concatenate([[1], labels])
                 # The target's expert, not a new gate decision on a window it merely overlaps.
-                route, probs = self._routed([state])
-                if route is None and state.route >= 0:
-                    route = state.route
-                logits, *_ = self._decode(entry, points[None], labels[None], self._zeros_low(1), route, probs)
+                routed = self._routed([state])  # a plain SamMed3D has no routing to keep
+                logits, *_ = self._decode(entry, points[None], labels[None], self._zeros_low(1), *routed)
                 prob = self._upsample(logits)[0]
             seen.append((roi, prob))
             return prob
