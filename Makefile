@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all test-wheel bench lint format clean foundation experts-train routers gate evaluate bench-train
+.PHONY: install demo test test-all test-wheel test-bench bench lint format clean foundation experts-train routers gate evaluate bench-train
 
 $(STAMP): pyproject.toml $(wildcard experts/*/pyproject.toml)
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -31,6 +31,10 @@ test-all: $(STAMP)
 # the built wheel in a fresh venv runs `sammoe demo --fast` outside the checkout (about 10 minutes)
 test-wheel: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow tests/test_wheel.py
+
+# every benchmark's smoke run against the official code (slow: out of `make test`; CI runs it)
+test-bench: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow tests/test_benchmarks.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/encoder.py

@@ -1,11 +1,18 @@
-"""Every benchmark's --smoke mode runs, so that the benchmarks cannot rot unnoticed."""
+"""Every benchmark's --smoke mode runs, so that the benchmarks cannot rot unnoticed.
+
+The smokes that run a model against the official one take 15-40 s each on 2 cores: they are `slow` (out of
+`make test`, which must stay under 2 minutes); `make test-bench` runs them, and `.ci/run` calls it after the quick suite.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SMOKE_OF_A_MODEL = pytest.mark.slow
 
 
 def _load(name: str):
@@ -22,12 +29,14 @@ def test_router_train_smoke_times_both_runs_per_epoch(tmp_path):
     assert result["speedup_after_first_epoch"] > 0 and (tmp_path / "r.json").is_file()
 
 
+@SMOKE_OF_A_MODEL
 def test_segment_smoke_times_the_command_and_the_clicks(capsys):
     _load("segment").main(["--smoke"])
     out = capsys.readouterr().out
     assert "10 targets, cached embedding" in out and "refinement, add_click end to end" in out
 
 
+@SMOKE_OF_A_MODEL
 def test_segment_smoke_compares_with_the_official_pipeline(capsys):
     _load("segment").main(["--smoke", "--modes", "official"])
     out = capsys.readouterr().out
@@ -41,6 +50,7 @@ def test_dataloader_smoke_compares_both_pipelines(capsys):
     assert "sammoe warm (cached)" in out and "torchio plain, later epoch" in out
 
 
+@SMOKE_OF_A_MODEL
 def test_train_step_smoke_runs_ours_and_the_official_loop(capfd):
     _load("train_step").main(["--smoke"])
     out = capfd.readouterr().out
@@ -59,6 +69,7 @@ def test_gpu_script_parses_and_calls_benchmarks_that_exist():
     assert all((BENCHMARKS / name).is_file() for name in called)
 
 
+@SMOKE_OF_A_MODEL
 def test_encoder_smoke_compares_with_the_official_encoder(capfd):
     _load("encoder").main(["--smoke"])
     out = capfd.readouterr().out
