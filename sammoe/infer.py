@@ -229,8 +229,11 @@ class Predictor:
 
     def _routed(self, group: list[_State]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(route, probs) of targets a MoE has already routed (each target's first step decides), else Nones."""
-        done = all(s.fed > 0 and s.probs is not None and s.route >= 0 for s in group)
-        if not done or not isinstance(self.model, SamMoE):
+        forced = None if self._route is None else self.expert_names.index(self._route)
+        done = all(
+            s.fed > 0 and s.probs is not None and s.route >= 0 and forced in (None, s.route) for s in group
+        )
+        if not done or not isinstance(self.model, SamMoE):  # a route forced since then applies
             return None, None
         probs = torch.as_tensor(np.stack([s.probs for s in group]), device=self.device)
         return torch.tensor([s.route for s in group], device=self.device), probs

@@ -276,6 +276,11 @@ def test_a_target_is_routed_once_and_refinement_reuses_it(tiny, monkeypatch):
         assert a.expert == b.expert and a.gate == pytest.approx(b.gate)
         np.testing.assert_array_equal(a.probability, b.probability)
     np.testing.assert_array_equal(seg.labels, again.labels)
+    monkeypatch.undo()
+    pred.predict(Target([[17, 14, 9]]))
+    other = "liver" if pred._states[0].route == 0 else "foundation"
+    pred.route = other  # forced after the first click: the refinement follows it, not the old route
+    assert pred.add_click(0, [15, 12, 9]).expert == other
 
 
 def test_load_model_shipped_assets(tmp_path, monkeypatch):
