@@ -74,6 +74,27 @@ def _click_voxels(
     return out, [(b, clicks[b]) for b, has in enumerate(has_click.tolist()) if has]
 
 
+def _cube(centre: Sequence[int], r: int) -> tuple[slice, ...]:
+    """The cube of half-side ``r`` around voxel ``centre``, clipped at the low faces (slicing clips the high)."""
+    return tuple(slice(max(c - r, 0), c + r + 1) for c in centre)
+
+
+def _patch_around(volume: torch.Tensor, click: Sequence[int], reach: int) -> tuple[torch.Tensor, list[int]]:
+    """The block of ``volume`` within ``reach`` voxels of ``click`` (clipped to the crop) and the click's voxel
+    in it."""
+    lo = [max(c - reach, 0) for c in click]
+    patch = volume[tuple(slice(low, c + reach + 1) for low, c in zip(lo, click))]
+    return patch, [c - low for c, low in zip(click, lo)]
+
+
+def _local_spread(patch: torch.Tensor) -> torch.Tensor:
+    """Standard deviation of each voxel's 3-voxel neighbourhood (clipped at the block's faces)."""
+    block = patch[None, None]
+    mean = nn.functional.avg_pool3d(block, 3, 1, 1, count_include_pad=False)
+    square = nn.functional.avg_pool3d(block * block, 3, 1, 1, count_include_pad=False)
+    return (square - mean * mean).clamp_min(0).sqrt()[0, 0]
+
+
 def local_intensity_stats(
     image: torch.Tensor,
     points: torch.Tensor | None,
@@ -91,7 +112,7 @@ def local_intensity_stats(
     for b, click in clicks:
         volume = image[b if image.shape[0] > 1 else 0, 0]
         for j, r in enumerate(radii):
-            cube = volume[tuple(slice(max(c - r, 0), c + r + 1) for c in click)].float()
+            cube = volume[_cube(click, r)].float()
             out[b, 2 * j] = cube.mean()
             out[b, 2 * j + 1] = cube.std(correction=0)
     return out
@@ -126,17 +147,12 @@ def local_texture_stats(
     reach = max(radii, default=0) + 1  # the 3-voxel local std at the cube's border needs one more voxel
     for b, click in clicks:
         row = b if image.shape[0] > 1 else 0
-        volume, level = image[row, 0].float(), noise[row]
-        lo = [max(c - reach, 0) for c in click]
-        patch = volume[tuple(slice(low, c + reach + 1) for low, c in zip(lo, click))][None, None]
-        mean = nn.functional.avg_pool3d(patch, 3, 1, 1, count_include_pad=False)
-        square = nn.functional.avg_pool3d(patch * patch, 3, 1, 1, count_include_pad=False)
-        local_std = (square - mean * mean).clamp_min(0).sqrt()[0, 0]
-        centre = [c - low for c, low in zip(click, lo)]
+        patch, centre = _patch_around(image[row, 0].float(), click, reach)
+        local_std = _local_spread(patch)
         for j, r in enumerate(radii):
-            cube = tuple(slice(max(c - r, 0), c + r + 1) for c in centre)
-            out[b, 2 * j] = torch.log(patch[0, 0][cube].std(correction=0) / level + 1e-3)
-            out[b, 2 * j + 1] = torch.log(local_std[cube].mean() / level + 1e-3)
+            cube = _cube(centre, r)
+            out[b, 2 * j] = torch.log(patch[cube].std(correction=0) / noise[row] + 1e-3)
+            out[b, 2 * j + 1] = torch.log(local_std[cube].mean() / noise[row] + 1e-3)
     return out
 
 
@@ -183,31 +199,26 @@ def robust_texture_stats(
     reach = max(max(SPLIT_RADII), max(SPREAD_RADII)) + 1
     for b, click in clicks:
         row = b if image.shape[0] > 1 else 0
-        volume = image[row, 0].float()
-        lo = [max(c - reach, 0) for c in click]
-        patch = volume[tuple(slice(low, c + reach + 1) for low, c in zip(lo, click))] / noise[row]
-        mean = nn.functional.avg_pool3d(patch[None, None], 3, 1, 1, count_include_pad=False)
-        square = nn.functional.avg_pool3d(patch[None, None] ** 2, 3, 1, 1, count_include_pad=False)
-        spread = (square - mean * mean).clamp_min(0).sqrt()[0, 0]
-        centre = [c - low for c, low in zip(click, lo)]
-
-        def cube(data: torch.Tensor, r: int, centre: list[int] = centre) -> torch.Tensor:
-            return data[tuple(slice(max(c - r, 0), c + r + 1) for c in centre)].flatten()
-
-        row = []
+        patch, centre = _patch_around(image[row, 0].float(), click, reach)
+        patch = patch / noise[row]
+        spread = _local_spread(patch)
+        stats = []
         for r in SPLIT_RADII:
-            values = cube(patch, r)
-            row += [torch.log(split_residual_std(values) + 1e-2), torch.log(values.std(correction=0) + 1e-2)]
+            values = patch[_cube(centre, r)].flatten()
+            stats += [
+                torch.log(split_residual_std(values) + 1e-2),
+                torch.log(values.std(correction=0) + 1e-2),
+            ]
         for r in SPREAD_RADII:
-            local = cube(spread, r)
-            row += [
+            local = spread[_cube(centre, r)].flatten()
+            stats += [
                 torch.log(local.median() + 1e-2),
                 torch.log(local.quantile(0.25) + 1e-2),
                 (local > 2.0).float().mean(),
                 (local > 4.0).float().mean(),
             ]
-        row.append(torch.log(spread[tuple(centre)] + 1e-2))
-        out[b] = torch.stack(row).clamp(-20.0, 20.0)
+        stats.append(torch.log(spread[tuple(centre)] + 1e-2))
+        out[b] = torch.stack(stats).clamp(-20.0, 20.0)
     return out
 
 
