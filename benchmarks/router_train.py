@@ -1,13 +1,16 @@
-"""Router training epoch time with and without the trunk-feature cache, in one run on one machine.
+"""Router and gate training epoch time with and without the trunk-feature cache, in one run on one machine.
 
-    python benchmarks/router_train.py                       # vit_b_ori (random weights), 128^3 crops, CPU
+    python benchmarks/router_train.py                       # router, vit_b_ori (random weights), 128^3 crops
+    python benchmarks/router_train.py --module gate         # the joint gate (configs/gate.yaml's module)
     python benchmarks/router_train.py --preset tiny --cases 24 --epochs 4
     python benchmarks/router_train.py --smoke               # tiny sizes, what the test suite runs
 
-Both runs train `RouterTraining` (configs/router.yaml's module) through a Lightning Trainer on the same
-generated phantoms, with one fixed click per target (`click_draws: 1`, so every crop repeats from the second
-epoch). `uncached` encodes every crop every step; `cached` reads the features from `FeatureCache` after the
-first epoch. Speed does not depend on the weights, so the backbone is the seeded initialisation.
+Both runs train `RouterTraining` (configs/router.yaml) or `GateTraining` (configs/gate.yaml, over one expert
+exported from the same trunk) through a Lightning Trainer on the same generated phantoms, with one fixed
+click per target (`click_draws: 1`, so every crop repeats from the second epoch). `uncached` encodes every
+crop every step; `cached` reads the features from `FeatureCache` after the first epoch. Speed does not depend
+on the weights, so the backbone is the seeded initialisation. Validation is off (the gate's tau tuning
+decodes every crop with every decoder, with or without the cache).
 """
 
 from __future__ import annotations
@@ -53,17 +56,38 @@ def warm_preprocessing(root: Path, preset: str, cases: int) -> None:
         data.cache.load(case)
 
 
-def run(root: Path, preset: str, cases: int, epochs: int, cache_dir: Path | None) -> list[float]:
+def _module(kind: str, root: Path, preset: str, cache_dir: Path | None):
+    cache = None if cache_dir is None else str(cache_dir)
+    if kind == "router":
+        from sammoe.lit.router import RouterTraining
+
+        return RouterTraining(
+            "spinal_cord", {"classes": {"spinal_cord": 5}}, preset=preset, checkpoint="seeded",
+            feature_cache=cache,
+        )  # fmt: skip
+    from sammoe.lit.finetune import ExpertFinetune
+    from sammoe.lit.gate import GateTraining
+
+    decoder = root / "expert" / "decoder.safetensors"
+    if not decoder.is_file():
+        expert = ExpertFinetune(
+            name="spinal_cord", preset=preset, checkpoint="seeded", task={"classes": {"spinal_cord": 5}}
+        )
+        expert.export(decoder)
+    return GateTraining(
+        preset=preset, checkpoint="seeded", expert_files={"spinal_cord": str(decoder)},
+        gate_robust_texture=True, tune_tau=False, feature_cache=cache,
+    )  # fmt: skip
+
+
+def run(
+    root: Path, preset: str, cases: int, epochs: int, cache_dir: Path | None, kind: str = "router"
+) -> list[float]:
     """Seconds per training epoch."""
     import lightning as L
 
-    from sammoe.lit.router import RouterTraining
-
     data = _data(root, preset, cases)
-    module = RouterTraining(
-        "spinal_cord", {"classes": {"spinal_cord": 5}}, preset=preset, checkpoint="seeded",
-        feature_cache=None if cache_dir is None else str(cache_dir),
-    )  # fmt: skip
+    module = _module(kind, root, preset, cache_dir)
     times: list[float] = []
 
     class Clock(L.Callback):
@@ -86,6 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--module", default="router", choices=["router", "gate"])
     parser.add_argument("--preset", default="vit_b_ori", choices=["tiny", "vit_b_ori"])
     parser.add_argument("--cases", type=int, default=4, help="phantom cases (4 targets each)")
     parser.add_argument("--epochs", type=int, default=3)
@@ -97,19 +122,20 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         warm_preprocessing(root, args.preset, args.cases)
-        uncached = run(root, args.preset, args.cases, args.epochs, None)
-        cached = run(root, args.preset, args.cases, args.epochs, root / "features")
+        uncached = run(root, args.preset, args.cases, args.epochs, None, args.module)
+        cached = run(root, args.preset, args.cases, args.epochs, root / "features", args.module)
     later = slice(1, None)
     result = {
         "cpu": _cpu_name(),
         "threads": torch.get_num_threads(),
+        "module": args.module,
         "preset": args.preset,
         "crops_per_epoch": args.cases * 4,
         "uncached_epoch_s": uncached,
         "cached_epoch_s": cached,
         "speedup_after_first_epoch": statistics.median(uncached[later]) / statistics.median(cached[later]),
     }
-    print(f"router training, {args.preset}, {result['crops_per_epoch']} crops per epoch, {result['cpu']}, "
+    print(f"{args.module} training, {args.preset}, {result['crops_per_epoch']} crops per epoch, {result['cpu']}, "
           f"{result['threads']} threads")  # fmt: skip
     print("epoch   uncached s   cached s")
     for e, (u, c) in enumerate(zip(uncached, cached), 1):

@@ -22,10 +22,11 @@ def _load(name: str):
     return module
 
 
-def test_router_train_smoke_times_both_runs_per_epoch(tmp_path):
-    result = _load("router_train").main(["--smoke", "--json", str(tmp_path / "r.json")])
+@pytest.mark.parametrize("module", ["router", "gate"])
+def test_router_train_smoke_times_both_runs_per_epoch(tmp_path, module):
+    result = _load("router_train").main(["--smoke", "--module", module, "--json", str(tmp_path / "r.json")])
     assert len(result["uncached_epoch_s"]) == len(result["cached_epoch_s"]) == 2
-    assert result["preset"] == "tiny" and result["crops_per_epoch"] == 8
+    assert result["preset"] == "tiny" and result["crops_per_epoch"] == 8 and result["module"] == module
     assert result["speedup_after_first_epoch"] > 0 and (tmp_path / "r.json").is_file()
 
 

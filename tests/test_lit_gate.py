@@ -92,6 +92,40 @@ def test_gate_learns_alone_toward_the_task_expert(fake_experts):
     assert loss.item() < first
 
 
+def test_gate_training_reads_click_centred_features_from_the_cache(fake_experts, tmp_path, monkeypatch):
+    """With a feature cache each click-centred crop is encoded once: the second step encodes nothing and
+    gives the loss of a gate that computes every feature, and the cache is on disk after the epoch."""
+    batch = {
+        **_batch(["liver", "spinal_cord", "nodules", "background"]),
+        "first_click": torch.tensor([[32, 28, 36], [30, 30, 30], [33, 29, 35], [5, 5, 5]]),
+        "start": torch.zeros(4, 3, dtype=torch.long),
+        "dataset": ["d"] * 4,
+    }
+    plain = GateTraining(checkpoint=None, gate_robust_texture=True)
+    cached = GateTraining(checkpoint=None, gate_robust_texture=True, feature_cache=str(tmp_path / "cache"))
+    cached.moe.gate.load_state_dict(plain.moe.gate.state_dict())
+    plain.eval(), cached.eval()  # no dropout: the same gate gives the same loss
+    encoded = []
+    encoder = cached.moe.backbone.image_encoder
+    monkeypatch.setattr(
+        encoder, "forward", lambda image, _f=encoder.forward: encoded.append(len(image)) or _f(image)
+    )
+    reference = plain.training_step(batch, 0)
+    first = cached.training_step(batch, 0)
+    second = cached.training_step(batch, 0)
+    assert encoded == [4]  # the second step read all four crops from the cache
+    torch.testing.assert_close(first, reference)
+    torch.testing.assert_close(second, reference)
+    assert second.requires_grad  # the gate still learns from cached features
+    monkeypatch.setattr(cached, "log", lambda *a, **k: None)
+    monkeypatch.setattr(GateTraining, "trainer", SimpleNamespace(is_global_zero=True))
+    cached.on_train_epoch_end()
+    written = list((tmp_path / "cache").glob("features-*.safetensors"))
+    assert len(written) == 1
+    fresh = GateTraining(checkpoint=None, gate_robust_texture=True, feature_cache=str(tmp_path / "cache"))
+    assert len(fresh.cache.table) == 4  # a new run starts from the file
+
+
 def test_unknown_expert_is_a_plugin_error(fake_experts):
     with pytest.raises(PluginError, match="nope"):
         GateTraining(experts=["nope"])

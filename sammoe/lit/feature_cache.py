@@ -1,4 +1,4 @@
-"""Routing features computed once: router (and gate) training reads the frozen trunk's features of each crop
+"""Routing features computed once: router and gate training read the frozen trunk's features of each crop
 from here instead of re-encoding it every epoch.
 
 A crop is known by its case, class, start, centring click and a checksum of its voxels, so a changed image,
@@ -20,6 +20,37 @@ from typing import Any
 import torch
 
 from sammoe.errors import CheckpointError
+
+
+def trunk_features(
+    backbone: Any, batch: dict[str, Any], rows: list[int], layout: Sequence[Any]
+) -> torch.Tensor:
+    """(len(rows), F) routing features (``sammoe.model.gate.routing_features`` with ``layout``) of the
+    samples ``rows`` of a click-centred batch, read at each crop's centring click; the trunk runs without
+    gradients. What router and gate training compute on a cache miss."""
+    from sammoe.interact.crop_evaluation import first_clicks
+    from sammoe.model.gate import routing_features
+
+    points, labels = (t[rows] for t in first_clicks(batch))
+    image = batch["image"][rows]
+    with torch.no_grad():
+        embeddings = backbone.image_encoder(image)
+        sparse, _ = backbone.prompt_encoder(points=(points, labels), boxes=None, masks=None)
+        return routing_features(embeddings, sparse, points, labels, backbone.img_size, image, *layout).float()
+
+
+def batch_features(
+    cache: FeatureCache | None, backbone: Any, batch: dict[str, Any], layout: Sequence[Any]
+) -> torch.Tensor:
+    """(B, F) routing features of a click-centred batch: cached rows from ``cache`` and the trunk for the
+    rest (every row when ``cache`` is None)."""
+
+    def compute(rows: list[int]) -> torch.Tensor:
+        return trunk_features(backbone, batch, rows, layout)
+
+    if cache is None:
+        return compute(list(range(len(batch["class_name"]))))
+    return cache.features(batch, compute)
 
 
 def crop_key(batch: dict[str, Any], b: int) -> str:
@@ -62,6 +93,15 @@ class FeatureCache:
             self._dirty = True
         device = batch["image"].device
         return torch.stack([self.table[key] for key in keys]).to(device)
+
+    def end_epoch(self, write: bool) -> float:
+        """Share of this epoch's rows read from the cache; resets the counts and, with ``write`` (rank 0),
+        writes the table when it grew."""
+        share = self.hits / max(self.hits + self.misses, 1)
+        self.hits = self.misses = 0
+        if write:
+            self.flush()
+        return share
 
     def flush(self) -> Path | None:
         """Write the table when it grew (rank 0 only; safetensors via ``sammoe.loading``)."""

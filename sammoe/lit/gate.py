@@ -25,6 +25,7 @@ from sammoe.eval.results import GENERAL, TASK, EvalRow, class_means, nanmean
 from sammoe.interact.crop_evaluation import EvalModel, first_clicks
 from sammoe.interact.rollout import StepOutput, moe_step
 from sammoe.lit.base import InteractiveModule
+from sammoe.lit.feature_cache import FeatureCache, batch_features
 from sammoe.loading import backbone_source, load_backbone, load_decoder_file, load_gate, save_gate
 from sammoe.loading import load_experts as load_plugins
 from sammoe.loading.experts import expert_router
@@ -32,6 +33,7 @@ from sammoe.loading.router import ROUTER_FILE, load_router_file
 from sammoe.model.gate import LOCAL_RADII, MaskSelector
 from sammoe.model.moe import FOUNDATION, SamMoE
 from sammoe.model.router import router_summary
+from sammoe.model.sam3d import backbone_fingerprint
 
 DEFAULT_TAU_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -145,6 +147,9 @@ class GateTraining(InteractiveModule):
         click_counts, eval_seed: evaluation protocol (official: 1/3/5/10 clicks, seed 233 per target).
         nsd_tolerance_mm: NSD tolerance (official 1 mm); null skips NSD (the slow metric on a CPU).
         export_path: also write the gate there (e.g. `sammoe/assets/gate_tiny.safetensors`).
+        feature_cache: folder of the trunk-feature cache (``sammoe.lit.feature_cache``, shared with router
+            training): with click-centred crops each crop is encoded once, not every epoch (pair it with the
+            data module's `click_draws`, a fixed set of clicks per target); null: encode every step.
     """
 
     def __init__(
@@ -177,6 +182,7 @@ class GateTraining(InteractiveModule):
         nsd_tolerance_mm: float | None = 1.0,
         roi_spacing: Sequence[float] = (1.5, 1.5, 1.5),
         overlay_images: bool = True,
+        feature_cache: str | None = None,
     ) -> None:
         super().__init__(click_counts, eval_seed, nsd_tolerance_mm, roi_spacing, overlay_images)
         self.save_hyperparameters()
@@ -201,6 +207,8 @@ class GateTraining(InteractiveModule):
         self.backbone = self.moe.backbone
         self.tau_grid = sorted({float(t) for t in tau_grid})
         self._generator: torch.Generator | None = None
+        tag = (backbone_fingerprint(backbone), *self.moe.gate.layout)
+        self.cache = None if feature_cache is None else FeatureCache(feature_cache, tag)
 
     # ------------------------------------------------------------------------------------- routing
     @property
@@ -248,26 +256,36 @@ class GateTraining(InteractiveModule):
         one the crop is centred on, as at inference: one sample per target and step. With ground-truth crops
         (`crop: bbox`) every step draws `clicks_per_target` uniformly random foreground clicks per target.
         """
-        image, gt = batch["image"], batch["label"].bool()
+        image = batch["image"]
         target = self.oracle_index(batch["class_name"], image.device)
-        with torch.no_grad():
-            embeddings = self.moe.encode(image)
-        centred = first_clicks(batch)
-        if centred is not None:
-            draws = [centred]
+        if first_clicks(batch) is not None:
+            logits, targets = self.moe.gate(self.features(batch)).float(), target
         else:
-            empty = torch.zeros_like(gt)
+            with torch.no_grad():
+                embeddings = self.moe.encode(image)
+            empty, gt = torch.zeros_like(batch["label"].bool()), batch["label"].bool()
             draws = [
                 next_click_from_error(empty, gt, self.generator())
                 for _ in range(self.hparams.clicks_per_target)
             ]
-        logits = torch.cat([self.moe.gate_logits(embeddings, pts, lab, image).float() for pts, lab in draws])
-        targets = target.repeat(len(draws))
+            logits = torch.cat(
+                [self.moe.gate_logits(embeddings, pts, lab, image).float() for pts, lab in draws]
+            )
+            targets = target.repeat(len(draws))
         loss = F.cross_entropy(logits, targets, weight=self._expert_weights(logits.device))
         acc = (logits.argmax(-1) == targets).float().mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=image.shape[0])
         self.log("train/gate_accuracy", acc, prog_bar=True, batch_size=image.shape[0])
         return loss
+
+    def features(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The gate's routing features of each click-centred crop (from the cache when there is one)."""
+        return batch_features(self.cache, self.moe.backbone, batch, self.moe.gate.layout)
+
+    def on_train_epoch_end(self) -> None:
+        if self.cache is not None:
+            share = self.cache.end_epoch(write=self.trainer.is_global_zero)
+            self.log("train/feature_cache_hits", share, rank_zero_only=True)
 
     def _expert_weights(self, device: torch.device) -> torch.Tensor | None:
         """Inverse frequency of each expert among the data module's classes (None when unknown or off)."""

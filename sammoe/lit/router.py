@@ -27,10 +27,10 @@ from sammoe.data.datamodule import BACKGROUND
 from sammoe.errors import ConfigError
 from sammoe.files import write_text
 from sammoe.interact.crop_evaluation import first_clicks
-from sammoe.lit.feature_cache import FeatureCache
+from sammoe.lit.feature_cache import FeatureCache, batch_features
 from sammoe.loading import load_backbone
 from sammoe.loading.router import ROUTER_FILE, save_router
-from sammoe.model.gate import LOCAL_RADII, routing_features
+from sammoe.model.gate import LOCAL_RADII
 from sammoe.model.router import ExpertRouter
 from sammoe.model.sam3d import backbone_fingerprint
 
@@ -160,21 +160,7 @@ class RouterTraining(L.LightningModule):
         """Routing features of each crop's centring click (from the cache when there is one)."""
         if first_clicks(batch) is None:
             raise ConfigError("router training needs click-centred crops: set data.init_args.crop: click")
-        if self.cache is None:
-            return self._trunk_features(batch, list(range(len(batch["class_name"]))))
-        return self.cache.features(batch, lambda rows: self._trunk_features(batch, rows))
-
-    def _trunk_features(self, batch: dict[str, Any], rows: list[int]) -> torch.Tensor:
-        """Features of the samples ``rows`` (the trunk runs without gradients)."""
-        points, labels = (t[rows] for t in first_clicks(batch))
-        image = batch["image"][rows]
-        router = self.router
-        with torch.no_grad():
-            embeddings = self.backbone.image_encoder(image)
-            sparse, _ = self.backbone.prompt_encoder(points=(points, labels), boxes=None, masks=None)
-            return routing_features(
-                embeddings, sparse, points, labels, self.backbone.img_size, image, *router.layout
-            ).float()
+        return batch_features(self.cache, self.backbone, batch, self.router.layout)
 
     def targets(self, batch: dict[str, Any]) -> torch.Tensor:
         names = batch["class_name"]
@@ -191,11 +177,8 @@ class RouterTraining(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         if self.cache is not None:
-            total = max(self.cache.hits + self.cache.misses, 1)
-            self.log("train/feature_cache_hits", self.cache.hits / total, rank_zero_only=True)
-            self.cache.hits = self.cache.misses = 0
-            if self.trainer.is_global_zero:
-                self.cache.flush()
+            share = self.cache.end_epoch(write=self.trainer.is_global_zero)
+            self.log("train/feature_cache_hits", share, rank_zero_only=True)
 
     def on_validation_epoch_start(self) -> None:
         self._val = []
