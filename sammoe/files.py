@@ -6,7 +6,9 @@ followed), flushed to disk, given the permissions of a normal new file (0666 les
 0600, so colleagues can read a shared run) and renamed over the target in one step. A reader sees the old
 file or the new one, never half of one, and a failure leaves nothing behind. A disk that refuses the write
 (full, over quota, read-only, permission denied, I/O error) is one line naming the file and the fix; the temp
-file is removed and a file already at the target is left as it was.
+file is removed and a file already at the target is left as it was. A file already complete in the target
+folder (a verified download) is moved in by ``move_into_place``: the same rename and permissions, and it stays
+where it was when the disk refuses.
 
 ``check_outputs`` runs before any long work: every output is compared with every input (a file, or any file
 inside an input folder such as a DICOM series) and with the other outputs, existing outputs need
@@ -93,6 +95,21 @@ def write_file(path: str | os.PathLike[str], content: bytes | Writer, *, suffix:
         if isinstance(err, OSError):
             raise _write_error(path, err) from err
         raise
+    return path
+
+
+def move_into_place(source: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
+    """Put the complete file ``source`` (in ``path``'s folder) at ``path`` by one rename, with the umask's
+    permissions. When the disk refuses, ``source`` stays where it was (a verified download is not lost) and
+    ``path`` is unchanged; the error is one line, as for ``write_file``."""
+    source, path = Path(source), Path(path)
+    try:
+        with open(source, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(source, new_file_mode())
+        os.replace(source, path)
+    except OSError as err:
+        raise _write_error(path, err) from err
     return path
 
 

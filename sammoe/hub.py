@@ -29,7 +29,7 @@ from importlib import import_module
 from pathlib import Path
 
 from sammoe.errors import CheckpointError, ConfigError
-from sammoe.files import write_file
+from sammoe.files import move_into_place, write_file
 
 CACHE_ENV = "SAMMOE_CACHE"
 DEMO = "demo"  # the phantom model shipped inside the package: never downloaded, never cached
@@ -299,7 +299,8 @@ def fetch(name: str, endpoint: str | None = None, force: bool = False) -> Path:
         )
     resuming = f", resuming at {human_size(done)}" if done else ""
     _say(f"{name}: {entry.repo}/{entry.file}, {human_size(remote.size)}{resuming} -> {target}")
-    _download(name, entry, remote, part)
+    if done < remote.size:  # a complete part file (its move failed last time) is only checked and moved
+        _download(name, entry, remote, part)
 
     got = sha256_of(part)
     if got != remote.sha256:
@@ -310,7 +311,7 @@ def fetch(name: str, endpoint: str | None = None, force: bool = False) -> Path:
         )
     # no old manifest may vouch for the new file while it moves in; the new manifest is written last
     manifest.unlink(missing_ok=True)
-    write_file(target, lambda tmp: part.replace(tmp))  # verified bytes, moved in by one rename
+    move_into_place(part, target)  # verified bytes, moved in by one rename; kept as the part file if refused
     record = {
         "name": name,
         "repo": entry.repo,

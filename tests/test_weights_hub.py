@@ -9,6 +9,7 @@ No test reaches the internet: huggingface_hub's default endpoint is pointed at a
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ from types import SimpleNamespace
 import pytest
 
 from sammoe import hub, weights_cli
-from sammoe.errors import CheckpointError, ConfigError
+from sammoe.errors import CheckpointError, ConfigError, DataError
 
 REPO, FILE, COMMIT = "acme/sam-test", "weights.pth", "0123456789abcdef0123456789abcdef01234567"
 SIZE = 300_000
@@ -218,6 +219,32 @@ def test_a_corrupted_download_is_refused_and_deleted(fake):
 
     fake.served = fake.content  # the fix the message names works
     assert hub.fetch("turbo", endpoint=fake.endpoint).read_bytes() == fake.content
+
+
+def test_a_verified_download_survives_a_refused_move_and_is_not_downloaded_again(fake, monkeypatch):
+    """The disk refuses the final rename (full, I/O error): one line, nothing cached, and the verified bytes
+    stay as the part file, so the next fetch moves them in without downloading again."""
+    rename = os.replace
+
+    def refuse(source, target, *args, **kwargs):
+        if str(target).endswith(FILE):
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+        return rename(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(DataError) as err:
+        hub.fetch("turbo", endpoint=fake.endpoint)
+    message = _one_line(str(err.value))
+    assert FILE in message and "no space left" in message.lower()
+    assert hub.cached("turbo") is None and not (_folder() / FILE).exists()
+    (part,) = _folder().glob("*.part")
+    assert part.read_bytes() == fake.content
+
+    monkeypatch.setattr(os, "replace", rename)
+    fake.requests.clear()
+    path = hub.fetch("turbo", endpoint=fake.endpoint)
+    assert path.read_bytes() == fake.content and fake.body_gets() == []  # checked and moved, not fetched
+    assert hub.cached("turbo") == path and list(_folder().glob("*.part")) == []
 
 
 def test_a_partial_file_of_another_version_is_never_resumed(fake):
