@@ -80,15 +80,10 @@ def write_file(path: str | os.PathLike[str], content: bytes | Writer, *, suffix:
         if isinstance(content, (bytes, bytearray, memoryview)):
             with os.fdopen(fd, "wb") as handle:
                 handle.write(content)
-                handle.flush()
-                os.fsync(handle.fileno())
         else:
             os.close(fd)
             content(tmp)
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-        os.chmod(tmp, new_file_mode())
-        os.replace(tmp, path)
+        move_into_place(tmp, path)  # flushed to disk, umask permissions, one rename
     except BaseException as err:
         with contextlib.suppress(OSError):  # the error that stopped the write is the one to report
             tmp.unlink(missing_ok=True)

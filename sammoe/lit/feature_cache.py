@@ -20,6 +20,8 @@ from typing import Any
 import torch
 
 from sammoe.errors import CheckpointError
+from sammoe.interact.crop_evaluation import first_clicks
+from sammoe.model.gate import routing_features
 
 
 def trunk_features(
@@ -28,9 +30,6 @@ def trunk_features(
     """(len(rows), F) routing features (``sammoe.model.gate.routing_features`` with ``layout``) of the
     samples ``rows`` of a click-centred batch, read at each crop's centring click; the trunk runs without
     gradients. What router and gate training compute on a cache miss."""
-    from sammoe.interact.crop_evaluation import first_clicks
-    from sammoe.model.gate import routing_features
-
     points, labels = (t[rows] for t in first_clicks(batch))
     image = batch["image"][rows]
     with torch.no_grad():
