@@ -172,6 +172,25 @@ def test_tau_is_the_best_within_the_general_budget(fake_experts):
     assert tau == 0.7
 
 
+def test_the_general_budget_holds_for_each_general_class_not_their_mean(fake_experts):
+    model = GateTraining(tau_grid=[0.3, 0.7], max_general_drop=0.01)
+
+    def rows(model_name: str, liver: float, task: float) -> list[EvalRow]:
+        organs = (("liver", liver), ("kidney_left", 0.9), ("kidney_right", 0.9), ("spleen", 0.9))
+        return [
+            EvalRow(model_name, f"c{i}", cls, grp, 1, value)
+            for i in range(2)
+            for cls, grp, value in (*((c, "general", v) for c, v in organs), ("spinal_cord", "task", task))
+        ]
+
+    # 0.3 takes 3 Dice points off the liver (0.75 points averaged over the four general classes)
+    tau, search = model.choose_tau(
+        rows("foundation", 0.9, 0.2) + rows("moe@0.3", 0.87, 0.8) + rows("moe@0.7", 0.9, 0.7)
+    )
+    assert search["0.3"]["general_drop"] == pytest.approx(0.03)
+    assert tau == 0.7
+
+
 def test_checkpoint_keeps_the_tuned_tau_and_gate_file(fake_experts, tmp_path):
     model = GateTraining(tau=0.5)
     model.moe.selector.tau = 0.7

@@ -64,6 +64,24 @@ def test_temperature_recovers_an_overconfident_scale_and_threshold_respects_fals
     assert threshold == pytest.approx(0.15) and rates["recall"] == 1.0  # one claim in each group is allowed
 
 
+def test_the_false_claim_limit_holds_for_each_general_class_not_only_for_all_of_them():
+    # A lesion router's false claims fall on the liver its lesions live in: pooled over all general clicks,
+    # 1 claimed liver of 8 general clicks fits a 20% budget; per class it is half of the livers.
+    probs = torch.tensor([0.9, 0.8, 0.4, 0.5, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.05])
+    groups = ["task"] * 3 + ["general"] * 8 + ["background"]
+    classes = ["lesion"] * 3 + ["liver"] * 2 + ["kidney"] * 6 + ["background"]
+    pooled, rates = choose_threshold(probs, groups, max_false_claims=0.2)
+    assert pooled == pytest.approx(0.15) and rates["recall"] == 1.0 and rates["false_claims_general"] == 0.125
+    threshold, rates = choose_threshold(probs, groups, max_false_claims=0.2, classes=classes)
+    assert threshold == pytest.approx(0.55)  # above the claimed liver's 0.5
+    assert rates == {
+        "recall": 2 / 3, "false_claims_general": 0.0, "false_claims_background": 0.0,
+        "false_claims_general_worst": 0.0,
+    }  # fmt: skip
+    _, rates = choose_threshold(probs, groups, max_false_claims=0.2, grid=(0.3,), classes=classes)
+    assert rates["false_claims_general_worst"] == 0.5 and rates["false_claims_general"] == 0.125
+
+
 @torch.no_grad()
 def test_a_moe_routed_by_routers_sends_each_click_to_the_claiming_expert(tiny):
     experts = {"a": copy.deepcopy(tiny.mask_decoder), "b": copy.deepcopy(tiny.mask_decoder)}

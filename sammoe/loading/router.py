@@ -15,7 +15,7 @@ from sammoe.model.sam3d import SamMed3D, backbone_fingerprint
 
 ROUTER_FILE = "router.safetensors"
 # Measured on held-out clicks by router training; copied into the plugin manifest by `experts package`.
-METRICS = ("recall", "false_claims_general", "false_claims_background")
+METRICS = ("recall", "false_claims_general", "false_claims_general_worst", "false_claims_background")
 
 
 def save_router(

@@ -99,10 +99,12 @@ class WeightsRef(_Model):
 
 class RouterRef(WeightsRef):
     """The expert's own router (``sammoe fit --config configs/router.yaml``) and what it measured on held-out
-    clicks: recall on its task, and the share of general-structure and background clicks it claims."""
+    clicks: recall on its task, and the share of general-structure (all, and of the worst general class) and
+    background clicks it claims."""
 
     recall: float | None = Field(None, ge=0.0, le=1.0)
     false_claims_general: float | None = Field(None, ge=0.0, le=1.0)
+    false_claims_general_worst: float | None = Field(None, ge=0.0, le=1.0)
     false_claims_background: float | None = Field(None, ge=0.0, le=1.0)
 
 
