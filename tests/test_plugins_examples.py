@@ -72,6 +72,20 @@ def test_examples_are_finetuned_and_better_than_the_foundation_on_their_task():
         assert dice > 0.5, f"{project}: reported validation Dice {dice}"
 
 
+def test_example_routers_keep_false_claims_within_budget_on_each_general_class():
+    """The shipped routers were trained with the per-class rule (configs/router.yaml, max_false_claims 0.02):
+    a router from the pooled rule records no worst-class rate, and one over budget claims livers."""
+    for project in EXAMPLES.values():
+        manifest = EXPERTS / project / project.replace("-", "_") / "manifest.json"
+        router = json.loads(manifest.read_text())["router"]
+        worst = router.get("false_claims_general_worst")
+        assert worst is not None, f"{project}: its router predates the per-class rule; `make routers`"
+        assert worst <= 0.02 and router["false_claims_background"] <= 0.02, (project, router)
+        # a rate pooled over the general classes never exceeds the worst class's
+        assert router["false_claims_general"] <= worst, (project, router)
+        assert router["recall"] >= 0.9, (project, router)
+
+
 def test_examples_install_with_pip_and_verify_ok(tmp_path):
     target = tmp_path / "site"
     copies = []
