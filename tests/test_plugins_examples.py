@@ -21,6 +21,15 @@ EXPERTS = ROOT / "experts"
 EXAMPLES = {"spinal_cord": "sammoe-expert-spinal-cord", "textured_lesion": "sammoe-expert-textured-lesion"}
 
 
+def _package(project: str) -> Path:
+    """The package folder of the example project ``project`` (its name in snake case)."""
+    return EXPERTS / project / project.replace("-", "_")
+
+
+def _manifest(project: str) -> dict:
+    return json.loads((_package(project) / "manifest.json").read_text())
+
+
 def _files(project: Path) -> dict[str, bytes]:
     skip = ("build", "dist", "__pycache__")
     return {
@@ -34,8 +43,8 @@ def test_build_script_reproduces_the_committed_examples(tmp_path):
     """Packaging is deterministic: the committed weights plus their manifest's metadata give the same project."""
     arguments = []
     for name, project in EXAMPLES.items():
-        package = EXPERTS / project / project.replace("-", "_")
-        manifest = json.loads((package / "manifest.json").read_text())
+        package = _package(project)
+        manifest = _manifest(project)
         checkpoint = tmp_path / "checkpoints" / name / "decoder.safetensors"
         checkpoint.parent.mkdir(parents=True)
         shutil.copy(package / "decoder.safetensors", checkpoint)
@@ -66,7 +75,7 @@ def test_build_script_reproduces_the_committed_examples(tmp_path):
 
 def test_examples_are_finetuned_and_better_than_the_foundation_on_their_task():
     for project in EXAMPLES.values():
-        manifest = json.loads((EXPERTS / project / project.replace("-", "_") / "manifest.json").read_text())
+        manifest = _manifest(project)
         assert manifest["provenance"]["finetuned"] is True
         (dice,) = manifest["provenance"]["reported_dice"].values()
         assert dice > 0.5, f"{project}: reported validation Dice {dice}"
@@ -76,8 +85,7 @@ def test_example_routers_keep_false_claims_within_budget_on_each_general_class()
     """The shipped routers were trained with the per-class rule (configs/router.yaml, max_false_claims 0.02):
     a router from the pooled rule records no worst-class rate, and one over budget claims livers."""
     for project in EXAMPLES.values():
-        manifest = EXPERTS / project / project.replace("-", "_") / "manifest.json"
-        router = json.loads(manifest.read_text())["router"]
+        router = _manifest(project)["router"]
         worst = router.get("false_claims_general_worst")
         assert worst is not None, f"{project}: its router predates the per-class rule; `make routers`"
         assert worst <= 0.02 and router["false_claims_background"] <= 0.02, (project, router)
