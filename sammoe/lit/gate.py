@@ -132,6 +132,8 @@ class GateTraining(InteractiveModule):
             (``sammoe.model.gate.local_texture_stats``; needs `gate_local_radii`).
         gate_robust_texture: the gate also reads texture statistics that an organ's border cannot fake
             (``sammoe.model.gate.robust_texture_stats``).
+        gate_patch_radius: half-side (voxels) of the block around the click that a small CNN in the gate reads
+            (``sammoe.model.click_patch``); 0: none.
         selector: `threshold` (paper), `top1` or `soft`.
         tau: the threshold before tuning.
         tune_tau: tune tau on validation (threshold selector).
@@ -164,6 +166,7 @@ class GateTraining(InteractiveModule):
         gate_local_radii: list[int] = list(LOCAL_RADII),  # noqa: B006 (jsonargparse needs a literal default)
         gate_texture: bool = True,
         gate_robust_texture: bool = False,
+        gate_patch_radius: int = 0,
         selector: Literal["threshold", "top1", "soft"] = "threshold",
         tau: float = 0.5,
         tune_tau: bool = True,
@@ -198,6 +201,7 @@ class GateTraining(InteractiveModule):
             gate_local_radii,
             gate_texture,
             gate_robust_texture,
+            gate_patch_radius,
         )
         if gate is not None and routers is None:
             load_gate(self.moe, gate)

@@ -104,6 +104,8 @@ class RouterTraining(L.LightningModule):
         hidden_dim, dropout: the router MLP.
         local_radii, texture, robust_texture: the local statistics the router reads around the click (as
             the gate's; ``sammoe.model.gate.routing_features``).
+        patch_radius: half-side (voxels) of the block around the click that a small CNN reads
+            (``sammoe.model.click_patch``); 0: none.
         lr, weight_decay: AdamW.
         max_false_claims: largest share of validation background clicks, and of each general class's clicks,
             the router may claim.
@@ -123,6 +125,7 @@ class RouterTraining(L.LightningModule):
         local_radii: list[int] = list(LOCAL_RADII),  # noqa: B006 (jsonargparse needs a literal default)
         texture: bool = True,
         robust_texture: bool = False,
+        patch_radius: int = 0,
         lr: float = 1e-3,
         weight_decay: float = 0.01,
         max_false_claims: float = 0.02,
@@ -142,7 +145,13 @@ class RouterTraining(L.LightningModule):
             raise ConfigError(f"max_false_claims must lie in [0, 1], got {max_false_claims!r}")
         self.backbone = load_backbone(checkpoint, preset).requires_grad_(False).eval()
         self.router = ExpertRouter(
-            self.backbone.config.prompt_embed_dim, hidden_dim, dropout, local_radii, texture, robust_texture
+            self.backbone.config.prompt_embed_dim,
+            hidden_dim,
+            dropout,
+            local_radii,
+            texture,
+            robust_texture,
+            patch_radius,
         )
         self._val: list[tuple[torch.Tensor, list[str]]] = []  # (logits, class names) per batch
         self.metrics: dict[str, float] = {}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sammoe.errors import CheckpointError
 from sammoe.loading.weights import _check_tensors, save_tensors
+from sammoe.model.click_patch import PATCH_RADII
 from sammoe.model.gate import GatingNetwork, MaskSelector
 from sammoe.model.moe import SamMoE
 from sammoe.model.sam3d import backbone_fingerprint
@@ -24,6 +25,7 @@ def save_gate(moe: SamMoE, path: str | Path) -> Path:
         "local_radii": json.dumps(list(moe.gate.local_radii)),
         "texture": json.dumps(moe.gate.texture),
         "robust_texture": json.dumps(moe.gate.robust_texture),
+        "patch_radius": str(moe.gate.patch_radius),
     }
     return save_tensors({k: v.detach() for k, v in moe.gate.state_dict().items()}, path, meta)
 
@@ -50,6 +52,7 @@ def load_gate(moe: SamMoE, path: str | Path) -> None:
         radii = tuple(int(r) for r in json.loads(meta.get("local_radii", "[]")))  # older gates: none
         texture = json.loads(meta.get("texture", "false"))  # older gates: none
         robust = json.loads(meta.get("robust_texture", "false"))  # older gates: none
+        patch = int(meta.get("patch_radius", "0"))  # older gates: none
         if not isinstance(texture, bool) or not isinstance(robust, bool):
             raise ValueError(f"texture and robust_texture must be true or false, not {texture!r}, {robust!r}")
         tau = float(meta.get("tau", 0.5))
@@ -63,10 +66,11 @@ def load_gate(moe: SamMoE, path: str | Path) -> None:
         or len(radii) > 16
         or any(not 0 < r <= 256 for r in radii)
         or (texture and not radii)
+        or (patch != 0 and patch not in PATCH_RADII)
     ):
         raise CheckpointError(
             f"{path}: gate metadata out of range (hidden_dim {hidden}, local_radii {list(radii)}, "
-            f"texture {texture}); "
+            f"texture {texture}, patch_radius {patch}); "
             "the file is damaged, retrain or re-copy it"
         )
     if names != moe.expert_names:
@@ -86,6 +90,7 @@ def load_gate(moe: SamMoE, path: str | Path) -> None:
         local_radii=radii,
         texture=texture,
         robust_texture=robust,
+        patch_radius=patch,
     )
     try:
         gate.load_state_dict(state)

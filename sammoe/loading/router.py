@@ -10,6 +10,7 @@ from typing import Any
 
 from sammoe.errors import CheckpointError
 from sammoe.loading.weights import _check_tensors, save_tensors
+from sammoe.model.click_patch import PATCH_RADII
 from sammoe.model.router import ExpertRouter
 from sammoe.model.sam3d import SamMed3D, backbone_fingerprint
 
@@ -36,6 +37,7 @@ def save_router(
         "local_radii": json.dumps(list(router.local_radii)),
         "texture": json.dumps(router.texture),
         "robust_texture": json.dumps(router.robust_texture),
+        "patch_radius": str(router.patch_radius),
         "metrics": json.dumps({k: float(metrics[k]) for k in METRICS if k in metrics}),
     }
     return save_tensors({k: v.detach() for k, v in router.state_dict().items()}, path, meta)
@@ -77,6 +79,7 @@ def check_router_bytes(data: bytes, source: str, embed_dim: int, fingerprint: st
         radii = tuple(int(r) for r in json.loads(meta.get("local_radii", "[]")))
         texture = json.loads(meta.get("texture", "false"))
         robust = json.loads(meta.get("robust_texture", "false"))  # older routers: none
+        patch = int(meta.get("patch_radius", "0"))  # older routers: none
         if not isinstance(texture, bool) or not isinstance(robust, bool):
             raise ValueError(f"texture and robust_texture must be true or false, not {texture!r}, {robust!r}")
     except (ValueError, TypeError) as err:
@@ -89,14 +92,18 @@ def check_router_bytes(data: bytes, source: str, embed_dim: int, fingerprint: st
         raise CheckpointError(
             f"{source}: router was trained on another backbone; retrain it on the foundation its expert uses"
         )
-    if not 1 <= hidden <= 65536 or len(radii) > 16 or any(not 0 < r <= 256 for r in radii):
+    bad_patch = patch != 0 and patch not in PATCH_RADII
+    if not 1 <= hidden <= 65536 or len(radii) > 16 or any(not 0 < r <= 256 for r in radii) or bad_patch:
         raise CheckpointError(
-            f"{source}: router metadata out of range (hidden_dim {hidden}, local_radii {list(radii)}); "
+            f"{source}: router metadata out of range (hidden_dim {hidden}, local_radii {list(radii)}, "
+            f"patch_radius {patch}); "
             "the file is damaged, retrain or re-copy it"
         )
     _check_tensors(state, source)
     try:
-        router = ExpertRouter(embed_dim, hidden, local_radii=radii, texture=texture, robust_texture=robust)
+        router = ExpertRouter(
+            embed_dim, hidden, local_radii=radii, texture=texture, robust_texture=robust, patch_radius=patch
+        )
         router.load_state_dict(state)
     except (RuntimeError, ValueError) as err:
         first = str(err).strip().splitlines()[-1].strip()

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sammoe.model.click_patch import PatchTextureNet, click_patch, patch_side
+
 SELECTOR_MODES = ("threshold", "top1", "soft", "oracle")
 # Half-sides (voxels) of the cubes around the first positive click whose intensity mean and spread the gate
 # reads: 3, 5, 9 and 17 voxels wide, i.e. 4.5-25 mm at the 1.5 mm SAM-Med3D spacing.
@@ -235,12 +237,14 @@ def routing_features(
     local_radii: Sequence[int] = (),
     texture: bool = False,
     robust_texture: bool = False,
+    patch_radius: int = 0,
 ) -> torch.Tensor:
     """What a gate or an expert's router reads: ``gate_features``, then with ``local_radii`` the local
-    intensity statistics, with ``texture`` the texture statistics and with ``robust_texture`` the edge-robust
-    texture statistics of the encoded crop ``image``."""
+    intensity statistics, with ``texture`` the texture statistics, with ``robust_texture`` the edge-robust
+    texture statistics and with ``patch_radius`` the normalised block of voxels around the click
+    (``sammoe.model.click_patch``, last, flattened) of the encoded crop ``image``."""
     features = gate_features(image_embeddings, sparse_embeddings, points, labels, image_size)
-    if not local_radii and not robust_texture:
+    if not local_radii and not robust_texture and not patch_radius:
         return features
     if image is None:
         raise ValueError(
@@ -248,24 +252,34 @@ def routing_features(
             "pass the encoded crop as image="
         )
     stats = [local_intensity_stats(image, points, labels, local_radii)] if local_radii else []
-    noise = crop_noise(image) if texture or robust_texture else None  # once for both
+    noise = crop_noise(image) if texture or robust_texture or patch_radius else None  # once for all
     if texture:
         stats.append(local_texture_stats(image, points, labels, local_radii, noise))
     if robust_texture:
         stats.append(robust_texture_stats(image, points, labels, noise))
+    if patch_radius:
+        out, clicks = _click_voxels(image, points, labels, 0)
+        stats.append(click_patch(image, clicks, out.shape[0], patch_radius, noise))
     return torch.cat([features, *(s.to(features.dtype) for s in stats)], dim=1)
 
 
 def routing_feature_count(
-    embed_dim: int, local_radii: Sequence[int], texture: bool, robust_texture: bool = False
+    embed_dim: int,
+    local_radii: Sequence[int],
+    texture: bool,
+    robust_texture: bool = False,
+    patch_radius: int = 0,
 ) -> int:
     count = 3 * embed_dim + 2 * len(local_radii) * (2 if texture else 1)
-    return count + (ROBUST_TEXTURE_COUNT if robust_texture else 0)
+    count += ROBUST_TEXTURE_COUNT if robust_texture else 0
+    return count + (patch_side(patch_radius) ** 3 if patch_radius else 0)
 
 
 class RoutingHead(nn.Module):
     """LayerNorm + two-hidden-layer MLP over the routing features (``routing_features``): what the gate and
-    every expert's router share (their files hold the same ``norm.*`` / ``mlp.*`` keys)."""
+    every expert's router share (their files hold the same ``norm.*`` / ``mlp.*`` keys). With
+    ``patch_radius`` the block of voxels around the click goes through a small CNN (``patch_net.*``) whose
+    embedding joins the normalised features at the MLP's input."""
 
     def __init__(
         self,
@@ -276,6 +290,7 @@ class RoutingHead(nn.Module):
         local_radii: Sequence[int],
         texture: bool,
         robust_texture: bool = False,
+        patch_radius: int = 0,
     ) -> None:
         super().__init__()
         self.hidden_dim = int(hidden_dim)
@@ -284,10 +299,13 @@ class RoutingHead(nn.Module):
             raise ValueError("texture statistics are read in the local cubes: give local_radii too")
         self.texture = bool(texture)
         self.robust_texture = bool(robust_texture)
+        self.patch_radius = int(patch_radius)
         in_features = routing_feature_count(embed_dim, self.local_radii, self.texture, self.robust_texture)
         self.norm = nn.LayerNorm(in_features)
+        self.patch_net = PatchTextureNet(self.patch_radius) if self.patch_radius else None
+        extra = self.patch_net.out_features if self.patch_net is not None else 0
         self.mlp = nn.Sequential(
-            nn.Linear(in_features, hidden_dim),
+            nn.Linear(in_features + extra, hidden_dim),
             nn.GELU(),
             nn.Dropout(dropout),
             nn.Linear(hidden_dim, hidden_dim),
@@ -296,16 +314,20 @@ class RoutingHead(nn.Module):
         )
 
     @property
-    def layout(self) -> tuple[tuple[int, ...], bool, bool]:
-        """The feature layout this head reads (``routing_features``' last three arguments)."""
-        return self.local_radii, self.texture, self.robust_texture
+    def layout(self) -> tuple[tuple[int, ...], bool, bool, int]:
+        """The feature layout this head reads (``routing_features``' last four arguments)."""
+        return self.local_radii, self.texture, self.robust_texture, self.patch_radius
 
     @property
     def reads_image(self) -> bool:
-        return bool(self.local_radii) or self.robust_texture
+        return bool(self.local_radii) or self.robust_texture or bool(self.patch_radius)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.norm(features))
+        if self.patch_net is None:
+            return self.mlp(self.norm(features))
+        split = features.shape[1] - self.patch_net.side**3
+        texture = self.patch_net(features[:, split:])
+        return self.mlp(torch.cat([self.norm(features[:, :split]), texture.to(features.dtype)], dim=1))
 
 
 class GatingNetwork(RoutingHead):
@@ -321,8 +343,11 @@ class GatingNetwork(RoutingHead):
         local_radii: Sequence[int] = (),
         texture: bool = False,
         robust_texture: bool = False,
+        patch_radius: int = 0,
     ) -> None:
-        super().__init__(embed_dim, num_experts, hidden_dim, dropout, local_radii, texture, robust_texture)
+        super().__init__(
+            embed_dim, num_experts, hidden_dim, dropout, local_radii, texture, robust_texture, patch_radius
+        )
         self.num_experts = num_experts
 
 

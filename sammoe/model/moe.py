@@ -46,6 +46,7 @@ class SamMoE(nn.Module):
         gate_local_radii: Sequence[int] = LOCAL_RADII,
         gate_texture: bool = False,
         gate_robust_texture: bool = False,
+        gate_patch_radius: int = 0,
     ) -> None:
         super().__init__()
         experts = dict(experts or {})
@@ -61,6 +62,7 @@ class SamMoE(nn.Module):
             local_radii=gate_local_radii,
             texture=gate_texture,
             robust_texture=gate_robust_texture,
+            patch_radius=gate_patch_radius,
         )
         self.selector = selector or MaskSelector()
         self.routers = nn.ModuleDict()

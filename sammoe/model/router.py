@@ -29,8 +29,11 @@ class ExpertRouter(RoutingHead):
         local_radii: Sequence[int] = LOCAL_RADII,
         texture: bool = True,
         robust_texture: bool = False,
+        patch_radius: int = 0,
     ) -> None:
-        super().__init__(embed_dim, 1, hidden_dim, dropout, local_radii, texture, robust_texture)
+        super().__init__(
+            embed_dim, 1, hidden_dim, dropout, local_radii, texture, robust_texture, patch_radius
+        )
         self.register_buffer("temperature", torch.ones(()))
         self.register_buffer("threshold", torch.full((), 0.5))
 
