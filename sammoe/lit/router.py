@@ -60,8 +60,10 @@ def choose_threshold(
     grid=THRESHOLD_GRID,
     classes: list[str] | None = None,
 ) -> tuple[float, dict[str, float]]:
-    """The lowest threshold of ``grid`` whose false-claim rates on ``general`` and ``background`` clicks are
-    both <= ``max_false_claims`` (the highest grid value when none is), and its recall / rates.
+    """A threshold of ``grid`` whose false-claim rates on ``general`` and ``background`` clicks are both <=
+    ``max_false_claims`` (the highest grid value when none is), and its recall / rates. Of those, the ones with
+    the highest recall form a plateau, and its middle is chosen: the lowest would spend the whole false-claim
+    budget for no recall, the highest would leave no margin for targets a little below it.
 
     With ``classes`` (each click's class name) the general limit holds for every general class on its own
     (``false_claims_general_worst``): a budget pooled over all general clicks can be spent on the one organ
@@ -86,12 +88,17 @@ def choose_threshold(
             out["false_claims_general_worst"] = max(per_class, default=math.nan)
         return out
 
+    within = []
     for threshold in grid:
         measured = rates(threshold)
         worst = max((v for k, v in measured.items() if k != "recall" and not math.isnan(v)), default=0.0)
         if worst <= max_false_claims:
-            return float(threshold), measured
-    return float(grid[-1]), rates(grid[-1])
+            within.append((float(threshold), measured))
+    if not within:
+        return float(grid[-1]), rates(grid[-1])
+    best = max(-1.0 if math.isnan(m["recall"]) else m["recall"] for _, m in within)
+    plateau = [(t, m) for t, m in within if (-1.0 if math.isnan(m["recall"]) else m["recall"]) == best]
+    return plateau[(len(plateau) - 1) // 2]
 
 
 class RouterTraining(L.LightningModule):
@@ -106,7 +113,10 @@ class RouterTraining(L.LightningModule):
             the gate's; ``sammoe.model.gate.routing_features``).
         patch_radius: half-side (voxels) of the block around the click that a small CNN reads
             (``sammoe.model.click_patch``); 0: none.
-        lr, weight_decay: AdamW.
+        lr, weight_decay: AdamW; with ``one_cycle`` the learning rate follows a one-cycle schedule up to ``lr``
+            over the run (per step).
+        general_weight: weight of the general-class clicks in the loss (the negatives that look most like a
+            task target, e.g. the liver a lesion lives in).
         max_false_claims: largest share of validation background clicks, and of each general class's clicks,
             the router may claim.
         feature_cache: folder of the trunk-feature cache (``sammoe.lit.feature_cache``); null: encode every
@@ -128,6 +138,8 @@ class RouterTraining(L.LightningModule):
         patch_radius: int = 0,
         lr: float = 1e-3,
         weight_decay: float = 0.01,
+        one_cycle: bool = False,
+        general_weight: float = 1.0,
         max_false_claims: float = 0.02,
         feature_cache: str | None = None,
         export_path: str | None = None,
@@ -141,6 +153,8 @@ class RouterTraining(L.LightningModule):
                 f"router {name!r}: model.init_args.task.classes names no class; add the expert's overlay "
                 f"(--config configs/experts/{name}.yaml)"
             )
+        if not general_weight > 0.0:
+            raise ConfigError(f"general_weight must be positive, got {general_weight!r}")
         if not 0.0 <= max_false_claims <= 1.0:
             raise ConfigError(f"max_false_claims must lie in [0, 1], got {max_false_claims!r}")
         self.backbone = load_backbone(checkpoint, preset).requires_grad_(False).eval()
@@ -177,10 +191,15 @@ class RouterTraining(L.LightningModule):
             return "task"
         return "background" if class_name == BACKGROUND else "general"
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.AdamW(
             self.router.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
         )
+        if not self.hparams.one_cycle:
+            return optimizer
+        steps = int(self.trainer.estimated_stepping_batches)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, self.hparams.lr, total_steps=max(steps, 1))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_train_epoch_start(self) -> None:
         self.backbone.eval()  # frozen; the router trains (dropout)
@@ -198,7 +217,11 @@ class RouterTraining(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         logits = self.router(self.features(batch))
         targets = self.targets(batch)
-        loss = F.binary_cross_entropy_with_logits(logits, targets)
+        weights = [
+            self.hparams.general_weight if self.group(c) == "general" else 1.0 for c in batch["class_name"]
+        ]
+        weights = torch.tensor(weights, device=logits.device, dtype=logits.dtype)
+        loss = (F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * weights).mean()
         accuracy = ((logits > 0).float() == targets).float().mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=len(targets))
         self.log("train/accuracy", accuracy, prog_bar=True, batch_size=len(targets))
