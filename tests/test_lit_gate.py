@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
+from safetensors import safe_open
 
 from sammoe.errors import PluginError
 from sammoe.eval.results import EvalRow
@@ -229,6 +230,8 @@ def test_short_fit_writes_gate_and_report(fake_experts, tmp_path):
         tau_grid=[0.3, 0.6],
         overlay_images=False,
         nsd_tolerance_mm=None,
+        gate_patch_radius=7,  # the click CNN trains, and its gate file says so
+        one_cycle=True,
     )
     trainer = L.Trainer(
         max_epochs=1,
@@ -242,6 +245,9 @@ def test_short_fit_writes_gate_and_report(fake_experts, tmp_path):
     )
     trainer.fit(model, loader, val)
     assert (tmp_path / "gate.safetensors").is_file()
+    with safe_open(str(tmp_path / "gate.safetensors"), framework="pt") as handle:
+        assert handle.metadata()["patch_radius"] == "7"
+        assert any(key.startswith("patch_net.") for key in handle.keys())  # noqa: SIM118
     report = json.loads((tmp_path / "val" / "report.json").read_text())
     assert set(report["models"]) == {"foundation", "spinal_cord", "nodules", "moe", "oracle"}
     assert set(report["models"]["moe"]) == set(classes)

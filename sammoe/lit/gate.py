@@ -26,6 +26,7 @@ from sammoe.interact.crop_evaluation import EvalModel, first_clicks
 from sammoe.interact.rollout import StepOutput, moe_step
 from sammoe.lit.base import InteractiveModule
 from sammoe.lit.feature_cache import FeatureCache, batch_features
+from sammoe.lit.schedules import with_one_cycle
 from sammoe.loading import backbone_source, load_backbone, load_decoder_file, load_gate, save_gate
 from sammoe.loading import load_experts as load_plugins
 from sammoe.loading.experts import expert_router
@@ -141,7 +142,8 @@ class GateTraining(InteractiveModule):
         max_general_drop: largest allowed drop of the general-class Dice (0-1) against the foundation.
         max_background_claims: largest allowed share of validation background clicks (the data module's
             `background_clicks`) that tau lets an expert claim.
-        lr, weight_decay: AdamW for the gate.
+        lr, weight_decay: AdamW for the gate; with ``one_cycle`` the learning rate follows a one-cycle schedule
+            up to ``lr`` over the run (per step).
         evaluate_experts: also evaluate each expert alone and oracle routing (the full comparison table).
         clicks_per_target: random first clicks drawn per target and training step.
         balance_experts: weight the cross-entropy so that every expert's classes count as much in total
@@ -175,6 +177,7 @@ class GateTraining(InteractiveModule):
         max_background_claims: float = 0.02,
         lr: float = 1e-3,
         weight_decay: float = 0.01,
+        one_cycle: bool = False,
         evaluate_experts: bool = True,
         balance_experts: bool = True,
         clicks_per_target: int = 4,
@@ -230,10 +233,11 @@ class GateTraining(InteractiveModule):
         return TASK if class_name in self.class_to_expert else GENERAL
 
     # ------------------------------------------------------------------------------------- training
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.AdamW(
             self.moe.gate.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
         )
+        return with_one_cycle(optimizer, self) if self.hparams.one_cycle else optimizer
 
     def generator(self) -> torch.Generator:
         if self._generator is None:

@@ -28,6 +28,7 @@ from sammoe.errors import ConfigError
 from sammoe.files import write_text
 from sammoe.interact.crop_evaluation import first_clicks
 from sammoe.lit.feature_cache import FeatureCache, batch_features
+from sammoe.lit.schedules import with_one_cycle
 from sammoe.loading import load_backbone
 from sammoe.loading.router import ROUTER_FILE, save_router
 from sammoe.model.gate import LOCAL_RADII
@@ -60,10 +61,8 @@ def choose_threshold(
     grid=THRESHOLD_GRID,
     classes: list[str] | None = None,
 ) -> tuple[float, dict[str, float]]:
-    """A threshold of ``grid`` whose false-claim rates on ``general`` and ``background`` clicks are both <=
-    ``max_false_claims`` (the highest grid value when none is), and its recall / rates. Of those, the ones with
-    the highest recall form a plateau, and its middle is chosen: the lowest would spend the whole false-claim
-    budget for no recall, the highest would leave no margin for targets a little below it.
+    """The lowest threshold of ``grid`` whose false-claim rates on ``general`` and ``background`` clicks are
+    both <= ``max_false_claims`` (the highest grid value when none is), and its recall / rates.
 
     With ``classes`` (each click's class name) the general limit holds for every general class on its own
     (``false_claims_general_worst``): a budget pooled over all general clicks can be spent on the one organ
@@ -88,17 +87,12 @@ def choose_threshold(
             out["false_claims_general_worst"] = max(per_class, default=math.nan)
         return out
 
-    within = []
     for threshold in grid:
         measured = rates(threshold)
         worst = max((v for k, v in measured.items() if k != "recall" and not math.isnan(v)), default=0.0)
         if worst <= max_false_claims:
-            within.append((float(threshold), measured))
-    if not within:
-        return float(grid[-1]), rates(grid[-1])
-    best = max(-1.0 if math.isnan(m["recall"]) else m["recall"] for _, m in within)
-    plateau = [(t, m) for t, m in within if (-1.0 if math.isnan(m["recall"]) else m["recall"]) == best]
-    return plateau[(len(plateau) - 1) // 2]
+            return float(threshold), measured
+    return float(grid[-1]), rates(grid[-1])
 
 
 class RouterTraining(L.LightningModule):
@@ -195,11 +189,7 @@ class RouterTraining(L.LightningModule):
         optimizer = torch.optim.AdamW(
             self.router.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
         )
-        if not self.hparams.one_cycle:
-            return optimizer
-        steps = int(self.trainer.estimated_stepping_batches)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, self.hparams.lr, total_steps=max(steps, 1))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return with_one_cycle(optimizer, self) if self.hparams.one_cycle else optimizer
 
     def on_train_epoch_start(self) -> None:
         self.backbone.eval()  # frozen; the router trains (dropout)
