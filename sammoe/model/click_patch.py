@@ -3,10 +3,12 @@
 Hand-picked statistics (``local_texture_stats``, ``robust_texture_stats``) describe the tissue under a click
 in a few numbers, and they left a lesion clicked where its texture happens to be weak indistinguishable
 from a liver clicked next to one. A CNN over the voxels themselves can see the texture's structure (blocks,
-edges, how far it reaches). Measured offline before it entered the routers (seed-2 clicks for training,
-lesion-vs-rest, 17^3 and 21^3 blocks; held-out seed 6, 200 lesions and 200 livers on the first-click
-protocol): at a threshold that claims 2 of the 200 livers it missed no lesion, where the statistics-only
-router missed 8 while claiming 2.
+edges, how far it reaches). Alone, trained offline on blocks of seed-2 clicks (lesion against the rest) and
+scored on the held-out seed-6 first clicks (200 lesions, 200 livers), it put every lesion above all but 2-3
+livers; the shipped statistics-only router misses 8 lesions while claiming 2 livers. Inside a router trained
+end to end with the MLP through `sammoe fit` (``patch_radius: 10``) it did worse on that path: 17 lesions
+missed, 3 livers claimed. So it is an option, off in the shipped configs, until a recipe that keeps the CNN's
+separation inside the router is found.
 
 The block is divided by the crop's noise level and centred on its median, so it does not depend on the
 scanner's intensity scale or on the crop's z-normalisation; it is clipped so that air or bone next to the
