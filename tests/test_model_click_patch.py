@@ -79,7 +79,7 @@ def test_the_cnn_branch_learns_a_texture_that_mean_and_spread_cannot_show():
     head = RoutingHead(
         embed_dim, 1, hidden_dim=16, dropout=0.0, local_radii=(), texture=False, patch_radius=7
     )
-    assert head.reads_image and head.layout == ((), False, False, 7)
+    assert head.reads_image and head.layout == ((), False, False, 7, True)
     blocks, labels = _blocky_or_fine(96, 0)
     features = torch.cat([torch.randn(96, base), blocks], 1)  # the trunk features carry nothing here
     optimiser = torch.optim.Adam(head.parameters(), 3e-3)
@@ -123,6 +123,20 @@ def test_routers_and_gates_with_a_click_patch_round_trip(tiny, tmp_path):
     loaded = load_router_file(path, tiny, "a")
     assert loaded.patch_radius == 7 and loaded.layout == router.layout
     torch.testing.assert_close(loaded.probability(features), router.probability(features))
+    # a router that reads only the block around the click: no trunk features, the block alone
+    patch_only = ExpertRouter(
+        tiny.config.prompt_embed_dim, hidden_dim=8, local_radii=(), texture=False, patch_radius=7, trunk=False
+    ).eval()
+    block_only = routing_features(emb, sparse, clicks, labels, tiny.img_size, image, *patch_only.layout)
+    torch.testing.assert_close(block_only, features[:, -(15**3) :])
+    only_path = save_router(
+        patch_only, tmp_path / "p.safetensors", name="a", classes={"a": 1}, backbone=tiny, metrics={}
+    )
+    reloaded = load_router_file(only_path, tiny, "a")
+    assert not reloaded.trunk and reloaded.layout == patch_only.layout
+    torch.testing.assert_close(reloaded.probability(block_only), patch_only.probability(block_only))
+    with pytest.raises(ValueError, match="needs local statistics or a patch"):
+        ExpertRouter(tiny.config.prompt_embed_dim, local_radii=(), texture=False, trunk=False)
     # a damaged radius is refused with one line naming the file
     with safe_open(str(path), framework="pt") as handle:
         meta = handle.metadata()

@@ -107,6 +107,8 @@ class RouterTraining(L.LightningModule):
             the gate's; ``sammoe.model.gate.routing_features``).
         patch_radius: half-side (voxels) of the block around the click that a small CNN reads
             (``sammoe.model.click_patch``); 0: none.
+        trunk: read the trunk's features (image embedding, click cell and token); false: only the image
+            around the click.
         lr, weight_decay: AdamW; with ``one_cycle`` the learning rate follows a one-cycle schedule up to ``lr``
             over the run (per step).
         general_weight: weight of the general-class clicks in the loss (the negatives that look most like a
@@ -130,6 +132,7 @@ class RouterTraining(L.LightningModule):
         texture: bool = True,
         robust_texture: bool = False,
         patch_radius: int = 0,
+        trunk: bool = True,
         lr: float = 1e-3,
         weight_decay: float = 0.01,
         one_cycle: bool = False,
@@ -160,6 +163,7 @@ class RouterTraining(L.LightningModule):
             texture,
             robust_texture,
             patch_radius,
+            trunk,
         )
         self._val: list[tuple[torch.Tensor, list[str]]] = []  # (logits, class names) per batch
         self.metrics: dict[str, float] = {}

@@ -38,6 +38,7 @@ def save_router(
         "texture": json.dumps(router.texture),
         "robust_texture": json.dumps(router.robust_texture),
         "patch_radius": str(router.patch_radius),
+        "trunk": json.dumps(router.trunk),
         "metrics": json.dumps({k: float(metrics[k]) for k in METRICS if k in metrics}),
     }
     return save_tensors({k: v.detach() for k, v in router.state_dict().items()}, path, meta)
@@ -80,6 +81,9 @@ def check_router_bytes(data: bytes, source: str, embed_dim: int, fingerprint: st
         texture = json.loads(meta.get("texture", "false"))
         robust = json.loads(meta.get("robust_texture", "false"))  # older routers: none
         patch = int(meta.get("patch_radius", "0"))  # older routers: none
+        trunk = json.loads(meta.get("trunk", "true"))  # older routers: the trunk's features
+        if not isinstance(trunk, bool):
+            raise ValueError(f"trunk must be true or false, not {trunk!r}")
         if not isinstance(texture, bool) or not isinstance(robust, bool):
             raise ValueError(f"texture and robust_texture must be true or false, not {texture!r}, {robust!r}")
     except (ValueError, TypeError) as err:
@@ -102,7 +106,13 @@ def check_router_bytes(data: bytes, source: str, embed_dim: int, fingerprint: st
     _check_tensors(state, source)
     try:
         router = ExpertRouter(
-            embed_dim, hidden, local_radii=radii, texture=texture, robust_texture=robust, patch_radius=patch
+            embed_dim,
+            hidden,
+            local_radii=radii,
+            texture=texture,
+            robust_texture=robust,
+            patch_radius=patch,
+            trunk=trunk,
         )
         router.load_state_dict(state)
     except (RuntimeError, ValueError) as err:

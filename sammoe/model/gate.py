@@ -238,12 +238,14 @@ def routing_features(
     texture: bool = False,
     robust_texture: bool = False,
     patch_radius: int = 0,
+    trunk: bool = True,
 ) -> torch.Tensor:
-    """What a gate or an expert's router reads: ``gate_features``, then with ``local_radii`` the local
-    intensity statistics, with ``texture`` the texture statistics, with ``robust_texture`` the edge-robust
-    texture statistics and with ``patch_radius`` the normalised block of voxels around the click
-    (``sammoe.model.click_patch``, last, flattened) of the encoded crop ``image``."""
+    """What a gate or an expert's router reads: ``gate_features`` (unless ``trunk`` is false), then with
+    ``local_radii`` the local intensity statistics, with ``texture`` the texture statistics, with
+    ``robust_texture`` the edge-robust texture statistics and with ``patch_radius`` the normalised block of
+    voxels around the click (``sammoe.model.click_patch``, last, flattened) of the encoded crop ``image``."""
     features = gate_features(image_embeddings, sparse_embeddings, points, labels, image_size)
+    features = features if trunk else features[:, :0]
     if not local_radii and not robust_texture and not patch_radius:
         return features
     if image is None:
@@ -269,8 +271,9 @@ def routing_feature_count(
     texture: bool,
     robust_texture: bool = False,
     patch_radius: int = 0,
+    trunk: bool = True,
 ) -> int:
-    count = 3 * embed_dim + 2 * len(local_radii) * (2 if texture else 1)
+    count = (3 * embed_dim if trunk else 0) + 2 * len(local_radii) * (2 if texture else 1)
     count += ROBUST_TEXTURE_COUNT if robust_texture else 0
     return count + (patch_side(patch_radius) ** 3 if patch_radius else 0)
 
@@ -279,7 +282,8 @@ class RoutingHead(nn.Module):
     """LayerNorm + two-hidden-layer MLP over the routing features (``routing_features``): what the gate and
     every expert's router share (their files hold the same ``norm.*`` / ``mlp.*`` keys). With
     ``patch_radius`` the block of voxels around the click goes through a small CNN (``patch_net.*``) whose
-    embedding joins the normalised features at the MLP's input."""
+    embedding joins the normalised features at the MLP's input. ``trunk=False`` leaves the trunk's features
+    out (a router that reads only the image around the click)."""
 
     def __init__(
         self,
@@ -291,6 +295,7 @@ class RoutingHead(nn.Module):
         texture: bool,
         robust_texture: bool = False,
         patch_radius: int = 0,
+        trunk: bool = True,
     ) -> None:
         super().__init__()
         self.hidden_dim = int(hidden_dim)
@@ -300,8 +305,13 @@ class RoutingHead(nn.Module):
         self.texture = bool(texture)
         self.robust_texture = bool(robust_texture)
         self.patch_radius = int(patch_radius)
-        in_features = routing_feature_count(embed_dim, self.local_radii, self.texture, self.robust_texture)
-        self.norm = nn.LayerNorm(in_features)
+        self.trunk = bool(trunk)
+        in_features = routing_feature_count(
+            embed_dim, self.local_radii, self.texture, self.robust_texture, trunk=self.trunk
+        )
+        if in_features == 0 and not self.patch_radius:
+            raise ValueError("a routing head without the trunk's features needs local statistics or a patch")
+        self.norm = nn.LayerNorm(in_features) if in_features else nn.Identity()
         self.patch_net = PatchTextureNet(self.patch_radius) if self.patch_radius else None
         extra = self.patch_net.out_features if self.patch_net is not None else 0
         self.mlp = nn.Sequential(
@@ -314,9 +324,9 @@ class RoutingHead(nn.Module):
         )
 
     @property
-    def layout(self) -> tuple[tuple[int, ...], bool, bool, int]:
-        """The feature layout this head reads (``routing_features``' last four arguments)."""
-        return self.local_radii, self.texture, self.robust_texture, self.patch_radius
+    def layout(self) -> tuple[tuple[int, ...], bool, bool, int, bool]:
+        """The feature layout this head reads (``routing_features``' last five arguments)."""
+        return self.local_radii, self.texture, self.robust_texture, self.patch_radius, self.trunk
 
     @property
     def reads_image(self) -> bool:

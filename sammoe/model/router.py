@@ -30,9 +30,10 @@ class ExpertRouter(RoutingHead):
         texture: bool = True,
         robust_texture: bool = False,
         patch_radius: int = 0,
+        trunk: bool = True,
     ) -> None:
         super().__init__(
-            embed_dim, 1, hidden_dim, dropout, local_radii, texture, robust_texture, patch_radius
+            embed_dim, 1, hidden_dim, dropout, local_radii, texture, robust_texture, patch_radius, trunk
         )
         self.register_buffer("temperature", torch.ones(()))
         self.register_buffer("threshold", torch.full((), 0.5))
