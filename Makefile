@@ -64,7 +64,7 @@ experts-train: $(STAMP)
 
 routers: $(STAMP)
 	$(BIN)/sammoe fit --config configs/router.yaml --config configs/experts/spinal_cord.yaml
-	$(BIN)/sammoe fit --config configs/router.yaml --config configs/experts/textured_lesion.yaml
+	$(BIN)/sammoe fit --config configs/router.yaml --config configs/router_patch.yaml --config configs/experts/textured_lesion.yaml
 	$(BIN)/python experts/build_examples.py --checkpoint spinal_cord=runs/experts/spinal_cord/expert/decoder.safetensors --checkpoint textured_lesion=runs/experts/textured_lesion/expert/decoder.safetensors
 	$(BIN)/pip install -q --no-deps --force-reinstall ./experts/sammoe-expert-spinal-cord ./experts/sammoe-expert-textured-lesion
 
