@@ -26,7 +26,7 @@ from sammoe.interact.crop_evaluation import EvalModel, first_clicks
 from sammoe.interact.rollout import StepOutput, moe_step
 from sammoe.lit.base import InteractiveModule
 from sammoe.lit.feature_cache import FeatureCache, batch_features
-from sammoe.lit.schedules import with_one_cycle
+from sammoe.lit.schedules import head_optimizer
 from sammoe.loading import backbone_source, load_backbone, load_decoder_file, load_gate, save_gate
 from sammoe.loading import load_experts as load_plugins
 from sammoe.loading.experts import expert_router
@@ -133,8 +133,7 @@ class GateTraining(InteractiveModule):
             (``sammoe.model.gate.local_texture_stats``; needs `gate_local_radii`).
         gate_robust_texture: the gate also reads texture statistics that an organ's border cannot fake
             (``sammoe.model.gate.robust_texture_stats``).
-        gate_patch_radius: half-side (voxels) of the block around the click that a small CNN in the gate reads
-            (``sammoe.model.click_patch``); 0: none.
+        gate_patch_radius: half-side (voxels) of the click's block a CNN reads (``model.click_patch``); 0: none.
         selector: `threshold` (paper), `top1` or `soft`.
         tau: the threshold before tuning.
         tune_tau: tune tau on validation (threshold selector).
@@ -142,8 +141,7 @@ class GateTraining(InteractiveModule):
         max_general_drop: largest allowed drop of the general-class Dice (0-1) against the foundation.
         max_background_claims: largest allowed share of validation background clicks (the data module's
             `background_clicks`) that tau lets an expert claim.
-        lr, weight_decay: AdamW for the gate; with ``one_cycle`` the learning rate follows a one-cycle schedule
-            up to ``lr`` over the run (per step).
+        lr, weight_decay, one_cycle: AdamW for the gate; ``one_cycle``: a one-cycle schedule up to ``lr``.
         evaluate_experts: also evaluate each expert alone and oracle routing (the full comparison table).
         clicks_per_target: random first clicks drawn per target and training step.
         balance_experts: weight the cross-entropy so that every expert's classes count as much in total
@@ -234,10 +232,7 @@ class GateTraining(InteractiveModule):
 
     # ------------------------------------------------------------------------------------- training
     def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.AdamW(
-            self.moe.gate.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
-        return with_one_cycle(optimizer, self) if self.hparams.one_cycle else optimizer
+        return head_optimizer(self, self.moe.gate.parameters())
 
     def generator(self) -> torch.Generator:
         if self._generator is None:

@@ -28,7 +28,7 @@ from sammoe.errors import ConfigError
 from sammoe.files import write_text
 from sammoe.interact.crop_evaluation import first_clicks
 from sammoe.lit.feature_cache import FeatureCache, batch_features
-from sammoe.lit.schedules import with_one_cycle
+from sammoe.lit.schedules import head_optimizer
 from sammoe.loading import load_backbone
 from sammoe.loading.router import ROUTER_FILE, save_router
 from sammoe.model.gate import LOCAL_RADII
@@ -190,10 +190,7 @@ class RouterTraining(L.LightningModule):
         return "background" if class_name == BACKGROUND else "general"
 
     def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.AdamW(
-            self.router.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
-        return with_one_cycle(optimizer, self) if self.hparams.one_cycle else optimizer
+        return head_optimizer(self, self.router.parameters())
 
     def on_train_epoch_start(self) -> None:
         self.backbone.eval()  # frozen; the router trains (dropout)
