@@ -129,6 +129,9 @@ def test_routers_and_gates_with_a_click_patch_round_trip(tiny, tmp_path):
     ).eval()
     block_only = routing_features(emb, sparse, clicks, labels, tiny.img_size, image, *patch_only.layout)
     torch.testing.assert_close(block_only, features[:, -(15**3) :])
+    # it needs no image embedding (router training skips the encoder for it)
+    no_trunk = routing_features(None, sparse, clicks, labels, tiny.img_size, image, *patch_only.layout)
+    torch.testing.assert_close(no_trunk, block_only)
     only_path = save_router(
         patch_only, tmp_path / "p.safetensors", name="a", classes={"a": 1}, backbone=tiny, metrics={}
     )

@@ -371,6 +371,26 @@ def test_the_feature_cache_computes_each_crop_once_and_persists(tmp_path):
         assert FeatureCache(tmp_path, ("fingerprint", (1, 2), True)).table == {}
 
 
+@torch.no_grad()
+def test_a_router_of_the_click_block_alone_trains_without_the_encoder(tiny):
+    from sammoe.lit.feature_cache import trunk_features
+
+    gen = torch.Generator().manual_seed(0)
+    image = torch.randn(2, 1, 32, 32, 32, generator=gen)
+    batch = {
+        "image": image,
+        "label": torch.zeros_like(image),
+        "first_click": torch.tensor([[16] * 3, [9] * 3]),
+    }
+    block_only = ((), False, False, 7, False)
+    expected = trunk_features(tiny, batch, [0, 1], block_only)
+    blind = copy.deepcopy(tiny)
+    blind.image_encoder = None  # any encoder call would fail
+    features = trunk_features(blind, batch, [1], block_only)
+    assert features.shape == (1, 15**3)
+    torch.testing.assert_close(features, expected[1:])
+
+
 def test_click_draws_make_training_crops_repeat(tmp_path):
     from sammoe.data.phantoms import make_phantom_dataset
     from sammoe.lit.phantom_data import PhantomDataModule

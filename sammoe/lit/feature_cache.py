@@ -33,8 +33,9 @@ def trunk_features(
     points, labels = (t[rows] for t in first_clicks(batch))
     image = batch["image"][rows]
     with torch.no_grad():
-        embeddings = backbone.image_encoder(image)
         sparse, _ = backbone.prompt_encoder(points=(points, labels), boxes=None, masks=None)
+        # a router that reads only the image around the click (layout's trunk false) needs no encoder pass
+        embeddings = backbone.image_encoder(image) if layout[4] else None
         return routing_features(embeddings, sparse, points, labels, backbone.img_size, image, *layout).float()
 
 

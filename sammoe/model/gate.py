@@ -228,7 +228,7 @@ def robust_texture_stats(
 
 
 def routing_features(
-    image_embeddings: torch.Tensor,
+    image_embeddings: torch.Tensor | None,
     sparse_embeddings: torch.Tensor,
     points: torch.Tensor | None,
     labels: torch.Tensor | None,
@@ -244,8 +244,10 @@ def routing_features(
     ``local_radii`` the local intensity statistics, with ``texture`` the texture statistics, with
     ``robust_texture`` the edge-robust texture statistics and with ``patch_radius`` the normalised block of
     voxels around the click (``sammoe.model.click_patch``, last, flattened) of the encoded crop ``image``."""
-    features = gate_features(image_embeddings, sparse_embeddings, points, labels, image_size)
-    features = features if trunk else features[:, :0]
+    if trunk:
+        features = gate_features(image_embeddings, sparse_embeddings, points, labels, image_size)
+    else:  # nothing of the trunk is read (router training may pass no embeddings at all)
+        features = sparse_embeddings.new_zeros(sparse_embeddings.shape[0], 0)
     if not local_radii and not robust_texture and not patch_radius:
         return features
     if image is None:
