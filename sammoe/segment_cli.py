@@ -96,8 +96,8 @@ def _parser() -> argparse.ArgumentParser:
         "--routing",
         default="auto",
         choices=["auto", "gate", "routers"],
-        help="who routes: the gate when it was trained over the installed experts, else their own routers "
-        "(auto), or insist on one",
+        help="who routes: a --gate trained over the installed experts, else their own routers (auto), or "
+        "insist on one (gate: for the demo model, its shipped gate)",
     )
     m.add_argument(
         "--route",

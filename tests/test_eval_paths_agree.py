@@ -35,7 +35,7 @@ def _installed_moe():
 
     if not assets.GATE_TINY.is_file():
         pytest.skip("no shipped gate")
-    model, _ = load_model("demo")
+    model, _ = load_model("demo", routing="gate")  # the Lightning side below routes with the shipped gate
     if not isinstance(model, SamMoE):
         pytest.skip("the installed experts do not form a MoE with the shipped gate")
     return model.expert_names
@@ -86,7 +86,7 @@ def test_lightning_click_protocol_matches_the_predictor(tmp_path):
     dm.setup("test")
     items = [dm.eval_dataset()[i] for i in range(len(dm.test_targets))]
     for model_name, route in [("moe", None), *[(n, n) for n in names]]:
-        predictor = Predictor.load("demo", route=route)
+        predictor = Predictor.load("demo", route=route, routing="gate")
         for item in items:
             if item["class_name"] not in CLASSES:
                 continue

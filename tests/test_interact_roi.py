@@ -10,6 +10,7 @@ import torch
 from sammoe.data.clicks import next_click_from_error
 from sammoe.data.datamodule import BACKGROUND
 from sammoe.data.preprocess import Preprocessor, official_crop_start
+from sammoe.errors import ConfigError
 from sammoe.infer import Predictor, Target
 from sammoe.interact.roi import click_centred_start, draw_click, round_voxel, seeded_first_click
 from sammoe.interact.rollout import StepOutput, evaluation_rollout
@@ -157,3 +158,43 @@ def test_predictor_and_preprocessor_agree_on_click_centre():
     exact = res.input_to_ras(np.array([20.0, 10.0, 5.0]))  # on a half voxel along axis 0: rounds up
     assert np.all(np.abs(start + 32 - exact) <= 0.5 + 1e-9)
     assert (start + 32).tolist() == np.floor(exact + 0.5 + 1e-6).astype(int).tolist()
+
+
+def test_border_clicks_land_on_the_host_organ_beside_the_task_target(tmp_path):
+    """Router training's hard negatives: liver voxels within border_mm of the lesion, only in training."""
+    from sammoe.data.datamodule import BORDER
+    from sammoe.data.phantoms import LABELS
+
+    dm = PhantomDataModule(
+        root=str(tmp_path / "ds"), cache_dir=str(tmp_path / "cache"), n_cases=3, n_test=0, crop_size=64,
+        val_fraction=0.34, classes=["textured_lesion"], general_classes=["liver", "spleen"], border_clicks=4,
+        border_mm=4.5,
+    )  # fmt: skip
+    dm.prepare_data()
+    dm.setup("fit")
+    assert [r.name for _, r in dm.val_targets].count(BORDER) == 0  # validation keeps uniform clicks
+    ds = dm.train_dataset()
+    ds.flips = False
+    border = [i for i, (_, ref) in enumerate(ds.targets) if ref.name == BORDER]
+    assert len(border) == 4 * 2
+    liver = [i for i, (_, ref) in enumerate(ds.targets) if ref.name == "liver"]
+
+    def distance_to_lesion(i: int) -> tuple[str, float]:
+        item = ds[i]
+        case, _ = ds.targets[i]
+        label = np.asarray(ds.cache.load(case).resampled.label)
+        click = item["start"].numpy() + item["first_click"].numpy().astype(int)
+        assert (
+            label[tuple(click)] == item["label_value"] and item["label"][0][tuple(item["first_click"].long())]
+        )
+        lesion = np.argwhere(label == LABELS["textured_lesion"])
+        return item["class_name"], float(np.sqrt(((lesion - click) ** 2).sum(1)).min()) * 1.5
+
+    near = [distance_to_lesion(i) for i in border]
+    assert all(name == "liver" and 0 < mm <= 4.5 for name, mm in near)
+    # uniform liver clicks, the only liver negatives before, seldom come that close (about 1 in 14 here)
+    torch.manual_seed(0)
+    uniform = [distance_to_lesion(liver[k % len(liver)])[1] for k in range(40)]
+    assert sum(mm <= 4.5 for mm in uniform) <= 10
+    with pytest.raises(ConfigError, match="border_clicks need"):
+        PhantomDataModule(root=str(tmp_path / "ds"), classes=["liver"], border_clicks=1)

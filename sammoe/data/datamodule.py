@@ -34,11 +34,14 @@ from sammoe.data.datasets import Case, CaseIndex, ClassRef, build_index
 from sammoe.data.io import read_image, read_label
 from sammoe.data.preprocess import Preprocessor
 from sammoe.errors import ConfigError, DataError
-from sammoe.interact.roi import check_crop_mode, seeded_first_click, training_roi
+from sammoe.interact.roi import border_click, check_crop_mode, seeded_first_click, training_roi
 
 # Clicks on unlabelled voxels (background, air, tissue no class names): routing targets for the foundation.
 BACKGROUND = "background"
 BACKGROUND_VALUE = 0
+# Clicks on a general class right beside a task target (``border_clicks``); the item takes that voxel's class.
+BORDER = "border"
+BORDER_VALUE = -1
 
 
 def _allowed(index: CaseIndex | None, dataset: str) -> list[int] | None:
@@ -60,6 +63,9 @@ class TargetDataset(Dataset):
     ``click_draws`` N > 0 (training): item i is one of N fixed draws, chosen at random each time, so the
     crops repeat and what is computed from them can be cached (router and gate features).
     A target named ``background`` (value 0) is a click on unlabelled voxels with an empty label (routing data).
+    A target named ``border`` (value -1) is a click on a ``border`` host class within the given radius of a
+    task class (``border``: (task class names, host class names, radius in voxels)); the item carries the
+    clicked voxel's class.
     ``on_empty``: what to do when the class has fewer than ``min_voxels`` voxels after resampling:
     ``"skip"`` uses the next target instead (the official loader redraws), ``"error"`` raises ``DataError``.
     """
@@ -78,6 +84,7 @@ class TargetDataset(Dataset):
         seed: int | None = None,
         click_draws: int = 0,
         draw_seed: int = 0,
+        border: tuple[Sequence[str], Sequence[str], float] | None = None,
     ) -> None:
         if on_empty not in ("skip", "error"):
             raise ValueError("on_empty must be 'skip' or 'error'")
@@ -87,6 +94,7 @@ class TargetDataset(Dataset):
         self.index = index
         self.crop, self.jitter, self.seed = check_crop_mode(crop), int(jitter), seed
         self.click_draws, self.draw_seed = int(click_draws), int(draw_seed)
+        self.border = border
         self._keys: list[int] | None = None
 
     def __len__(self) -> int:
@@ -119,7 +127,7 @@ class TargetDataset(Dataset):
             used = (i + attempt) % len(self.targets)
             case, ref = self.targets[used]
             cached = self.cache.load(case, _allowed(self.index, case.dataset))
-            if ref.value == BACKGROUND_VALUE:
+            if ref.value in (BACKGROUND_VALUE, BORDER_VALUE):
                 box = (None, None, 1)
                 break
             box = cached.bboxes.get(ref.value)
@@ -137,30 +145,47 @@ class TargetDataset(Dataset):
         rng = self._rng(i, used)
         flips = [d for d in range(3) if rng.random() < 0.5] if self.flips else []
         first_click = None
-        if self.crop == "click" or ref.value == BACKGROUND_VALUE:
+        click, value, name = None, ref.value, ref.name
+        if ref.value == BORDER_VALUE:
+            click, value, name = self._border_click(case, cached, rng)
+        if self.crop == "click" or value == BACKGROUND_VALUE or click is not None:
             bbox = None if box[0] is None else (box[0], box[1])
             roi, first_click = training_roi(
-                self.pre, cached.resampled, ref.value, bbox, rng, self.jitter, flips
+                self.pre, cached.resampled, value, bbox, rng, self.jitter, flips, click
             )
         else:
             roi = self.pre.crop(
                 cached.resampled, label_value=ref.value, class_bbox=(box[0], box[1]), flip_axes=flips
             )
         image, label = roi.image, roi.label.float()
-        if ref.value == BACKGROUND_VALUE:
+        if value == BACKGROUND_VALUE:
             label = torch.zeros_like(label)
         item = {
             "image": image.contiguous(),
             "label": label.contiguous(),
             "case_id": case.case_id,
             "dataset": case.dataset,
-            "class_name": ref.name,
-            "label_value": ref.value,
+            "class_name": name,
+            "label_value": value,
             "start": torch.as_tensor(roi.start),
         }
         if first_click is not None:
             item["first_click"] = torch.from_numpy(first_click)
         return item
+
+    def _border_click(self, case: Case, cached: Any, rng: np.random.Generator) -> tuple[Any, int, str]:
+        """(click on the resampled grid, value, class name) of a ``border`` target; an unlabelled voxel's
+        click (None: ``training_roi`` draws it) when the case has no host class."""
+        task_names, host_names, radius = self.border  # set whenever SegDataModule makes border targets
+        labels = self.index.dataset(case.dataset).labels
+        task = [labels[n] for n in task_names if n in labels]
+        host = [labels[n] for n in host_names if n in labels]
+        boxes = [(b[0], b[1]) for v in task if (b := cached.bboxes.get(v)) is not None]
+        picked = border_click(cached.resampled.label, task, host, radius, rng, boxes) if host else None
+        if picked is None:
+            return None, BACKGROUND_VALUE, BACKGROUND
+        names = {v: n for n, v in labels.items()}
+        return picked[0], picked[1], names[picked[1]]
 
 
 class CaseDataset(Dataset):
@@ -251,6 +276,11 @@ class SegDataModule(L.LightningDataModule):
             target (seeded by ``seed``), so router/gate training can cache features (``feature_cache``).
         general_classes: classes loaded in addition to ``classes`` (router training: the general structures
             a router learns to leave to the foundation; a config overlay that sets ``classes`` keeps them).
+        border_clicks: per training case, this many extra targets that click a ``general_classes`` voxel
+            within ``border_mm`` of a ``classes`` voxel (the liver beside a lesion): the negatives a router
+            confuses most, which uniform clicks on a large organ almost never give. Validation keeps uniform
+            clicks, so the false-claim rates it measures stay those of real clicks.
+        border_mm: how near to a task target a border click lies.
 
     Batches from train/val loaders: dict(image (B,1,S,S,S) float32, label (B,1,S,S,S) float32, case_id,
     dataset, class_name, label_value, start). test/predict loaders yield lists of ``CaseDataset`` items.
@@ -282,17 +312,29 @@ class SegDataModule(L.LightningDataModule):
         first_click_seed: int = 233,
         click_draws: int = 0,
         general_classes: list[str] | None = None,
+        border_clicks: int = 0,
+        border_mm: float = 6.0,
     ) -> None:
         super().__init__()
         if crop_size < 16 or crop_size % 16:
             raise ConfigError(
                 f"data: crop_size {crop_size} must be a positive multiple of the 16-voxel patch (64 tiny, 128 vit_b_ori)"
             )
-        if batch_size < 1 or min(num_workers, jitter, background_clicks, click_draws) < 0:
+        if batch_size < 1 or min(num_workers, jitter, background_clicks, click_draws, border_clicks) < 0:
             raise ConfigError(
-                "data: batch_size must be >= 1 and num_workers, jitter, background_clicks, click_draws >= 0; "
-                f"got {batch_size}, {num_workers}, {jitter}, {background_clicks}, {click_draws}"
+                "data: batch_size must be >= 1 and num_workers, jitter, background_clicks, click_draws, "
+                f"border_clicks >= 0; got {batch_size}, {num_workers}, {jitter}, {background_clicks}, "
+                f"{click_draws}, {border_clicks}"
             )
+        if border_clicks and not (general_classes and classes and set(classes) - set(general_classes)):
+            raise ConfigError(
+                "data: border_clicks need classes (the task) and general_classes (the organs around it); "
+                f"got classes={classes}, general_classes={general_classes}"
+            )
+        if not border_mm > 0:
+            raise ConfigError(f"data: border_mm must be positive, got {border_mm!r}")
+        self.border_clicks, general = int(border_clicks), list(general_classes or [])
+        self.border = ([c for c in classes or [] if c not in general], general, float(border_mm))
         self.click_draws = int(click_draws)
         self.crop, self.jitter = check_crop_mode(crop), int(jitter)
         self.background_clicks, self.first_click_seed = int(background_clicks), int(first_click_seed)
@@ -334,6 +376,8 @@ class SegDataModule(L.LightningDataModule):
         by_id = {(c.dataset, c.case_id): c for c, _ in pairs}
         pairs = pairs + self._background_targets([by_id[key] for key in cases])
         self.train_targets = [p for p in pairs if (p[0].dataset, p[0].case_id) not in val_cases]
+        train_cases = [by_id[key] for key in cases if key not in val_cases]
+        self.train_targets += self._border_targets(train_cases)
         self.val_targets = [p for p in pairs if (p[0].dataset, p[0].case_id) in val_cases]
         if self.eval_split == "test" and test:
             by_test = {(c.dataset, c.case_id): c for c, _ in test}
@@ -346,6 +390,14 @@ class SegDataModule(L.LightningDataModule):
         ref = {case.dataset: ClassRef.model_construct(dataset=case.dataset, value=BACKGROUND_VALUE, name=BACKGROUND)
                for case in cases}  # fmt: skip
         return [(case, ref[case.dataset]) for case in cases for _ in range(self.background_clicks)]
+
+    def _border_targets(self, cases: Sequence[Case]) -> list[tuple[Case, ClassRef]]:
+        """``border_clicks`` targets per training case that click a general class beside a task target."""
+        return [
+            (case, ClassRef.model_construct(dataset=case.dataset, value=BORDER_VALUE, name=BORDER))
+            for case in cases
+            for _ in range(self.border_clicks)
+        ]
 
     def _loader(
         self, dataset: Dataset, shuffle: bool, collate=None, batch_size: int | None = None
@@ -363,7 +415,12 @@ class SegDataModule(L.LightningDataModule):
     def train_dataset(self) -> TargetDataset:
         return TargetDataset(self.train_targets, self.cache, self.preprocessor, self.flips, self.min_voxels,
                              self.on_empty, self.index, self.crop, self.jitter, None, self.click_draws,
-                             self.seed)  # fmt: skip
+                             self.seed, self._border_voxels())  # fmt: skip
+
+    def _border_voxels(self) -> tuple[list[str], list[str], float]:
+        """``border`` of the training dataset: the radius in voxels of the preprocessing grid."""
+        task, host, mm = self.border
+        return task, host, mm / float(np.min(self.preprocessor.target_spacing))
 
     def val_dataset(self) -> TargetDataset:
         return TargetDataset(self.val_targets, self.cache, self.preprocessor, False, 1, self.on_empty,
