@@ -54,7 +54,8 @@ def load_model(
     ``checkpoint``: a path; ``"turbo"``, the released SAM-Med3D-turbo weights once ``sammoe weights fetch
     turbo`` has cached them; ``"demo"``, the tiny foundation model shipped for the phantoms
     (``sammoe.assets.FOUNDATION_TINY``; its joint gate ``GATE_TINY`` with ``routing="gate"``), announced by a
-    warning and in ``info["model"]["warning"]``; None: turbo when cached, else CheckpointError, never the demo model silently.
+    warning and in ``info["model"]["warning"]``; None: turbo when cached, else CheckpointError, never the demo
+    model silently.
     Installed experts and a gate are used when present and compatible.
     ``experts``: None = every installed, compatible expert (``SAMMOE_EXPERTS`` honoured); "none" or [] = no
     experts; names = exactly those (each must be ok). Routing: the joint gate ``gate`` (for the shipped model
