@@ -198,3 +198,5 @@ def test_border_clicks_land_on_the_host_organ_beside_the_task_target(tmp_path):
     assert sum(mm <= 4.5 for mm in uniform) <= 10
     with pytest.raises(ConfigError, match="border_clicks need"):
         PhantomDataModule(root=str(tmp_path / "ds"), classes=["liver"], border_clicks=1)
+    with pytest.raises(ConfigError, match="border_mm must be positive"):
+        PhantomDataModule(root=str(tmp_path / "ds"), border_mm=0.0)
