@@ -374,30 +374,27 @@ class SegDataModule(L.LightningDataModule):
         n_val = int(round(self.val_fraction * len(cases))) if len(cases) > 1 else 0
         val_cases = {cases[j] for j in order[:n_val]}
         by_id = {(c.dataset, c.case_id): c for c, _ in pairs}
-        pairs = pairs + self._background_targets([by_id[key] for key in cases])
+        pairs = pairs + self._click_targets([by_id[key] for key in cases], self.background_clicks)
         self.train_targets = [p for p in pairs if (p[0].dataset, p[0].case_id) not in val_cases]
         train_cases = [by_id[key] for key in cases if key not in val_cases]
-        self.train_targets += self._border_targets(train_cases)
+        self.train_targets += self._click_targets(train_cases, self.border_clicks, BORDER_VALUE, BORDER)
         self.val_targets = [p for p in pairs if (p[0].dataset, p[0].case_id) in val_cases]
         if self.eval_split == "test" and test:
             by_test = {(c.dataset, c.case_id): c for c, _ in test}
-            self.test_targets = test + self._background_targets([by_test[k] for k in sorted(by_test)])
+            self.test_targets = test + self._click_targets(
+                [by_test[k] for k in sorted(by_test)], self.background_clicks
+            )
         else:
             self.test_targets = self.val_targets
 
-    def _background_targets(self, cases: Sequence[Case]) -> list[tuple[Case, ClassRef]]:
-        """``background_clicks`` targets per case that click unlabelled voxels (routing data, no Dice)."""
-        ref = {case.dataset: ClassRef.model_construct(dataset=case.dataset, value=BACKGROUND_VALUE, name=BACKGROUND)
+    def _click_targets(
+        self, cases: Sequence[Case], count: int, value: int = BACKGROUND_VALUE, name: str = BACKGROUND
+    ) -> list[tuple[Case, ClassRef]]:
+        """``count`` routing targets per case that are no class of their own: clicks on unlabelled voxels
+        (``background``, no Dice) or on a general class beside a task target (``border``)."""
+        ref = {case.dataset: ClassRef.model_construct(dataset=case.dataset, value=value, name=name)
                for case in cases}  # fmt: skip
-        return [(case, ref[case.dataset]) for case in cases for _ in range(self.background_clicks)]
-
-    def _border_targets(self, cases: Sequence[Case]) -> list[tuple[Case, ClassRef]]:
-        """``border_clicks`` targets per training case that click a general class beside a task target."""
-        return [
-            (case, ClassRef.model_construct(dataset=case.dataset, value=BORDER_VALUE, name=BORDER))
-            for case in cases
-            for _ in range(self.border_clicks)
-        ]
+        return [(case, ref[case.dataset]) for case in cases for _ in range(count)]
 
     def _loader(
         self, dataset: Dataset, shuffle: bool, collate=None, batch_size: int | None = None

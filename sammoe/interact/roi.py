@@ -143,6 +143,6 @@ def border_click(
         if click is not None:
             click = click + lo
             return click, int(label[tuple(click)])
-    whole = np.asarray(label)
+    whole = window if not task_boxes else np.asarray(label)  # the window is the whole label without boxes
     click = draw_click(np.isin(whole, np.asarray(host_values)), rng)
     return None if click is None else (click, int(whole[tuple(click)]))

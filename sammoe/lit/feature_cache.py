@@ -34,8 +34,9 @@ def trunk_features(
     image = batch["image"][rows]
     with torch.no_grad():
         sparse, _ = backbone.prompt_encoder(points=(points, labels), boxes=None, masks=None)
-        # a router that reads only the image around the click (layout's trunk false) needs no encoder pass
-        embeddings = backbone.image_encoder(image) if layout[4] else None
+        *_, trunk = layout  # routing_features' last argument
+        # a router that reads only the image around the click (trunk false) needs no encoder pass
+        embeddings = backbone.image_encoder(image) if trunk else None
         return routing_features(embeddings, sparse, points, labels, backbone.img_size, image, *layout).float()
 
 
