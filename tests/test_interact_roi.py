@@ -192,7 +192,7 @@ def test_border_clicks_land_on_the_host_organ_beside_the_task_target(tmp_path):
 
     near = [distance_to_lesion(i) for i in border]
     assert all(name == "liver" and 0 < mm <= 4.5 for name, mm in near)
-    # uniform liver clicks, the only liver negatives before, seldom come that close (about 1 in 14 here)
+    # uniform liver clicks, the only liver negatives before, seldom come that close (about 1 in 19 on the seed-2 phantoms)
     torch.manual_seed(0)
     uniform = [distance_to_lesion(liver[k % len(liver)])[1] for k in range(40)]
     assert sum(mm <= 4.5 for mm in uniform) <= 10
