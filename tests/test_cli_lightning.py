@@ -298,3 +298,54 @@ def test_version_and_an_unknown_command(capsys):
     assert capsys.readouterr().err.strip() == (
         "sammoe: error: unknown command 'segmnet'; run `sammoe --help` for the list"
     )
+
+
+class _RunsCode:
+    """Unpickling this writes a marker file: what a hostile checkpoint would do."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "ran"))
+
+
+def test_ckpt_path_from_a_url_or_that_runs_code_is_refused(tmp_path, phantoms, capsys):
+    """A remote checkpoint is never downloaded (the server sees no request); a local pickle that would run code
+    is refused before training starts; neither runs its payload."""
+    import http.server
+    import threading
+
+    marker = tmp_path / "ran"
+    payload = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": _RunsCode(str(marker))}, payload)
+    requests = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            requests.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(payload.read_bytes())
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    cfg = tiny_config(tmp_path / "c.yaml", tmp_path / "run", phantoms, logger="none")
+    url = f"http://127.0.0.1:{server.server_port}/evil.ckpt"
+    try:
+        cases = [
+            (url, "never loaded from a URL"),
+            (str(payload), "without running code"),
+            (str(tmp_path / "nope.ckpt"), "no such checkpoint file"),
+        ]
+        for ckpt, expected in cases:
+            assert main(["fit", "--config", str(cfg), "--ckpt_path", ckpt]) == 2
+            errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sammoe:")]
+            assert len(errors) == 1 and expected in errors[0] and ckpt in errors[0], errors
+    finally:
+        server.shutdown()
+    assert not marker.exists() and requests == []
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -487,3 +487,26 @@ def test_meta_overrides_keys_of_the_sidecar(tmp_path, decoder):
     assert manifest["description"] == "overridden"
     assert manifest["backbone"]["fingerprint"] == "a" * 64
     assert manifest["provenance"]["notes"] == "kept"
+
+
+def test_package_never_runs_text_from_the_checkpoint(tmp_path, decoder):
+    """A description that closes the docstring and calls os.system must stay data: importing the generated
+    plugin and its test module runs none of it, and pyproject.toml reads it back as the same string."""
+    import importlib.util
+
+    tomllib = pytest.importorskip("tomllib")
+
+    marker = tmp_path / "pwned"
+    payload = f'"""\nimport pathlib; pathlib.Path({str(marker)!r}).write_text("x")\n"""'
+    ckpt = tmp_path / "liver.safetensors"
+    save_file(decoder, str(ckpt))
+    _sidecar(ckpt, description=f"liver {payload} \'\'\' {{name}} \\u2028")
+    out = package_expert(ckpt, "liver", tmp_path / "project")
+    for source in (out / "sammoe_expert_liver" / "__init__.py", out / "tests" / "test_expert.py"):
+        assert "pathlib.Path(" not in source.read_text(), source
+    spec = importlib.util.spec_from_file_location("generated_plugin", out / "sammoe_expert_liver" / "__init__.py")
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    assert not marker.exists()
+    project = tomllib.loads((out / "pyproject.toml").read_text())["project"]
+    manifest = json.loads((out / "sammoe_expert_liver" / "manifest.json").read_text())
+    assert project["description"] == manifest["description"] and payload in manifest["description"]

@@ -74,7 +74,28 @@ def _build_cli_classes() -> tuple[type, type]:
             config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
             logger.experiment.config.update({"config": config}, allow_val_change=True)
 
-    return LightningCLI, ConfigToRunDir
+    class SafeResumeCLI(LightningCLI):
+        """Checks `--ckpt_path` before anything reads it (Lightning >= 2.5 reads its hyperparameters while
+        parsing), and loads it weights-only unless the user says otherwise (`--weights_only false`)."""
+
+        def _check_ckpt_path(self) -> None:
+            from sammoe.loading.weights import check_resume_checkpoint
+
+            subcommand = self.config.get("subcommand")
+            config = self.config.get(subcommand) if subcommand else None
+            if config is not None:
+                check_resume_checkpoint(config.get("ckpt_path"))
+                if "weights_only" in config and config.get("weights_only") is None:
+                    config["weights_only"] = True
+
+        def _parse_ckpt_path(self) -> None:
+            self._check_ckpt_path()
+            super()._parse_ckpt_path()
+
+        def before_instantiate_classes(self) -> None:
+            self._check_ckpt_path()
+
+    return SafeResumeCLI, ConfigToRunDir
 
 
 def shipped_config_names(argv: list[str]) -> list[str]:

@@ -82,6 +82,34 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return _check_tensors(_strip_prefix(obj), str(path))
 
 
+LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")  # resolved by Lightning itself
+
+
+def check_resume_checkpoint(ckpt_path: str | Path | None) -> None:
+    """Refuse a `--ckpt_path` Lightning would load unsafely: a URL (Lightning unpickles remote files with
+    code execution allowed), a missing file, or a file that does not load weights-only. Lightning's own
+    names (`last`, `best`, ...) pass: it resolves them inside the run folder."""
+    if ckpt_path is None or str(ckpt_path) in LIGHTNING_CKPT_NAMES:
+        return
+    text = str(ckpt_path)
+    if "://" in text:
+        raise CheckpointError(
+            f"--ckpt_path {text}: checkpoints are never loaded from a URL (a pickle can run code); download "
+            "it yourself from a source you trust and pass the local file"
+        )
+    path = Path(text)
+    if not path.is_file():
+        raise CheckpointError(f"--ckpt_path {path}: no such checkpoint file; check the path (or use `last`)")
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch raises many types for corrupt or pickle-unsafe files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"--ckpt_path {path}: not a Lightning checkpoint that loads without running code ({first[:160]}); "
+            "resume from a checkpoint written by `sammoe fit`"
+        ) from None
+
+
 def _expected(preset: str) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
         model = SamMed3D(PRESETS[preset])
