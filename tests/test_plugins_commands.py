@@ -500,11 +500,13 @@ def test_package_never_runs_text_from_the_checkpoint(tmp_path, decoder):
     payload = f'"""\nimport pathlib; pathlib.Path({str(marker)!r}).write_text("x")\n"""'
     ckpt = tmp_path / "liver.safetensors"
     save_file(decoder, str(ckpt))
-    _sidecar(ckpt, description=f"liver {payload} \'\'\' {{name}} \\u2028")
+    _sidecar(ckpt, description=f"liver {payload} ''' {{name}} \\u2028")
     out = package_expert(ckpt, "liver", tmp_path / "project")
     for source in (out / "sammoe_expert_liver" / "__init__.py", out / "tests" / "test_expert.py"):
         assert "pathlib.Path(" not in source.read_text(), source
-    spec = importlib.util.spec_from_file_location("generated_plugin", out / "sammoe_expert_liver" / "__init__.py")
+    spec = importlib.util.spec_from_file_location(
+        "generated_plugin", out / "sammoe_expert_liver" / "__init__.py"
+    )
     spec.loader.exec_module(importlib.util.module_from_spec(spec))
     assert not marker.exists()
     project = tomllib.loads((out / "pyproject.toml").read_text())["project"]
