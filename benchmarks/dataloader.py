@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     import torchio  # noqa: F401  (imported before the workers fork, for both pipelines alike)
 
     from sammoe.data.cache import PreprocessCache
-    from sammoe.data.datamodule import TargetDataset
+    from sammoe.lit.datamodule import TargetDataset
     from sammoe.data.datasets import index_dataset
     from sammoe.data.phantoms import make_phantom_dataset
     from sammoe.data.preprocess import Preprocessor

@@ -62,7 +62,7 @@ def _direct(image, affine, checkpoint: str, device: str, centre, clicks) -> list
     """Predictor.add_click alone (no viewer), same image and clicks: the model's share of the latency."""
     import warnings
 
-    from sammoe.infer import Predictor, Target
+    from sammoe.inference.predictor import Predictor, Target
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -63,7 +63,7 @@ def targets_file(folder: Path, n: int) -> Path:
 
 
 def time_command(argv: list[str], repeats: int) -> float:
-    from sammoe.segment_cli import main
+    from sammoe.cli.segment import main
 
     times = []
     for _ in range(repeats):
@@ -101,7 +101,7 @@ def bench_command(args, image: Path, ckpt: Path, folder: Path) -> None:
 
 
 def bench_clicks(args, image: Path, ckpt: Path) -> dict:
-    from sammoe.infer import Predictor, Target
+    from sammoe.inference.predictor import Predictor, Target
 
     pred = Predictor.load(
         ckpt, experts="none", device=args.device, compile=args.compile, use_sliding_window=False
@@ -164,7 +164,7 @@ def bench_official(args, image: Path, ckpt: Path) -> dict:
     the official inference runs) on the same image, clicks and weights, in this process."""
     from official import OfficialPipeline, official_modules
 
-    from sammoe.infer import Predictor, Target
+    from sammoe.inference.predictor import Predictor, Target
     from sammoe.loading import load_backbone
 
     ours = Predictor.load(ckpt, experts="none", device="cpu", use_sliding_window=False)

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown example(s) {sorted(unknown)}; choose from {sorted(EXAMPLES)}")
 
-    from sammoe.plugins.scaffold import distribution_name, package_expert
+    from sammoe.publish.package import distribution_name, package_expert
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for name, checkpoint in sorted(checkpoints.items()):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sammoe.assets import CONFIGS, shipped_config
-from sammoe.lit.cli import shipped_config_names
+from sammoe.cli.train import shipped_config_names
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from sammoe.data.cache import PreprocessCache
-from sammoe.data.datamodule import CaseDataset, SegDataModule, TargetDataset
+from sammoe.lit.datamodule import CaseDataset, SegDataModule, TargetDataset
 from sammoe.data.datasets import index_dataset
 from sammoe.data.phantoms import LABELS, make_phantom_dataset
 from sammoe.data.preprocess import Preprocessor

@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import write_dicom_series
+from helpers.dicom import write_dicom_series
 
 from sammoe.data.io import Volume, check_label_values, read_image, read_label, write_label
 from sammoe.errors import DataError

@@ -29,7 +29,7 @@ def demo_run(tmp_path_factory):
     experts = _usable_experts()
     if len(experts) < 2:
         pytest.fail("the shipped foundation model and two example experts must be installed (make install)")
-    from sammoe.demo import main
+    from sammoe.cli.demo import main
 
     out = tmp_path_factory.mktemp("demo")
     assert main(["--fast", "--out", str(out), "--seed", "3"]) == 0

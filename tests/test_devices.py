@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sammoe import devices
+from sammoe.inference import devices
 
 
 def test_gpu_is_an_alias_of_cuda(monkeypatch):

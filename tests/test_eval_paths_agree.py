@@ -43,7 +43,7 @@ def _installed_moe():
 
 def _replay(predictor, target: np.ndarray) -> dict[int, float]:
     """The protocol by hand: seeded first click on the target, then error-region clicks inside the crop."""
-    from sammoe.infer import Target
+    from sammoe.inference.predictor import Target
 
     gt = torch.from_numpy(target)[None]
     gen = torch.Generator().manual_seed(233)
@@ -61,7 +61,7 @@ def _replay(predictor, target: np.ndarray) -> dict[int, float]:
 
 def test_lightning_click_protocol_matches_the_predictor(tmp_path):
     from sammoe import assets
-    from sammoe.infer import Predictor
+    from sammoe.inference.predictor import Predictor
     from sammoe.lit.gate import GateTraining
 
     names = _installed_moe()

@@ -273,7 +273,7 @@ def test_colin27_geometry_with_known_model(shared_dir):
         pytest.skip("colin27 not present")
     import torch
 
-    from sammoe.infer import Predictor, Target
+    from sammoe.inference.predictor import Predictor, Target
     from sammoe.model.sam3d import PRESETS, SamMed3D
 
     class Ball(SamMed3D):
@@ -323,7 +323,7 @@ def test_route_forces_one_decoder_and_names_it_in_the_report(tmp_path, capsys, i
 
 
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, image, monkeypatch):
-    from sammoe import infer
+    from sammoe.inference import predictor as infer
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -348,7 +348,7 @@ def test_deeply_nested_clicks_json_is_one_line(tmp_path, capsys, image):
 
 
 def test_the_predicted_iou_is_the_models_estimate_clamped():
-    from sammoe.segmentation import TargetResult
+    from sammoe.inference.targets import TargetResult
 
     result = TargetResult("t", 1, np.zeros((2, 2, 2), bool), None, "foundation", None, -0.16, 1, 0, 1)
     assert result.predicted_iou == 0.0 and result.summary()["predicted_iou"] == 0.0

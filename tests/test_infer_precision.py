@@ -8,8 +8,8 @@ import warnings
 import numpy as np
 import torch
 
-from sammoe import devices
-from sammoe.infer import Predictor, Target
+from sammoe.inference import devices
+from sammoe.inference.predictor import Predictor, Target
 from sammoe.model.randomize import randomize_constant_init
 from sammoe.model.sam3d import PRESETS, SamMed3D
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import write_dicom_series
+from helpers.dicom import write_dicom_series
 
 from sammoe.data.io import Volume
 from sammoe.errors import CheckpointError, ConfigError, DataError
-from sammoe.infer import Predictor, Target, to_input_voxels
+from sammoe.inference.predictor import Predictor, Target, to_input_voxels
 from sammoe.loading import load_backbone, load_model, save_backbone, save_gate
 from sammoe.model.moe import SamMoE
 from sammoe.model.sam3d import PRESETS, SamMed3D

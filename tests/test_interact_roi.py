@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from sammoe.data.clicks import next_click_from_error
-from sammoe.data.datamodule import BACKGROUND
+from sammoe.lit.datamodule import BACKGROUND
 from sammoe.data.preprocess import Preprocessor, official_crop_start
 from sammoe.errors import ConfigError
-from sammoe.infer import Predictor, Target
+from sammoe.inference.predictor import Predictor, Target
 from sammoe.interact.roi import click_centred_start, draw_click, round_voxel, seeded_first_click
 from sammoe.interact.rollout import StepOutput, evaluation_rollout
 from sammoe.lit.phantom_data import PhantomDataModule
@@ -162,7 +162,7 @@ def test_predictor_and_preprocessor_agree_on_click_centre():
 
 def test_border_clicks_land_on_the_host_organ_beside_the_task_target(tmp_path):
     """Router training's hard negatives: liver voxels within border_mm of the lesion, only in training."""
-    from sammoe.data.datamodule import BORDER
+    from sammoe.lit.datamodule import BORDER
     from sammoe.data.phantoms import LABELS
 
     dm = PhantomDataModule(

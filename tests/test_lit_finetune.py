@@ -91,7 +91,7 @@ def test_bad_arguments_are_user_errors(tmp_path):
 
 def test_export_is_what_experts_package_reads(tmp_path):
     from sammoe.model.sam3d import backbone_fingerprint
-    from sammoe.plugins.scaffold import package_expert, read_checkpoint
+    from sammoe.publish.package import package_expert, read_checkpoint
 
     task = {"classes": {"spinal_cord": 5}, "modality": "CT", "dataset": "phantom-spinal_cord"}
     model = ExpertFinetune(name="spinal_cord", checkpoint="seeded", task=task)

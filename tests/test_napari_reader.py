@@ -8,7 +8,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import write_dicom_series
+from helpers.dicom import write_dicom_series
 
 from sammoe.data.io import read_image
 from sammoe.data.phantoms import make_phantom_case

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from napari_support import needs_viewer
+from helpers.gui import needs_viewer
 
 pytestmark = needs_viewer()
 SCRIPT = Path(__file__).resolve().parents[1] / "docs" / "napari_screenshot.py"

@@ -13,7 +13,7 @@ import pytest
 from sammoe.data.io import Volume, read_image
 from sammoe.data.phantoms import LABELS, make_phantom_case
 from sammoe.errors import ConfigError, DataError
-from sammoe.infer import Predictor, Target
+from sammoe.inference.predictor import Predictor, Target
 from sammoe.loading import load_backbone, save_backbone
 from sammoe.napari.session import Session
 
@@ -142,7 +142,7 @@ def test_another_model_segments_every_target_again(session, ckpt, phantom):
 
 
 def test_clicks_document_reproduces_the_label_map_with_sammoe_segment(session, ckpt, phantom, tmp_path):
-    from sammoe.segment_cli import main
+    from sammoe.cli.segment import main
 
     volume, label = phantom
     a = session.add_target("kidney")
@@ -161,7 +161,7 @@ def test_clicks_document_reproduces_the_label_map_with_sammoe_segment(session, c
 
 
 def test_the_qt_free_modules_import_neither_napari_nor_qt():
-    from napari_support import gui_loaded_by
+    from helpers.gui import gui_loaded_by
 
     done = gui_loaded_by(
         "sammoe.napari.session, sammoe.napari.geometry, sammoe.napari.models, sammoe.napari.writer"

@@ -8,7 +8,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from napari_support import mouse_click, needs_viewer
+from helpers.gui import mouse_click, needs_viewer
 
 from sammoe.data.phantoms import LABELS, make_phantom_case
 
@@ -43,7 +43,7 @@ def settle(qtbot, widget) -> None:
 
 
 def segment_cli(tmp_path, image, clicks) -> np.ndarray:
-    from sammoe.segment_cli import main
+    from sammoe.cli.segment import main
 
     out = tmp_path / "cli.nii.gz"
     argv = ["--image", str(image), "--clicks", str(clicks), "--out", str(out), "--checkpoint", "demo"]

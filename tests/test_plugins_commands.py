@@ -19,11 +19,11 @@ from sammoe.errors import PluginError
 from sammoe.loading import backbone_source, load_backbone, load_expert_decoders, save_backbone, save_gate
 from sammoe.model.sam3d import SamMed3D
 from sammoe.model.sam3d import backbone_fingerprint as fingerprint
-from sammoe.plugins.commands import main
+from sammoe.cli.experts import main
 from sammoe.plugins.discovery import PluginWarning, discover
-from sammoe.plugins.scaffold import package_expert
+from sammoe.publish.package import package_expert
 from sammoe.plugins.testing import FAKE_FINGERPRINT, fake_expert, pip_install_target, plugin_site
-from sammoe.plugins.verify import verify_expert
+from sammoe.publish.verify import verify_expert
 
 TASK = {"classes": {"liver": 3}, "modality": "CT", "dataset": "phantom-liver"}
 

@@ -93,7 +93,7 @@ def test_broken_plugin_is_reported_and_isolated(site, case):
 
 
 def test_unexpected_error_is_contained(site, monkeypatch):
-    from sammoe.plugins import weights
+    from sammoe.plugins import checksums as weights
 
     def unreadable(path, expected):
         raise PermissionError(13, "Permission denied", str(path))
@@ -218,7 +218,7 @@ def test_discovery_and_list_never_import_torch(site):
     code = (
         "import sys, json\n"
         "from sammoe.plugins import discover\n"
-        "from sammoe.plugins.commands import main\n"
+        "from sammoe.cli.experts import main\n"
         "records = discover()\n"
         "main(['list'])\n"
         "main(['show', 'liver'])\n"

@@ -14,7 +14,7 @@ import pytest
 from sammoe.data.phantoms import LABELS
 from sammoe.plugins.discovery import discover
 from sammoe.plugins.testing import pip_install_target
-from sammoe.plugins.verify import BackboneCache, verify_expert
+from sammoe.publish.verify import BackboneCache, verify_expert
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERTS = ROOT / "experts"

@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save, save_file
 
 from sammoe.errors import CheckpointError, ConfigError, PluginError
-from sammoe.lit.cli import main as lightning_main
+from sammoe.cli.train import main as lightning_main
 from sammoe.lit.router import choose_threshold, fit_temperature
 from sammoe.loading import load_backbone, load_model
 from sammoe.loading.router import load_router_file, router_metrics, save_router
@@ -26,9 +26,9 @@ from sammoe.model.moe import SamMoE
 from sammoe.model.router import ExpertRouter, route_by_routers
 from sammoe.model.sam3d import PRESETS, SamMed3D, backbone_fingerprint
 from sammoe.plugins.discovery import PluginWarning, discover
-from sammoe.plugins.scaffold import package_expert
+from sammoe.publish.package import package_expert
 from sammoe.plugins.testing import fake_expert, plugin_site
-from sammoe.plugins.verify import verify_expert
+from sammoe.publish.verify import verify_expert
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +191,7 @@ def test_installed_routers_route_when_no_gate_fits_and_a_broken_one_disables_onl
     assert set(info["model"]["routers"]) == {"alpha", "beta"}
     disabled = [str(w.message) for w in caught if issubclass(w.category, PluginWarning)]
     assert any("gamma" in m and "ships no router" in m for m in disabled), disabled
-    from sammoe.infer import Predictor, Target
+    from sammoe.inference.predictor import Predictor, Target
 
     predictor = Predictor(model, info=info)
     image = np.random.default_rng(0).normal(size=(40, 40, 40)).astype(np.float32)

@@ -20,7 +20,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from sammoe import hub, weights_cli
+from sammoe import hub
+from sammoe.cli import weights as weights_cli
 from sammoe.errors import CheckpointError, ConfigError, DataError
 
 REPO, FILE, COMMIT = "acme/sam-test", "weights.pth", "0123456789abcdef0123456789abcdef01234567"

@@ -13,7 +13,7 @@ Public API
   labelled 1 (the official training/eval rule); empty GT and empty prediction -> label -1 at (0, 0, 0).
 
 The click loops that use it live in ``sammoe.interact.rollout`` (training and evaluation on crops) and
-``sammoe.eval.predictor_protocol`` (evaluation through the Predictor).
+``sammoe.inference.protocol`` (evaluation through the Predictor).
 """
 
 from __future__ import annotations

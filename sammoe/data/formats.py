@@ -10,6 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
+from sammoe.data.volume import (
+    check_affine,
+    check_header_size,
+    check_intensities,
+    read_nibabel,
+    sitk_to_volume,
+)
 from sammoe.errors import DataError
 
 SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -23,10 +30,8 @@ def is_other_format(path: str | Path) -> bool:
 
 def read_other(path: Path, channel: int | None):
     """A NRRD / MetaImage / MGH file as a ``Volume`` (see the module docstring)."""
-    from sammoe.data import io
-
     if str(path).lower().endswith(MGH_SUFFIXES):
-        return io.read_nibabel(path, channel, kind="MGH/MGZ")
+        return read_nibabel(path, channel, kind="MGH/MGZ")
     import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()
@@ -36,7 +41,7 @@ def read_other(path: Path, channel: int | None):
     except Exception as exc:
         raise DataError(f"{path}: cannot read the header ({_reason(exc)}); re-export the image") from None
     size = tuple(int(s) for s in reader.GetSize())
-    io._check_header_size(
+    check_header_size(
         size + ((reader.GetNumberOfComponents(),) if reader.GetNumberOfComponents() > 1 else ()), path
     )
     if len(size) == 4 or reader.GetNumberOfComponents() > 1:
@@ -52,9 +57,9 @@ def read_other(path: Path, channel: int | None):
         raise DataError(
             f"{path}: cannot read the voxels ({_reason(exc)}); the file is truncated, re-export it"
         ) from None
-    volume = io.sitk_to_volume(image, path)
-    io._check_affine(volume.affine, path)
-    io._check_intensities(volume.array, path)
+    volume = sitk_to_volume(image, path)
+    check_affine(volume.affine, path)
+    check_intensities(volume.array, path)
     return volume
 
 

@@ -2,7 +2,7 @@
 touches a window face, blended with Gaussian weights and mapped back to the original grid.
 
 ``sliding_window(pre, volume, click_vox, predict, ...)`` drives any model through ``predict(roi) -> probabilities``;
-the Predictor (``sammoe.infer``) passes its cached-embedding decoder.
+the Predictor (``sammoe.inference.predictor``) passes its cached-embedding decoder.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from sammoe.data.datamodule import BACKGROUND
+from sammoe.lit.datamodule import BACKGROUND
 from sammoe.eval.gather import all_gather_rows
 from sammoe.eval.protocols import BBOX_FOLDER, BBOX_PROTOCOL, CLICK_PROTOCOL, NOTES, ROI_CLICK_PROTOCOL
 from sammoe.eval.report import build_report, write_report
@@ -134,7 +134,7 @@ class InteractiveModule(L.LightningModule):
         around its own click, as a fresh `sammoe segment` of it would be, so its result cannot depend on which
         targets and models ran before it (with ROI sharing the foundation's kidney_right moved by 6 Dice points
         between two runs that differed only in the models compared)."""
-        from sammoe.infer import Predictor
+        from sammoe.inference.predictor import Predictor
 
         if self._predictor is None:
             self._predictor = Predictor(
@@ -146,7 +146,7 @@ class InteractiveModule(L.LightningModule):
 
     def _predictor_rows(self, items: list[dict[str, Any]]) -> list[EvalRow]:
         """The click-centred protocol through the Predictor on whole test volumes (original grid)."""
-        from sammoe.eval.predictor_protocol import evaluate_target
+        from sammoe.inference.protocol import evaluate_target
 
         predictor = self._predictor_for_eval()
         rows = []
@@ -281,7 +281,7 @@ class InteractiveModule(L.LightningModule):
         return out
 
     def _predict_volumes(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        from sammoe.eval.predictor_protocol import evaluate_target
+        from sammoe.inference.protocol import evaluate_target
 
         predictor = self._predictor_for_eval()
         predictor.route, predictor.decoder = None, None

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from sammoe.data.clicks import next_click_from_error
-from sammoe.data.datamodule import BACKGROUND
+from sammoe.lit.datamodule import BACKGROUND
 from sammoe.errors import ConfigError
 from sammoe.eval.results import GENERAL, TASK, EvalRow, class_means, nanmean
 from sammoe.interact.crop_evaluation import EvalModel, first_clicks

@@ -2,7 +2,7 @@
 
 `PhantomDataModule` is `SegDataModule` over an nnU-Net v2 phantom dataset written into `root` the first time
 it is needed (in `prepare_data`: once per node under DDP). An existing dataset there is reused as is, so a
-changed phantom setting needs a new `root`. For real data use `sammoe.data.datamodule.SegDataModule` with
+changed phantom setting needs a new `root`. For real data use `sammoe.lit.datamodule.SegDataModule` with
 `roots` pointing at nnU-Net / MSD / SAM-Med3D folders.
 """
 
@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sammoe.data.datamodule import SegDataModule
+from sammoe.lit.datamodule import SegDataModule
 
 
 class PhantomDataModule(SegDataModule):

@@ -23,7 +23,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from sammoe.data.datamodule import BACKGROUND
+from sammoe.lit.datamodule import BACKGROUND
 from sammoe.errors import ConfigError
 from sammoe.files import write_text
 from sammoe.interact.crop_evaluation import first_clicks

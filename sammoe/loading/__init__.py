@@ -36,7 +36,7 @@ from sammoe.loading.experts import (
 )
 from sammoe.loading.gate import load_gate, save_gate
 from sammoe.loading.model import load_model
-from sammoe.loading.weights import (
+from sammoe.loading.checkpoints import (
     DEFAULT_SEED,
     SEEDED,
     TRUNK_PREFIXES,

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from sammoe.errors import CheckpointError
-from sammoe.loading.weights import _check_tensors, save_tensors
+from sammoe.loading.checkpoints import _check_tensors, save_tensors
 from sammoe.model.click_patch import PATCH_RADII
 from sammoe.model.gate import GatingNetwork, MaskSelector
 from sammoe.model.moe import SamMoE

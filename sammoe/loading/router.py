@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sammoe.errors import CheckpointError
-from sammoe.loading.weights import _check_tensors, save_tensors
+from sammoe.loading.checkpoints import _check_tensors, save_tensors
 from sammoe.model.click_patch import PATCH_RADII
 from sammoe.model.router import ExpertRouter
 from sammoe.model.sam3d import SamMed3D, backbone_fingerprint

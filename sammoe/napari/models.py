@@ -58,7 +58,7 @@ def devices() -> list[str]:
 def load_predictor(choice: ModelChoice) -> tuple[Any, list[str]]:
     """The Predictor ``sammoe segment`` would build for these options, and the warnings it gave (the demo
     model's "phantoms only", skipped experts) as one-line notes. Raises ``SammoeError`` subclasses."""
-    from sammoe.infer import Predictor
+    from sammoe.inference.predictor import Predictor
 
     experts: Any = None if choice.experts is None else (list(choice.experts) or "none")
     with warnings.catch_warnings(record=True) as caught:

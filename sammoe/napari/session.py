@@ -27,7 +27,7 @@ import numpy as np
 
 from sammoe.data.io import Volume
 from sammoe.errors import ConfigError, DataError
-from sammoe.segmentation import Target, TargetResult, check_target
+from sammoe.inference.targets import Target, TargetResult, check_target
 
 
 @dataclass(frozen=True)

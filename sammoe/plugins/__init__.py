@@ -1,4 +1,4 @@
-"""Expert plugins: manifests (pydantic), discovery through entry points, verification, packaging.
+"""Expert plugins: manifests (pydantic), discovery through entry points, checksums of plugin files.
 
 `import sammoe.plugins` and discovery stay torch-free; verification and packaging import torch lazily.
 """
@@ -22,8 +22,8 @@ _EXPORTS = {
     "get_expert": "sammoe.plugins.discovery",
     "load_expert_weights": "sammoe.plugins.discovery",
     "load_expert_decoders": "sammoe.loading",
-    "verify_expert": "sammoe.plugins.verify",
-    "package_expert": "sammoe.plugins.scaffold",
+    "verify_expert": "sammoe.publish.verify",
+    "package_expert": "sammoe.publish.package",
 }
 
 __all__ = list(_EXPORTS)

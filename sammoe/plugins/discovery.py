@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sammoe.errors import PluginError
-from sammoe.plugins import weights as _weights
+from sammoe.plugins import checksums as _weights
 from sammoe.plugins.manifest import ENTRY_POINT_GROUP, ExpertManifest, IncompatiblePlugin
 
 ENV_VAR = "SAMMOE_EXPERTS"

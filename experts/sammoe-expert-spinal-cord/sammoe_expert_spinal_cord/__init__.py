@@ -1,4 +1,4 @@
-"""sammoe expert plugin 'spinal_cord': SAM-Med3D tiny expert decoder for the spinal cord (a thin tube) on phantom volumes"""
+"""A sammoe expert plugin; what it is (name, task, description) is in manifest.json beside this file."""
 
 from sammoe.plugins import ExpertManifest
 

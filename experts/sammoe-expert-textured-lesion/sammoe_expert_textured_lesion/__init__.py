@@ -1,4 +1,4 @@
-"""sammoe expert plugin 'textured_lesion': SAM-Med3D tiny expert decoder for a lesion defined by texture, not brightness, inside the liver of phantom volumes"""
+"""A sammoe expert plugin; what it is (name, task, description) is in manifest.json beside this file."""
 
 from sammoe.plugins import ExpertManifest
 

@@ -79,7 +79,7 @@ def _build_cli_classes() -> tuple[type, type]:
         parsing), and loads it weights-only unless the user says otherwise (`--weights_only false`)."""
 
         def _check_ckpt_path(self) -> None:
-            from sammoe.loading.weights import check_resume_checkpoint
+            from sammoe.loading.checkpoints import check_resume_checkpoint
 
             subcommand = self.config.get("subcommand")
             config = self.config.get(subcommand) if subcommand else None

@@ -42,7 +42,7 @@ from sammoe.plugins.manifest import (
     RouterRef,
     validation_summary,
 )
-from sammoe.plugins.weights import sha256_bytes, sha256_file
+from sammoe.plugins.checksums import sha256_bytes, sha256_file
 
 WEIGHTS_FILE = "decoder.safetensors"
 MANIFEST_FILE = "manifest.json"

@@ -126,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _targets_from_json(path: str) -> list[Any]:
-    from sammoe.infer import Target
+    from sammoe.inference.predictor import Target
 
     file = Path(path)
     if not file.is_file():
@@ -173,7 +173,7 @@ def _targets_from_json(path: str) -> list[Any]:
 
 
 def _targets(args: argparse.Namespace) -> list[Any]:
-    from sammoe.infer import Target
+    from sammoe.inference.predictor import Target
 
     inline = args.point or args.negative_point
     if args.clicks and inline:
@@ -245,7 +245,7 @@ def _write_probabilities(path: Path, probs: Any, reference: Any) -> None:
 
 def _voxel_clicks(targets: list, index: int, volume: Any) -> list:
     """The clicks of target ``index`` as (input voxel, positive) pairs, for the overlay."""
-    from sammoe.segmentation import check_target
+    from sammoe.inference.targets import check_target
 
     _, voxels, labels = check_target(targets[index], index, volume)
     return [(v, bool(lab)) for v, lab in zip(voxels, labels)]
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("--share-roi must lie in [0, 0.5] (fraction of the crop size)")
 
     from sammoe.data.io import read_image, write_label
-    from sammoe.infer import Predictor
+    from sammoe.inference.predictor import Predictor
     from sammoe.loading.model import choose_checkpoint
 
     choose_checkpoint(args.checkpoint)  # no model chosen and none cached: refused before reading the image

@@ -52,7 +52,7 @@ DISCLAIMER = (
 GPU_RECIPE = """To run the same pipeline for real (GPU, SAM-Med3D turbo weights, your data in the nnU-Net v2 layout):
 1. finetune one expert per task: `sammoe fit --config configs/finetune.yaml` with
    `model.init_args: {preset: vit_b_ori, checkpoint: /path/to/sam_med3d_turbo.pth, trainable: decoder}`,
-   `data: {class_path: sammoe.data.datamodule.SegDataModule, init_args: {roots: [/data/Dataset001_X], classes: [...], crop_size: 128, spacing: 1.5}}`,
+   `data: {class_path: sammoe.lit.datamodule.SegDataModule, init_args: {roots: [/data/Dataset001_X], classes: [...], crop_size: 128, spacing: 1.5}}`,
    `trainer: {accelerator: gpu, devices: 1, precision: bf16-mixed}`;
 2. package and install it: `sammoe experts package --checkpoint runs/.../decoder.safetensors --name NAME --out pkg && pip install ./pkg`;
 3. train the gate on a mix of every task's data and general data: `sammoe fit --config configs/gate.yaml` with the same
@@ -97,7 +97,7 @@ def _check_models(out: Path) -> list[str]:
     records = discover(backbone_fingerprint=fingerprint)
     usable = [r.name for r in records if r.status == "ok"]
     if len(usable) < 2 and os.environ.get(ENV_VAR) is None:
-        from sammoe import examples
+        from sammoe.cli import demo_plugins as examples
 
         plugins = examples.lay_out(out / "plugins")
         examples.use(plugins)
@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         _write_colin27_dataset(out / "colin27")
         timings["Colin27 evaluation (sammoe test)"] = _run(
             ["test", "--config", str(CONFIGS / "evaluate.yaml"),
-             "--data=sammoe.data.datamodule.SegDataModule", "--data.init_args.roots=[colin27]",
+             "--data=sammoe.lit.datamodule.SegDataModule", "--data.init_args.roots=[colin27]",
              f"--data.init_args.classes=[{','.join(COLIN27_CLASSES)}]", "--data.init_args.crop_size=64",
              "--data.init_args.spacing=1.5", "--data.init_args.eval_split=test",
              "--data.init_args.cache_dir=runs/colin27/cache", "--trainer.logger.init_args.save_dir=runs/colin27",

@@ -147,7 +147,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from sammoe.plugins.verify import BackboneCache, verify_expert
+    from sammoe.publish.verify import BackboneCache, verify_expert
 
     records = discover(args.names) if args.names else discover()
     cache = BackboneCache(args.backbone)
@@ -170,7 +170,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _package(args: argparse.Namespace) -> int:
-    from sammoe.plugins.scaffold import distribution_name, package_expert
+    from sammoe.publish.package import distribution_name, package_expert
 
     out = package_expert(
         args.checkpoint, args.name, args.out, version=args.version, meta=args.meta, backbone=args.backbone,

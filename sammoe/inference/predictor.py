@@ -6,7 +6,7 @@
     - ``predict(targets, probabilities=False, progress=False) -> Segmentation``
     - ``add_click(target, point, positive=True, space="voxel") -> TargetResult``: refinement on the cached
       embedding and the target's previous low-res logits.
-``Target``, ``TargetResult`` and ``Segmentation`` are defined in ``sammoe.segmentation``.
+``Target``, ``TargetResult`` and ``Segmentation`` are defined in ``sammoe.inference.targets``.
 How a prediction is made (SAM-Med3D inference, centred on clicks instead of ground truth): the model's grid
 (spacing, RAS) is computed from the header and each crop of ``img_size``^3, centred on the target's first
 positive click, is sampled alone (``data.lazy_resample``, equal to resampling the whole volume), z-normalised
@@ -34,13 +34,13 @@ import torch
 from sammoe.data.io import Volume, as_volume
 from sammoe.data.lazy_resample import LazyResampled
 from sammoe.data.preprocess import Preprocessor, Resampled, Roi
-from sammoe.devices import bf16_pays, usable_device
+from sammoe.inference.devices import bf16_pays, usable_device
 from sammoe.errors import ConfigError, DataError
 from sammoe.interact.roi import click_centred_start, round_voxel
 from sammoe.interact.sliding_window import deepest_prior_voxel, sliding_window, touches_face
 from sammoe.model.moe import FOUNDATION, SamMoE
 from sammoe.model.sam3d import SamMed3D
-from sammoe.segmentation import SPACES, Segmentation, Target, TargetResult, check_target, to_input_voxels
+from sammoe.inference.targets import SPACES, Segmentation, Target, TargetResult, check_target, to_input_voxels
 
 __all__ = ["SPACES", "Target", "TargetResult", "Segmentation", "Predictor", "to_input_voxels"]
 

@@ -14,15 +14,15 @@ from sammoe.errors import SammoeError
 
 # command -> "module:function"; each function takes the remaining argv and returns an exit status.
 _DISPATCH = {
-    "demo": "sammoe.demo:main",
-    "experts": "sammoe.plugins.commands:main",
-    # LightningCLI trainer runs (sammoe/lit/cli.py); the function gets the subcommand first
-    "fit": "sammoe.lit.cli:main",
-    "validate": "sammoe.lit.cli:main",
-    "test": "sammoe.lit.cli:main",
-    "predict": "sammoe.lit.cli:main",
-    "segment": "sammoe.segment_cli:main",
-    "weights": "sammoe.weights_cli:main",
+    "demo": "sammoe.cli.demo:main",
+    "experts": "sammoe.cli.experts:main",
+    # LightningCLI trainer runs (sammoe/cli/train.py); the function gets the subcommand first
+    "fit": "sammoe.cli.train:main",
+    "validate": "sammoe.cli.train:main",
+    "test": "sammoe.cli.train:main",
+    "predict": "sammoe.cli.train:main",
+    "segment": "sammoe.cli.segment:main",
+    "weights": "sammoe.cli.weights:main",
 }
 
 _USAGE = """usage: sammoe <command> [options]
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     module_name, func_name = target.split(":")
-    rest = argv if module_name == "sammoe.lit.cli" else argv[1:]  # LightningCLI parses the subcommand
+    rest = argv if module_name == "sammoe.cli.train" else argv[1:]  # LightningCLI parses the subcommand
     try:
         return int(getattr(import_module(module_name), func_name)(rest) or 0)
     except SammoeError as err:
