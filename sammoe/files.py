@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Mapping
@@ -179,3 +180,12 @@ def check_outputs(
         if (err := _refuses_new_files(folder)) is not None:
             why = _REASONS.get(err.errno) or f"the folder refuses new files: {_reason(err)}"  # /proc: ENOENT
             raise DataError(f"{option} {path}: cannot write in {folder} ({why}); {_fix(err)}")
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks (weights of several GB never sit in memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

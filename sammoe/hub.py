@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import hashlib
 import json
 import os
 import re
@@ -29,7 +28,7 @@ from importlib import import_module
 from pathlib import Path
 
 from sammoe.errors import CheckpointError, ConfigError
-from sammoe.files import move_into_place, write_file
+from sammoe.files import move_into_place, sha256_file, write_file
 
 CACHE_ENV = "SAMMOE_CACHE"
 DEMO = "demo"  # the phantom model shipped inside the package: never downloaded, never cached
@@ -110,14 +109,6 @@ def _read_manifest(path: Path) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def human_size(size: int | None) -> str:
     if size is None:
         return "?"
@@ -144,7 +135,7 @@ def cached(name: str, *, verify: bool = False) -> Path | None:
         return None
     if target.stat().st_size != record.get("size"):
         return None
-    if verify and sha256_of(target) != record.get("sha256"):
+    if verify and sha256_file(target) != record.get("sha256"):
         raise CheckpointError(
             f"{target}: sha256 differs from the one verified when it was downloaded (the file changed on "
             f"disk); run `sammoe weights fetch {name} --force`"
@@ -302,7 +293,7 @@ def fetch(name: str, endpoint: str | None = None, force: bool = False) -> Path:
     if done < remote.size:  # a complete part file (its move failed last time) is only checked and moved
         _download(name, entry, remote, part)
 
-    got = sha256_of(part)
+    got = sha256_file(part)
     if got != remote.sha256:
         part.unlink(missing_ok=True)
         raise CheckpointError(

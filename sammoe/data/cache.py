@@ -25,19 +25,18 @@ import numpy as np
 from sammoe.data.datasets import Case
 from sammoe.data.io import check_label_values, read_image, read_label
 from sammoe.data.preprocess import Preprocessor, Resampled
-from sammoe.files import write_text
+from sammoe.files import sha256_file, write_text
 
 CACHE_VERSION = 1
 
 
-def _sha256_file(path: Path) -> str:
+def _sha256_source(path: Path) -> str:
+    """sha256 of a source file, or of a folder's files (a DICOM series) by name and content."""
+    if not path.is_dir():
+        return sha256_file(path)
     digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        digest.update(file.name.encode())
-        with open(file, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(file.name.encode() + sha256_file(file).encode())
     return digest.hexdigest()
 
 
@@ -59,7 +58,7 @@ class PreprocessCache:
         """Content hash, memoised on (size, mtime_ns) in ``<cache>/hashes``."""
         path = Path(path)
         if self.root is None:
-            return _sha256_file(path)
+            return _sha256_source(path)
         stat = path.stat()
         stamp = {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         memo = self.root / "hashes" / (hashlib.sha1(stamp["path"].encode()).hexdigest() + ".json")
@@ -69,7 +68,7 @@ class PreprocessCache:
                 return known["sha256"]
         except (OSError, ValueError):
             pass
-        digest = _sha256_file(path)
+        digest = _sha256_source(path)
         memo.parent.mkdir(parents=True, exist_ok=True)
         write_text(memo, json.dumps({**stamp, "sha256": digest}))
         return digest
@@ -122,13 +121,17 @@ class PreprocessCache:
                 np.save(tmp / "label.npy", res.label)
             meta = {
                 **info,
-                "case": {"dataset": case.dataset, "case_id": case.case_id, "image": str(case.image),
-                         "label": str(case.label) if case.label else None},
+                "case": {
+                    "dataset": case.dataset,
+                    "case_id": case.case_id,
+                    "image": str(case.image),
+                    "label": str(case.label) if case.label else None,
+                },
                 "affine": res.affine.tolist(),
                 "orig_affine": res.orig_affine.tolist(),
                 "orig_shape": list(res.orig_shape),
                 "bboxes": {str(v): [lo.tolist(), hi.tolist(), n] for v, (lo, hi, n) in boxes.items()},
-            }  # fmt: skip
+            }
             (tmp / "meta.json").write_text(json.dumps(meta))
             try:
                 os.replace(tmp, entry)

@@ -12,13 +12,12 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sammoe import files
 from sammoe.errors import PluginError
 from sammoe.plugins.manifest import WeightsRef
 
 if TYPE_CHECKING:
     import torch
-
-_CHUNK = 1 << 20
 
 
 def resolve(ref: WeightsRef) -> Path:
@@ -54,11 +53,7 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 @lru_cache(maxsize=256)
 def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return files.sha256_file(path)
 
 
 def checksum_problem(path: Path, expected: str) -> str | None:
