@@ -34,13 +34,13 @@ import torch
 from sammoe.data.io import Volume, as_volume
 from sammoe.data.lazy_resample import LazyResampled
 from sammoe.data.preprocess import Preprocessor, Resampled, Roi
-from sammoe.inference.devices import bf16_pays, usable_device
 from sammoe.errors import ConfigError, DataError
+from sammoe.inference.devices import bf16_pays, usable_device
+from sammoe.inference.targets import SPACES, Segmentation, Target, TargetResult, check_target, to_input_voxels
 from sammoe.interact.roi import click_centred_start, round_voxel
 from sammoe.interact.sliding_window import deepest_prior_voxel, sliding_window, touches_face
 from sammoe.model.moe import FOUNDATION, SamMoE
 from sammoe.model.sam3d import SamMed3D
-from sammoe.inference.targets import SPACES, Segmentation, Target, TargetResult, check_target, to_input_voxels
 
 __all__ = ["SPACES", "Target", "TargetResult", "Segmentation", "Predictor", "to_input_voxels"]
 

@@ -12,7 +12,6 @@ from typing import Any
 import lightning as L
 import torch
 
-from sammoe.lit.datamodule import BACKGROUND
 from sammoe.eval.gather import all_gather_rows
 from sammoe.eval.protocols import BBOX_FOLDER, BBOX_PROTOCOL, CLICK_PROTOCOL, NOTES, ROI_CLICK_PROTOCOL
 from sammoe.eval.report import build_report, write_report
@@ -25,6 +24,7 @@ from sammoe.interact.crop_evaluation import (
     first_clicks,
 )
 from sammoe.interact.rollout import StepFn, evaluation_rollout
+from sammoe.lit.datamodule import BACKGROUND
 from sammoe.lit.wandb_log import log_evaluation
 from sammoe.model.moe import SamMoE
 
@@ -138,9 +138,12 @@ class InteractiveModule(L.LightningModule):
 
         if self._predictor is None:
             self._predictor = Predictor(
-                self.predictor_model(), self.device, target_spacing=self.roi_spacing, autocast=False,
+                self.predictor_model(),
+                self.device,
+                target_spacing=self.roi_spacing,
+                autocast=False,
                 share_roi=0.0,
-            )  # fmt: skip
+            )
             self._predictor_image = None
         return self._predictor
 
@@ -168,22 +171,31 @@ class InteractiveModule(L.LightningModule):
             for name, route, decoder in routes:
                 predictor.route, predictor.decoder = route, decoder
                 scores = evaluate_target(
-                    predictor, item["target"], spacing,
+                    predictor,
+                    item["target"],
+                    spacing,
                     click_counts=(1,) if background else self.click_counts,
-                    seed=self.eval_seed, tolerance_mm=None if background else self.nsd_tolerance_mm,
-                    name=cls, first_click=item.get("first_click_input"),
-                )  # fmt: skip
+                    seed=self.eval_seed,
+                    tolerance_mm=None if background else self.nsd_tolerance_mm,
+                    name=cls,
+                    first_click=item.get("first_click_input"),
+                )
                 if scores is None:
                     continue
                 for n in sorted(scores.dice):
                     rows.append(
                         EvalRow(
-                            model=name, case_id=case, class_name=cls, class_group=self.class_group(cls),
-                            n_clicks=n, dice=scores.dice[n], nsd=scores.nsd[n],
+                            model=name,
+                            case_id=case,
+                            class_name=cls,
+                            class_group=self.class_group(cls),
+                            n_clicks=n,
+                            dice=scores.dice[n],
+                            nsd=scores.nsd[n],
                             routed_expert=scores.expert if gated and route is None else None,
                             oracle_expert=self.oracle_expert(cls) if gated and route is None else None,
                         )
-                    )  # fmt: skip
+                    )
         predictor.route, predictor.decoder = None, None
         return rows
 
@@ -241,9 +253,12 @@ class InteractiveModule(L.LightningModule):
                     protocol=protocol,
                 )
                 files = write_report(
-                    part_rows, folder, notes=notes, title=title,
+                    part_rows,
+                    folder,
+                    notes=notes,
+                    title=title,
                     extra={"stage": stage, "epoch": int(self.current_epoch), "protocol": protocol, **extra},
-                )  # fmt: skip
+                )
                 print(f"sammoe: {stage} report written to {files.markdown}")
             self.last_report_dir = run_dir
             log_evaluation(self.trainer, stage, report, self._examples, self.roi_spacing)
@@ -276,8 +291,14 @@ class InteractiveModule(L.LightningModule):
                 first_clicks=None if first is None else (first[0][b : b + 1], first[1][b : b + 1]),
             )
             mask = rollout.masks[max(self.click_counts)][0, 0].cpu()
-            out.append({"case_id": batch["case_id"][b], "class_name": batch["class_name"][b],
-                        "n_clicks": max(self.click_counts), "mask": mask})  # fmt: skip
+            out.append(
+                {
+                    "case_id": batch["case_id"][b],
+                    "class_name": batch["class_name"][b],
+                    "n_clicks": max(self.click_counts),
+                    "mask": mask,
+                }
+            )
         return out
 
     def _predict_volumes(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -293,11 +314,22 @@ class InteractiveModule(L.LightningModule):
                 predictor.set_image(item["volume"])
                 self._predictor_image = item["image_path"]
             scores = evaluate_target(
-                predictor, item["target"], item["volume"].spacing, click_counts=self.click_counts,
-                seed=self.eval_seed, tolerance_mm=None, name=str(item["class_name"]),
-            )  # fmt: skip
-            out.append({"case_id": item["case_id"], "class_name": item["class_name"],
-                        "n_clicks": max(self.click_counts), "mask": scores.mask})  # fmt: skip
+                predictor,
+                item["target"],
+                item["volume"].spacing,
+                click_counts=self.click_counts,
+                seed=self.eval_seed,
+                tolerance_mm=None,
+                name=str(item["class_name"]),
+            )
+            out.append(
+                {
+                    "case_id": item["case_id"],
+                    "class_name": item["class_name"],
+                    "n_clicks": max(self.click_counts),
+                    "mask": scores.mask,
+                }
+            )
         return out
 
     def on_validation_epoch_start(self) -> None:

@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 
 from sammoe.data.clicks import next_click_from_error
-from sammoe.lit.datamodule import BACKGROUND
 from sammoe.errors import ConfigError
 from sammoe.eval.results import GENERAL, TASK, EvalRow, class_means, nanmean
 from sammoe.interact.crop_evaluation import EvalModel, first_clicks
 from sammoe.interact.rollout import StepOutput, moe_step
 from sammoe.lit.base import InteractiveModule
+from sammoe.lit.datamodule import BACKGROUND
 from sammoe.lit.feature_cache import FeatureCache, batch_features
 from sammoe.lit.schedules import head_optimizer
 from sammoe.loading import backbone_source, load_backbone, load_decoder_file, load_gate, save_gate

@@ -23,10 +23,10 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from sammoe.lit.datamodule import BACKGROUND
 from sammoe.errors import ConfigError
 from sammoe.files import write_text
 from sammoe.interact.crop_evaluation import first_clicks
+from sammoe.lit.datamodule import BACKGROUND
 from sammoe.lit.feature_cache import FeatureCache, batch_features
 from sammoe.lit.schedules import head_optimizer
 from sammoe.loading import load_backbone
@@ -78,9 +78,12 @@ def choose_threshold(
 
         out = {
             key: share([c for c, g in zip(chosen, groups) if g == group])
-            for key, group in (("recall", "task"), ("false_claims_general", "general"),
-                               ("false_claims_background", "background"))
-        }  # fmt: skip
+            for key, group in (
+                ("recall", "task"),
+                ("false_claims_general", "general"),
+                ("false_claims_background", "background"),
+            )
+        }
         if classes is not None:
             general = sorted({c for c, g in zip(classes, groups) if g == "general"})
             per_class = [share([c for c, n in zip(chosen, classes) if n == name]) for name in general]
@@ -283,7 +286,11 @@ class RouterTraining(L.LightningModule):
         for path in targets:
             path.parent.mkdir(parents=True, exist_ok=True)
             save_router(
-                self.router, path, name=self.hparams.name, classes=classes, backbone=self.backbone,
+                self.router,
+                path,
+                name=self.hparams.name,
+                classes=classes,
+                backbone=self.backbone,
                 metrics=metrics,
-            )  # fmt: skip
+            )
             print(f"sammoe: router of {self.hparams.name!r} saved to {path}")

@@ -27,15 +27,6 @@ Public API
   a path; None = turbo when cached, else one CheckpointError (``choose_checkpoint``): never the demo silently.
 """
 
-from sammoe.loading.experts import (
-    decoder_mismatch,
-    expert_decoder,
-    load_decoder_file,
-    load_expert_decoders,
-    load_experts,
-)
-from sammoe.loading.gate import load_gate, save_gate
-from sammoe.loading.model import load_model
 from sammoe.loading.checkpoints import (
     DEFAULT_SEED,
     SEEDED,
@@ -52,10 +43,37 @@ from sammoe.loading.checkpoints import (
     save_tensors,
     seeded_backbone,
 )
+from sammoe.loading.experts import (
+    decoder_mismatch,
+    expert_decoder,
+    load_decoder_file,
+    load_expert_decoders,
+    load_experts,
+)
+from sammoe.loading.gate import load_gate, save_gate
+from sammoe.loading.model import load_model
 
 __all__ = [
-    "DEFAULT_SEED", "SEEDED", "TRUNK_PREFIXES", "backbone_source", "decoder_mismatch", "default_checkpoint",
-    "detect_preset", "expert_decoder", "load_backbone", "load_decoder_file", "load_expert_decoders",
-    "load_experts", "load_gate", "load_model", "load_state", "load_tensors", "preset_of", "read_state_dict", "save_backbone",
-    "save_gate", "save_tensors", "seeded_backbone",
-]  # fmt: skip
+    "DEFAULT_SEED",
+    "SEEDED",
+    "TRUNK_PREFIXES",
+    "backbone_source",
+    "decoder_mismatch",
+    "default_checkpoint",
+    "detect_preset",
+    "expert_decoder",
+    "load_backbone",
+    "load_decoder_file",
+    "load_expert_decoders",
+    "load_experts",
+    "load_gate",
+    "load_model",
+    "load_state",
+    "load_tensors",
+    "preset_of",
+    "read_state_dict",
+    "save_backbone",
+    "save_gate",
+    "save_tensors",
+    "seeded_backbone",
+]

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from sammoe.errors import CheckpointError, PluginError
-from sammoe.loading.router import router_from_bytes
 from sammoe.loading.checkpoints import read_state_dict
+from sammoe.loading.router import router_from_bytes
 from sammoe.model.router import ExpertRouter
 from sammoe.model.sam3d import SamMed3D, backbone_fingerprint
 

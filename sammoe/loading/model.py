@@ -10,9 +10,9 @@ from typing import Any
 
 from sammoe.errors import CheckpointError, ConfigError, PluginError
 from sammoe.hub import REGISTRY, TURBO, ResolvedCheckpoint, cached, resolve_checkpoint
+from sammoe.loading.checkpoints import load_backbone, preset_of
 from sammoe.loading.experts import expert_router, load_experts
 from sammoe.loading.gate import load_gate
-from sammoe.loading.checkpoints import load_backbone, preset_of
 from sammoe.model.moe import SamMoE
 from sammoe.model.router import router_summary
 from sammoe.model.sam3d import SamMed3D

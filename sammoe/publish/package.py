@@ -34,6 +34,7 @@ from sammoe.errors import CheckpointError, PluginError
 from sammoe.loading import TRUNK_PREFIXES, backbone_source, decoder_mismatch, load_backbone, load_state
 from sammoe.loading.router import ROUTER_FILE, check_router_bytes, router_metrics
 from sammoe.model.sam3d import PRESETS, backbone_fingerprint
+from sammoe.plugins.checksums import sha256_bytes, sha256_file
 from sammoe.plugins.manifest import (
     ENTRY_POINT_GROUP,
     NAME_PATTERN,
@@ -42,7 +43,6 @@ from sammoe.plugins.manifest import (
     RouterRef,
     validation_summary,
 )
-from sammoe.plugins.checksums import sha256_bytes, sha256_file
 
 WEIGHTS_FILE = "decoder.safetensors"
 MANIFEST_FILE = "manifest.json"
