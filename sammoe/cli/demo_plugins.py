@@ -2,8 +2,9 @@
 `sammoe demo` runs from an installed wheel in an empty folder.
 
 When they are not installed, the demo lays them out in its own run folder the way an installer would (the
-module plus a minimal ``.dist-info`` with the entry point) and puts that folder on the path of its own commands:
-plugin discovery finds them through entry points as usual, and the user's environment is left untouched.
+module plus a minimal ``.dist-info`` with the entry point) and puts that folder on the path of its own
+commands: plugin discovery finds them through entry points as usual, and the user's environment is left
+untouched.
 """
 
 from __future__ import annotations

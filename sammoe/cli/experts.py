@@ -173,9 +173,14 @@ def _package(args: argparse.Namespace) -> int:
     from sammoe.publish.package import distribution_name, package_expert
 
     out = package_expert(
-        args.checkpoint, args.name, args.out, version=args.version, meta=args.meta, backbone=args.backbone,
+        args.checkpoint,
+        args.name,
+        args.out,
+        version=args.version,
+        meta=args.meta,
+        backbone=args.backbone,
         router=args.router,
-    )  # fmt: skip
+    )
     # pip reads a bare relative name as a package to download: spell the directory as a path
     where = str(out) if out.is_absolute() or str(out).startswith(".") else f"./{out}"
     print(f"wrote plugin project {where} (distribution {distribution_name(args.name)})")

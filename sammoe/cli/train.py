@@ -135,7 +135,8 @@ def main(argv: list[str]) -> int:
             save_config_kwargs={"overwrite": True},
             seed_everything_default=0,
             parser_kwargs={"exit_on_error": False},
-            # from the console script argv is sys.argv[1:]: let Lightning read it (its DDP launcher re-runs it)
+            # from the console script argv is sys.argv[1:]: let Lightning read it
+            # (its DDP launcher re-runs it)
             args=None if list(argv) == sys.argv[1:] else list(argv),
         )
     except ArgumentError as err:

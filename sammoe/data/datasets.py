@@ -10,12 +10,14 @@ Layouts
 - ``sammed3d``: SAM-Med3D's per-class binary layout ``<root>/<class>/<modality>_<dataset>/imagesTr|labelsTr``
   (``labelsVal``/``labelsTs`` -> test split); each label file holds one class with value 1.
 
-A class is ``ClassRef(dataset, value, name)``: multi-class label maps become binary targets ``label == value``.
+A class is ``ClassRef(dataset, value, name)``: multi-class label maps become binary targets
+``label == value``.
 
 Public API
 ----------
 - ``ClassRef``, ``Case``, ``DatasetInfo``, ``CaseIndex`` (pydantic models).
-- ``index_dataset(root, layout="auto", channel=0) -> CaseIndex``; ``build_index(roots, channel=0) -> CaseIndex``.
+- ``index_dataset(root, layout="auto", channel=0) -> CaseIndex``;
+  ``build_index(roots, channel=0) -> CaseIndex``.
 - ``CaseIndex.classes()``, ``CaseIndex.targets(classes=None, datasets=None, split="train")`` ->
   list of ``(Case, ClassRef)``, ``CaseIndex.dataset(name)``.
 Missing files and unreadable/unknown ``dataset.json`` raise ``DataError`` naming the file and the fix.
@@ -110,7 +112,7 @@ class CaseIndex(BaseModel):
         return pairs
 
 
-# ----------------------------------------------------------------------------------------- dataset.json models
+# --------------------------------------------------------------------------------------- dataset.json models
 class _NnUNetJson(BaseModel):
     model_config = ConfigDict(extra="allow")
     channel_names: dict[str, str]
@@ -151,7 +153,8 @@ def _load_nnunet(root: Path, meta: _NnUNetJson, channel: int) -> tuple[DatasetIn
     modality = meta.channel_names.get(str(channel), "")
     if str(channel) not in meta.channel_names:
         raise DataError(
-            f"{root / 'dataset.json'}: channel {channel} not in channel_names {meta.channel_names}; pick another"
+            f"{root / 'dataset.json'}: channel {channel} not in channel_names {meta.channel_names}; "
+            "pick another"
         )
     refs = tuple(ClassRef(dataset=name, value=v, name=k) for k, v in labels.items())
     ending = meta.file_ending
@@ -175,10 +178,15 @@ def _load_nnunet(root: Path, meta: _NnUNetJson, channel: int) -> tuple[DatasetIn
                 _require(label, "label (labelsTr/<case>" + ending + ")")
             cases.append(
                 Case(
-                    dataset=name, case_id=cid, image=image, label=label if label.exists() else None,
-                    split=split, modality=modality, classes=refs,
+                    dataset=name,
+                    case_id=cid,
+                    image=image,
+                    label=label if label.exists() else None,
+                    split=split,
+                    modality=modality,
+                    classes=refs,
                 )
-            )  # fmt: skip
+            )
     return DatasetInfo(name=name, root=root, layout="nnunet", modality=modality, labels=labels), cases
 
 
@@ -199,17 +207,33 @@ def _load_msd(root: Path, meta: _MsdJson, channel: int) -> tuple[DatasetInfo, li
         label = _require((root / pair.label).resolve(), "training label")
         cid = image.name.split(".nii")[0]
         cases.append(
-            Case(dataset=name, case_id=cid, image=image, label=label, split="train",
-                 channel=channel if multi else None, modality=modality, classes=refs)
-        )  # fmt: skip
+            Case(
+                dataset=name,
+                case_id=cid,
+                image=image,
+                label=label,
+                split="train",
+                channel=channel if multi else None,
+                modality=modality,
+                classes=refs,
+            )
+        )
     for rel in meta.test:
         image = _require((root / rel).resolve(), "test image")
         cid = image.name.split(".nii")[0]
         label = root / "labelsTs" / image.name
         cases.append(
-            Case(dataset=name, case_id=cid, image=image, label=label if label.exists() else None, split="test",
-                 channel=channel if multi else None, modality=modality, classes=refs)
-        )  # fmt: skip
+            Case(
+                dataset=name,
+                case_id=cid,
+                image=image,
+                label=label if label.exists() else None,
+                split="test",
+                channel=channel if multi else None,
+                modality=modality,
+                classes=refs,
+            )
+        )
     return DatasetInfo(name=name, root=root, layout="msd", modality=modality, labels=labels), cases
 
 
@@ -231,8 +255,17 @@ def _load_sammed3d(root: Path) -> tuple[list[DatasetInfo], list[Case]]:
                 image_dir / label.name, f"image for {label.name} ({image_dir.name}/{label.name})"
             )
             cid = f"{cls}/{label.name.split('.nii')[0]}"
-            cases.append(Case(dataset=ds, case_id=cid, image=image, label=label, split=split, modality=modality,
-                              classes=(ref,)))  # fmt: skip
+            cases.append(
+                Case(
+                    dataset=ds,
+                    case_id=cid,
+                    image=image,
+                    label=label,
+                    split=split,
+                    modality=modality,
+                    classes=(ref,),
+                )
+            )
     return list(infos.values()), cases
 
 

@@ -25,8 +25,8 @@ def check_available(image: str | Path, out: str | Path) -> None:
     """Refuse a DICOM-SEG output early: it needs a DICOM series folder as input and highdicom installed."""
     if not Path(image).is_dir():
         raise ConfigError(
-            f"--out {out}: a DICOM-SEG (.dcm) output references the slices of a DICOM series, but --image {image} "
-            "is a file; write .nii.gz or .seg.nrrd instead"
+            f"--out {out}: a DICOM-SEG (.dcm) output references the slices of a DICOM series, "
+            f"but --image {image} is a file; write .nii.gz or .seg.nrrd instead"
         )
     try:
         import highdicom  # noqa: F401

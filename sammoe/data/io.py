@@ -4,7 +4,8 @@ Public API
 ----------
 - ``Volume``: dataclass ``(array, affine, path, header)``. ``array`` is 3D in the order stored on disk
   (nibabel convention: axis i, j, k of the file), ``affine`` the 4x4 voxel -> RAS+ millimetre matrix.
-- ``read_image(path, channel=None) -> Volume``: a ``.nii``/``.nii.gz`` file or a folder holding one DICOM series.
+- ``read_image(path, channel=None) -> Volume``: a ``.nii``/``.nii.gz`` file or a folder holding one DICOM
+  series.
 - ``read_label(path, like=None, atol=1e-3) -> Volume``: an integer label map; checked against ``like`` (shape
   and affine within ``atol``).
 - ``write_label(path, array, reference, overwrite=False, protect=()) -> Path``: uint8/uint16 NIfTI with the
@@ -105,8 +106,9 @@ def _check_slice_positions(path: Path, files: Sequence[str]) -> None:
     worst = int(np.argmax(np.abs(gaps - step)))
     if abs(gaps[worst] - step) > max(0.01 * step, 0.05):
         raise DataError(
-            f"{path}: slices are not evenly spaced: a gap of {gaps[worst]:.2f} mm between {order[worst]:.2f} and "
-            f"{order[worst + 1]:.2f} mm where the others are {step:.2f} mm (a missing slice?); export the complete series"
+            f"{path}: slices are not evenly spaced: a gap of {gaps[worst]:.2f} mm "
+            f"between {order[worst]:.2f} and {order[worst + 1]:.2f} mm where the others are {step:.2f} mm "
+            "(a missing slice?); export the complete series"
         )
 
 
@@ -124,8 +126,8 @@ def read_image(path: str | os.PathLike, channel: int | None = None) -> Volume:
 
 
 def as_volume(image: Any, affine: Any = None, *, channel: int | None = None) -> Volume:
-    """A path (read with ``read_image``), a ``Volume``, or a 3D array (numpy or torch) with its voxel -> RAS mm
-    ``affine`` (identity when None), held to the same checks as a file."""
+    """A path (read with ``read_image``), a ``Volume``, or a 3D array (numpy or torch) with its
+    voxel -> RAS mm ``affine`` (identity when None), held to the same checks as a file."""
     if isinstance(image, (str, os.PathLike)):
         return read_image(image, channel=channel)
     if isinstance(image, Volume):
@@ -156,13 +158,14 @@ def _read_volume(path: str | os.PathLike, channel: int | None = None) -> Volume:
     if is_other_format(path):
         return read_other(path, channel)
     raise DataError(
-        f"{path}: unsupported file type; give a NIfTI (.nii/.nii.gz), NRRD, MHA/MHD or MGZ file, or a DICOM series "
-        "folder"
+        f"{path}: unsupported file type; give a NIfTI (.nii/.nii.gz), NRRD, MHA/MHD or MGZ file, "
+        "or a DICOM series folder"
     )
 
 
 def check_same_grid(a: Volume, b: Volume, atol: float = 1e-3) -> None:
-    """Raise ``DataError`` naming ``b.path`` unless ``b`` has ``a``'s shape and affine (within ``atol`` mm)."""
+    """Raise ``DataError`` naming ``b.path`` unless ``b`` has ``a``'s shape and affine
+    (within ``atol`` mm)."""
     if a.shape != b.shape:
         raise DataError(
             f"{b.path}: shape {b.shape} differs from image {a.path} shape {a.shape}; "
@@ -214,7 +217,8 @@ def check_label_values(label: Volume, allowed: Iterable[int], source: str = "dat
     extra = sorted(set(label_values(label)) - allowed_set)
     if extra:
         raise DataError(
-            f"{label.path}: label values {extra} are not declared in {source} (declared: {sorted(allowed_set)}); "
+            f"{label.path}: label values {extra} are not declared in {source} "
+            f"(declared: {sorted(allowed_set)}); "
             f"add them to its 'labels' or fix the label file"
         )
 

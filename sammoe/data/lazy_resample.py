@@ -19,14 +19,14 @@ direction cosines (so the map output index -> input index is a per-axis scale an
 obliquity), has size ``floor(n * spacing / target)`` per input axis (1 stays 1) and the same centre as the
 input's first-to-last voxel centres. ``ToCanonical`` then flips/permutes the axes with nibabel's
 ``io_orientation`` (closest to RAS+). SimpleITK's linear interpolator (checked against torchio point by point
-in the tests): continuous index c along an axis of n voxels is sampled when -0.5 <= c < n - 0.5, with c clamped
-to [0, n - 1] (the edge voxel's value in the half-voxel border band), and gives 0 (the default value) beyond;
-it computes in double and casts to float32. The grid built this way lies strictly inside that band, so the
-band rule only matters for the first/last planes when upsampling; zeros outside the grid are ``crop_or_pad``'s
-padding. Interpolation here is separable (trilinear = three 1D linear passes in ITK's v0 + (v1 - v0) * d
-form, in float32: 3x faster than float64), so results agree with torchio to float32 round-off (<= 1e-7 of
-the image's range in the tests; the grid affine to ~1e-14 mm). Memory: one window plus the source box it
-reads (in slabs when that box is large), never the whole resampled grid.
+in the tests): continuous index c along an axis of n voxels is sampled when -0.5 <= c < n - 0.5, with c
+clamped to [0, n - 1] (the edge voxel's value in the half-voxel border band), and gives 0 (the default value)
+beyond; it computes in double and casts to float32. The grid built this way lies strictly inside that band, so
+the band rule only matters for the first/last planes when upsampling; zeros outside the grid are
+``crop_or_pad``'s padding. Interpolation here is separable (trilinear = three 1D linear passes in ITK's
+v0 + (v1 - v0) * d form, in float32: 3x faster than float64), so results agree with torchio to float32
+round-off (<= 1e-7 of the image's range in the tests; the grid affine to ~1e-14 mm). Memory: one window plus
+the source box it reads (in slabs when that box is large), never the whole resampled grid.
 """
 
 from __future__ import annotations
@@ -112,7 +112,8 @@ def resampled_grid(
 
 
 def _axis_maps(src_affine: np.ndarray, grid_affine: np.ndarray) -> list[tuple[int, float, float]]:
-    """For each grid (canonical) axis k: (source axis p, scale, shift) with source index c_p = scale * u_k + shift.
+    """For each grid (canonical) axis k: (source axis p, scale, shift) with source index
+    c_p = scale * u_k + shift.
 
     The torchio grid shares the source's direction cosines, so grid index -> source index is a scaled signed
     permutation; anything else means the grid did not come from ``resampled_grid``.
@@ -137,7 +138,8 @@ def _linear_taps(coord: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.
     """SimpleITK's 1D linear interpolation rule for continuous indices ``coord`` on an axis of ``n`` voxels.
 
     Returns (inside, i0, i1, w): value = v[i0] + (v[i1] - v[i0]) * w where ``inside`` (-0.5 <= c < n - 0.5),
-    else the default value 0. Clamping c to [0, n - 1] gives the edge voxel in the border band, exactly (w = 0).
+    else the default value 0. Clamping c to [0, n - 1] gives the edge voxel in the border band, exactly
+    (w = 0).
     """
     inside = (coord >= -0.5) & (coord < n - 0.5)
     clamped = np.clip(coord, 0.0, max(n - 1, 0))
@@ -161,7 +163,8 @@ def _pass_cost(order: Sequence[int], extent: Sequence[int], counts: Sequence[int
 
 
 def _sample_block(source: Any, mem: list[int], taps: list, order: Sequence[int]) -> np.ndarray:
-    """Linear passes over the source box the taps touch; ``taps``/``order`` index memory-order axes ``mem``."""
+    """Linear passes over the source box the taps touch; ``taps``/``order`` index memory-order axes
+    ``mem``."""
     box = [slice(0, 0)] * 3
     for j, (i0, i1, _) in enumerate(taps):
         box[mem[j]] = slice(int(i0.min()), int(i1.max()) + 1)
@@ -187,8 +190,9 @@ def _sample_block(source: Any, mem: list[int], taps: list, order: Sequence[int])
 class LazyResampled:
     """A volume on the preprocessing grid (target spacing, RAS+) whose voxels are computed on demand.
 
-    Same geometry and click mapping as the ``Resampled`` that ``Preprocessor(target_spacing).resample(volume)``
-    returns; no ``image`` array: ``region(start, size)`` samples one window, ``materialise()`` everything.
+    Same geometry and click mapping as the ``Resampled`` that
+    ``Preprocessor(target_spacing).resample(volume)`` returns; no ``image`` array: ``region(start, size)``
+    samples one window, ``materialise()`` everything.
     The source ``volume`` is kept (read, never copied whole).
     """
 
@@ -220,7 +224,7 @@ class LazyResampled:
     def __repr__(self) -> str:
         return f"LazyResampled(path={self.path}, shape={self.shape}, target_spacing={self.target_spacing})"
 
-    # ------------------------------------------------------------------------------------------------ sampling
+    # -------------------------------------------------------------------------------------------- sampling
     def region(self, start: Sequence[int], size: Sequence[int] | int) -> np.ndarray:
         """``crop_or_pad(resampled_image, start, size)`` (float32, shape ``size``) sampled from the source:
         grid voxels ``start .. start + size`` (canonical order), 0 where the window leaves the grid."""

@@ -1,12 +1,13 @@
 """3D Slicer markups files (``.mrk.json``) as clicks: what people who place points in Slicer give the CLI.
 
-``sammoe segment --clicks points.mrk.json`` reads them through ``read_markups``, which returns the same document
-as a ``--clicks`` JSON file (``{"space": "ras", "targets": [{"name", "points", "labels"}]}``).
+``sammoe segment --clicks points.mrk.json`` reads them through ``read_markups``, which returns the same
+document as a ``--clicks`` JSON file (``{"space": "ras", "targets": [{"name", "points", "labels"}]}``).
 
 How Slicer's format maps onto targets (decided here; Slicer has no notion of a negative click):
 
 - One point list (``"type": "Fiducial"``) is one target, named by the list's ``name`` (else ``target_<i>``),
-  in file order, so target i gets label value i. Other markups types (lines, curves, planes, ROIs) are refused.
+  in file order, so target i gets label value i. Other markups types (lines, curves, planes, ROIs) are
+  refused.
 - A control point is a negative click when its ``label`` starts with ``-`` or ``neg`` (``-1``, ``neg-2``,
   ``negative``) or its ``description`` is ``negative``; every other point is positive. Points whose
   ``positionStatus`` is not ``defined`` (unplaced or being placed) are skipped.

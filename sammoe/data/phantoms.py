@@ -9,7 +9,8 @@ value  name              kind     what it looks like
 2      kidney_left       general  bright ellipsoid, posterior left
 3      kidney_right      general  bright ellipsoid, posterior right
 4      spleen            general  ellipsoid, left
-5      spinal_cord       task     thin tube (radius ~3 mm) wobbling along z inside a CSF/bone canal, low contrast
+5      spinal_cord       task     thin tube (radius ~3 mm) wobbling along z inside a CSF/bone canal, low
+                                  contrast
 6      nodules           task     2-4 small spheres (radius 3-5 mm) inside the lungs
 7      textured_lesion   task     sphere inside the liver with the liver's mean intensity but a coarse texture
 =====  ================  =======  =====================================================================
@@ -25,7 +26,8 @@ Public API
   -> (image float32, label uint8, affine)``.
 - ``make_phantom_dataset(out_dir, n_cases=8, seed=0, shape=..., spacing=..., n_test=0, modality="CT",
   classes=None, vary_orientation=True, overwrite=False) -> Path``: writes ``dataset.json`` (labels name ->
-  value, ``channel_names``, ``numTraining``, ``file_ending`` and a ``sammoe`` block listing general/task classes),
+  value, ``channel_names``, ``numTraining``, ``file_ending`` and a ``sammoe`` block listing general/task
+  classes),
   ``imagesTr/<case>_0000.nii.gz``, ``labelsTr/<case>.nii.gz`` and, with ``n_test``, ``imagesTs``/``labelsTs``.
   ``classes`` keeps only those classes, renumbered 1..k in the given order (e.g. a task dataset
   ``classes=["spinal_cord"]`` has spinal_cord = 1). ``vary_orientation`` stores every other case with LPS axes
@@ -260,7 +262,9 @@ def make_phantom_dataset(
     vary_orientation: bool = True,
     overwrite: bool = False,
 ) -> Path:
-    """Write an nnU-Net v2 phantom dataset into ``out_dir`` (see the module docstring). Returns ``out_dir``."""
+    """Write an nnU-Net v2 phantom dataset into ``out_dir`` (see the module docstring).
+
+    Returns ``out_dir``."""
     import nibabel as nib
 
     out = Path(out_dir)

@@ -95,7 +95,8 @@ def check_header_size(shape: tuple[int, ...], path: Path) -> None:
     voxels = int(np.prod([int(s) for s in shape], dtype=object))
     if voxels > max_voxels():
         raise DataError(
-            f"{path}: the header claims {'x'.join(map(str, shape))} = {voxels:,} voxels, more than the limit of "
+            f"{path}: the header claims {'x'.join(map(str, shape))} = {voxels:,} voxels, "
+            "more than the limit of "
             f"{max_voxels():,}; crop or downsample the image, or raise SAMMOE_MAX_VOXELS"
         )
 
@@ -126,7 +127,8 @@ def check_not_constant(volume: Volume) -> None:
     array = volume.array
     if array.size and array.min() == array.max():
         raise DataError(
-            f"{volume.path}: every voxel has the value {array.flat[0].item()!r}; the image is blank, check the export"
+            f"{volume.path}: every voxel has the value {array.flat[0].item()!r}; "
+            "the image is blank, check the export"
         )
 
 
