@@ -14,8 +14,9 @@ NSD (normalised surface Dice, Nikolov et al. 2021) at a tolerance of 1 mm by def
 the ground truth's voxel spacing. Surfaces are surface elements ("surfels") weighted by their area, exactly
 as DeepMind's `surface-distance` package computes `compute_surface_dice_at_tolerance`, which the official
 evaluation calls. We use MONAI's `compute_surface_dice(..., use_subvoxels=True)`, which implements that same
-surfel model (checked equal to `surface-distance` 0.1 to float32 precision on random anisotropic shapes), after
-cropping both masks to their joint bounding box, which gives the same value and is 3x faster on a CT-size grid.
+surfel model (checked equal to `surface-distance` 0.1 to float32 precision on random anisotropic shapes),
+after cropping both masks to their joint bounding box, which gives the same value and is 3x faster on a
+CT-size grid.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ def _pair(pred: Any, gt: Any) -> tuple[np.ndarray, np.ndarray]:
     p, g = _as_mask(pred, "pred"), _as_mask(gt, "gt")
     if p.shape != g.shape:
         raise DataError(
-            f"prediction shape {p.shape} differs from ground-truth shape {g.shape}; map the prediction back onto "
-            "the original image grid before computing metrics."
+            f"prediction shape {p.shape} differs from ground-truth shape {g.shape}; "
+            "map the prediction back onto the original image grid before computing metrics."
         )
     return p, g
 

@@ -1,4 +1,5 @@
-"""Slice overlays for humans and W&B: three orthogonal slices through the target with GT/prediction contours."""
+"""Slice overlays for humans and W&B: three orthogonal slices through the target with GT/prediction
+contours."""
 
 from __future__ import annotations
 
@@ -102,7 +103,8 @@ def overlay_slices(
     panels keep the physical aspect ratio. With the voxel -> RAS mm `affine` the panels are sagittal, coronal
     and axial in the radiological convention (patient right on the screen's left, anterior / superior up) and
     `clicks` ((voxel, positive) pairs) are drawn: positive as green +, negative as red x. Returns the figure
-    as an (H, W, 3) uint8 RGB array (e.g. for `wandb.Image`) and also writes it as PNG when `out_png` is given.
+    as an (H, W, 3) uint8 RGB array (e.g. for `wandb.Image`) and also writes it as PNG when `out_png` is
+    given.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

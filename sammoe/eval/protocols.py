@@ -2,10 +2,10 @@
 
 NOTES = (
     "Dice and {nsd} per class on the {grid} grid after {clicks} clicks, seed {seed} per target. {protocol} "
-    "Later clicks are drawn uniformly from the error region of the model's own previous prediction, all clicks "
-    "and the previous low-res logits fed each step, prediction = sigmoid(logits) > 0.5. Empty-ground-truth "
-    "rule: an empty ground truth with an empty prediction is left out (NaN), with a non-empty prediction it "
-    "scores 0."
+    "Later clicks are drawn uniformly from the error region of the model's own previous prediction, "
+    "all clicks and the previous low-res logits fed each step, prediction = sigmoid(logits) > 0.5. "
+    "Empty-ground-truth rule: an empty ground truth with an empty prediction is left out (NaN), "
+    "with a non-empty prediction it scores 0."
 )
 CLICK_PROTOCOL = (
     "Click-centred protocol through the Predictor (the path `sammoe segment` runs, no ground truth in the "

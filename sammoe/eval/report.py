@@ -228,9 +228,10 @@ def render_markdown(
     ks = [str(k) for k in report["click_counts"]]
     out = [f"# {title}", ""]
     out += [
-        f"{report['n_rows']} evaluation rows; {len(models)} models, {len(classes)} classes, clicks {', '.join(ks)}. "
-        "Mean over cases per class (cases with empty ground truth and empty prediction left out); averages are "
-        "means over classes. Best model per row in bold.",
+        f"{report['n_rows']} evaluation rows; {len(models)} models, {len(classes)} classes, "
+        f"clicks {', '.join(ks)}. "
+        "Mean over cases per class (cases with empty ground truth and empty prediction left out); "
+        "averages are means over classes. Best model per row in bold.",
         "",
     ]
     if chart:
@@ -273,8 +274,8 @@ def render_markdown(
     fg: Mapping[str, Mapping[str, Any]] = report.get("forgetting", {})
     if fg:
         out += [
-            f"Mean over general classes of each model's Dice minus {report['foundation']}'s at the same click "
-            "count (negative: the model forgot).",
+            f"Mean over general classes of each model's Dice minus {report['foundation']}'s "
+            "at the same click count (negative: the model forgot).",
             "",
         ]
         out += _table(

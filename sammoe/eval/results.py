@@ -146,7 +146,8 @@ def class_groups(rows: Iterable[EvalRow]) -> dict[str, str]:
         known = groups.setdefault(row.class_name, row.class_group)
         if known != row.class_group:
             raise ValueError(
-                f"class {row.class_name!r} is in group {known!r} in one row and {row.class_group!r} in another."
+                f"class {row.class_name!r} is in group {known!r} in one row "
+                f"and {row.class_group!r} in another."
             )
     ordered = [c for c, g in groups.items() if g == GENERAL] + [c for c, g in groups.items() if g != GENERAL]
     return {c: groups[c] for c in ordered}
