@@ -160,7 +160,8 @@ def check_outputs(
         for in_option, source in resolved_inputs.items():
             if target == source or (source.is_dir() and _inside(target, source)):
                 raise DataError(
-                    f"{option} {path}: would replace {'the input' if target == source else 'a file inside the input'} "
+                    f"{option} {path}: would replace "
+                    f"{'the input' if target == source else 'a file inside the input'} "
                     f"{in_option} {source}; choose an output path outside the inputs"
                 )
         if target in seen:
@@ -170,7 +171,8 @@ def check_outputs(
             raise DataError(f"{option} {path}: is a folder; give a file path")
         if target.exists() and not overwrite:
             raise DataError(
-                f"{option} {path}: already exists; choose another path or pass --overwrite (overwrite=True in Python)"
+                f"{option} {path}: already exists; choose another path or pass --overwrite "
+                "(overwrite=True in Python)"
             )
         folder = target.parent
         while not folder.exists():

@@ -1,4 +1,5 @@
-"""Named model weights: the registry, their cache in the user cache folder, and the one function that downloads.
+"""Named model weights: the registry, their cache in the user cache folder, and the one function that
+downloads.
 
 Only ``fetch`` touches the network; importing this module, ``cached``, ``list_models`` and
 ``resolve_checkpoint`` never do, so loading a model never downloads behind the user's back.
@@ -187,7 +188,8 @@ def _say(message: str) -> None:
 
 def _network_errors() -> tuple[type[BaseException], ...]:
     # huggingface_hub's own HTTP errors (and requests', its client before 1.0) are OSErrors; httpx and httpx2,
-    # its clients since, raise their own transport errors. Catch exactly these, so a bug still shows a traceback.
+    # its clients since, raise their own transport errors. Catch exactly these, so a bug still shows a
+    # traceback.
     errors: list[type[BaseException]] = [OSError]
     for client in ("httpx2", "httpx"):
         with contextlib.suppress(ImportError, AttributeError):
@@ -225,8 +227,8 @@ def _remote(name: str, entry: ModelEntry, endpoint: str | None) -> _Remote:
     sha = (meta.etag or "").lower()
     if not re.fullmatch(r"[0-9a-f]{64}", sha) or meta.size is None:
         raise CheckpointError(
-            f"{name}: {base} gives no sha256 and size for {entry.repo}/{entry.file} (ETag {meta.etag!r}), so a "
-            "download could not be checked; point --endpoint (or HF_ENDPOINT) at a Hugging Face hub"
+            f"{name}: {base} gives no sha256 and size for {entry.repo}/{entry.file} (ETag {meta.etag!r}), "
+            "so a download could not be checked; point --endpoint (or HF_ENDPOINT) at a Hugging Face hub"
         )
     return _Remote(url=meta.location, sha256=sha, size=meta.size, commit=meta.commit_hash)
 
@@ -261,7 +263,8 @@ def fetch(name: str, endpoint: str | None = None, force: bool = False) -> Path:
     target, manifest = _paths(name, entry)
     if not force and (hit := cached(name)) is not None:
         _say(
-            f"{name}: already downloaded, {hit} ({human_size(hit.stat().st_size)}); --force downloads it again"
+            f"{name}: already downloaded, {hit} ({human_size(hit.stat().st_size)}); "
+            "--force downloads it again"
         )
         return hit
 
@@ -297,7 +300,8 @@ def fetch(name: str, endpoint: str | None = None, force: bool = False) -> Path:
     if got != remote.sha256:
         part.unlink(missing_ok=True)
         raise CheckpointError(
-            f"{name}: downloaded {entry.file} has sha256 {got[:12]}... but the hub lists {remote.sha256[:12]}...; "
+            f"{name}: downloaded {entry.file} has sha256 {got[:12]}... "
+            f"but the hub lists {remote.sha256[:12]}...; "
             f"the damaged download was deleted, run `sammoe weights fetch {name}` again"
         )
     # no old manifest may vouch for the new file while it moves in; the new manifest is written last

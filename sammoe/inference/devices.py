@@ -1,5 +1,5 @@
-"""Which torch device a user's ``--device`` names (refused in one line when this machine does not have it), and
-whether bf16 autocast pays on it."""
+"""Which torch device a user's ``--device`` names (refused in one line when this machine does not have it),
+and whether bf16 autocast pays on it."""
 
 from __future__ import annotations
 

@@ -52,9 +52,10 @@ def evaluate_target(
 ) -> TargetScores | None:
     """Run the protocol for one target (bool mask on the Predictor's current image); None when it is empty.
 
-    ``predictor`` is a ``sammoe.inference.predictor.Predictor`` with the image set; its ``route``/``decoder`` choose the
-    model (None: the model's own gate). ``tolerance_mm`` None skips NSD (NaN). ``first_click`` (input voxel
-    indices) replaces the drawn first click (the generator still makes that draw, so later clicks do not move).
+    ``predictor`` is a ``sammoe.inference.predictor.Predictor`` with the image set; its ``route``/``decoder``
+    choose the model (None: the model's own gate). ``tolerance_mm`` None skips NSD (NaN). ``first_click``
+    (input voxel indices) replaces the drawn first click (the generator still makes that draw, so later clicks
+    do not move).
     """
     from sammoe.inference.predictor import Target
 
