@@ -7,8 +7,8 @@ A *batch* is a dict (the datamodule's collated output); what is read from it:
 
 - ``image`` (B, 1, S, S, S) float, z-normalised ROI; ``label`` (B, 1, S, S, S) binary ROI target;
 - ``case_id`` and ``class_name``: lists of B strings; optional ``class_group`` (``general``/``task``);
-- optional, for metrics on the ORIGINAL grid (the official protocol): ``roi`` (B ``sammoe.data.preprocess.Roi``
-  geometries to invert the ROI prediction with), ``orig_label`` (B binary arrays on the original grid) and
+- optional, for metrics on the ORIGINAL grid (the official protocol): ``roi``
+  (B ``sammoe.data.preprocess.Roi`` geometries to invert the ROI prediction with), ``orig_label`` (B binary arrays on the original grid) and
   ``orig_spacing`` (B spacings in mm, array-axis order). Without them Dice/NSD are computed on the ROI grid
   with ``roi_spacing`` (the preprocessing spacing, 1.5 mm).
 - optional ``first_click`` ((B, 3) ROI voxel coordinates): the click a click-centred crop was centred on,
@@ -64,7 +64,8 @@ class BatchEvaluation:
 
 
 def first_clicks(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The batch's centring clicks as the first click of every target ((B, 1, 3), (B, 1)); None in bbox mode."""
+    """The batch's centring clicks as the first click of every target ((B, 1, 3), (B, 1));
+    None in bbox mode."""
     first = batch.get("first_click")
     if first is None:
         return None

@@ -88,8 +88,8 @@ def training_roi(
     click: np.ndarray | None = None,
 ) -> tuple[Roi, np.ndarray]:
     """A click-centred training crop of class ``value``: the click is uniform over the class's voxels on the
-    resampled grid (or ``click``, a voxel of that grid drawn elsewhere, e.g. ``border_click``); the crop centre
-    is that click shifted by up to ``jitter`` voxels per axis. ``bbox`` only limits the search for the
+    resampled grid (or ``click``, a voxel of that grid drawn elsewhere, e.g. ``border_click``); the crop
+    centre is that click shifted by up to ``jitter`` voxels per axis. ``bbox`` only limits the search for the
     class's voxels (a memory-mapped label is read there only); None reads it all.
     Returns the ROI and the click in ROI voxel indices (after ``flip_axes``)."""
     if click is None:

@@ -1,8 +1,8 @@
 """Sliding window for targets larger than one crop: click-centred windows that grow only where the target
 touches a window face, blended with Gaussian weights and mapped back to the original grid.
 
-``sliding_window(pre, volume, click_vox, predict, ...)`` drives any model through ``predict(roi) -> probabilities``;
-the Predictor (``sammoe.inference.predictor``) passes its cached-embedding decoder.
+``sliding_window(pre, volume, click_vox, predict, ...)`` drives any model through
+``predict(roi) -> probabilities``; the Predictor (``sammoe.inference.predictor``) passes its cached-embedding decoder.
 """
 
 from __future__ import annotations
@@ -92,7 +92,8 @@ def _face_neighbours(
 
 
 def touches_face(prob: np.ndarray) -> bool:
-    """Whether a ROI's mask (probability > 0.5) reaches any face of the crop: the target may continue outside."""
+    """Whether a ROI's mask (probability > 0.5) reaches any face of the crop: the target may continue
+    outside."""
     fg = prob > 0.5
     return any(np.take(fg, face, axis=a).any() for a in range(3) for face in (0, -1))
 

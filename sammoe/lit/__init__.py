@@ -1,6 +1,6 @@
-"""LightningModules: interactive finetuning (experts, foundation), gate training and expert routers, sharing one click loop
-(`sammoe.interact.rollout`) and one evaluation on crops (`sammoe.interact.crop_evaluation`, driven by `base`); `cli`
-runs them through LightningCLI."""
+"""LightningModules: interactive finetuning (experts, foundation), gate training and expert routers, sharing
+one click loop (`sammoe.interact.rollout`) and one evaluation on crops (`sammoe.interact.crop_evaluation`,
+driven by `base`); `cli` runs them through LightningCLI."""
 
 from sammoe.lit.base import InteractiveModule
 from sammoe.lit.finetune import ExpertFinetune

@@ -57,7 +57,8 @@ class PhantomDataModule(SegDataModule):
             if meta.get("numTraining") != self.phantom["n_cases"]:
                 print(
                     f"sammoe: reusing the phantom dataset in {self.root} ({meta.get('numTraining')} training "
-                    f"cases, not {self.phantom['n_cases']}); delete it or choose another data.root to regenerate"
+                    f"cases, not {self.phantom['n_cases']}); "
+                    "delete it or choose another data.root to regenerate"
                 )
             return
         from sammoe.data.phantoms import make_phantom_dataset
