@@ -127,13 +127,16 @@ def test_cli_and_package_load_no_gui():
 def test_no_module_grows_past_400_lines():
     """A module that long has taken on a second job; split it by responsibility."""
     long = {
-        name: n for name, path in _modules() if (n := len(path.read_text(encoding="utf-8").splitlines())) > 400
+        name: n
+        for name, path in _modules()
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > 400
     }
     assert not long, long
 
 
 def test_no_formatter_escapes_and_line_length_is_checked():
-    """Files are not squeezed under a limit: no `fmt: skip`/`fmt: off`, and ruff's E501 is not ignored."""
+    """Files are not squeezed under a limit: no formatter escape comments (`fmt:` skip or off), and ruff's
+    E501 is not ignored."""
     marker = re.compile(r"#\s*fmt:\s*(skip|off)")
     found = [
         str(path.relative_to(ROOT))

@@ -1,7 +1,8 @@
 """Every benchmark's --smoke mode runs, so that the benchmarks cannot rot unnoticed.
 
 The smokes that run a model against the official one take 15-40 s each on 2 cores: they are `slow` (out of
-`make test`, which must stay under 2 minutes); `make test-bench` runs them, and `.ci/run` calls it after the quick suite.
+`make test`, which must stay under 2 minutes); `make test-bench` runs them, and `.ci/run` calls it after the
+quick suite.
 """
 
 from __future__ import annotations
@@ -86,9 +87,15 @@ def test_gpu_summary_judges_the_goals_and_names_missing_sections(tmp_path):
     summary = _load("gpu_summary")
     batches = [
         {"batch": 1, "official_s": 0.02, "ours_s": 0.01, "speedup": 2.0},
-        {"batch": 32, "official_s": 0.02, "ours_s": 0.0008, "compiled_s": 0.002, "speedup": 25.0,
-         "speedup_compiled": 10.0},
-    ]  # fmt: skip
+        {
+            "batch": 32,
+            "official_s": 0.02,
+            "ours_s": 0.0008,
+            "compiled_s": 0.002,
+            "speedup": 25.0,
+            "speedup_compiled": 10.0,
+        },
+    ]
     (tmp_path / "encoder.json").write_text(json.dumps({"device": "GPU X", "batches": batches}))
     clicks = {"device": "GPU X", "first_click_ms": 90.0, "refinement_step_ms": 7.5, "add_click_ms": 20.0}
     (tmp_path / "clicks.json").write_text(json.dumps(clicks))

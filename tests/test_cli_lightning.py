@@ -205,8 +205,17 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 def test_ddp_two_cpu_processes_count_each_case_once(tmp_path, phantoms):
     run = tmp_path / "run"
     cfg = tiny_config(tmp_path / "c.yaml", run, phantoms, logger="none")
-    cmd = [sys.executable, "-m", "sammoe", "fit", "--config", str(cfg), "--trainer.accelerator=cpu",
-           "--trainer.devices=2", "--trainer.strategy=ddp"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "sammoe",
+        "fit",
+        "--config",
+        str(cfg),
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=2",
+        "--trainer.strategy=ddp",
+    ]
     proc = subprocess.run(
         cmd,
         env=_env(tmp_path),
@@ -263,8 +272,14 @@ def test_resume_after_kill_loses_no_finished_epoch(tmp_path, phantoms):
     env = _env(tmp_path, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen(
         [sys.executable, "-m", "sammoe", "fit", "--config", str(first), *common],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace", start_new_session=True,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 240
         while not marker.exists() and proc.poll() is None and time.time() < deadline:
@@ -279,8 +294,13 @@ def test_resume_after_kill_loses_no_finished_epoch(tmp_path, phantoms):
     assert killed["epoch"] == 1 and killed["global_step"] == 2  # epochs 0 and 1 finished
     resumed = subprocess.run(
         [sys.executable, "-m", "sammoe", "fit", "--config", str(second), *common, "--ckpt_path", "last"],
-        env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final = torch.load(ckpts / "last.ckpt", weights_only=True, map_location="cpu")
     assert final["epoch"] == 2 and final["global_step"] == 3  # only epoch 2 was run again
@@ -311,8 +331,8 @@ class _RunsCode:
 
 
 def test_ckpt_path_from_a_url_or_that_runs_code_is_refused(tmp_path, phantoms, capsys):
-    """A remote checkpoint is never downloaded (the server sees no request); a local pickle that would run code
-    is refused before training starts; neither runs its payload."""
+    """A remote checkpoint is never downloaded (the server sees no request); a local pickle that would run
+    code is refused before training starts; neither runs its payload."""
     import http.server
     import threading
 

@@ -31,6 +31,9 @@ def test_names_resolve_to_shipped_configs_from_any_directory(tmp_path, monkeypat
     assert shipped_config("gate.yaml") is None  # a file the user has wins
     argv = ["fit", "--config", "gate.yaml", "--config=experts/textured_lesion", "--trainer.max_epochs=1"]
     assert shipped_config_names(argv) == [
-        "fit", "--config", "gate.yaml", f"--config={CONFIGS / 'experts' / 'textured_lesion.yaml'}",
+        "fit",
+        "--config",
+        "gate.yaml",
+        f"--config={CONFIGS / 'experts' / 'textured_lesion.yaml'}",
         "--trainer.max_epochs=1",
-    ]  # fmt: skip
+    ]

@@ -63,5 +63,7 @@ def test_linear_axis_aligned_maps_agree_with_scipy(seed):
     shape = tuple(rng.integers(4, 30, 3))
     offset = rng.choice([-0.5, 0.5, 0.0, 3.5, -2.0], 3) + rng.choice([0.0, 1e-9, -1e-9, 0.25], 3)
     offset += np.where(linear.sum(1) < 0, np.array(source.shape) - 1, 0)
-    expected = ndimage.affine_transform(source.astype(np.float64), linear, offset=offset, output_shape=shape, order=1, mode="constant")  # fmt: skip
+    expected = ndimage.affine_transform(
+        source.astype(np.float64), linear, offset=offset, output_shape=shape, order=1, mode="constant"
+    )
     np.testing.assert_allclose(sample_linear(source, linear, offset, shape), expected, atol=2e-6)

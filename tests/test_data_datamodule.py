@@ -9,11 +9,12 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from sammoe.data.cache import PreprocessCache
-from sammoe.lit.datamodule import CaseDataset, SegDataModule, TargetDataset
 from sammoe.data.datasets import index_dataset
 from sammoe.data.phantoms import LABELS, make_phantom_dataset
 from sammoe.data.preprocess import Preprocessor
 from sammoe.errors import DataError
+from sammoe.lit.crop_datasets import CaseDataset, CropSettings, TargetDataset
+from sammoe.lit.datamodule import SegDataModule
 
 SMALL = {"shape": (40, 40, 24), "spacing": (3.6, 3.6, 6.0)}
 
@@ -69,8 +70,12 @@ def test_label_values_checked_against_dataset_json(root, tmp_path):
     data[0, 0, 0] = 9
     nib.save(nib.Nifti1Image(data, img.affine), bad)
     case = case.model_copy(update={"label": bad})
-    ds = TargetDataset([(case, case.classes[0])], PreprocessCache(None, Preprocessor(4.0, 16)), Preprocessor(4.0, 16),
-                       index=index)  # fmt: skip
+    ds = TargetDataset(
+        [(case, case.classes[0])],
+        PreprocessCache(None, Preprocessor(4.0, 16)),
+        Preprocessor(4.0, 16),
+        index=index,
+    )
     with pytest.raises(DataError, match=r"bad.nii.gz: label values \[9\] are not declared"):
         ds[0]
 
@@ -80,22 +85,28 @@ def test_target_dataset_items_and_empty_class(root):
     pre = Preprocessor(4.0, 16)
     cache = PreprocessCache(None, pre)
     targets = index.targets(classes=["kidney_left"])
-    item = TargetDataset(targets, cache, pre, flips=True, index=index)[0]
+    item = TargetDataset(targets, cache, pre, index=index, settings=CropSettings(flips=True))[0]
     assert item["image"].shape == (1, 16, 16, 16) and item["image"].dtype == torch.float32
     assert item["label"].shape == (1, 16, 16, 16) and set(item["label"].unique().tolist()) == {0.0, 1.0}
     assert item["class_name"] == "kidney_left" and item["label_value"] == LABELS["kidney_left"]
-    huge = TargetDataset(targets, cache, pre, min_voxels=10**6, on_empty="error")
+    huge = TargetDataset(targets, cache, pre, settings=CropSettings(min_voxels=10**6, on_empty="error"))
     with pytest.raises(DataError, match="no voxels of class kidney_left"):
         huge[0]
     with pytest.raises(DataError, match="none of the"):
-        TargetDataset(targets, cache, pre, min_voxels=10**6, on_empty="skip")[0]
+        TargetDataset(targets, cache, pre, settings=CropSettings(min_voxels=10**6, on_empty="skip"))[0]
 
 
 def test_datamodule_batches_split_and_eval(root, tmp_path):
     dm = SegDataModule(
-        roots=str(root), classes=["liver", "spinal_cord"], crop_size=16, spacing=4.0, batch_size=3,
-        cache_dir=str(tmp_path / "cache"), val_fraction=0.4, seed=1,
-    )  # fmt: skip
+        roots=str(root),
+        classes=["liver", "spinal_cord"],
+        crop_size=16,
+        spacing=4.0,
+        batch_size=3,
+        cache_dir=str(tmp_path / "cache"),
+        val_fraction=0.4,
+        seed=1,
+    )
     dm.setup("fit")
     train_cases = {c.case_id for c, _ in dm.train_targets}
     val_cases = {c.case_id for c, _ in dm.val_targets}
@@ -140,7 +151,7 @@ def test_configurable_from_yaml(root, tmp_path):
                     "ct_clamp": [-1000, 1000],
                 }
             }
-        )  # fmt: skip
+        )
     )
     dm = parser.instantiate_classes(cfg).data
     assert isinstance(dm, SegDataModule) and dm.preprocessor.target_spacing == (4.0, 4.0, 5.0)
@@ -173,11 +184,25 @@ def test_lightning_fit_and_test_loop(root, tmp_path):
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    dm = SegDataModule(roots=str(root), classes=["liver"], crop_size=16, spacing=4.0, batch_size=2, num_workers=1,
-                       cache_dir=str(tmp_path / "c"))  # fmt: skip
+    dm = SegDataModule(
+        roots=str(root),
+        classes=["liver"],
+        crop_size=16,
+        spacing=4.0,
+        batch_size=2,
+        num_workers=1,
+        cache_dir=str(tmp_path / "c"),
+    )
     probe = Probe()
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(probe, datamodule=dm)
     trainer.test(probe, datamodule=dm, verbose=False)
     assert probe.seen == ["phantom_005"]

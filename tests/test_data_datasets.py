@@ -45,12 +45,16 @@ def test_msd_index(nnunet_root, tmp_path):
         shutil.copy(nnunet_root / f"imagesTr/phantom_00{i}_0000.nii.gz", root / f"imagesTr/ph_{i}.nii.gz")
         shutil.copy(nnunet_root / f"labelsTr/phantom_00{i}.nii.gz", root / f"labelsTr/ph_{i}.nii.gz")
     meta = {
-        "name": "Phantom", "tensorImageSize": "3D", "modality": {"0": "CT"},
+        "name": "Phantom",
+        "tensorImageSize": "3D",
+        "modality": {"0": "CT"},
         "labels": {"0": "background", "1": "liver", "5": "spinal_cord"},
         "numTraining": 2,
-        "training": [{"image": f"./imagesTr/ph_{i}.nii.gz", "label": f"./labelsTr/ph_{i}.nii.gz"} for i in range(2)],
+        "training": [
+            {"image": f"./imagesTr/ph_{i}.nii.gz", "label": f"./labelsTr/ph_{i}.nii.gz"} for i in range(2)
+        ],
         "test": [],
-    }  # fmt: skip
+    }
     (root / "dataset.json").write_text(json.dumps(meta))
     index = index_dataset(root)
     assert index.datasets[0].layout == "msd" and index.datasets[0].labels == {"liver": 1, "spinal_cord": 5}

@@ -25,11 +25,18 @@ def _ct_series(folder, image: np.ndarray, spacing=(0.9, 0.9, 2.5), origin=(-40.0
         sl = volume[:, :, k]
         position = volume.TransformIndexToPhysicalPoint((0, 0, k))
         tags = {
-            "0008|0016": "1.2.840.10008.5.1.4.1.1.2", "0008|0060": "CT", "0010|0010": "Phantom^Test",
-            "0010|0020": "P1", "0020|000d": "1.2.826.0.1.3680043.2.1125.8", "0020|000e": "1.2.826.0.1.3680043.2.1125.7",
-            "0020|0052": "1.2.826.0.1.3680043.2.1125.9", "0020|0013": str(k + 1), "0020|0037": "1\\0\\0\\0\\1\\0",
-            "0020|0032": "\\".join(str(v) for v in position), "0018|0050": str(spacing[2]),
-        }  # fmt: skip
+            "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
+            "0008|0060": "CT",
+            "0010|0010": "Phantom^Test",
+            "0010|0020": "P1",
+            "0020|000d": "1.2.826.0.1.3680043.2.1125.8",
+            "0020|000e": "1.2.826.0.1.3680043.2.1125.7",
+            "0020|0052": "1.2.826.0.1.3680043.2.1125.9",
+            "0020|0013": str(k + 1),
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0020|0032": "\\".join(str(v) for v in position),
+            "0018|0050": str(spacing[2]),
+        }
         for tag, value in tags.items():
             sl.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"{k:03d}.dcm"))
@@ -51,8 +58,13 @@ def test_dicom_seg_matches_the_nifti_output_and_names_its_segments(tmp_path, cap
         voxels = np.argwhere(truth == LABELS[name])
         return voxels[np.argmin(np.abs(voxels - np.median(voxels, 0)).sum(1))].tolist()
 
-    clicks = {"space": "voxel", "targets": [{"name": "liver", "points": [inside("liver")]},
-                                            {"name": "spleen", "points": [inside("spleen")]}]}  # fmt: skip
+    clicks = {
+        "space": "voxel",
+        "targets": [
+            {"name": "liver", "points": [inside("liver")]},
+            {"name": "spleen", "points": [inside("spleen")]},
+        ],
+    }
     (tmp_path / "clicks.json").write_text(json.dumps(clicks))
     base = ["--image", str(series), "--clicks", str(tmp_path / "clicks.json"), "--checkpoint", "demo"]
     base += ["--experts", "none", "--quiet"]
@@ -90,5 +102,17 @@ def test_dicom_seg_is_refused_early_for_a_file_input(tmp_path):
     image, _, affine = make_phantom_case(6, shape=(32, 32, 16))
     nib.save(nib.Nifti1Image(image, affine), str(tmp_path / "case.nii.gz"))
     with pytest.raises(ConfigError, match="references the slices of a DICOM series"):
-        main(["--image", str(tmp_path / "case.nii.gz"), "--point", "16", "16", "8", "--checkpoint", "demo",
-              "--out", str(tmp_path / "seg.dcm")])  # fmt: skip
+        main(
+            [
+                "--image",
+                str(tmp_path / "case.nii.gz"),
+                "--point",
+                "16",
+                "16",
+                "8",
+                "--checkpoint",
+                "demo",
+                "--out",
+                str(tmp_path / "seg.dcm"),
+            ]
+        )

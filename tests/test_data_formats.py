@@ -90,8 +90,23 @@ def test_segment_reads_nrrd_and_writes_on_its_grid(tmp_path, capsys):
     itk.SetDirection(tuple((lps[:3, :3] / np.linalg.norm(lps[:3, :3], axis=0)).reshape(-1)))
     sitk.WriteImage(itk, str(tmp_path / "case.nrrd"))
     out = tmp_path / "seg.nii.gz"
-    rc = main(["--image", str(tmp_path / "case.nrrd"), "--point", "24", "24", "16", "--out", str(out),
-               "--checkpoint", "demo", "--experts", "none", "--quiet"])  # fmt: skip
+    rc = main(
+        [
+            "--image",
+            str(tmp_path / "case.nrrd"),
+            "--point",
+            "24",
+            "24",
+            "16",
+            "--out",
+            str(out),
+            "--checkpoint",
+            "demo",
+            "--experts",
+            "none",
+            "--quiet",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     written = read_image(out)
     assert written.shape == (48, 48, 32)
@@ -110,8 +125,13 @@ def test_segment_writes_a_slicer_segmentation_with_names(tmp_path, capsys):
     import nibabel as nib
 
     nib.save(nib.Nifti1Image(image, affine), str(tmp_path / "case.nii.gz"))
-    clicks = {"space": "voxel", "targets": [{"name": "liver", "points": [[20, 22, 16]]},
-                                            {"name": "kidney_left", "points": [[30, 30, 16]]}]}  # fmt: skip
+    clicks = {
+        "space": "voxel",
+        "targets": [
+            {"name": "liver", "points": [[20, 22, 16]]},
+            {"name": "kidney_left", "points": [[30, 30, 16]]},
+        ],
+    }
     (tmp_path / "clicks.json").write_text(json.dumps(clicks))
     base = ["--image", str(tmp_path / "case.nii.gz"), "--clicks", str(tmp_path / "clicks.json")]
     base += ["--checkpoint", "demo", "--experts", "none", "--quiet"]

@@ -20,8 +20,11 @@ def point(label, position, status="defined", description=""):
 
 
 def markups(*nodes) -> dict:
-    return {"@schema": "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/"
-            "Resources/Schema/markups-schema-v1.0.3.json#", "markups": list(nodes)}  # fmt: skip
+    return {
+        "@schema": "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/"
+        "Resources/Schema/markups-schema-v1.0.3.json#",
+        "markups": list(nodes),
+    }
 
 
 def write(path, doc):
@@ -30,12 +33,25 @@ def write(path, doc):
 
 
 def test_point_lists_become_targets_in_ras_mm(tmp_path):
-    lps = {"type": "Fiducial", "name": "tumour", "coordinateSystem": "LPS", "controlPoints": [
-        point("F-1", (10, 20, 30)), point("-2", (11, 21, 31)), point("neg", (1, 2, 3)),
-        point("F-4", (12, 22, 32), description="Negative"), point("F-5", (0, 0, 0), status="undefined"),
-        point("F-6", (9, 9, 9), status="preview")]}  # fmt: skip
-    ras_um = {"type": "Fiducial", "coordinateSystem": "RAS", "coordinateUnits": ["um", "UCUM", "micrometer"],
-              "controlPoints": [point("P", (5000, -6000, 7000))]}  # fmt: skip
+    lps = {
+        "type": "Fiducial",
+        "name": "tumour",
+        "coordinateSystem": "LPS",
+        "controlPoints": [
+            point("F-1", (10, 20, 30)),
+            point("-2", (11, 21, 31)),
+            point("neg", (1, 2, 3)),
+            point("F-4", (12, 22, 32), description="Negative"),
+            point("F-5", (0, 0, 0), status="undefined"),
+            point("F-6", (9, 9, 9), status="preview"),
+        ],
+    }
+    ras_um = {
+        "type": "Fiducial",
+        "coordinateSystem": "RAS",
+        "coordinateUnits": ["um", "UCUM", "micrometer"],
+        "controlPoints": [point("P", (5000, -6000, 7000))],
+    }
     path = write(tmp_path / "points.mrk.json", markups(lps, ras_um))
     assert is_markups(path) and not is_markups(tmp_path / "clicks.json")
     doc = read_markups(path)
@@ -89,13 +105,26 @@ def test_sammoe_segment_reads_markups_like_the_same_clicks_in_voxels(tmp_path, c
     ras = voxels @ AFFINE[:3, :3].T + AFFINE[:3, 3]
     lps = ras * [-1, -1, 1]
     slicer = markups(
-        {"type": "Fiducial", "name": "lesion", "coordinateSystem": "LPS",
-         "controlPoints": [point("F-1", lps[0]), point("-F-2", lps[1])]},
-        {"type": "Fiducial", "name": "cyst", "coordinateSystem": "RAS", "controlPoints": [point("C", ras[2])]},
-    )  # fmt: skip
-    same = {"space": "voxel", "targets": [
-        {"name": "lesion", "points": voxels[:2].tolist(), "labels": [1, 0]},
-        {"name": "cyst", "points": voxels[2:].tolist()}]}  # fmt: skip
+        {
+            "type": "Fiducial",
+            "name": "lesion",
+            "coordinateSystem": "LPS",
+            "controlPoints": [point("F-1", lps[0]), point("-F-2", lps[1])],
+        },
+        {
+            "type": "Fiducial",
+            "name": "cyst",
+            "coordinateSystem": "RAS",
+            "controlPoints": [point("C", ras[2])],
+        },
+    )
+    same = {
+        "space": "voxel",
+        "targets": [
+            {"name": "lesion", "points": voxels[:2].tolist(), "labels": [1, 0]},
+            {"name": "cyst", "points": voxels[2:].tolist()},
+        ],
+    }
     outputs = []
     for clicks in (write(tmp_path / "points.mrk.json", slicer), write(tmp_path / "clicks.json", same)):
         out = tmp_path / f"{clicks.name.split('.')[0]}.nii.gz"

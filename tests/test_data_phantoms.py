@@ -1,4 +1,5 @@
-"""Phantom generator: determinism, every class present, nnU-Net layout, class subsets, refusal to overwrite."""
+"""Phantom generator: determinism, every class present, nnU-Net layout, class subsets, refusal to
+overwrite."""
 
 import json
 
@@ -20,9 +21,15 @@ SMALL = {"shape": (48, 48, 32), "spacing": (3.0, 3.0, 5.0)}
 
 def test_label_constants_are_stable():
     assert LABELS == {
-        "background": 0, "liver": 1, "kidney_left": 2, "kidney_right": 3, "spleen": 4,
-        "spinal_cord": 5, "nodules": 6, "textured_lesion": 7,
-    }  # fmt: skip
+        "background": 0,
+        "liver": 1,
+        "kidney_left": 2,
+        "kidney_right": 3,
+        "spleen": 4,
+        "spinal_cord": 5,
+        "nodules": 6,
+        "textured_lesion": 7,
+    }
     assert set(GENERAL_CLASSES) | set(TASK_CLASSES) == set(LABELS) - {"background"}
     assert not set(GENERAL_CLASSES) & set(TASK_CLASSES)
 

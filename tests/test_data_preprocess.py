@@ -322,8 +322,15 @@ def test_linear_probabilities_put_edges_closer_to_the_truth_than_nearest_masks()
     roi_affine = np.diag([1.5, 1.5, 1.5, 1.0])
     orig_affine = np.diag([0.5, 0.5, 0.5, 1.0])
     orig_affine[:3, 3] = -0.5  # fine voxel centres sit between coarse ones
-    roi = Roi(image=torch.empty(0), start=np.zeros(3, dtype=np.int64), size=(size,) * 3, ras_affine=roi_affine,
-              ras_shape=(size,) * 3, orig_affine=orig_affine, orig_shape=(fine,) * 3)  # fmt: skip
+    roi = Roi(
+        image=torch.empty(0),
+        start=np.zeros(3, dtype=np.int64),
+        size=(size,) * 3,
+        ras_affine=roi_affine,
+        ras_shape=(size,) * 3,
+        orig_affine=orig_affine,
+        orig_shape=(fine,) * 3,
+    )
     centre, radius = np.array([17.3, 18.1, 16.7]), 9.2  # mm
     coarse = np.stack(np.meshgrid(*[np.arange(size) * 1.5] * 3, indexing="ij"), -1)
     prob = 1 / (1 + np.exp((np.linalg.norm(coarse - centre, axis=-1) - radius) / 1.0))

@@ -1,4 +1,5 @@
-"""The README's main job, shrunk: `sammoe demo --fast` runs the whole pipeline and reports what it measured."""
+"""The README's main job, shrunk: `sammoe demo --fast` runs the whole pipeline and reports what it
+measured."""
 
 from __future__ import annotations
 

@@ -1,9 +1,11 @@
-"""The Lightning test loop (click-centred protocol) and the Predictor a user runs agree, given the same clicks.
+"""The Lightning test loop (click-centred protocol) and the Predictor a user runs agree, given the same
+clicks.
 
 `sammoe test` scores the click-centred protocol through `GateTraining`'s own model; this test replays the
-protocol by hand through `Predictor.load("demo")` (the shipped foundation, the installed experts, the shipped gate:
-what `sammoe segment` loads) and compares Dice per class and model. A drift between the training/evaluation
-stack and the inference stack (crop placement, click mapping, routing, sliding window, inverse) shows up here.
+protocol by hand through `Predictor.load("demo")` (the shipped foundation, the installed experts, the shipped
+gate: what `sammoe segment` loads) and compares Dice per class and model. A drift between the
+training/evaluation stack and the inference stack (crop placement, click mapping, routing, sliding window,
+inverse) shows up here.
 """
 
 from __future__ import annotations
@@ -66,15 +68,29 @@ def test_lightning_click_protocol_matches_the_predictor(tmp_path):
 
     names = _installed_moe()
     dm = PhantomDataModule(
-        root=str(tmp_path / "ds"), cache_dir=str(tmp_path / "cache"), n_cases=2, n_test=2, phantom_seed=11,
-        crop_size=64, classes=CLASSES, eval_split="test",
-    )  # fmt: skip
+        root=str(tmp_path / "ds"),
+        cache_dir=str(tmp_path / "cache"),
+        n_cases=2,
+        n_test=2,
+        phantom_seed=11,
+        crop_size=64,
+        classes=CLASSES,
+        eval_split="test",
+    )
     module = GateTraining(
-        gate=str(assets.GATE_TINY), tune_tau=False, click_counts=list(CLICKS), nsd_tolerance_mm=None,
+        gate=str(assets.GATE_TINY),
+        tune_tau=False,
+        click_counts=list(CLICKS),
+        nsd_tolerance_mm=None,
         overlay_images=False,
-    )  # fmt: skip
-    trainer = L.Trainer(accelerator="cpu", logger=False, default_root_dir=tmp_path, enable_progress_bar=False,
-                        enable_model_summary=False)  # fmt: skip
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.test(module, datamodule=dm)
     lightning = defaultdict(list)
     with open(tmp_path / "test" / "results.csv") as handle:

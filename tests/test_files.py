@@ -65,8 +65,11 @@ def test_check_outputs_refuses(tmp_path, outputs, message):
     (tmp_path / "series").mkdir()
     for name in ("series/slice_001.dcm", "clicks.json", "gate.safetensors", "afile"):
         (tmp_path / name).write_text("x")
-    inputs = {"--image": tmp_path / "series", "--clicks": tmp_path / "clicks.json",
-              "--gate": tmp_path / "gate.safetensors"}  # fmt: skip
+    inputs = {
+        "--image": tmp_path / "series",
+        "--clicks": tmp_path / "clicks.json",
+        "--gate": tmp_path / "gate.safetensors",
+    }
     with pytest.raises(DataError, match=message) as err:
         check_outputs({k: tmp_path / v for k, v in outputs.items()}, inputs, overwrite=True)
     assert "\n" not in str(err.value)
@@ -180,8 +183,21 @@ def test_segment_never_replaces_an_input_and_writes_nothing_when_refused(tmp_pat
         (slice_, "inside the input --image"),
         (clicks, "would replace the input --clicks"),
     ):
-        rc = main(["segment", "--image", str(series), "--clicks", str(clicks), "--out", str(tmp_path / "seg.nii.gz"),
-                   "--report", str(report), "--overwrite", "--quiet"])  # fmt: skip
+        rc = main(
+            [
+                "segment",
+                "--image",
+                str(series),
+                "--clicks",
+                str(clicks),
+                "--out",
+                str(tmp_path / "seg.nii.gz"),
+                "--report",
+                str(report),
+                "--overwrite",
+                "--quiet",
+            ]
+        )
         err = capsys.readouterr().err
         assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "seg.nii.gz").exists()

@@ -1,4 +1,5 @@
-"""`sammoe segment`: outputs on the input grid, clicks files, reports, pictures, and one line per bad input."""
+"""`sammoe segment`: outputs on the input grid, clicks files, reports, pictures, and one line per bad
+input."""
 
 from __future__ import annotations
 
@@ -53,9 +54,18 @@ def test_inline_clicks_write_label_map_on_the_input_grid(tmp_path, capsys, ckpt,
     rc, _, err = run(capsys, "--image", image, "--checkpoint", ckpt, "--out", out, "--point", 20, 15, 12)
     assert rc == 2 and "already exists" in err and "--overwrite" in err
     rc, _, err = run(
-        capsys, "-i", image, "--checkpoint", ckpt, "--experts", "none", "-o", out, "--overwrite",
+        capsys,
+        "-i",
+        image,
+        "--checkpoint",
+        ckpt,
+        "--experts",
+        "none",
+        "-o",
+        out,
+        "--overwrite",
         *("--point", 20, 15, 12, "--quiet"),
-    )  # fmt: skip
+    )
     assert rc == 0, err  # -i / -o spell --image / --out
 
 
@@ -151,9 +161,18 @@ def test_bad_clicks_file_one_line(tmp_path, capsys, ckpt, image, content, messag
     path = tmp_path / "clicks.json"
     path.write_text(content if isinstance(content, str) else json.dumps(content))
     rc, _, err = run(
-        capsys, "--image", image, "--checkpoint", ckpt, "--experts", "none", "--out", tmp_path / "s.nii.gz",
-        "--clicks", path,
-    )  # fmt: skip
+        capsys,
+        "--image",
+        image,
+        "--checkpoint",
+        ckpt,
+        "--experts",
+        "none",
+        "--out",
+        tmp_path / "s.nii.gz",
+        "--clicks",
+        path,
+    )
     assert rc == 2
     assert message in err
     assert err.count("\n") == 1
@@ -206,7 +225,16 @@ def test_missing_shipped_model_says_how_to_create_it(tmp_path, capsys, monkeypat
     from sammoe import assets
 
     monkeypatch.setattr(assets, "FOUNDATION_TINY", tmp_path / "foundation_tiny.safetensors")
-    rc, _, err = run(capsys, "--image", image, "--out", tmp_path / "s.nii.gz", *("--point", 20, 15, 12), "--checkpoint", "demo")  # fmt: skip
+    rc, _, err = run(
+        capsys,
+        "--image",
+        image,
+        "--out",
+        tmp_path / "s.nii.gz",
+        *("--point", 20, 15, 12),
+        "--checkpoint",
+        "demo",
+    )
     assert rc == 2 and "make foundation" in err and err.count("\n") == 1
 
 
@@ -226,9 +254,17 @@ def test_no_model_chosen_is_refused_before_the_image_is_read(tmp_path, capsys, m
 def test_the_demo_model_says_so_on_stderr_and_in_the_report(tmp_path, capsys, image):
     report = tmp_path / "r.json"
     rc, _, err = run(
-        capsys, "--image", image, "--out", tmp_path / "s.nii.gz", "--point", 20, 15, 12,
+        capsys,
+        "--image",
+        image,
+        "--out",
+        tmp_path / "s.nii.gz",
+        "--point",
+        20,
+        15,
+        12,
         *("--checkpoint", "demo", "--experts", "none", "--report", report, "--quiet"),
-    )  # fmt: skip
+    )
     assert rc == 0, err
     assert "warning: the demo model knows only sammoe's synthetic phantoms" in err
     model = json.loads(report.read_text())["model"]
@@ -308,16 +344,33 @@ def test_route_forces_one_decoder_and_names_it_in_the_report(tmp_path, capsys, i
     for route in ("foundation", expert):
         report = tmp_path / f"{route}.json"
         rc, _, err = run(
-            capsys, "--image", image, "--out", tmp_path / f"{route}.nii.gz", "--report", report,
+            capsys,
+            "--image",
+            image,
+            "--out",
+            tmp_path / f"{route}.nii.gz",
+            "--report",
+            report,
             *("--point", 20, 15, 12, "--route", route, "--quiet", "--checkpoint", "demo"),
-        )  # fmt: skip
+        )
         assert rc == 0, err
         data = json.loads(report.read_text())
         assert data["route"] == route and data["targets"][0]["expert"] == route
     rc, _, err = run(
-        capsys, "--image", image, "--out", tmp_path / "x.nii.gz", "--point", 20, 15, 12, "--route", "nope",
-        "--checkpoint", "demo",
-    )  # fmt: skip
+        capsys,
+        "--image",
+        image,
+        "--out",
+        tmp_path / "x.nii.gz",
+        "--point",
+        20,
+        15,
+        12,
+        "--route",
+        "nope",
+        "--checkpoint",
+        "demo",
+    )
     assert rc == 2 and "route 'nope' is not a loaded model" in err and "foundation" in err
     assert len(err.strip().splitlines()) == 1
 
@@ -330,7 +383,18 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, image, monkeypatch):
 
     monkeypatch.setattr(infer.Predictor, "predict", interrupted)
     out = tmp_path / "seg.nii.gz"
-    rc, _, err = run(capsys, "--image", image, "--experts", "none", "--out", out, *("--point", 20, 15, 12), "--checkpoint", "demo")  # fmt: skip
+    rc, _, err = run(
+        capsys,
+        "--image",
+        image,
+        "--experts",
+        "none",
+        "--out",
+        out,
+        *("--point", 20, 15, 12),
+        "--checkpoint",
+        "demo",
+    )
     assert rc == 130 and err.strip().splitlines()[-1:] == [
         "sammoe: interrupted; segment stopped, outputs are written only when complete"
     ]
@@ -381,9 +445,19 @@ def test_an_output_folder_that_refuses_files_is_refused_before_the_image_is_read
     monkeypatch.setattr(io, "read_image", must_not_read)
     report = tmp_path / "r.json"
     rc, _, err = run(
-        capsys, "--image", image, "--out", "/proc/seg.nii.gz", "--report", report, "--point", 20, 15, 12,
+        capsys,
+        "--image",
+        image,
+        "--out",
+        "/proc/seg.nii.gz",
+        "--report",
+        report,
+        "--point",
+        20,
+        15,
+        12,
         *("--checkpoint", "demo", "--experts", "none", "--quiet"),
-    )  # fmt: skip
+    )
     assert rc == 2 and err.count("\n") == 1, err
     assert err.startswith("sammoe: error: --out /proc/seg.nii.gz: cannot write in /proc (")
     assert err.endswith("; choose another folder\n")
@@ -406,9 +480,20 @@ def test_a_full_disk_while_writing_is_one_line_and_leaves_no_output(
     out.write_bytes(b"an earlier label map")
     monkeypatch.setattr(files.os, "fsync", no_space)
     rc, _, err = run(
-        capsys, "--image", image, "--out", out, "--report", report, "--overwrite", "--point", 20, 15, 12,
+        capsys,
+        "--image",
+        image,
+        "--out",
+        out,
+        "--report",
+        report,
+        "--overwrite",
+        "--point",
+        20,
+        15,
+        12,
         *("--checkpoint", ckpt, "--experts", "none", "--quiet"),
-    )  # fmt: skip
+    )
     assert rc == 2 and err.count("\n") == 1, err
     assert err == (
         f"sammoe: error: cannot write {out}: no space left on the device (the existing file is unchanged); "

@@ -255,7 +255,8 @@ def test_moe_reports_expert_and_gate(tiny):
 
 def test_a_target_is_routed_once_and_refinement_reuses_it(tiny, monkeypatch):
     """Routing reads only the first positive click, so refinement clicks reuse the first step's route and
-    probabilities (the texture statistics cost more than a decoder pass) with the same masks as recomputing."""
+    probabilities (the texture statistics cost more than a decoder pass) with the same masks as
+    recomputing."""
     import sammoe.model.moe as moe_module
 
     torch.manual_seed(1)

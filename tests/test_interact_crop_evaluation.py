@@ -100,8 +100,14 @@ def test_ddp_duplicates_count_once():
     emb = torch.zeros(2, 8, 4, 4, 4)
     model = [EvalModel("empty", lambda b: _empty_step)]
     rank0 = evaluate_batch(model, emb, batch, click_counts=(1,), low_res_size=LOW, tolerance_mm=None).rows
-    rank1 = evaluate_batch(model, emb[:1], {**batch, "label": batch["label"][:1], "image": batch["image"][:1]},
-                           click_counts=(1,), low_res_size=LOW, tolerance_mm=None).rows  # fmt: skip
+    rank1 = evaluate_batch(
+        model,
+        emb[:1],
+        {**batch, "label": batch["label"][:1], "image": batch["image"][:1]},
+        click_counts=(1,),
+        low_res_size=LOW,
+        tolerance_mm=None,
+    ).rows
     assert len(merge_rows(rank0, rank1)) == 2
 
 

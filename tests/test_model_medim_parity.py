@@ -21,25 +21,50 @@ TOL = {"atol": 1e-4, "rtol": 1e-4}
 CONFIGS = {
     # 4^3 tokens in a window of 14: one padded window (the turbo situation, shrunk)
     "grid_smaller_than_window": SamMed3DConfig(
-        image_size=64, encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2,
-        encoder_global_attn_indexes=(1,), window_size=14, prompt_embed_dim=48, iou_head_hidden_dim=40,
+        image_size=64,
+        encoder_embed_dim=32,
+        encoder_depth=2,
+        encoder_num_heads=2,
+        encoder_global_attn_indexes=(1,),
+        window_size=14,
+        prompt_embed_dim=48,
+        iou_head_hidden_dim=40,
     ),
     # 6^3 tokens, window 4: padded to 8^3, 2x2x2 windows with partial tails
     "multi_window_with_padding": SamMed3DConfig(
-        image_size=96, encoder_embed_dim=48, encoder_depth=3, encoder_num_heads=3,
-        encoder_global_attn_indexes=(2,), window_size=4, prompt_embed_dim=48, iou_head_hidden_dim=32,
+        image_size=96,
+        encoder_embed_dim=48,
+        encoder_depth=3,
+        encoder_num_heads=3,
+        encoder_global_attn_indexes=(2,),
+        window_size=4,
+        prompt_embed_dim=48,
+        iou_head_hidden_dim=32,
     ),
     # 5^3 tokens, window 2: padded to 6^3, 3 windows per axis, tail extent 1
     "odd_grid_small_window": SamMed3DConfig(
-        image_size=80, encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=4,
-        encoder_global_attn_indexes=(0,), window_size=2, prompt_embed_dim=96, iou_head_hidden_dim=24,
+        image_size=80,
+        encoder_embed_dim=32,
+        encoder_depth=2,
+        encoder_num_heads=4,
+        encoder_global_attn_indexes=(0,),
+        window_size=2,
+        prompt_embed_dim=96,
+        iou_head_hidden_dim=24,
     ),
     # 8^3 tokens (patch 8), window 4: an exact partition, no padding at all
     "exact_partition": SamMed3DConfig(
-        image_size=64, patch_size=8, encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2,
-        encoder_global_attn_indexes=(0,), window_size=4, prompt_embed_dim=48, iou_head_hidden_dim=40,
+        image_size=64,
+        patch_size=8,
+        encoder_embed_dim=32,
+        encoder_depth=2,
+        encoder_num_heads=2,
+        encoder_global_attn_indexes=(0,),
+        window_size=4,
+        prompt_embed_dim=48,
+        iou_head_hidden_dim=40,
     ),
-}  # fmt: skip
+}
 
 
 def build_official(config: SamMed3DConfig, seed: int) -> torch.nn.Module:
@@ -101,17 +126,23 @@ def interactive_outputs(model, image, clicks, labels, n_steps=2):
                 points=(clicks[:, : step + 1], labels[:, : step + 1]), boxes=None, masks=low
             )
             low, iou = model.mask_decoder(
-                image_embeddings=embedding, image_pe=pe, sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense, multimask_output=False,
-            )  # fmt: skip
+                image_embeddings=embedding,
+                image_pe=pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
+            )
             outputs += [sparse, dense, low, iou]
         sparse, dense = model.prompt_encoder(points=None, boxes=None, masks=low)
         outputs += list(
             model.mask_decoder(
-                image_embeddings=embedding, image_pe=pe, sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense, multimask_output=True,
+                image_embeddings=embedding,
+                image_pe=pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=True,
             )
-        )  # fmt: skip
+        )
     return outputs
 
 

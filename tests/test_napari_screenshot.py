@@ -1,5 +1,5 @@
-"""docs/napari_screenshot.py (the README's picture) runs on a shown viewer under Xvfb: the real canvas shows the
-segmented phantom, and the table says which expert segmented what."""
+"""docs/napari_screenshot.py (the README's picture) runs on a shown viewer under Xvfb: the real canvas shows
+the segmented phantom, and the table says which expert segmented what."""
 
 from __future__ import annotations
 

@@ -104,7 +104,8 @@ def test_a_target_starting_with_a_negative_click_waits_for_a_positive_one(sessio
 
 
 def test_refused_clicks_are_not_kept(ckpt):
-    """Outside the image, and outside the target's crop (add_click's DataError), leave the clicks as they were."""
+    """Outside the image, and outside the target's crop (add_click's DataError), leave the clicks as they
+    were."""
     rng = np.random.default_rng(0)
     array = rng.normal(0, 1, size=(200, 24, 24)).astype(np.float32)  # 200 voxels of 1.5 mm: wider than a crop
     array[10:30, 5:15, 5:15] += 4

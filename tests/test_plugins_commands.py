@@ -448,9 +448,9 @@ def test_package_error_is_one_line_exit_2(tmp_path, capsys):
     argv = ["experts", "package", "--checkpoint", str(tmp_path / "x.ckpt"), "--name", "liver", "--out", "o"]
     code, out, err = _cli(argv, capsys)
     assert (code, out) == (2, "")
-    assert (
-        err
-        == f"sammoe: error: checkpoint {tmp_path / 'x.ckpt'} not found; pass the finetuned expert's .ckpt or .safetensors\n"
+    assert err == (
+        f"sammoe: error: checkpoint {tmp_path / 'x.ckpt'} not found; "
+        "pass the finetuned expert's .ckpt or .safetensors\n"
     )
 
 

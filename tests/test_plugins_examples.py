@@ -40,7 +40,8 @@ def _files(project: Path) -> dict[str, bytes]:
 
 
 def test_build_script_reproduces_the_committed_examples(tmp_path):
-    """Packaging is deterministic: the committed weights plus their manifest's metadata give the same project."""
+    """Packaging is deterministic: the committed weights plus their manifest's metadata give the same
+    project."""
     arguments = []
     for name, project in EXAMPLES.items():
         package = _package(project)

@@ -75,9 +75,11 @@ def test_the_false_claim_limit_holds_for_each_general_class_not_only_for_all_of_
     threshold, rates = choose_threshold(probs, groups, max_false_claims=0.2, classes=classes)
     assert threshold == pytest.approx(0.55)  # above the claimed liver's 0.5
     assert rates == {
-        "recall": 2 / 3, "false_claims_general": 0.0, "false_claims_background": 0.0,
+        "recall": 2 / 3,
+        "false_claims_general": 0.0,
+        "false_claims_background": 0.0,
         "false_claims_general_worst": 0.0,
-    }  # fmt: skip
+    }
     _, rates = choose_threshold(probs, groups, max_false_claims=0.2, grid=(0.3,), classes=classes)
     assert rates["false_claims_general_worst"] == 0.5 and rates["false_claims_general"] == 0.125
 
@@ -115,16 +117,22 @@ def test_router_file_round_trip_and_refusals(tiny, tmp_path):
     router = _router(tiny, threshold=0.7)
     router.temperature.fill_(1.8)
     path = save_router(
-        router, tmp_path / "router.safetensors", name="a", classes={"a": 1}, backbone=tiny,
+        router,
+        tmp_path / "router.safetensors",
+        name="a",
+        classes={"a": 1},
+        backbone=tiny,
         metrics={"recall": 0.9, "false_claims_general": 0.01, "false_claims_background": 0.0},
-    )  # fmt: skip
+    )
     loaded = load_router_file(path, tiny, "a")
     assert float(loaded.threshold) == pytest.approx(0.7) and float(loaded.temperature) == pytest.approx(1.8)
     features = torch.randn(3, loaded.norm.normalized_shape[0])
     torch.testing.assert_close(loaded.probability(features), router.probability(features))
     assert router_metrics(path.read_bytes(), "x") == {
-        "recall": 0.9, "false_claims_general": 0.01, "false_claims_background": 0.0
-    }  # fmt: skip
+        "recall": 0.9,
+        "false_claims_general": 0.01,
+        "false_claims_background": 0.0,
+    }
     with pytest.raises(CheckpointError, match="a router of expert 'a', not of 'b'"):
         load_router_file(path, tiny, "b")
     other = SamMed3D(PRESETS["tiny"])
@@ -165,11 +173,23 @@ def _routed_expert(site, tmp_path, tiny, name: str, threshold: float = 0.5, rout
     decoder = {k: v.clone() for k, v in tiny.mask_decoder.state_dict().items()}
     extra = {}
     if router:
-        file = save_router(_router(tiny, threshold=threshold), tmp_path / f"{name}.safetensors", name=name,
-                           classes={name: 1}, backbone=tiny, metrics={"recall": 0.8})  # fmt: skip
+        file = save_router(
+            _router(tiny, threshold=threshold),
+            tmp_path / f"{name}.safetensors",
+            name=name,
+            classes={name: 1},
+            backbone=tiny,
+            metrics={"recall": 0.8},
+        )
         extra["router_payload"] = file.read_bytes()
-    fake_expert(site, name, payload=save(decoder), backbone={"fingerprint": backbone_fingerprint(tiny)},
-                task={"classes": {name: 1}, "crop_size": [64, 64, 64]}, **extra)  # fmt: skip
+    fake_expert(
+        site,
+        name,
+        payload=save(decoder),
+        backbone={"fingerprint": backbone_fingerprint(tiny)},
+        task={"classes": {name: 1}, "crop_size": [64, 64, 64]},
+        **extra,
+    )
 
 
 def test_installed_routers_route_when_no_gate_fits_and_a_broken_one_disables_only_its_expert(
@@ -234,13 +254,24 @@ def test_package_bundles_the_router_with_its_measured_rates(tiny, tmp_path):
     save_file(
         {k: v.clone() for k, v in tiny.mask_decoder.state_dict().items()}, str(export / "decoder.safetensors")
     )
-    (export / "decoder.json").write_text(json.dumps({
-        "preset": "tiny", "backbone_fingerprint": backbone_fingerprint(tiny),
-        "task": {"classes": {"liver": 1}, "modality": "CT", "dataset": "phantom"},
-    }))  # fmt: skip
+    (export / "decoder.json").write_text(
+        json.dumps(
+            {
+                "preset": "tiny",
+                "backbone_fingerprint": backbone_fingerprint(tiny),
+                "task": {"classes": {"liver": 1}, "modality": "CT", "dataset": "phantom"},
+            }
+        )
+    )
     metrics = {"recall": 0.93, "false_claims_general": 0.01, "false_claims_background": 0.0}
-    save_router(_router(tiny), export / "router.safetensors", name="liver", classes={"liver": 1},
-                backbone=tiny, metrics=metrics)  # fmt: skip
+    save_router(
+        _router(tiny),
+        export / "router.safetensors",
+        name="liver",
+        classes={"liver": 1},
+        backbone=tiny,
+        metrics=metrics,
+    )
     out = package_expert(export / "decoder.safetensors", "liver", tmp_path / "plugin")
     manifest = json.loads((out / "sammoe_expert_liver" / "manifest.json").read_text())
     assert manifest["router"]["path"] == "router.safetensors"
@@ -252,8 +283,14 @@ def test_package_bundles_the_router_with_its_measured_rates(tiny, tmp_path):
 
     pip_install_target([out], tmp_path / "installed")  # a real install ships the router with the decoder
     assert (tmp_path / "installed" / "sammoe_expert_liver" / "router.safetensors").is_file()
-    save_router(_router(tiny), export / "wrong.safetensors", name="kidney", classes={"kidney": 2},
-                backbone=tiny, metrics={})  # fmt: skip
+    save_router(
+        _router(tiny),
+        export / "wrong.safetensors",
+        name="kidney",
+        classes={"kidney": 2},
+        backbone=tiny,
+        metrics={},
+    )
     with pytest.raises(PluginError, match="a router of expert 'kidney', not of 'liver'"):
         package_expert(
             export / "decoder.safetensors", "liver", tmp_path / "p2", router=export / "wrong.safetensors"
@@ -270,7 +307,8 @@ def test_router_fit_through_the_cli_writes_a_calibrated_router(tmp_path, monkeyp
     make_phantom_dataset(tmp_path / "ds", n_cases=4, n_test=0, shape=(48, 48, 32), spacing=(2.0, 2.0, 3.0))
     run = tmp_path / "run"
     config = tmp_path / "router.yaml"
-    config.write_text(textwrap.dedent(f"""\
+    config.write_text(
+        textwrap.dedent(f"""\
         seed_everything: 0
         trainer: {{accelerator: cpu, devices: 1, max_epochs: 2, logger: false, enable_progress_bar: false,
                    enable_model_summary: false, default_root_dir: {run},
@@ -278,14 +316,15 @@ def test_router_fit_through_the_cli_writes_a_calibrated_router(tmp_path, monkeyp
                                 init_args: {{dirpath: {run}/checkpoints, save_last: true}}}}]}}
         model:
           class_path: RouterTraining
-          init_args: {{name: spinal_cord, task: {{classes: {{spinal_cord: 5}}}}, hidden_dim: 16, patch_radius: 7,
-                       one_cycle: true, general_weight: 2.0}}
+          init_args: {{name: spinal_cord, task: {{classes: {{spinal_cord: 5}}}}, hidden_dim: 16,
+                       patch_radius: 7, one_cycle: true, general_weight: 2.0}}
         data:
           class_path: PhantomDataModule
           init_args: {{root: {tmp_path / "ds"}, n_cases: 4, n_test: 0, crop_size: 64, batch_size: 4,
                        val_fraction: 0.5, background_clicks: 1, classes: [spinal_cord],
                        general_classes: [liver, spleen]}}
-        """))  # fmt: skip
+        """)
+    )
     # the expert's finetuning run already lives there (the overlays share the run directory): kept as it is
     (run / "checkpoints").mkdir(parents=True)
     (run / "config.yaml").write_text("finetune")
@@ -344,8 +383,10 @@ def test_the_feature_cache_computes_each_crop_once_and_persists(tmp_path):
         "image": torch.randn(3, 1, 8, 8, 8, generator=gen),
         "first_click": torch.tensor([[1, 2, 3], [4, 4, 4], [1, 2, 3]]),
         "start": torch.zeros(3, 3, dtype=torch.long),
-        "dataset": ["d"] * 3, "case_id": ["a", "a", "b"], "class_name": ["liver", "liver", "background"],
-    }  # fmt: skip
+        "dataset": ["d"] * 3,
+        "case_id": ["a", "a", "b"],
+        "class_name": ["liver", "liver", "background"],
+    }
     calls = []
 
     def compute(rows):
@@ -398,8 +439,15 @@ def test_click_draws_make_training_crops_repeat(tmp_path):
     make_phantom_dataset(tmp_path / "ds", n_cases=2, n_test=0, shape=(48, 48, 32), spacing=(2.0, 2.0, 3.0))
     starts = {}  # where the liver crop of phantom_000 sits, over 20 draws
     for draws, classes in ((2, ["liver"]), (0, ["liver"]), (2, ["spleen", "liver"])):
-        dm = PhantomDataModule(root=str(tmp_path / "ds"), n_cases=2, n_test=0, crop_size=64, val_fraction=0.0,
-                               classes=classes, click_draws=draws)  # fmt: skip
+        dm = PhantomDataModule(
+            root=str(tmp_path / "ds"),
+            n_cases=2,
+            n_test=0,
+            crop_size=64,
+            val_fraction=0.0,
+            classes=classes,
+            click_draws=draws,
+        )
         dm.setup("fit")
         dataset = dm.train_dataset()
         item = next(
@@ -471,14 +519,26 @@ def test_gate_training_can_evaluate_the_experts_own_routers(tiny, tmp_path):
     save_file(
         {k: v.clone() for k, v in tiny.mask_decoder.state_dict().items()}, str(export / "decoder.safetensors")
     )
-    (export / "decoder.json").write_text(json.dumps({
-        "preset": "tiny", "backbone_fingerprint": backbone_fingerprint(tiny), "task": {"classes": {"liver": 1}},
-    }))  # fmt: skip
+    (export / "decoder.json").write_text(
+        json.dumps(
+            {
+                "preset": "tiny",
+                "backbone_fingerprint": backbone_fingerprint(tiny),
+                "task": {"classes": {"liver": 1}},
+            }
+        )
+    )
     files = {"liver": str(export / "decoder.safetensors")}
     with pytest.raises(CheckpointError, match="router not found"):
         GateTraining(checkpoint=str(trunk), expert_files=files, routing="routers")
-    save_router(_router(tiny, threshold=0.4), export / "router.safetensors", name="liver", classes={"liver": 1},
-                backbone=tiny, metrics={})  # fmt: skip
+    save_router(
+        _router(tiny, threshold=0.4),
+        export / "router.safetensors",
+        name="liver",
+        classes={"liver": 1},
+        backbone=tiny,
+        metrics={},
+    )
     module = GateTraining(checkpoint=str(trunk), expert_files=files, routing="routers")
     assert module.moe.routing == "routers" and float(module.moe.routers["liver"].threshold) == pytest.approx(
         0.4

@@ -44,8 +44,11 @@ def test_installed_wheel_runs_the_demo_outside_the_checkout(tmp_path):
     env["WANDB_MODE"] = "offline"
     proc = subprocess.run(
         [str(venv / "bin" / "sammoe"), "demo", "--fast", "--out", "runs/demo"],
-        cwd=empty, env=env, capture_output=True, text=True,
-    )  # fmt: skip
+        cwd=empty,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "using the copies shipped in sammoe" in proc.stdout
     assert (empty / "runs" / "demo" / "report.md").is_file()

@@ -1,5 +1,6 @@
-"""When the napari tests can run: napari + pytest-qt installed and a real X display (pytest-xvfb starts Xvfb
-when the binary exists; napari cannot render with Qt's offscreen platform). Otherwise they skip and say why."""
+"""When the napari tests can run: napari + pytest-qt installed and a real X display (pytest-xvfb starts
+Xvfb when the binary exists; napari cannot render with Qt's offscreen platform). Otherwise they skip and say
+why."""
 
 from __future__ import annotations
 
