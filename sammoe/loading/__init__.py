@@ -1,4 +1,5 @@
-"""The one way from files to models (this package): backbone checkpoints, expert decoders, gates, and every check on them.
+"""The one way from files to models (this package): backbone checkpoints, expert decoders, gates, and every
+check on them.
 
 Nothing here executes code from a file: torch checkpoints load with ``weights_only=True`` (plus the official
 training checkpoints' ``argparse.Namespace``), everything sammoe writes is safetensors. Each file is read

@@ -147,8 +147,8 @@ def load_model(
             raise ConfigError(f"--routing gate needs a gate trained over {', '.join(decoders)}: {problem}")
         if explicit and gate is None:
             raise ConfigError(
-                f"experts {', '.join(decoders)} need a gate to route between them: {problem}; pass --gate PATH "
-                "(train one with `sammoe fit --config configs/gate.yaml`) or --experts none"
+                f"experts {', '.join(decoders)} need a gate to route between them: {problem}; "
+                "pass --gate PATH (train one with `sammoe fit --config configs/gate.yaml`) or --experts none"
             )
         warnings.warn(
             f"using the foundation decoder only: {problem}; and no expert ships a usable router; pass --gate "

@@ -45,7 +45,8 @@ def save_router(
 
 
 def safetensors_metadata(data: bytes, source: str) -> dict[str, str]:
-    """The ``__metadata__`` of safetensors bytes (the format: 8-byte little-endian header size, JSON header)."""
+    """The ``__metadata__`` of safetensors bytes (the format: 8-byte little-endian header size,
+    JSON header)."""
     size = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
     if not 0 < size <= len(data) - 8:
         raise CheckpointError(

@@ -158,7 +158,8 @@ class MaskDecoder3D(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (logits (B, M, L, L, L), iou (B, M)): M=1 (mask 0) or, with multimask_output, masks 1..3."""
+        """Returns (logits (B, M, L, L, L), iou (B, M)): M=1 (mask 0) or, with multimask_output,
+        masks 1..3."""
         masks, iou = self.predict_masks(
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
         )

@@ -223,7 +223,8 @@ class PatchEmbed3D(nn.Module):
 
 
 class ImageEncoderViT3D(nn.Module):
-    """3D ViT with windowed/global blocks and a conv neck; (B, 1, S, S, S) -> (B, out_chans, S/p, S/p, S/p)."""
+    """3D ViT with windowed/global blocks and a conv neck;
+    (B, 1, S, S, S) -> (B, out_chans, S/p, S/p, S/p)."""
 
     def __init__(
         self,

@@ -36,7 +36,8 @@ def gate_features(
     labels: torch.Tensor | None,
     image_size: int,
 ) -> torch.Tensor:
-    """(B, 3C): pooled image embedding, the embedding at the target's first positive click, that click's token.
+    """(B, 3C): pooled image embedding, the embedding at the target's first positive click, that click's
+    token.
 
     The first positive click names the target (inference centres the crop on it); later clicks refine its
     boundary and often sit on the neighbouring structure, so they are left out. The routing of a target is
@@ -77,13 +78,14 @@ def _click_voxels(
 
 
 def _cube(centre: Sequence[int], r: int) -> tuple[slice, ...]:
-    """The cube of half-side ``r`` around voxel ``centre``, clipped at the low faces (slicing clips the high)."""
+    """The cube of half-side ``r`` around voxel ``centre``, clipped at the low faces (slicing clips the
+    high)."""
     return tuple(slice(max(c - r, 0), c + r + 1) for c in centre)
 
 
 def _patch_around(volume: torch.Tensor, click: Sequence[int], reach: int) -> tuple[torch.Tensor, list[int]]:
-    """The block of ``volume`` within ``reach`` voxels of ``click`` (clipped to the crop) and the click's voxel
-    in it."""
+    """The block of ``volume`` within ``reach`` voxels of ``click`` (clipped to the crop) and the click's
+    voxel in it."""
     lo = [max(c - reach, 0) for c in click]
     patch = volume[tuple(slice(low, c + reach + 1) for low, c in zip(lo, click))]
     return patch, [c - low for c, low in zip(click, lo)]
@@ -194,8 +196,8 @@ def robust_texture_stats(
     flat tissues, large for a texture, which no single threshold explains) next to the plain spread; and per
     cube of SPREAD_RADII the median, lower quartile and share above 2x / 4x the noise of the 3-voxel local
     spread (an edge raises it on a thin sheet only), plus the local spread at the click. Offline on held-out
-    phantoms (seed 4, 3 click draws on the resampled grid, one-vs-rest routers on seed-2 clicks): routing 0.937
-    (the old features, 128-wide head) -> 0.985 (with these, 16-wide head). Through `sammoe test` (the
+    phantoms (seed 4, 3 click draws on the resampled grid, one-vs-rest routers on seed-2 clicks): routing
+    0.937 (the old features, 128-wide head) -> 0.985 (with these, 16-wide head). Through `sammoe test` (the
     protocol's clicks on the original grid, more of them on a lesion's rim) the shipped routers gained less:
     0.956 -> 0.967.
     """

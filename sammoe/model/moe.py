@@ -1,4 +1,5 @@
-"""SamMoE: one frozen SAM-Med3D trunk, the foundation decoder E0 plus task-expert decoders, a gate and a selector.
+"""SamMoE: one frozen SAM-Med3D trunk, the foundation decoder E0 plus task-expert decoders, a gate and a
+selector.
 
 Per interactive step: prompt encoder once -> gate -> the selected decoder(s) only. The image is encoded
 once per volume by the shared encoder, exactly as in plain SAM-Med3D.

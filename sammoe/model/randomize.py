@@ -13,7 +13,8 @@ from torch import nn
 
 @torch.no_grad()
 def randomize_constant_init(module: nn.Module, seed: int) -> nn.Module:
-    """pos_embed and rel_pos_* ~ 0.5 N(0, 1); every LayerNorm / LayerNorm3d weight ~ 1 + 0.2 N, bias ~ 0.2 N."""
+    """pos_embed and rel_pos_* ~ 0.5 N(0, 1); every LayerNorm / LayerNorm3d weight ~ 1 + 0.2 N,
+    bias ~ 0.2 N."""
     gen = torch.Generator().manual_seed(seed)
     for name, param in module.named_parameters():
         leaf = name.rsplit(".", 1)[-1]
