@@ -8,9 +8,9 @@ A *batch* is a dict (the datamodule's collated output); what is read from it:
 - ``image`` (B, 1, S, S, S) float, z-normalised ROI; ``label`` (B, 1, S, S, S) binary ROI target;
 - ``case_id`` and ``class_name``: lists of B strings; optional ``class_group`` (``general``/``task``);
 - optional, for metrics on the ORIGINAL grid (the official protocol): ``roi``
-  (B ``sammoe.data.preprocess.Roi`` geometries to invert the ROI prediction with), ``orig_label`` (B binary arrays on the original grid) and
-  ``orig_spacing`` (B spacings in mm, array-axis order). Without them Dice/NSD are computed on the ROI grid
-  with ``roi_spacing`` (the preprocessing spacing, 1.5 mm).
+  (B ``sammoe.data.preprocess.Roi`` geometries to invert the ROI prediction with), ``orig_label``
+  (B binary arrays on the original grid) and ``orig_spacing`` (B spacings in mm, array-axis order). Without
+  them Dice/NSD are computed on the ROI grid with ``roi_spacing`` (the preprocessing spacing, 1.5 mm).
 - optional ``first_click`` ((B, 3) ROI voxel coordinates): the click a click-centred crop was centred on,
   used as the first (positive) evaluation click instead of a random foreground voxel.
 

@@ -2,7 +2,8 @@
 touches a window face, blended with Gaussian weights and mapped back to the original grid.
 
 ``sliding_window(pre, volume, click_vox, predict, ...)`` drives any model through
-``predict(roi) -> probabilities``; the Predictor (``sammoe.inference.predictor``) passes its cached-embedding decoder.
+``predict(roi) -> probabilities``; the Predictor (``sammoe.inference.predictor``) passes its cached-embedding
+decoder.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""napari plugin: open scans, click targets, see which expert segmented them (``pip install "sammoe[napari]"``).
+"""napari plugin: open scans, click targets, see which expert segmented them
+(``pip install "sammoe[napari]"``).
 
-Declared to napari through the ``napari.manifest`` entry point (``napari.yaml`` beside this file): a reader for
-what ``sammoe.data.io`` reads, a labels writer (NIfTI on the source affine + the clicks JSON that
-``sammoe segment --clicks`` reads) and the segmentation dock widget. Nothing outside this package imports it,
-and importing this package itself imports neither napari nor Qt (``session`` and ``geometry`` work without
-them), so ``import sammoe`` and the CLI stay free of the viewer.
+Declared to napari through the ``napari.manifest`` entry point (``napari.yaml`` beside this file): a reader
+for what ``sammoe.data.io`` reads, a labels writer (NIfTI on the source affine + the clicks JSON that
+``sammoe segment --clicks`` reads) and the segmentation dock widget. Nothing outside this package imports
+it, and importing this package itself imports neither napari nor Qt (``session`` and ``geometry`` work
+without them), so ``import sammoe`` and the CLI stay free of the viewer.
 
 - ``session``: targets, clicks, undo/reset/delete and the Predictor calls (Qt-free)
 - ``geometry``: stored voxel axes <-> the layer's axes and affine (Qt-free)

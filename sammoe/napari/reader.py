@@ -46,8 +46,8 @@ def _looks_like_dicom_folder(folder: Path, probe: int = 32) -> bool:
 
 
 def get_reader(path: str | list[str]) -> Callable[[Any], list[tuple]] | None:
-    """npe2 reader hook: a reader for one image file sammoe reads or a DICOM folder, None for anything else (so
-    napari asks the next plugin)."""
+    """npe2 reader hook: a reader for one image file sammoe reads or a DICOM folder, None for anything else
+    (so napari asks the next plugin)."""
     if isinstance(path, (list, tuple)):
         if len(path) != 1:
             return None

@@ -65,7 +65,8 @@ def checksum_problem(path: Path, expected: str) -> str | None:
 
 
 def read_checked(ref: WeightsRef) -> tuple[Path, bytes]:
-    """The file's bytes, read once and checked against the manifest's sha256 (PluginError when they differ)."""
+    """The file's bytes, read once and checked against the manifest's sha256 (PluginError when they
+    differ)."""
     path = resolve(ref)
     data = path.read_bytes()
     actual = sha256_bytes(data)

@@ -184,7 +184,8 @@ class ExpertManifest(_Model):
 
     @classmethod
     def from_package(cls, package: str, resource: str = "manifest.json") -> ExpertManifest:
-        """Read and validate the JSON manifest shipped as package data (what `sammoe experts package` emits)."""
+        """Read and validate the JSON manifest shipped as package data (what `sammoe experts package`
+        emits)."""
         source = f"{package}/{resource}"
         try:
             text = resources.files(package).joinpath(resource).read_text(encoding="utf-8")

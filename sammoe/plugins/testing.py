@@ -1,8 +1,9 @@
 """Fake plugin distributions for tests (sammoe's and plugin authors'): no pip, no network, no torch.
 
-`fake_expert(site, name, payload=b"...")` writes `<site>/<dist>-<version>.dist-info/{METADATA,entry_points.txt}`
-and an importable package whose `manifest()` returns the manifest dict; put `site` on `sys.path`
-(`monkeypatch.syspath_prepend(site)`) and `importlib.metadata.entry_points(group="sammoe.experts")` finds it.
+`fake_expert(site, name, payload=b"...")` writes
+`<site>/<dist>-<version>.dist-info/{METADATA,entry_points.txt}` and an importable package whose `manifest()`
+returns the manifest dict; put `site` on `sys.path` (`monkeypatch.syspath_prepend(site)`) and
+`importlib.metadata.entry_points(group="sammoe.experts")` finds it.
 """
 
 from __future__ import annotations

@@ -64,7 +64,8 @@ def verify_expert(
     """The record with its status after the deep checks (ok / incompatible / broken, one-line reason).
 
     `backbone_checkpoint` holds the frozen trunk the expert must fit (default: the preset's default weights,
-    see `sammoe.loading.load_backbone`). A bad `backbone_checkpoint` raises CheckpointError (the user's error).
+    see `sammoe.loading.load_backbone`). A bad `backbone_checkpoint` raises CheckpointError (the user's
+    error).
     """
     if not record.ok or record.manifest is None:
         return record
@@ -82,7 +83,10 @@ def verify_expert(
         fix = (
             "pass --backbone with the checkpoint the expert was trained on"
             if cache.checkpoint is None
-            else "this checkpoint is not the backbone the expert was trained on; pass the right one to --backbone"
+            else (
+                "this checkpoint is not the backbone the expert was trained on; "
+                "pass the right one to --backbone"
+            )
         )
         return record.with_status(
             "incompatible",
@@ -110,7 +114,8 @@ def verify_expert(
 
 @torch.no_grad()
 def router_check(model: nn.Module, router: nn.Module) -> str | None:
-    """Run the router once on a seeded random volume with one centre click; None when it gives a probability."""
+    """Run the router once on a seeded random volume with one centre click; None when it gives a
+    probability."""
     image, points, labels = _probe(model)
     size = model.img_size
     sparse, _ = model.prompt_encoder(points=(points, labels), boxes=None, masks=None)
