@@ -83,10 +83,10 @@ def main(argv: list[str] | None = None) -> None:
     import torchio  # noqa: F401  (imported before the workers fork, for both pipelines alike)
 
     from sammoe.data.cache import PreprocessCache
-    from sammoe.lit.datamodule import TargetDataset
     from sammoe.data.datasets import index_dataset
     from sammoe.data.phantoms import make_phantom_dataset
     from sammoe.data.preprocess import Preprocessor
+    from sammoe.lit.crop_datasets import CropSettings, TargetDataset
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         targets = index_dataset(root).targets(classes=args.classes)
         pre = Preprocessor(target_spacing=args.target_spacing, crop_size=args.crop)
         cache = PreprocessCache(work / f"cache-{time.time_ns()}", pre)
-        dataset = TargetDataset(targets, cache, pre, flips=True)
+        dataset = TargetDataset(targets, cache, pre, settings=CropSettings(flips=True))
 
         # Cold: a fresh loader over an empty cache (worker start-up included). Warm and torchio: persistent
         # workers as in training; the first epoch is discarded (start-up; for sammoe it is the cold one),

@@ -3,6 +3,8 @@ through `sammoe.interact.roi`; the ground-truth crop only in `crop: bbox`."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -36,7 +38,7 @@ def phantoms(tmp_path_factory):
 
 def test_training_crop_is_centred_on_a_click_inside_the_target(phantoms):
     ds = phantoms.train_dataset()
-    ds.flips = False
+    ds.settings = replace(ds.settings, flips=False)
     seen_starts = set()
     for i in range(len(ds)):
         item = ds[i]
@@ -55,7 +57,7 @@ def test_training_crop_never_uses_the_bounding_box(phantoms):
     """Two draws of the same target give two different crops (the click moves, the box does not), and none of
     them is the official box crop but by chance."""
     ds = phantoms.train_dataset()
-    ds.flips = False
+    ds.settings = replace(ds.settings, flips=False)
     liver = next(i for i, (_, ref) in enumerate(ds.targets) if ref.name == "liver")
     starts = {tuple(ds[liver]["start"].tolist()) for _ in range(6)}
     case, ref = ds.targets[liver]
@@ -67,7 +69,7 @@ def test_training_crop_never_uses_the_bounding_box(phantoms):
 
 def test_jitter_bounds_and_flipped_click(phantoms):
     ds = phantoms.train_dataset()
-    ds.jitter = 4
+    ds.settings = replace(ds.settings, jitter=4)
     for i in range(len(ds)):
         item = ds[i]
         if item["class_name"] == BACKGROUND:
@@ -90,7 +92,7 @@ def test_validation_clicks_are_fixed_and_bbox_mode_has_none(phantoms):
     for item in targets:
         click = item["first_click"].long()
         assert item["label"][0][tuple(click)] and click.tolist() == [32, 32, 32]
-    val.crop = "bbox"
+    val.settings = replace(val.settings, crop="bbox")
     item = next(val[i] for i in range(len(val)) if val.targets[i][1].name != BACKGROUND)
     assert "first_click" not in item
 
@@ -188,7 +190,7 @@ def test_border_clicks_land_on_the_host_organ_beside_the_task_target(tmp_path):
     dm.setup("fit")
     assert [r.name for _, r in dm.val_targets].count(BORDER) == 0  # validation keeps uniform clicks
     ds = dm.train_dataset()
-    ds.flips = False
+    ds.settings = replace(ds.settings, flips=False)
     border = [i for i, (_, ref) in enumerate(ds.targets) if ref.name == BORDER]
     assert len(border) == 4 * 2
     liver = [i for i, (_, ref) in enumerate(ds.targets) if ref.name == "liver"]

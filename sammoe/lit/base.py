@@ -12,6 +12,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from sammoe.eval.calibration import BACKGROUND
 from sammoe.eval.gather import all_gather_rows
 from sammoe.eval.protocols import BBOX_FOLDER, BBOX_PROTOCOL, CLICK_PROTOCOL, NOTES, ROI_CLICK_PROTOCOL
 from sammoe.eval.report import build_report, write_report
@@ -24,7 +25,6 @@ from sammoe.interact.crop_evaluation import (
     first_clicks,
 )
 from sammoe.interact.rollout import StepFn, evaluation_rollout
-from sammoe.lit.datamodule import BACKGROUND
 from sammoe.lit.wandb_log import log_evaluation
 from sammoe.model.moe import SamMoE
 
@@ -81,7 +81,8 @@ class InteractiveModule(L.LightningModule):
         raise NotImplementedError
 
     def finalize_rows(self, rows: list[EvalRow], stage: str) -> tuple[list[EvalRow], dict[str, Any]]:
-        """Last look at the gathered rows (same on every rank) before the report; returns rows + extra keys."""
+        """Last look at the gathered rows (same on every rank) before the report; returns rows + extra
+        keys."""
         return rows, {}
 
     def predictor_model(self) -> torch.nn.Module:
@@ -130,10 +131,10 @@ class InteractiveModule(L.LightningModule):
 
     def _predictor_for_eval(self) -> Any:
         """One Predictor over this module's model per evaluation epoch. An ROI encoded for one model is reused
-        by the others only at exactly the same place (``share_roi=0``): every target is cropped exactly
-        around its own click, as a fresh `sammoe segment` of it would be, so its result cannot depend on which
-        targets and models ran before it (with ROI sharing the foundation's kidney_right moved by 6 Dice points
-        between two runs that differed only in the models compared)."""
+        by the others only at exactly the same place (``share_roi=0``): every target is cropped exactly around
+        its own click, as a fresh `sammoe segment` of it would be, so its result cannot depend on which
+        targets and models ran before it (with ROI sharing the foundation's kidney_right moved by 6 Dice
+        points between two runs that differed only in the models compared)."""
         from sammoe.inference.predictor import Predictor
 
         if self._predictor is None:

@@ -9,8 +9,6 @@ forgetting. The trained gate is saved as `gate.safetensors` in the run directory
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -20,82 +18,21 @@ import torch.nn.functional as F
 
 from sammoe.data.clicks import next_click_from_error
 from sammoe.errors import ConfigError
-from sammoe.eval.results import GENERAL, TASK, EvalRow, class_means, nanmean
+from sammoe.eval.calibration import BACKGROUND, TauBudget, background_claims, choose_tau
+from sammoe.eval.results import GENERAL, TASK, EvalRow
 from sammoe.interact.crop_evaluation import EvalModel, first_clicks
 from sammoe.interact.rollout import StepOutput, moe_step
 from sammoe.lit.base import InteractiveModule
-from sammoe.lit.datamodule import BACKGROUND
 from sammoe.lit.feature_cache import FeatureCache, batch_features
 from sammoe.lit.schedules import head_optimizer
-from sammoe.loading import backbone_source, load_backbone, load_decoder_file, load_gate, save_gate
-from sammoe.loading import load_experts as load_plugins
-from sammoe.loading.experts import expert_router
-from sammoe.loading.router import ROUTER_FILE, load_router_file
+from sammoe.loading import backbone_source, load_backbone, load_gate, save_gate
+from sammoe.loading.experts import assemble_experts
 from sammoe.model.gate import LOCAL_RADII, MaskSelector
 from sammoe.model.moe import FOUNDATION, SamMoE
 from sammoe.model.router import router_summary
 from sammoe.model.sam3d import backbone_fingerprint
 
 DEFAULT_TAU_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-
-
-def load_experts(
-    backbone: Any,
-    names: Sequence[str] | None,
-    files: dict[str, str] | None = None,
-    routers: dict[str, Any] | None = None,
-) -> tuple[dict[str, Any], dict[str, str]]:
-    """Expert decoders (name -> MaskDecoder3D) and the class -> expert map of their tasks.
-
-    `files` (name -> exported decoder) are loaded directly; plugins are discovered unless `files` is given
-    and `names` is not: `names` = exactly those plugins, None = every usable installed plugin. Plugins are
-    checked against the backbone's fingerprint. With `routers` (a dict), each expert's own router is put there
-    (a plugin's packaged one; an exported decoder's ``router.safetensors`` beside it); PluginError or
-    CheckpointError when one is missing or does not fit.
-    """
-
-    found: list[tuple[str, Any, list[str]]] = []
-    if names is not None or not files:
-        for record, decoder in load_plugins(backbone, None if names is None else list(names)):
-            found.append((record.name, decoder, list(record.manifest.task.classes)))
-            if routers is not None:
-                routers[record.name] = expert_router(backbone, record)
-    for name, path in (files or {}).items():
-        if any(name == other for other, _, _ in found):
-            raise ConfigError(f"expert {name!r} is both an installed plugin and in expert_files; rename one")
-        found.append((name, *load_decoder_file(backbone, name, path)))
-        if routers is not None:
-            routers[name] = load_router_file(Path(path).parent / ROUTER_FILE, backbone, name)
-    if not found:
-        raise ConfigError(
-            "no usable expert plugin is installed; install one (e.g. pip install experts/<project>) or "
-            "list them in model.init_args.experts (`sammoe experts list` shows what is installed)"
-        )
-    decoders, class_to_expert = {}, {}
-    for name, decoder, classes in found:
-        decoders[name] = decoder.requires_grad_(False)
-        for cls in classes:
-            if cls in class_to_expert:
-                warnings.warn(
-                    f"class {cls!r} is claimed by experts {class_to_expert[cls]!r} and {name!r}; "
-                    f"routing it to {class_to_expert[cls]!r}",
-                    stacklevel=2,
-                )
-                continue
-            class_to_expert[cls] = name
-    return decoders, class_to_expert
-
-
-def background_claims(rows: Sequence[EvalRow], model: str) -> float | None:
-    """Share of `model`'s background clicks (first click) routed to an expert; None without any."""
-    first = [
-        r for r in rows if r.model == model and r.class_name == BACKGROUND and r.routed_expert is not None
-    ]
-    if not first:
-        return None
-    n = min(r.n_clicks for r in first)
-    routed = [r.routed_expert != FOUNDATION for r in first if r.n_clicks == n]
-    return sum(routed) / len(routed)
 
 
 def selector_step(moe: SamMoE, selector: MaskSelector, image: torch.Tensor | None = None):
@@ -193,7 +130,7 @@ class GateTraining(InteractiveModule):
         backbone = load_backbone(checkpoint, preset).requires_grad_(False)
         self.start_weights = backbone_source(preset, checkpoint)
         routers: dict[str, Any] | None = {} if routing == "routers" else None
-        decoders, self.class_to_expert = load_experts(backbone, experts, expert_files, routers)
+        decoders, self.class_to_expert = assemble_experts(backbone, experts, expert_files, routers)
         self.moe = SamMoE(
             backbone,
             decoders,
@@ -355,50 +292,10 @@ class GateTraining(InteractiveModule):
     def choose_tau(self, rows: list[EvalRow]) -> tuple[float, dict[str, dict[str, float]]]:
         """The threshold with the best class-average Dice among those within `max_general_drop` of the
         foundation on every general class and routing at most `max_background_claims` of the background
-        clicks to an expert (the middle one when several tie; else the one that loses least there)."""
-        table = class_means([r for r in rows if r.class_name != BACKGROUND], "dice")
-        base = table.get(FOUNDATION, {})
-        general = [c for c in base if self.class_group(c) == GENERAL]
-        search: dict[str, dict[str, float]] = {}
-        grid = [t for t in self.tau_grid if f"moe@{t:g}" in table]
-        if not grid:
-            return float(self.moe.selector.tau), search
-        for tau in grid:
-            per_class = table[f"moe@{tau:g}"]
-            average = nanmean(nanmean(by_k.values()) for by_k in per_class.values())
-            # The worst general class, not their mean: the lesion expert's false claims all fall on the
-            # liver, and 4 Dice points there average to 1 over four general classes.
-            drops = [
-                nanmean(base[c][k] - per_class[c][k] for k in base[c] if k in per_class[c])
-                for c in general
-                if c in per_class
-            ]
-            drops = [d for d in drops if not math.isnan(d)]
-            drop = max(drops) if drops else 0.0
-            search[f"{tau:g}"] = {"average_dice": average, "general_drop": drop}
-            claims = background_claims(rows, f"moe@{tau:g}")
-            if claims is not None:
-                search[f"{tau:g}"]["background_claims"] = claims
-        allowed = [
-            t
-            for t in grid
-            if search[f"{t:g}"]["general_drop"] <= self.hparams.max_general_drop
-            and search[f"{t:g}"].get("background_claims", 0.0) <= self.hparams.max_background_claims
-        ]
-
-        def avg(t: float) -> float:
-            value = search[f"{t:g}"]["average_dice"]
-            return -1.0 if math.isnan(value) else value
-
-        if allowed:
-            # Thresholds often tie (identical routing on validation): take the middle of the best ones,
-            # the tau with the widest margin on both sides, rather than an end of the plateau.
-            top = max(avg(t) for t in allowed)
-            tied = [t for t in allowed if avg(t) >= top - 1e-9]
-            best = tied[len(tied) // 2]
-        else:
-            best = min(grid, key=lambda t: (search[f"{t:g}"]["general_drop"], -avg(t)))
-        return best, search
+        clicks to an expert (``sammoe.eval.calibration.choose_tau``); the current tau without candidates."""
+        budget = TauBudget(self.hparams.max_general_drop, self.hparams.max_background_claims)
+        tau, search = choose_tau(rows, self.tau_grid, self.class_group, budget)
+        return (float(self.moe.selector.tau) if tau is None else tau), search
 
     def finalize_rows(self, rows: list[EvalRow], stage: str) -> tuple[list[EvalRow], dict[str, Any]]:
         extra: dict[str, Any] = {

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from sammoe.errors import ConfigError
+from sammoe.eval.calibration import BACKGROUND
 from sammoe.files import write_text
 from sammoe.interact.crop_evaluation import first_clicks
-from sammoe.lit.datamodule import BACKGROUND
 from sammoe.lit.feature_cache import FeatureCache, batch_features
 from sammoe.lit.schedules import head_optimizer
 from sammoe.loading import load_backbone
@@ -39,7 +39,8 @@ THRESHOLD_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))  # 0.05 ... 0.9
 
 
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, steps: int = 100) -> float:
-    """The temperature T minimising the binary cross-entropy of logits / T (Guo et al. 2017), in [0.05, 20]."""
+    """The temperature T minimising the binary cross-entropy of logits / T (Guo et al. 2017),
+    in [0.05, 20]."""
     log_t = torch.zeros((), requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=steps)
 
@@ -112,8 +113,8 @@ class RouterTraining(L.LightningModule):
             (``sammoe.model.click_patch``); 0: none.
         trunk: read the trunk's features (image embedding, click cell and token); false: only the image
             around the click.
-        lr, weight_decay: AdamW; with ``one_cycle`` the learning rate follows a one-cycle schedule up to ``lr``
-            over the run (per step).
+        lr, weight_decay: AdamW; with ``one_cycle`` the learning rate follows a one-cycle schedule up to
+            ``lr`` over the run (per step).
         general_weight: weight of the general-class clicks in the loss (the negatives that look most like a
             task target, e.g. the liver a lesion lives in).
         max_false_claims: largest share of validation background clicks, and of each general class's clicks,
@@ -174,7 +175,8 @@ class RouterTraining(L.LightningModule):
         self.cache = None if feature_cache is None else FeatureCache(feature_cache, tag)
 
     # The overlay configs/experts/NAME.yaml puts the router's run in the expert's finetuning run directory
-    # (so the router lands next to the decoder it routes to): its config and checkpoints get names of their own.
+    # (so the router lands next to the decoder it routes to): its config and checkpoints get names of their
+    # own.
     config_filename = "router_config.yaml"
 
     def configure_callbacks(self) -> list:

@@ -6,16 +6,16 @@ from __future__ import annotations
 import copy
 import json
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from sammoe.errors import CheckpointError, PluginError
+from sammoe.errors import CheckpointError, ConfigError, PluginError
 from sammoe.loading.checkpoints import read_state_dict
-from sammoe.loading.router import router_from_bytes
+from sammoe.loading.router import ROUTER_FILE, load_router_file, router_from_bytes
 from sammoe.model.router import ExpertRouter
 from sammoe.model.sam3d import SamMed3D, backbone_fingerprint
 
@@ -139,3 +139,50 @@ def load_decoder_file(backbone: SamMed3D, name: str, path: str | Path) -> tuple[
     decoder = copy.deepcopy(backbone.mask_decoder)
     decoder.load_state_dict(state)
     return decoder, list((meta.get("task") or {}).get("classes") or {})
+
+
+def assemble_experts(
+    backbone: SamMed3D,
+    names: Sequence[str] | None,
+    files: dict[str, str] | None = None,
+    routers: dict[str, Any] | None = None,
+) -> tuple[dict[str, nn.Module], dict[str, str]]:
+    """Expert decoders (name -> MaskDecoder3D, frozen) and the class -> expert map of their tasks, as routing
+    training and evaluation use them.
+
+    `files` (name -> exported decoder) are loaded directly; plugins are discovered unless `files` is given
+    and `names` is not: `names` = exactly those plugins, None = every usable installed plugin. Plugins are
+    checked against the backbone's fingerprint. With `routers` (a dict), each expert's own router is put there
+    (a plugin's packaged one; an exported decoder's ``router.safetensors`` beside it); PluginError or
+    CheckpointError when one is missing or does not fit.
+    """
+    found: list[tuple[str, nn.Module, list[str]]] = []
+    if names is not None or not files:
+        for record, decoder in load_experts(backbone, None if names is None else list(names)):
+            found.append((record.name, decoder, list(record.manifest.task.classes)))
+            if routers is not None:
+                routers[record.name] = expert_router(backbone, record)
+    for name, path in (files or {}).items():
+        if any(name == other for other, _, _ in found):
+            raise ConfigError(f"expert {name!r} is both an installed plugin and in expert_files; rename one")
+        found.append((name, *load_decoder_file(backbone, name, path)))
+        if routers is not None:
+            routers[name] = load_router_file(Path(path).parent / ROUTER_FILE, backbone, name)
+    if not found:
+        raise ConfigError(
+            "no usable expert plugin is installed; install one (e.g. pip install experts/<project>) or "
+            "list them in model.init_args.experts (`sammoe experts list` shows what is installed)"
+        )
+    decoders, class_to_expert = {}, {}
+    for name, decoder, classes in found:
+        decoders[name] = decoder.requires_grad_(False)
+        for cls in classes:
+            if cls in class_to_expert:
+                warnings.warn(
+                    f"class {cls!r} is claimed by experts {class_to_expert[cls]!r} and {name!r}; "
+                    f"routing it to {class_to_expert[cls]!r}",
+                    stacklevel=2,
+                )
+                continue
+            class_to_expert[cls] = name
+    return decoders, class_to_expert
