@@ -23,9 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,6 +34,7 @@ from sammoe.data.lazy_resample import LazyResampled
 from sammoe.data.preprocess import Preprocessor, Resampled, Roi
 from sammoe.errors import ConfigError, DataError
 from sammoe.inference.devices import bf16_pays, usable_device
+from sammoe.inference.roi_cache import EncodedRoi, RoiCache, TargetState
 from sammoe.inference.targets import SPACES, Segmentation, Target, TargetResult, check_target, to_input_voxels
 from sammoe.interact.roi import click_centred_start, round_voxel
 from sammoe.interact.sliding_window import deepest_prior_voxel, sliding_window, touches_face
@@ -43,40 +42,6 @@ from sammoe.model.moe import FOUNDATION, SamMoE
 from sammoe.model.sam3d import SamMed3D
 
 __all__ = ["SPACES", "Target", "TargetResult", "Segmentation", "Predictor", "to_input_voxels"]
-
-
-# ------------------------------------------------------------------------------------------------ predictor
-@dataclass
-class _Entry:
-    """One encoded ROI."""
-
-    index: int
-    roi: Roi
-    embedding: torch.Tensor  # (1, C, g, g, g) on the model's device
-    image: torch.Tensor | None = None  # (1, 1, S, S, S) the encoded crop, kept for a gate that reads it
-
-    @property
-    def centre(self) -> np.ndarray:
-        return np.asarray(self.roi.start) + np.asarray(self.roi.size) // 2
-
-
-@dataclass
-class _State:
-    """A target under interaction."""
-
-    name: str
-    value: int
-    clicks: np.ndarray  # (N, 3) float input voxels
-    labels: np.ndarray  # (N,)
-    entry: _Entry
-    fed: int = 0  # clicks already consumed by the decoder
-    low: torch.Tensor | None = None  # (1, 1, L, L, L) previous low-res logits
-    iou: float = 0.0
-    probs: np.ndarray | None = None  # gate probabilities of the last step
-    route: int = 0
-    roi_prob: np.ndarray | None = None  # (S, S, S) foreground probability in the primary ROI
-    windows: int = 1
-    result: TargetResult | None = None
 
 
 class Predictor:
@@ -109,9 +74,7 @@ class Predictor:
         width = int(self.backbone.image_encoder.patch_embed.proj.out_channels)
         self.autocast = bf16_pays(self.device, width) if autocast == "auto" else bool(autocast)
         self.use_sliding_window = use_sliding_window
-        self.share_roi = float(share_roi)
         self.max_windows = int(max_windows)
-        self.cache_size = int(cache_size)
         self.info = dict(info or {})
         self.info["precision"] = "bf16 autocast" if self.autocast else "float32"
         self._encoder = self.backbone.image_encoder
@@ -119,10 +82,15 @@ class Predictor:
             self._encoder = torch.compile(self._encoder)
         self.volume: Volume | None = None
         self._res: Resampled | LazyResampled | None = None
-        self._cache: OrderedDict[tuple[int, int, int], _Entry] = OrderedDict()
-        self._states: list[_State] = []
-        self._rois = 0
-        self.encodes = 0
+        self._rois = RoiCache(
+            self.pre,
+            self._run_encoder,
+            self.device,
+            size=int(cache_size),
+            share_roi=float(share_roi),
+            keep_image=getattr(model, "reads_image", False),
+        )
+        self._states: list[TargetState] = []
         self._want_probs = False
         self.route = route
         # A mask decoder used instead of the model's own (a finetuning run compares its starting decoder).
@@ -176,11 +144,14 @@ class Predictor:
         volume = as_volume(image, affine, channel=channel)
         self.volume = volume
         self._res = LazyResampled(volume, self.pre.target_spacing)  # each crop samples only its window
-        self._cache.clear()
+        self._rois.reset(self._res)
         self._states = []
-        self._rois = 0
-        self.encodes = 0
         return volume
+
+    @property
+    def encodes(self) -> int:
+        """Crops encoded since the image was set."""
+        return self._rois.encodes
 
     # ------------------------------------------------------------------------------------------- model
     def _amp(self) -> contextlib.AbstractContextManager:
@@ -188,29 +159,18 @@ class Predictor:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _encode(self, start: Sequence[int]) -> _Entry:
-        """The cached entry of the ROI starting at ``start`` on the resampled grid (encoded on first use)."""
-        key = tuple(int(v) for v in start)
-        entry = self._cache.get(key)
-        if entry is not None:
-            self._cache.move_to_end(key)
-            return entry
-        roi = self.pre.crop(self._res, start=np.asarray(key))
-        x = roi.image[None].to(self.device)
+    def _run_encoder(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), self._amp():
-            emb = self._encoder(x)
-        roi.image = torch.empty(0)  # geometry only from here on
-        reads_image = getattr(self.model, "reads_image", False)
-        entry = _Entry(self._rois, roi, emb, x if reads_image else None)
-        self._rois += 1
-        self.encodes += 1
-        self._cache[key] = entry
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return entry
+            return self._encoder(x)
 
     def _decode(
-        self, entry: _Entry, points: np.ndarray, labels: np.ndarray, low: torch.Tensor, route=None, probs=None
+        self,
+        entry: EncodedRoi,
+        points: np.ndarray,
+        labels: np.ndarray,
+        low: torch.Tensor,
+        route=None,
+        probs=None,
     ):
         """One interactive step for a batch of targets in one ROI: -> (low-res logits, iou (B,), gate probs
         (B, K+1) | None, route). `route` forces an expert; with `probs` it is the targets' own, reused."""
@@ -227,7 +187,7 @@ class Predictor:
             logits, iou = self.backbone.decode(emb, pts, lab, low.to(emb.dtype), decoder=self.decoder)
             return logits.float(), iou.float()[:, 0], None, None
 
-    def _routed(self, group: list[_State]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def _routed(self, group: list[TargetState]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(route, probs) of targets a MoE has already routed (each target's first step decides), else Nones."""
         forced = None if self._route is None else self.expert_names.index(self._route)
         done = all(
@@ -244,16 +204,16 @@ class Predictor:
     def _upsample(self, low: torch.Tensor) -> np.ndarray:
         return torch.sigmoid(SamMed3D.upsample(low.float(), self.size))[:, 0].cpu().numpy()
 
-    def _roi_clicks(self, entry: _Entry, state: _State, upto: int) -> np.ndarray:
+    def _roi_clicks(self, entry: EncodedRoi, state: TargetState, upto: int) -> np.ndarray:
         return round_voxel(entry.roi.input_to_roi(state.clicks[:upto])).astype(np.float32)
 
-    def _run(self, entry: _Entry, states: list[_State]) -> None:
+    def _run(self, entry: EncodedRoi, states: list[TargetState]) -> None:
         """Feed every state's unconsumed clicks, one step per click, batching states with equal click counts."""
         while True:
             active = [s for s in states if s.fed < len(s.clicks)]
             if not active:
                 break
-            groups: dict[int, list[_State]] = {}
+            groups: dict[int, list[TargetState]] = {}
             for s in active:
                 groups.setdefault(s.fed + 1, []).append(s)
             for count, group in groups.items():
@@ -273,7 +233,7 @@ class Predictor:
                 s.roi_prob = prob
 
     # ------------------------------------------------------------------------------------------- windows
-    def _windowed(self, state: _State) -> tuple[np.ndarray, np.ndarray | None]:
+    def _windowed(self, state: TargetState) -> tuple[np.ndarray, np.ndarray | None]:
         """Grow a target that reaches its crop's faces over neighbouring windows (data-layer sliding window).
 
         Windows other than the primary one get the target's clicks that fall inside them and, when none of
@@ -288,7 +248,7 @@ class Predictor:
             if key == primary:
                 prob = state.roi_prob
             else:
-                entry = self._encode(key)
+                entry = self._rois.get(key)
                 pts = round_voxel(entry.roi.input_to_roi(state.clicks))
                 inside = entry.roi.contains(pts)
                 points, labels = pts[inside].astype(np.float32), state.labels[inside]
@@ -318,7 +278,7 @@ class Predictor:
 
     # ------------------------------------------------------------------------------------------- results
 
-    def _finish(self, state: _State) -> None:
+    def _finish(self, state: TargetState) -> None:
         windows = 1
         if self.use_sliding_window and touches_face(state.roi_prob):
             mask, prob = self._windowed(state)
@@ -354,17 +314,6 @@ class Predictor:
         )
 
     # ------------------------------------------------------------------------------------------- public
-    def _entry_for(self, vox: np.ndarray) -> _Entry:
-        """The ROI for a target whose crop centre is input voxel ``vox``: a cached ROI whose centre lies within
-        ``share_roi`` x crop (all clicks inside), else a new crop centred on it."""
-        centre = round_voxel(self._res.input_to_ras(vox))
-        limit = self.share_roi * self.size
-        if limit > 0:
-            for entry in reversed(self._cache.values()):
-                if np.all(np.abs(entry.centre - centre) <= limit):
-                    return self._encode(entry.roi.start)
-        return self._encode(click_centred_start(self.pre, self._res, vox))
-
     def predict(
         self, targets: Target | Sequence[Target], *, probabilities: bool = False, progress: bool = False
     ) -> Segmentation:
@@ -378,15 +327,15 @@ class Predictor:
         checked = [check_target(t, i, self.volume) for i, t in enumerate(targets)]
         self._want_probs = probabilities
         self._states = []
-        by_entry: dict[int, tuple[_Entry, list[_State]]] = {}
+        by_entry: dict[int, tuple[EncodedRoi, list[TargetState]]] = {}
         for i, (name, vox, labels) in enumerate(checked):
             first = vox[int(np.flatnonzero(labels == 1)[0])]
-            entry = self._entry_for(first)
+            entry = self._rois.centred_on(first)
             if not np.all(entry.roi.contains(entry.roi.input_to_roi(vox))):
-                entry = self._encode(click_centred_start(self.pre, self._res, first))
+                entry = self._rois.get(click_centred_start(self.pre, self._res, first))
             # The centring click goes first, so the first step sees a positive click (official protocol).
             order = np.argsort(np.arange(len(vox)) != int(np.flatnonzero(labels == 1)[0]), kind="stable")
-            state = _State(name, i + 1, vox[order], labels[order], entry)
+            state = TargetState(name, i + 1, vox[order], labels[order], entry)
             self._states.append(state)
             by_entry.setdefault(id(entry), (entry, []))[1].append(state)
         bar = _progress(len(self._states), progress)
@@ -413,7 +362,7 @@ class Predictor:
             )
         state.clicks = np.concatenate([state.clicks, vox])
         state.labels = np.concatenate([state.labels, [int(bool(positive))]])
-        state.entry = self._encode(roi.start)  # cached unless evicted
+        state.entry = self._rois.get(roi.start)  # cached unless evicted
         self._run(state.entry, [state])
         self._finish(state)
         later = [s.result for s in self._states[self._states.index(state) + 1 :]]
@@ -425,7 +374,7 @@ class Predictor:
         roi = self._find(target).entry.roi
         return Preprocessor.invert(roi, np.ones(roi.size, dtype=np.uint8)).astype(bool)
 
-    def _find(self, target: int | str) -> _State:
+    def _find(self, target: int | str) -> TargetState:
         if not self._states:
             raise ConfigError("no targets yet; call predict(...) first")
         if isinstance(target, str):

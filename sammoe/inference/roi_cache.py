@@ -1,0 +1,113 @@
+"""The encoded crops of one image and the interaction state of each target on them.
+
+Encoding a 128^3 crop is the expensive step of a prediction; everything after it (the decoder, once per
+click) reuses the crop's embedding. ``RoiCache`` keeps the last ``size`` encoded crops by their start on the
+resampled grid, so targets whose crops coincide share one encode, and a refinement click finds its target's
+embedding without encoding again.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sammoe.data.lazy_resample import LazyResampled
+from sammoe.data.preprocess import Preprocessor, Resampled, Roi
+from sammoe.inference.targets import TargetResult
+from sammoe.interact.roi import click_centred_start, round_voxel
+
+
+@dataclass
+class EncodedRoi:
+    """One encoded crop."""
+
+    index: int  # in encoding order: what a result's ``roi`` refers to
+    roi: Roi
+    embedding: torch.Tensor  # (1, C, g, g, g) on the model's device
+    image: torch.Tensor | None = None  # (1, 1, S, S, S) the encoded crop, kept for a gate that reads it
+
+    @property
+    def centre(self) -> np.ndarray:
+        return np.asarray(self.roi.start) + np.asarray(self.roi.size) // 2
+
+
+@dataclass
+class TargetState:
+    """A target under interaction: its clicks, what the decoder has consumed, and the last outputs."""
+
+    name: str
+    value: int
+    clicks: np.ndarray  # (N, 3) float input voxels
+    labels: np.ndarray  # (N,)
+    entry: EncodedRoi
+    fed: int = 0  # clicks already consumed by the decoder
+    low: torch.Tensor | None = None  # (1, 1, L, L, L) previous low-res logits
+    iou: float = 0.0
+    probs: np.ndarray | None = None  # gate probabilities of the last step
+    route: int = 0
+    roi_prob: np.ndarray | None = None  # (S, S, S) foreground probability in the primary ROI
+    windows: int = 1
+    result: TargetResult | None = None
+
+
+class RoiCache:
+    """Encoded crops of the current image, least recently used dropped beyond ``size``.
+
+    ``encode(x)`` runs the image encoder on a (1, 1, S, S, S) crop; ``keep_image`` keeps the crop itself for
+    a model whose routing reads the image around the click.
+    """
+
+    def __init__(
+        self,
+        pre: Preprocessor,
+        encode: Callable[[torch.Tensor], torch.Tensor],
+        device: torch.device,
+        *,
+        size: int = 16,
+        share_roi: float = 0.0,
+        keep_image: bool = False,
+    ) -> None:
+        self.pre, self._encode, self.device = pre, encode, device
+        self.size, self.share_roi, self.keep_image = int(size), float(share_roi), keep_image
+        self.grid: Resampled | LazyResampled | None = None
+        self._entries: OrderedDict[tuple[int, int, int], EncodedRoi] = OrderedDict()
+        self.encodes = 0
+
+    def reset(self, grid: Resampled | LazyResampled | None) -> None:
+        """A new image: forget every crop and count encodes from zero."""
+        self.grid = grid
+        self._entries.clear()
+        self.encodes = 0
+
+    def get(self, start: Sequence[int]) -> EncodedRoi:
+        """The crop starting at ``start`` on the resampled grid, encoded on first use."""
+        key = tuple(int(v) for v in start)
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+            return entry
+        roi = self.pre.crop(self.grid, start=np.asarray(key))
+        x = roi.image[None].to(self.device)
+        emb = self._encode(x)
+        roi.image = torch.empty(0)  # geometry only from here on
+        entry = EncodedRoi(self.encodes, roi, emb, x if self.keep_image else None)
+        self.encodes += 1
+        self._entries[key] = entry
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+        return entry
+
+    def centred_on(self, vox: np.ndarray) -> EncodedRoi:
+        """The crop for a target whose first click is input voxel ``vox``: a cached crop whose centre lies
+        within ``share_roi`` x crop side of it, else a new crop centred on it."""
+        centre = round_voxel(self.grid.input_to_ras(vox))
+        limit = self.share_roi * self.pre.crop_size[0]
+        if limit > 0:
+            for entry in reversed(self._entries.values()):
+                if np.all(np.abs(entry.centre - centre) <= limit):
+                    return self.get(entry.roi.start)
+        return self.get(click_centred_start(self.pre, self.grid, vox))
