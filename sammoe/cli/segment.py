@@ -13,16 +13,12 @@ exits with status 2.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 from sammoe.errors import ConfigError
-
-SPACES = ("voxel", "ras", "lps")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -125,53 +121,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _targets_from_json(path: str) -> list[Any]:
-    from sammoe.inference.predictor import Target
-
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"{file}: clicks file not found")
-    from sammoe.data.markups import is_markups, read_markups
-
-    try:
-        data = read_markups(file) if is_markups(file) else json.loads(file.read_text())  # Slicer: .mrk.json
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{file}: not valid JSON ({err})") from None
-    except RecursionError:
-        raise ConfigError(f'{file}: JSON nested too deeply; a clicks file is {{"targets": [...]}}') from None
-    if not isinstance(data, dict) or not isinstance(data.get("targets"), list):
-        raise ConfigError(f'{file}: expected {{"space": ..., "targets": [...]}} at the top level')
-    space = data.get("space", "voxel")
-    if space not in SPACES:
-        raise ConfigError(f"{file}: unknown coordinate system {space!r}; use one of {', '.join(SPACES)}")
-    if not data["targets"]:
-        raise ConfigError(f"{file}: empty target list; add at least one target with points")
-    targets = []
-    for i, item in enumerate(data["targets"]):
-        if not isinstance(item, dict):
-            raise ConfigError(
-                f"{file}: target {i + 1} must be an object with 'points' (and 'labels', 'name')"
-            )
-        unknown = set(item) - {"name", "points", "labels"}
-        if unknown:
-            raise ConfigError(
-                f"{file}: target {i + 1} has unknown keys {sorted(unknown)}; use name, points, labels"
-            )
-        points = item.get("points")
-        if not isinstance(points, list) or not points:
-            raise ConfigError(
-                f"{file}: target {i + 1} has an empty click list; give 'points': [[x, y, z], ...]"
-            )
-        name = item.get("name") or f"target_{i + 1}"
-        if not isinstance(name, str):
-            raise ConfigError(f"{file}: target {i + 1} name must be a string")
-        targets.append(Target(points, item.get("labels"), name, space))
-    names = [t.name for t in targets]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"{file}: target names must be unique; got {names}")
-    return targets
-
-
 def _targets(args: argparse.Namespace) -> list[Any]:
     from sammoe.inference.predictor import Target
 
@@ -183,105 +132,21 @@ def _targets(args: argparse.Namespace) -> list[Any]:
     if args.clicks:
         if args.space is not None:
             raise ConfigError('--space applies to inline clicks; put "space" in the --clicks file instead')
-        return _targets_from_json(args.clicks)
+        from sammoe.data.clicks_file import read_clicks_file
+
+        return [Target(t.points, t.labels, t.name, t.space) for t in read_clicks_file(args.clicks)]
     if not args.point:
         raise ConfigError(
             "no positive click; give --point X Y Z (repeatable; --negative-point for negatives) or --clicks FILE"
         )
+    from sammoe.data.clicks_file import SPACES
+
     space = args.space or "voxel"
     if space not in SPACES:
         raise ConfigError(f"unknown coordinate system --space {space!r}; use one of {', '.join(SPACES)}")
     points = list(args.point) + list(args.negative_point or [])
     labels = [1] * len(args.point) + [0] * len(args.negative_point or [])
     return [Target(points, labels, args.name, space)]
-
-
-def _check_outputs(args: argparse.Namespace) -> None:
-    """Every output against every input and each other, before anything is read or computed."""
-    from sammoe.data.dicom_seg import check_available, is_dicom_seg
-    from sammoe.data.formats import is_seg_nrrd
-    from sammoe.data.io import is_nifti
-    from sammoe.files import check_outputs
-
-    outs = {
-        "--out": args.out,
-        "--probabilities": args.probabilities,
-        "--report": args.report,
-        "--png": args.png,
-    }
-    if is_dicom_seg(args.out):
-        check_available(args.image, args.out)
-    elif not (is_nifti(Path(args.out)) or is_seg_nrrd(args.out)):
-        raise ConfigError(
-            f"--out {args.out}: must end with .nii, .nii.gz, .seg.nrrd (3D Slicer) or .dcm (DICOM-SEG of a DICOM "
-            "series input)"
-        )
-    if args.probabilities and not is_nifti(Path(args.probabilities)):
-        raise ConfigError(f"--probabilities {args.probabilities}: must end with .nii or .nii.gz")
-    if args.png and Path(args.png).suffix.lower() != ".png":
-        raise ConfigError(f"--png {args.png}: must end with .png")
-    inputs = {
-        "--image": args.image,
-        "--clicks": args.clicks,
-        "--checkpoint": args.checkpoint,
-        "--gate": args.gate,
-    }
-    check_outputs(outs, inputs, overwrite=args.overwrite)
-
-
-def _write_probabilities(path: Path, probs: Any, reference: Any) -> None:
-    import nibabel as nib
-    import numpy as np
-
-    from sammoe.files import write_file
-
-    header = reference.header.copy() if isinstance(reference.header, nib.Nifti1Header) else None
-    image = nib.Nifti1Image(np.asarray(probs, dtype=np.float32), reference.affine, header=header)
-    image.set_data_dtype(np.float32)
-    image.header.set_slope_inter(1.0, 0.0)
-    suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
-    write_file(path, lambda tmp: nib.save(image, str(tmp)), suffix=suffix)
-
-
-def _voxel_clicks(targets: list, index: int, volume: Any) -> list:
-    """The clicks of target ``index`` as (input voxel, positive) pairs, for the overlay."""
-    from sammoe.inference.targets import check_target
-
-    _, voxels, labels = check_target(targets[index], index, volume)
-    return [(v, bool(lab)) for v, lab in zip(voxels, labels)]
-
-
-def _write_png(path: Path, seg: Any, targets: list) -> None:
-    import io
-
-    import numpy as np
-    from matplotlib.figure import Figure
-
-    from sammoe.eval.overlay import overlay_slices, target_centre
-    from sammoe.files import write_file
-
-    image = np.asarray(seg.volume.array, dtype=np.float32)
-    panels = []
-    for t in seg.targets:
-        centre = t.click if t.mask[t.click] or not t.mask.any() else target_centre(t.mask)
-        title = (
-            f"{t.name} (label {t.value}): {t.volume_ml:.2f} ml, expert {t.expert}, "
-            f"IoU estimated by the model {t.predicted_iou:.2f}"
-        )
-        geometry = {"spacing_mm": seg.volume.spacing, "affine": seg.volume.affine}
-        clicks = _voxel_clicks(targets, t.value - 1, seg.volume)
-        panels.append(
-            overlay_slices(image, None, t.mask, centre=centre, title=title, clicks=clicks, **geometry)
-        )
-    width = max(p.shape[1] for p in panels)
-    rgb = np.concatenate(
-        [np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in panels]
-    )
-    fig = Figure(figsize=(rgb.shape[1] / 100, rgb.shape[0] / 100), dpi=100)
-    fig.figimage(rgb, 0, 0)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    write_file(path, buf.getvalue())
 
 
 def _status_line(quiet: bool):
@@ -297,6 +162,12 @@ def _status_line(quiet: bool):
     return show
 
 
+def _outputs(args: argparse.Namespace) -> Any:
+    from sammoe.inference.outputs import SegmentationOutputs
+
+    return SegmentationOutputs(args.out, args.probabilities, args.report, args.png)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     try:
@@ -304,17 +175,20 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # --help
         return int(exit_.code or 0)
     targets = _targets(args)
-    _check_outputs(args)
+    outputs = _outputs(args)
+    inputs = {"--clicks": args.clicks, "--checkpoint": args.checkpoint, "--gate": args.gate}
+    outputs.check(args.image, inputs, overwrite=args.overwrite)
     if args.channel is not None and args.channel < 0:
         raise ConfigError("--channel must be >= 0")
     if not 0 <= args.share_roi <= 0.5:
         raise ConfigError("--share-roi must lie in [0, 0.5] (fraction of the crop size)")
 
-    from sammoe.data.io import read_image, write_label
+    from sammoe.data.io import read_image
     from sammoe.inference.predictor import Predictor
     from sammoe.loading.model import choose_checkpoint
 
-    choose_checkpoint(args.checkpoint)  # no model chosen and none cached: refused before reading the image
+    # the model is resolved once, here: no model chosen and none cached is refused before reading the image
+    checkpoint = choose_checkpoint(args.checkpoint)
     started = time.perf_counter()
     status = _status_line(args.quiet)
     status(f"reading {args.image}")
@@ -323,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         predictor = Predictor.load(
-            args.checkpoint,
+            checkpoint,
             preset=args.preset,
             experts=args.experts,
             gate=args.gate,
@@ -338,24 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     status("")
     for w in caught:
         print(f"sammoe segment: warning: {w.message}", file=sys.stderr)
-    predictor.set_image(volume)
+    predictor.set_image(volume)  # read_image checked it: not checked again
     seg = predictor.predict(targets, probabilities=bool(args.probabilities), progress=not args.quiet)
-    segments = [(t.value, t.name, f"sammoe {t.expert}") for t in seg.targets]
-    write_label(args.out, seg.labels, volume, overwrite=args.overwrite, segments=segments)
-    if args.probabilities:
-        _write_probabilities(Path(args.probabilities), seg.probabilities, volume)
-    if args.png:
-        _write_png(Path(args.png), seg, targets)
     report = seg.report()
     report["device"] = str(predictor.device)
     report["seconds"] = round(time.perf_counter() - started, 3)
-    report["outputs"] = {
-        k: v for k, v in (("labels", args.out), ("probabilities", args.probabilities), ("png", args.png)) if v
-    }
-    if args.report:
-        from sammoe.files import write_text
-
-        write_text(args.report, json.dumps(report, indent=2, allow_nan=False) + "\n")
+    outputs.write(seg, targets, report, overwrite=args.overwrite)
     if not args.quiet:
         for t in seg.targets:
             by = {"routers": "router", "forced": "forced"}.get(t.routed_by or "", "gate")

@@ -122,6 +122,7 @@ def read_image(path: str | os.PathLike, channel: int | None = None) -> Volume:
     """
     volume = _read_volume(path, channel)
     check_not_constant(volume)
+    volume.checked = True
     return volume
 
 
@@ -131,6 +132,8 @@ def as_volume(image: Any, affine: Any = None, *, channel: int | None = None) -> 
     if isinstance(image, (str, os.PathLike)):
         return read_image(image, channel=channel)
     if isinstance(image, Volume):
+        if image.checked:
+            return image
         volume = image
     else:
         array = np.asarray(image.detach().cpu() if hasattr(image, "detach") else image)
@@ -143,6 +146,7 @@ def as_volume(image: Any, affine: Any = None, *, channel: int | None = None) -> 
     volume.affine = check_affine(volume.affine, where)
     check_intensities(np.asarray(volume.array), where)
     check_not_constant(volume)
+    volume.checked = True
     return volume
 
 
@@ -230,6 +234,8 @@ def write_label(
     overwrite: bool = False,
     protect: Iterable[str | os.PathLike] = (),
     segments: Sequence[tuple[int, str, str]] = (),
+    *,
+    checked: bool = False,
 ) -> Path:
     """Write a label map as uint8 (or uint16 if values exceed 255) NIfTI on ``reference``'s grid, as a 3D
     Slicer segmentation when ``path`` ends with ``.seg.nrrd``, or as a DICOM-SEG referencing the source series
@@ -238,7 +244,9 @@ def write_label(
     The affine (and the NIfTI header, when the reference came from NIfTI) is the reference's. The file is
     written to a temporary name in the target folder and renamed, so a crash never leaves a half-written file.
     Refuses to overwrite ``reference.path`` or any path in ``protect``; refuses an existing ``path`` unless
-    ``overwrite``. ``array`` may be a numpy array or a torch tensor of the reference's shape.
+    ``overwrite``. ``array`` may be a numpy array or a torch tensor of the reference's shape. ``checked``: the
+    caller has already held ``path`` against every input with ``files.check_outputs`` (a command that checks
+    all its outputs before any work), so it is not checked again.
     """
     import nibabel as nib
 
@@ -252,7 +260,8 @@ def write_label(
     inputs = {f"input {i + 1}": p for i, p in enumerate(protect)}
     if reference.path is not None:
         inputs["the reference image"] = reference.path
-    check_outputs({"label map": path}, inputs, overwrite=overwrite)
+    if not checked:
+        check_outputs({"label map": path}, inputs, overwrite=overwrite)
     if hasattr(array, "detach"):
         array = array.detach().cpu().numpy()
     array = np.asarray(array)

@@ -29,6 +29,8 @@ class Volume:
     affine: np.ndarray
     path: Path | None = None
     header: Any = field(default=None, repr=False)
+    # set by the readers once every check has passed, so a volume handed on is not scanned again
+    checked: bool = field(default=False, repr=False, compare=False)
 
     @property
     def shape(self) -> tuple[int, int, int]:

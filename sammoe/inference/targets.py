@@ -10,16 +10,18 @@ input grid. Validation of clicks happens here, before any model runs.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sammoe.data.io import Volume
+from sammoe.data.clicks_file import SPACES
+from sammoe.data.io import Volume, write_label
 from sammoe.errors import DataError
 from sammoe.interact.roi import round_voxel
 
-SPACES = ("voxel", "ras", "lps")
 _LPS_RAS = np.array([-1.0, -1.0, 1.0])
 
 
@@ -115,6 +117,16 @@ class Segmentation:
         if not probs or any(p is None for p in probs):
             return None
         return probs[0] if len(probs) == 1 else np.stack(probs, axis=-1)
+
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write the label map on the input grid: NIfTI (``.nii``/``.nii.gz``), 3D Slicer ``.seg.nrrd`` or, for
+        an image read from a DICOM series, DICOM-SEG (``.dcm``), chosen by the extension. Refuses to replace
+        the input image, and an existing file unless ``overwrite``."""
+        return write_label(path, self.labels, self.volume, overwrite=overwrite, segments=self.segments())
+
+    def segments(self) -> list[tuple[int, str, str]]:
+        """(label value, name, description) per target, as segmentation files name their segments."""
+        return [(t.value, t.name, f"sammoe {t.expert}") for t in self.targets]
 
     def report(self) -> dict[str, Any]:
         vol = self.volume

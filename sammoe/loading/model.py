@@ -26,9 +26,12 @@ DEMO_WARNING = (
 )
 
 
-def choose_checkpoint(checkpoint: str | os.PathLike | None) -> ResolvedCheckpoint:
+def choose_checkpoint(checkpoint: str | os.PathLike | ResolvedCheckpoint | None) -> ResolvedCheckpoint:
     """The model the user asked for; None means turbo if its weights are cached. Refuses in one line, before
-    any image is read, when nothing was chosen and nothing is cached."""
+    any image is read, when nothing was chosen and nothing is cached. An already resolved checkpoint is
+    returned as it is (a command resolves the model once)."""
+    if isinstance(checkpoint, ResolvedCheckpoint):
+        return checkpoint
     if checkpoint is None:
         if cached(TURBO) is None:
             raise CheckpointError(
