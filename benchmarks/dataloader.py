@@ -4,6 +4,7 @@ cases, same workers, same run.
 
     python benchmarks/dataloader.py                         # 8 phantom cases, 2 workers, 128^3 at 1.5 mm
     python benchmarks/dataloader.py --cases 16 --workers 4 --shape 256 256 96 --spacing 0.8 0.8 2.0
+    python benchmarks/dataloader.py --cpu-capability avx2   # as an AVX2 CPU (benchmarks/README.md)
 
 Phantoms are generated first (not timed) at a CT-like resolution. Each pipeline yields one (case, class)
 crop per item; the numbers are items per second over one full pass, and the ratios are what to read.
@@ -12,12 +13,17 @@ crop per item; the numbers are items per second over one full pass, and the rati
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/machine.py
+
+import machine  # noqa: E402
 
 
 def passes(loader: DataLoader) -> tuple[float, int]:
@@ -58,8 +64,9 @@ def torchio_loader(targets, spacing, crop, workers):
     def collate(items):
         return torch.stack([s["image"].data for s in items])
 
-    return DataLoader(dataset, batch_size=1, num_workers=workers, collate_fn=collate,
-                      persistent_workers=workers > 0)  # fmt: skip
+    return DataLoader(
+        dataset, batch_size=1, num_workers=workers, collate_fn=collate, persistent_workers=workers > 0
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,7 +83,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=3, help="timed warm epochs")
     parser.add_argument("--workdir", default=None, help="keep phantoms/cache here (default: a temp folder)")
     parser.add_argument("--smoke", action="store_true", help="2 small phantoms, 64^3 crops, 1 epoch")
+    machine.add_option(parser)
     args = parser.parse_args(argv)
+    if machine.as_capability(args.cpu_capability, __file__, argv):
+        return
     if args.smoke:
         args.cases, args.workers, args.shape, args.crop, args.epochs = 2, 0, (48, 48, 32), 64, 1
 
@@ -89,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     from sammoe.lit.crop_datasets import CropSettings, TargetDataset
 
     torch.set_num_threads(1)
+    print(machine.header(machine.describe(__file__, argv)))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
         t0 = time.perf_counter()
@@ -99,8 +110,10 @@ def main(argv: list[str] | None = None) -> None:
             make_phantom_dataset(
                 root, args.cases, seed=0, shape=args.shape, spacing=args.spacing, overwrite=True
             )
-            print(f"generated {args.cases} phantoms {tuple(args.shape)} @ {tuple(args.spacing)} mm "
-                  f"in {time.perf_counter() - t0:.1f} s (not timed below)")  # fmt: skip
+            print(
+                f"generated {args.cases} phantoms {tuple(args.shape)} @ {tuple(args.spacing)} mm "
+                f"in {time.perf_counter() - t0:.1f} s (not timed below)"
+            )
         targets = index_dataset(root).targets(classes=args.classes)
         pre = Preprocessor(target_spacing=args.target_spacing, crop_size=args.crop)
         cache = PreprocessCache(work / f"cache-{time.time_ns()}", pre)
@@ -129,15 +142,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(targets)} items, crop {args.crop}^3 at {args.target_spacing} mm, {args.workers} workers")
     for name, value in rate.items():
         print(f"  {name:28s} {value:8.2f} cases/s")
-    print(
-        f"  warm / cold     = {rate['sammoe warm (cached)'] / rate['sammoe cold (fills cache)']:.1f}x (target >= 10x)"
-    )
-    print(
-        f"  warm / torchio (later epoch) = {rate['sammoe warm (cached)'] / rate['torchio plain, later epoch']:.1f}x"
-    )
-    print(
-        f"  cold / torchio (first epoch) = {rate['sammoe cold (fills cache)'] / rate['torchio plain, first epoch']:.2f}x"
-    )
+    cold, warm = rate["sammoe cold (fills cache)"], rate["sammoe warm (cached)"]
+    print(f"  warm / cold     = {warm / cold:.1f}x (target >= 10x)")
+    print(f"  warm / torchio (later epoch) = {warm / rate['torchio plain, later epoch']:.1f}x")
+    print(f"  cold / torchio (first epoch) = {cold / rate['torchio plain, first epoch']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python benchmarks/encoder.py                      # CPU, fp32, batch 1, vit_b_ori at 128^3
     python benchmarks/encoder.py --device cuda --dtype bf16 --batch 1 8 32 [--compile] [--json out.json]
     python benchmarks/encoder.py --smoke                # one CPU pass of each at 64^3 (the test suite)
+    python benchmarks/encoder.py --cpu-capability avx2  # as an AVX2 CPU (benchmarks/README.md)
 
 Each implementation runs in its own subprocess so that its peak memory (RSS on CPU, allocator peak on GPU)
 is its own. Both get identical random weights (every constant-initialised parameter randomised) and the
@@ -25,11 +26,15 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/machine.py
+
+import machine  # noqa: E402
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def config(size: int):
-    """vit_b_ori (the turbo architecture), for inputs of side `size` (128 as released; 64 for the smoke run)."""
+    """vit_b_ori (the turbo architecture), for inputs of side `size` (128 as released; 64 for the smoke)."""
     import dataclasses
 
     from sammoe.model.sam3d import PRESETS
@@ -55,10 +60,19 @@ def build(impl: str, size: int = 128) -> torch.nn.Module:
     from medim.models.sam_med3d import ImageEncoderViT3D
 
     return ImageEncoderViT3D(
-        img_size=size, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4, out_chans=384,
-        qkv_bias=True, norm_layer=lambda d: torch.nn.LayerNorm(d, eps=1e-6), use_rel_pos=True,
-        window_size=14, global_attn_indexes=[2, 5, 8, 11],
-    )  # fmt: skip
+        img_size=size,
+        patch_size=16,
+        embed_dim=768,
+        depth=12,
+        num_heads=12,
+        mlp_ratio=4,
+        out_chans=384,
+        qkv_bias=True,
+        norm_layer=lambda d: torch.nn.LayerNorm(d, eps=1e-6),
+        use_rel_pos=True,
+        window_size=14,
+        global_attn_indexes=[2, 5, 8, 11],
+    )
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -100,12 +114,12 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def run_impl(impl: str, args: argparse.Namespace, tmp: Path) -> dict:
-    cmd = [
-        sys.executable, __file__, "--worker", impl, "--weights", str(tmp / "w.pt"), "--input", str(tmp / "x.pt"),
-        "--output", str(tmp / impl), "--device", args.device, "--dtype", args.dtype,
-        "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--threads", str(args.threads),
-        "--batch", *map(str, args.batch), "--image-size", str(args.image_size),
-    ] + (["--compile"] if impl == "compiled" else [])  # fmt: skip
+    cmd = [sys.executable, __file__, "--worker", impl, "--weights", str(tmp / "w.pt")]
+    cmd += ["--input", str(tmp / "x.pt"), "--output", str(tmp / impl), "--device", args.device]
+    cmd += ["--dtype", args.dtype, "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+    cmd += ["--threads", str(args.threads), "--batch", *map(str, args.batch)]
+    cmd += ["--image-size", str(args.image_size)]
+    cmd += ["--compile"] if impl == "compiled" else []
     subprocess.run(cmd, check=True)
     return {int(k): v for k, v in json.loads((tmp / impl).read_text()).items()}
 
@@ -128,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument(name, help=argparse.SUPPRESS)
     parser.add_argument("--image-size", type=int, default=128, help="input side (the release: 128)")
     parser.add_argument("--smoke", action="store_true", help="CPU, 64^3, batch 1, one repeat, no warm-up")
+    machine.add_option(parser)
     args = parser.parse_args(argv)
     if args.smoke:
         args.device, args.batch, args.repeats, args.warmup, args.compile = "cpu", [1], 1, 0, False
@@ -137,6 +152,10 @@ def main(argv: list[str] | None = None) -> None:
         args.compile = args.worker == "compiled"
         worker(args)
         return
+    if machine.as_capability(args.cpu_capability, __file__, argv):
+        return
+    info = machine.describe(__file__, argv, threads=args.threads)  # the workers' thread count
+    print(machine.header(info))
 
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
@@ -154,16 +173,20 @@ def main(argv: list[str] | None = None) -> None:
         f"vit_b_ori image encoder, {args.image_size}^3, {where}, dtype={args.dtype}, threads={args.threads}, "
         f"median of {args.repeats} after {args.warmup} warm-up; seconds per volume"
     )
-    print(f"{'batch':>5} {'official':>9} {'ours':>9} {'compiled':>9} {'speed-up':>9} {'compiled':>9} "
-          f"{'max|diff|/scale':>16} {'peak MiB off/ours/comp':>23}")  # fmt: skip
+    print(
+        f"{'batch':>5} {'official':>9} {'ours':>9} {'compiled':>9} {'speed-up':>9} {'compiled':>9} "
+        f"{'max|diff|/scale':>16} {'peak MiB off/ours/comp':>23}"
+    )
     for row in rows:
+        times = [_num(row.get("official_s")), _num(row["ours_s"]), _num(row.get("compiled_s"))]
+        ratios = [_ratio(row.get("speedup")), _ratio(row.get("speedup_compiled"))]
         print(
-            f"{row['batch']:>5} {_num(row.get('official_s'))} {_num(row['ours_s'])} {_num(row.get('compiled_s'))} "
-            f"{_ratio(row.get('speedup'))} {_ratio(row.get('speedup_compiled'))} "
+            f"{row['batch']:>5} {' '.join(times)} {' '.join(ratios)} "
             f"{_num(row.get('rel_diff'), '>16.2e')} {row['peak_mib']:>23}"
         )
     if args.json:
-        args.json.write_text(json.dumps({"device": where, "dtype": args.dtype, "batches": rows}, indent=1))
+        result = {"device": where, "dtype": args.dtype, "batches": rows, "machine": info}
+        args.json.write_text(json.dumps(result, indent=1))
     return rows
 
 
@@ -176,7 +199,8 @@ def wanted(impl: str, args: argparse.Namespace) -> bool:
 
 
 def summarise(runs: dict, args: argparse.Namespace, tmp: Path) -> list[dict]:
-    """Per batch: seconds per volume of each implementation, ratios against the official encoder, agreement."""
+    """Per batch: seconds per volume of each implementation, ratios against the official encoder, and how
+    closely they agree."""
     rows = []
     for batch in args.batch:
         row = {"batch": batch}

@@ -31,13 +31,15 @@ def rows(folder: Path) -> list[tuple[str, str, str, str, str]]:
             if row.get(key) is None:
                 continue
             ratio = row.get(ratio_key)
-            out.append((
-                f"encoder b{row['batch']} {label} (ms/volume)",
-                _ms(official),
-                _ms(row[key]),
-                f"{ratio:.1f}x" if ratio else "-",
-                goal + (_verdict(ratio >= ENCODER_GOAL) if goal and ratio else ""),
-            ))  # fmt: skip
+            out.append(
+                (
+                    f"encoder b{row['batch']} {label} (ms/volume)",
+                    _ms(official),
+                    _ms(row[key]),
+                    f"{ratio:.1f}x" if ratio else "-",
+                    goal + (_verdict(ratio >= ENCODER_GOAL) if goal and ratio else ""),
+                )
+            )
     clicks = _read(folder / "clicks.json")
     if clicks is None:
         out.append(("click latency", "-", "-", "missing", ""))
@@ -45,10 +47,15 @@ def rows(folder: Path) -> list[tuple[str, str, str, str, str]]:
         refinement = clicks["refinement_step_ms"]
         out += [
             ("first click (ms)", "-", f"{clicks['first_click_ms']:.1f}", "", ""),
-            ("refinement, decoder step (ms)", "-", f"{refinement:.2f}", "",
-             f"<= {REFINEMENT_GOAL_MS:.0f} ms" + _verdict(refinement <= REFINEMENT_GOAL_MS)),
+            (
+                "refinement, decoder step (ms)",
+                "-",
+                f"{refinement:.2f}",
+                "",
+                f"<= {REFINEMENT_GOAL_MS:.0f} ms" + _verdict(refinement <= REFINEMENT_GOAL_MS),
+            ),
             ("refinement, add_click end to end (ms)", "-", f"{clicks['add_click_ms']:.1f}", "", ""),
-        ]  # fmt: skip
+        ]
     train = _read(folder / "train_step.json")
     if train is None:
         out.append(("training steps", "-", "-", "missing", ""))
@@ -56,13 +63,15 @@ def rows(folder: Path) -> list[tuple[str, str, str, str, str]]:
         ours, official = results.get("ours"), results.get("official")
         for what, key, fmt in (("s/step", "s_per_step", ".3f"), ("peak GiB", "peak_gib", ".2f")):
             ratio = official[key] / ours[key] if ours and official and ours[key] > 0 else None
-            out.append((
-                f"train {mode} {what}",
-                format(official[key], fmt) if official else "failed",
-                format(ours[key], fmt) if ours else "failed",
-                f"{ratio:.2f}x" if ratio else "-",
-                "",
-            ))  # fmt: skip
+            out.append(
+                (
+                    f"train {mode} {what}",
+                    format(official[key], fmt) if official else "failed",
+                    format(ours[key], fmt) if ours else "failed",
+                    f"{ratio:.2f}x" if ratio else "-",
+                    "",
+                )
+            )
     return out
 
 
@@ -70,7 +79,7 @@ def table(folder: Path) -> str:
     header = ("measure", "official", "sammoe", "official/sammoe", "goal")
     body = rows(folder)
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    lines = [" | ".join(cell.ljust(w) for cell, w in zip(r, widths)) for r in [header, *body]]
+    lines = [" | ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=False)) for r in [header, *body]]
     lines.insert(1, "-|-".join("-" * w for w in widths))
     devices = {
         d for d in (_device(folder / n) for n in ("encoder.json", "clicks.json", "train_step.json")) if d

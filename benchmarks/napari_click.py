@@ -1,9 +1,10 @@
 """Click-to-update latency of the napari plugin: from a mouse click on the clicks layer to the labels layer
 holding the new mask, next to `Predictor.add_click` alone on the same image and clicks.
 
-    xvfb-run -a python benchmarks/napari_click.py                       # demo model, CPU, 20 refinement clicks
+    xvfb-run -a python benchmarks/napari_click.py                    # demo model, CPU, 20 refinement clicks
     xvfb-run -a python benchmarks/napari_click.py --checkpoint turbo --device cuda   # ViT-B on a GPU
-    python benchmarks/napari_click.py --smoke                           # 3 clicks (the test suite)
+    python benchmarks/napari_click.py --smoke                        # 3 clicks (the test suite)
+    python benchmarks/napari_click.py --cpu-capability avx2          # as an AVX2 CPU (benchmarks/README.md)
 
 A hidden viewer opens a phantom through the plugin's reader; the first click (resample + encode) is timed
 apart. Each refinement click is a press/release on the clicks layer as napari's canvas delivers it; the clock
@@ -26,6 +27,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/machine.py
+
+import machine  # noqa: E402
 
 
 def _clicks(centre: np.ndarray, n: int) -> list[tuple[np.ndarray, bool]]:
@@ -140,7 +145,7 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> dict | None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default="demo", help="demo (default) | turbo | a weights file")
     p.add_argument("--device", default="cpu")
@@ -150,7 +155,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--clicks", type=int, default=20, help="refinement clicks timed (median reported)")
     p.add_argument("--smoke", action="store_true", help="3 clicks: proves the benchmark runs")
     p.add_argument("--json", metavar="PATH", help="also write the numbers here")
+    machine.add_option(p)
     args = p.parse_args(argv)
+    if machine.as_capability(args.cpu_capability, __file__, argv):
+        return None
     if args.smoke:
         args.clicks = 3
     if not os.environ.get("DISPLAY"):
@@ -166,16 +174,21 @@ def main(argv: list[str] | None = None) -> dict:
             *(argv or sys.argv[1:]),
         ]
         raise SystemExit(subprocess.call(cmd))
+    info = machine.describe(__file__, argv)
+    print(machine.header(info))
     result = run(args)
+    result["machine"] = info
     ratio = result["click_to_labels_ms"] / max(result["add_click_alone_ms"], 1e-9)
     print(f"napari click -> labels layer ({result['checkpoint']}, {result['device']}, {result['target']}):")
     print(f"  first click (resample + encode + decode)   {result['first_click_s']:.3f} s")
     print(
-        f"  refinement, click -> labels layer (median)  {result['click_to_labels_ms']:.1f} ms  (max {result['click_to_labels_max_ms']:.1f} ms, goal < 150 ms)"
+        f"  refinement, click -> labels layer (median)  {result['click_to_labels_ms']:.1f} ms  "
+        f"(max {result['click_to_labels_max_ms']:.1f} ms, goal < 150 ms)"
     )
     print(f"  of which the session's model call (median)  {result['session_model_ms']:.1f} ms")
     print(
-        f"  Predictor.add_click alone (median)          {result['add_click_alone_ms']:.1f} ms  (viewer/alone ratio {ratio:.2f})"
+        f"  Predictor.add_click alone (median)          {result['add_click_alone_ms']:.1f} ms  "
+        f"(viewer/alone ratio {ratio:.2f})"
     )
     print(f"  {result['clicks']} refinement clicks, {result['encodes']} encode(s)")
     if args.json:

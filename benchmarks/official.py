@@ -26,21 +26,32 @@ def official_modules(ours):
     grid = cfg.image_size // cfg.patch_size
     official = med.SAM_Med3D(
         image_encoder=med.ImageEncoderViT3D(
-            img_size=cfg.image_size, patch_size=cfg.patch_size, embed_dim=cfg.encoder_embed_dim,
-            depth=cfg.encoder_depth, num_heads=cfg.encoder_num_heads, mlp_ratio=cfg.mlp_ratio,
-            out_chans=cfg.prompt_embed_dim, qkv_bias=True,
-            norm_layer=lambda dim: torch.nn.LayerNorm(dim, eps=1e-6), use_rel_pos=True,
-            window_size=cfg.window_size, global_attn_indexes=list(cfg.encoder_global_attn_indexes),
+            img_size=cfg.image_size,
+            patch_size=cfg.patch_size,
+            embed_dim=cfg.encoder_embed_dim,
+            depth=cfg.encoder_depth,
+            num_heads=cfg.encoder_num_heads,
+            mlp_ratio=cfg.mlp_ratio,
+            out_chans=cfg.prompt_embed_dim,
+            qkv_bias=True,
+            norm_layer=lambda dim: torch.nn.LayerNorm(dim, eps=1e-6),
+            use_rel_pos=True,
+            window_size=cfg.window_size,
+            global_attn_indexes=list(cfg.encoder_global_attn_indexes),
         ),
         prompt_encoder=med.PromptEncoder3D(
-            embed_dim=cfg.prompt_embed_dim, image_embedding_size=(grid,) * 3,
-            input_image_size=(cfg.image_size,) * 3, mask_in_chans=cfg.mask_in_chans,
+            embed_dim=cfg.prompt_embed_dim,
+            image_embedding_size=(grid,) * 3,
+            input_image_size=(cfg.image_size,) * 3,
+            mask_in_chans=cfg.mask_in_chans,
         ),
         mask_decoder=med.MaskDecoder3D(
-            transformer_dim=cfg.prompt_embed_dim, num_multimask_outputs=cfg.num_multimask_outputs,
-            iou_head_depth=cfg.iou_head_depth, iou_head_hidden_dim=cfg.iou_head_hidden_dim,
+            transformer_dim=cfg.prompt_embed_dim,
+            num_multimask_outputs=cfg.num_multimask_outputs,
+            iou_head_depth=cfg.iou_head_depth,
+            iou_head_hidden_dim=cfg.iou_head_hidden_dim,
         ),
-    )  # fmt: skip
+    )
     official.load_state_dict(ours.state_dict())
     return official
 

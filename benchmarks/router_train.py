@@ -4,6 +4,7 @@
     python benchmarks/router_train.py --module gate         # the joint gate (configs/gate.yaml's module)
     python benchmarks/router_train.py --preset tiny --cases 24 --epochs 4
     python benchmarks/router_train.py --smoke               # tiny sizes, what the test suite runs
+    python benchmarks/router_train.py --cpu-capability avx2 # as an AVX2 CPU (benchmarks/README.md)
 
 Both runs train `RouterTraining` (configs/router.yaml) or `GateTraining` (configs/gate.yaml, over one expert
 exported from the same trunk) through a Lightning Trainer on the same generated phantoms, with one fixed
@@ -17,23 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/machine.py
 
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+import machine  # noqa: E402
 
 
 def _data(root: Path, preset: str, cases: int):
@@ -41,10 +34,19 @@ def _data(root: Path, preset: str, cases: int):
 
     crop = 64 if preset == "tiny" else 128
     return PhantomDataModule(
-        root=str(root / "phantoms"), cache_dir=str(root / "preprocess"), n_cases=cases, n_test=0,
-        crop_size=crop, batch_size=4, flips=False, val_fraction=0.0, background_clicks=1,
-        classes=["spinal_cord"], general_classes=["liver", "spleen"], click_draws=1,
-    )  # fmt: skip
+        root=str(root / "phantoms"),
+        cache_dir=str(root / "preprocess"),
+        n_cases=cases,
+        n_test=0,
+        crop_size=crop,
+        batch_size=4,
+        flips=False,
+        val_fraction=0.0,
+        background_clicks=1,
+        classes=["spinal_cord"],
+        general_classes=["liver", "spleen"],
+        click_draws=1,
+    )
 
 
 def warm_preprocessing(root: Path, preset: str, cases: int) -> None:
@@ -62,9 +64,12 @@ def _module(kind: str, root: Path, preset: str, cache_dir: Path | None):
         from sammoe.lit.router import RouterTraining
 
         return RouterTraining(
-            "spinal_cord", {"classes": {"spinal_cord": 5}}, preset=preset, checkpoint="seeded",
+            "spinal_cord",
+            {"classes": {"spinal_cord": 5}},
+            preset=preset,
+            checkpoint="seeded",
             feature_cache=cache,
-        )  # fmt: skip
+        )
     from sammoe.lit.finetune import ExpertFinetune
     from sammoe.lit.gate import GateTraining
 
@@ -75,9 +80,13 @@ def _module(kind: str, root: Path, preset: str, cache_dir: Path | None):
         )
         expert.export(decoder)
     return GateTraining(
-        preset=preset, checkpoint="seeded", expert_files={"spinal_cord": str(decoder)},
-        gate_robust_texture=True, tune_tau=False, feature_cache=cache,
-    )  # fmt: skip
+        preset=preset,
+        checkpoint="seeded",
+        expert_files={"spinal_cord": str(decoder)},
+        gate_robust_texture=True,
+        tune_tau=False,
+        feature_cache=cache,
+    )
 
 
 def run(
@@ -98,15 +107,22 @@ def run(
             times.append(time.perf_counter() - self.start)
 
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_epochs=epochs, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[Clock()],
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[Clock()],
         default_root_dir=str(root / "run"),
-    )  # fmt: skip
+    )
     trainer.fit(module, datamodule=data)
     return times
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> dict | None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -116,9 +132,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--smoke", action="store_true", help="tiny preset, 2 cases, 2 epochs")
     parser.add_argument("--json", metavar="FILE", help="also write the result as JSON")
+    machine.add_option(parser)
     args = parser.parse_args(argv)
+    if machine.as_capability(args.cpu_capability, __file__, argv):
+        return None
     if args.smoke:
         args.preset, args.cases, args.epochs = "tiny", 2, 2
+    info = machine.describe(__file__, argv)
+    print(machine.header(info))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         warm_preprocessing(root, args.preset, args.cases)
@@ -126,19 +147,22 @@ def main(argv: list[str] | None = None) -> dict:
         cached = run(root, args.preset, args.cases, args.epochs, root / "features", args.module)
     later = slice(1, None)
     result = {
-        "cpu": _cpu_name(),
-        "threads": torch.get_num_threads(),
+        "cpu": info["cpu"],
+        "threads": info["threads"],
         "module": args.module,
         "preset": args.preset,
         "crops_per_epoch": args.cases * 4,
         "uncached_epoch_s": uncached,
         "cached_epoch_s": cached,
         "speedup_after_first_epoch": statistics.median(uncached[later]) / statistics.median(cached[later]),
+        "machine": info,
     }
-    print(f"{args.module} training, {args.preset}, {result['crops_per_epoch']} crops per epoch, {result['cpu']}, "
-          f"{result['threads']} threads")  # fmt: skip
+    print(
+        f"{args.module} training, {args.preset}, {result['crops_per_epoch']} crops per epoch, "
+        f"{result['cpu']}, {result['threads']} threads"
+    )
     print("epoch   uncached s   cached s")
-    for e, (u, c) in enumerate(zip(uncached, cached), 1):
+    for e, (u, c) in enumerate(zip(uncached, cached, strict=False), 1):
         print(f"{e:>5}   {u:>10.2f}   {c:>8.2f}")
     print(f"epochs 2..{args.epochs}: the cache is {result['speedup_after_first_epoch']:.1f}x faster")
     if args.json:

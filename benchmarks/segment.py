@@ -4,15 +4,17 @@ latency of one refinement click after the first encode.
     python benchmarks/segment.py                                   # CPU, tiny preset, colin27
     python benchmarks/segment.py --preset vit_b_ori --device cuda [--compile] [--modes clicks]
     python benchmarks/segment.py --smoke                           # tiny sizes, one repeat (the test suite)
+    python benchmarks/segment.py --modes official --cpu-capability avx2   # as an AVX2 CPU (README.md)
 
 Whole-command times run `sammoe segment` in this process (model load, read, resample, encode, decode, inverse,
 write; Python start-up and imports excluded): 1 target, then 10 targets whose first clicks lie within a few mm
 of each other, once sharing one encoded ROI (`--share-roi 0.125`) and once with `--share-roi 0` (the
-default: every target its own crop, so 10 encodes). The click mode times, on a warm model, the first encode, one
-decoder step on the cached embedding (the refinement click as the model sees it) and `Predictor.add_click`
+default: every target its own crop, so 10 encodes). The click mode times, on a warm model, the first encode,
+one decoder step on the cached embedding (the refinement click as the model sees it) and `Predictor.add_click`
 end to end (decoder + upsample + mapping back to the input grid). Weights are the preset's seeded random
 initialisation: speed does not depend on them, but random decoders predict foreground everywhere, so the
-sliding window (which follows the mask) is switched off. Medians of --repeats runs; ratios are from the same run.
+sliding window (which follows the mask) is switched off. Medians of --repeats runs; ratios are from the same
+run. The CT-sized first click and refinement are benchmarks/ct_click.py.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/official.py
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/official.py, benchmarks/machine.py
+
+import machine  # noqa: E402
 
 COLIN = Path(__file__).resolve().parents[1] / "sammoe" / "assets" / "colin27" / "ch2.nii.gz"  # shipped copy
 PUTAMEN_L_RAS = np.array([-24.9, 3.9, 2.4])
@@ -78,9 +82,9 @@ def time_command(argv: list[str], repeats: int) -> float:
 
 def bench_command(args, image: Path, ckpt: Path, folder: Path) -> None:
     base = ["--image", str(image), "--checkpoint", str(ckpt), "--experts", "none", "--device", args.device]
-    base += ["--out", str(folder / "seg.nii.gz"), "--no-sliding-window"] + (
-        ["--compile"] if args.compile else []
-    )
+    base += ["--out", str(folder / "seg.nii.gz"), "--no-sliding-window"]
+    base += ["--compile"] if args.compile else []
+    base += ["--no-autocast"] if args.float32 else []
     one = ["--clicks", str(targets_file(folder, 1))]
     ten = ["--clicks", str(targets_file(folder, 10))]
     time_command(base + one, 1)  # warm-up: caches, allocator, lazy imports
@@ -104,7 +108,12 @@ def bench_clicks(args, image: Path, ckpt: Path) -> dict:
     from sammoe.inference.predictor import Predictor, Target
 
     pred = Predictor.load(
-        ckpt, experts="none", device=args.device, compile=args.compile, use_sliding_window=False
+        ckpt,
+        experts="none",
+        device=args.device,
+        compile=args.compile,
+        use_sliding_window=False,
+        autocast=False if args.float32 else "auto",
     )
     device = pred.device
     vol = pred.set_image(image)
@@ -154,9 +163,13 @@ def bench_clicks(args, image: Path, ckpt: Path) -> dict:
     print(f"  refinement, add_click end to end:               {click_ms * 1e3:9.2f} ms")
     print(f"  first click / refinement step: {first / step:.1f}x")
     return {
-        "preset": args.preset, "device": name, "autocast": "bf16" if pred.autocast else "off",
-        "first_click_ms": first * 1e3, "refinement_step_ms": step * 1e3, "add_click_ms": click_ms * 1e3,
-    }  # fmt: skip
+        "preset": args.preset,
+        "device": name,
+        "autocast": "bf16" if pred.autocast else "off",
+        "first_click_ms": first * 1e3,
+        "refinement_step_ms": step * 1e3,
+        "add_click_ms": click_ms * 1e3,
+    }
 
 
 def bench_official(args, image: Path, ckpt: Path) -> dict:
@@ -167,7 +180,8 @@ def bench_official(args, image: Path, ckpt: Path) -> dict:
     from sammoe.inference.predictor import Predictor, Target
     from sammoe.loading import load_backbone
 
-    ours = Predictor.load(ckpt, experts="none", device="cpu", use_sliding_window=False)
+    autocast = False if args.float32 else "auto"
+    ours = Predictor.load(ckpt, experts="none", device="cpu", use_sliding_window=False, autocast=autocast)
     theirs = OfficialPipeline(official_modules(load_backbone(ckpt)), crop=ours.size)
     volume = ours.set_image(image)
     click = (np.linalg.inv(volume.affine) @ np.append(PUTAMEN_L_RAS, 1.0))[:3]
@@ -247,7 +261,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--smoke", action="store_true", help="tiny preset, small synthetic image, 1 repeat")
     parser.add_argument("--json", type=Path, default=None, help="also write the click latencies here")
+    machine.add_option(parser)
     args = parser.parse_args(argv)
+    if machine.as_capability(args.cpu_capability, __file__, argv):
+        return
     if args.smoke:
         args.preset, args.repeats, args.clicks, args.device = "tiny", 1, 3, "cpu"
     if args.device == "auto":
@@ -255,6 +272,11 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_grad_enabled(False)
     if args.threads:
         torch.set_num_threads(args.threads)
+    info = machine.describe(__file__, argv)
+    print(machine.header(info))
+    args.float32 = machine.float32_as_emulated(info)
+    if args.float32:
+        print("  so sammoe runs float32 here (--no-autocast), the automatic choice on the emulated CPU")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         if args.smoke:
@@ -264,15 +286,13 @@ def main(argv: list[str] | None = None) -> None:
         from sammoe.loading import load_backbone, save_backbone
 
         ckpt = save_backbone(load_backbone(None, args.preset), folder / f"{args.preset}.safetensors")
-        print(
-            f"torch {torch.__version__}, threads {torch.get_num_threads()}, python {sys.version.split()[0]}"
-        )
         if "command" in args.modes:
             bench_command(args, image, ckpt, folder)
         if "official" in args.modes:
             bench_official(args, image, ckpt)
         if "clicks" in args.modes:
             result = bench_clicks(args, image, ckpt)
+            result["machine"] = info
             if args.json:
                 args.json.write_text(json.dumps(result, indent=1))
 

@@ -3,6 +3,7 @@
     python benchmarks/train_step.py                                   # CPU, fp32, vit_b_ori, batch 2
     python benchmarks/train_step.py --device cuda --dtype bf16 --batch 2 --modes sft gate all
     python benchmarks/train_step.py --smoke                            # tiny sizes (the test suite)
+    python benchmarks/train_step.py --cpu-capability avx2              # as an AVX2 CPU (benchmarks/README.md)
 
 One step is the official SAM-Med3D interaction (11 decoder iterations, error-region clicks, previous logits
 fed back, two point-free iterations, DiceCE summed, AdamW) in three modes:
@@ -33,6 +34,10 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/official.py, benchmarks/machine.py
+
+import machine  # noqa: E402
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 GATE_CLICKS_PER_TARGET = 16  # configs/gate.yaml clicks_per_target
 
@@ -45,7 +50,6 @@ def build_backbone(impl: str, preset: str):
     ours = SamMed3D(PRESETS[preset])
     if impl == "ours":
         return ours
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from official import official_modules
 
     official = official_modules(ours)
@@ -197,26 +201,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--impl", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     parser.add_argument("--smoke", action="store_true", help="tiny preset, batch 1, 2 iterations, 1 step")
+    machine.add_option(parser)
     args = parser.parse_args(argv)
     if args.smoke:
-        args.preset, args.device, args.batch, args.iterations, args.steps, args.warmup = (
-            "tiny",
-            "cpu",
-            1,
-            2,
-            1,
-            0,
-        )
+        args.preset, args.device, args.batch = "tiny", "cpu", 1
+        args.iterations, args.steps, args.warmup = 2, 1, 0
     if args.impl:
         worker(args)
         return
+    if machine.as_capability(args.cpu_capability, __file__, argv):
+        return
+    info = machine.describe(__file__, argv, threads=args.threads)  # the workers' thread count
+    print(machine.header(info))
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
     print(
-        f"train step: {args.preset}, batch {args.batch}, {args.iterations} iterations, {args.dtype}, {where}, "
-        f"{args.threads} threads; median of {args.steps} steps after {args.warmup} warm-up"
+        f"train step: {args.preset}, batch {args.batch}, {args.iterations} iterations, {args.dtype}, "
+        f"{where}, {args.threads} threads; median of {args.steps} steps after {args.warmup} warm-up"
     )
     print(f"{'mode':<6} {'impl':<9} {'s/step':>8} {'peak GiB':>9} {'trainable':>10}")
-    everything = {"device": where, "dtype": args.dtype, "batch": args.batch, "modes": {}}
+    everything = {"device": where, "dtype": args.dtype, "batch": args.batch, "modes": {}, "machine": info}
     for mode in args.modes:
         results = everything["modes"][mode] = {}
         for impl in args.impls:
@@ -234,9 +237,11 @@ def main(argv: list[str] | None = None) -> None:
             )
         if len(results) == 2:
             ours, official = results["ours"], results["official"]
+            faster = official["s_per_step"] / ours["s_per_step"]
+            smaller = official["peak_gib"] / max(ours["peak_gib"], 1e-9)
             print(
-                f"{mode:<6} ratio     {official['s_per_step'] / ours['s_per_step']:7.2f}x faster, "
-                f"{official['peak_gib'] / max(ours['peak_gib'], 1e-9):.2f}x less peak memory (official / ours)"
+                f"{mode:<6} ratio     {faster:7.2f}x faster, "
+                f"{smaller:.2f}x less peak memory (official / ours)"
             )
     if args.json:
         args.json.write_text(json.dumps(everything, indent=1))
