@@ -73,20 +73,20 @@ def test_every_package_is_in_a_layer():
 
 def test_only_loading_reads_weights_and_only_files_writes():
     """Model weights are read in sammoe.loading (plugin weight files, sha256-checked, in plugins.checksums;
-    checkpoints to package, with their metadata, in publish.package); user-facing outputs are written through
+    checkpoints to package through loading.checkpoints); user-facing outputs are written through
     sammoe.files (the preprocessing cache, generated phantom datasets and packaged plugin folders are built
     in a temp folder of their own and renamed; the demo and its example plugins write into the demo's run
     folder)."""
     readers = ("safetensors.torch import load", "safe_open(", "torch.load(")
     writers = ("os.replace(", ".write_text(", ".write_bytes(", "nib.save(", "np.save(", "save_file(")
-    own_readers = ("sammoe.loading", "sammoe.plugins.checksums", "sammoe.publish.package")
+    own_readers = ("sammoe.loading", "sammoe.plugins.checksums")
     own_writers = (
         "sammoe.files",
         "sammoe.data.cache",
         "sammoe.data.phantoms",
         "sammoe.cli.demo",
         "sammoe.cli.demo_plugins",
-        "sammoe.publish.package",
+        "sammoe.publish.project",
         "sammoe.plugins.testing",
     )
     for name, path in _modules():

@@ -45,39 +45,46 @@ def _check_tensors(state: dict[str, Any], source: str) -> dict[str, torch.Tensor
     return state
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of one weights file (see the module docstring), checked to be finite floating point."""
+def load_weights_file(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
+    """What a weights file holds, loaded without running any code: a ``.safetensors`` file's tensors, or a
+    torch file read weights-only (official training checkpoints also pickle ``args``, an
+    ``argparse.Namespace``: a plain attribute bag, allowed). The one reader of checkpoints; CheckpointError
+    names the file and the fix. ``mmap`` maps a torch file's tensors instead of reading them (a check only)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; check the path")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
-            state = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as err:
+            return load_file(str(path))
+        except Exception as err:  # SafetensorError, OSError, ValueError, ...
             raise CheckpointError(
-                f"{path}: not a readable safetensors file ({err}); re-download or re-export it"
+                f"{path} is not a readable safetensors file ({err}); re-download or re-export it"
             ) from None
-        return _check_tensors(_strip_prefix(state), str(path))
     try:
-        # Official training checkpoints also pickle `args` (an argparse.Namespace): a plain attribute bag,
-        # safe to allow; anything else that is not a tensor container is refused.
         with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises many types for corrupt or pickle-unsafe files
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
-            f"{path}: cannot be read as a weights-only torch checkpoint ({first}); re-download it, or re-save "
-            "the model_state_dict alone with `torch.save({'model_state_dict': sd}, path)`"
+            f"{path} cannot be loaded with weights_only=True ({first[:160]}): it is damaged, or pickles Python "
+            "objects that could run code; re-download it, or re-save its tensors alone (`torch.save("
+            "{'model_state_dict': sd}, path)`, or .safetensors with a .json sidecar)"
         ) from None
-    if isinstance(obj, dict):
-        for key in ("model_state_dict", "state_dict", "model"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a dict of tensors")
+    return obj
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of one weights file (see the module docstring), checked to be finite floating point."""
+    obj = load_weights_file(path)
+    for key in ("model_state_dict", "state_dict", "model"):
+        if isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: holds no state_dict of tensors (expected a 'model_state_dict' entry)")
     return _check_tensors(_strip_prefix(obj), str(path))
 
@@ -101,12 +108,10 @@ def check_resume_checkpoint(ckpt_path: str | Path | None) -> None:
     if not path.is_file():
         raise CheckpointError(f"--ckpt_path {path}: no such checkpoint file; check the path (or use `last`)")
     try:
-        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # torch raises many types for corrupt or pickle-unsafe files
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        load_weights_file(path, mmap=True)
+    except CheckpointError as err:
         raise CheckpointError(
-            f"--ckpt_path {path}: not a Lightning checkpoint that loads without running code ({first[:160]}); "
-            "resume from a checkpoint written by `sammoe fit`"
+            f"--ckpt_path: not a Lightning checkpoint that loads without running code: {err}"
         ) from None
 
 

@@ -2,7 +2,7 @@
 
 Accepted checkpoints (see `read_checkpoint`):
 
-- a Lightning `.ckpt` (read with `torch.load(weights_only=True)`): `state_dict` holds the decoder under one
+- a Lightning `.ckpt` (read weights-only by `sammoe.loading.checkpoints`): `state_dict` holds the decoder under one
   prefix ending in `mask_decoder.` (e.g. `model.mask_decoder.*`) and may hold the frozen trunk
   (`model.image_encoder.*`, `model.prompt_encoder.*`); `hyper_parameters` carries the metadata below as plain
   JSON types.
@@ -18,7 +18,6 @@ Metadata: `preset` (required), `task` (required: `classes`, optional `modality`,
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -32,20 +31,19 @@ from pydantic import ValidationError
 from sammoe import __version__ as sammoe_version
 from sammoe.errors import CheckpointError, PluginError
 from sammoe.loading import TRUNK_PREFIXES, backbone_source, decoder_mismatch, load_backbone, load_state
-from sammoe.loading.router import ROUTER_FILE, check_router_bytes, router_metrics
+from sammoe.loading.checkpoints import load_weights_file
+from sammoe.loading.router import ROUTER_FILE, check_router_bytes
 from sammoe.model.sam3d import PRESETS, backbone_fingerprint
-from sammoe.plugins.checksums import sha256_bytes, sha256_file
 from sammoe.plugins.manifest import (
-    ENTRY_POINT_GROUP,
     NAME_PATTERN,
     SAMMOE_API,
     ExpertManifest,
-    RouterRef,
     validation_summary,
 )
+from sammoe.publish.project import WEIGHTS_FILE, distribution_name, module_name, write_project
 
-WEIGHTS_FILE = "decoder.safetensors"
-MANIFEST_FILE = "manifest.json"
+__all__ = ["ExpertCheckpoint", "build_manifest", "distribution_name", "package_expert", "read_checkpoint"]
+
 _META_KEYS = ("preset", "task", "backbone_fingerprint", "provenance", "description", "version")
 
 
@@ -100,25 +98,16 @@ def read_checkpoint(path: str | Path, meta: str | Path | None = None) -> ExpertC
     path = Path(path)
     if not path.is_file():
         raise PluginError(f"checkpoint {path} not found; pass the finetuned expert's .ckpt or .safetensors")
+    try:
+        obj = load_weights_file(path)
+    except CheckpointError as err:
+        hint = "" if path.suffix == ".safetensors" else "; save hyperparameters as plain JSON types"
+        raise PluginError(f"{err}{hint}") from None
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(path))
-        except Exception as err:
-            raise PluginError(f"{path} is not a readable safetensors file: {err}") from None
+        state = obj
         sidecar = path.with_suffix(".json")
         info = _load_json(sidecar, "sidecar") if meta is None or sidecar.is_file() else {}
     else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise PluginError(
-                f"{path} cannot be loaded with weights_only=True ({first}); it pickles Python objects "
-                "(e.g. hyperparameters that are not plain dict/list/str/number): save hyperparameters as "
-                "plain JSON types, or export the decoder as .safetensors plus a .json sidecar"
-            ) from None
         if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
             raise PluginError(f"{path} has no 'state_dict'; expected a Lightning checkpoint")
         state = obj["state_dict"]
@@ -183,7 +172,7 @@ def build_manifest(
         "description": meta.get("description") or f"SAM-Med3D expert decoder finetuned on {dataset}",
         "task": task,
         "backbone": {"preset": meta["preset"], "fingerprint": fingerprint},
-        "weights": {"package": _module_name(name), "path": WEIGHTS_FILE, "sha256": "0" * 64},
+        "weights": {"package": module_name(name), "path": WEIGHTS_FILE, "sha256": "0" * 64},
         "provenance": {"finetuned": True, "training_data": dataset, **meta.get("provenance", {})},
     }
     try:
@@ -195,14 +184,6 @@ def build_manifest(
 def _default_requirement() -> str:
     major, minor = sammoe_version.split(".")[:2]
     return f">={major}.{minor}"
-
-
-def _module_name(name: str) -> str:
-    return f"sammoe_expert_{name}"
-
-
-def distribution_name(name: str) -> str:
-    return f"sammoe-expert-{name.replace('_', '-')}"
 
 
 def package_expert(
@@ -250,8 +231,7 @@ def package_expert(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        _write_project(tmp, manifest, ckpt.decoder, fp_source, router_data)
-        _normal_permissions(tmp)
+        write_project(tmp, manifest, ckpt.decoder, fp_source, router_data)
         if out.exists():
             out.rmdir()  # empty, checked above
         tmp.rename(out)
@@ -276,145 +256,3 @@ def _router_bytes(
     except CheckpointError as err:
         raise PluginError(str(err)) from None
     return data
-
-
-def _normal_permissions(root: Path) -> None:
-    """mkdtemp makes a private directory; give the project the modes a normal mkdir/open would."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in [root, *root.rglob("*")]:
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-
-
-def _write_project(
-    root: Path,
-    manifest: ExpertManifest,
-    decoder: dict[str, torch.Tensor],
-    fp_source: str,
-    router: bytes | None = None,
-) -> None:
-    from safetensors.torch import save_file
-
-    module = _module_name(manifest.name)
-    pkg = root / module
-    pkg.mkdir()
-    weights = pkg / WEIGHTS_FILE
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in sorted(decoder.items())}
-    save_file(tensors, str(weights))  # no metadata: its header order is not stable across runs
-    weights_ref = manifest.weights.model_copy(update={"sha256": sha256_file(weights)})
-    manifest = manifest.model_copy(update={"weights": weights_ref})
-    if router is not None:
-        (pkg / ROUTER_FILE).write_bytes(router)
-        ref = {"package": module, "path": ROUTER_FILE, "sha256": sha256_bytes(router)}
-        metrics = router_metrics(router, ROUTER_FILE)
-        manifest = manifest.model_copy(update={"router": RouterRef(**ref, **metrics)})
-    (pkg / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    (pkg / "__init__.py").write_text(_INIT)
-    (root / "pyproject.toml").write_text(_pyproject(manifest, module))
-    (root / "README.md").write_text(_readme(manifest, fp_source))
-    (root / ".gitignore").write_text("build/\ndist/\n*.egg-info/\n__pycache__/\n")
-    (root / "tests").mkdir()
-    (root / "tests" / "test_expert.py").write_text(_TEST)
-
-
-# Generated Python never embeds text from the checkpoint or the manifest (a description could close the
-# docstring and run code on import): the name, description and test target are read from manifest.json.
-_INIT = '''"""A sammoe expert plugin; what it is (name, task, description) is in manifest.json beside this file."""
-
-from sammoe.plugins import ExpertManifest
-
-
-def manifest() -> ExpertManifest:
-    """Entry point of group `sammoe.experts`: reads the packaged manifest.json, imports no torch."""
-    return ExpertManifest.from_package(__name__)
-'''
-
-
-def _pyproject(manifest: ExpertManifest, module: str) -> str:
-    router = f', "{ROUTER_FILE}"' if manifest.router is not None else ""
-    return f'''[build-system]
-requires = ["setuptools>=68"]
-build-backend = "setuptools.build_meta"
-
-[project]
-name = "{distribution_name(manifest.name)}"
-version = {json.dumps(manifest.version)}
-description = {json.dumps(manifest.description)}
-readme = "README.md"
-requires-python = ">=3.10"
-dependencies = [{json.dumps("sammoe" + manifest.requires_sammoe)}]
-
-[project.entry-points."{ENTRY_POINT_GROUP}"]
-{manifest.name} = "{module}:manifest"
-
-[tool.setuptools]
-packages = ["{module}"]
-
-[tool.setuptools.package-data]
-{module} = ["{MANIFEST_FILE}", "{WEIGHTS_FILE}"{router}]
-'''
-
-
-def _readme(manifest: ExpertManifest, fp_source: str) -> str:
-    task, prov = manifest.task, manifest.provenance
-    classes = ", ".join(f"{k}={v}" for k, v in task.classes.items())
-    dice = ", ".join(f"{k} {v:.3f}" for k, v in prov.reported_dice.items()) or "not reported"
-    trained = "yes" if prov.finetuned else "NO: placeholder weights, not finetuned"
-    return f"""# {distribution_name(manifest.name)}
-
-A sammoe expert plugin: a SAM-Med3D mask decoder for one task, found by sammoe through the
-`{ENTRY_POINT_GROUP}` entry point `{manifest.name}`.
-
-```
-pip install .
-sammoe experts list
-sammoe experts verify {manifest.name}
-```
-
-| | |
-| --- | --- |
-| expert | `{manifest.name}` {manifest.version} ({manifest.kind}) |
-| classes (label values) | {classes} |
-| modality / spacing / crop | {task.modality} / {task.target_spacing} mm / {task.crop_size} |
-| backbone | `{manifest.backbone.preset}`, fingerprint `{manifest.backbone.fingerprint[:16]}...` (from {fp_source}) |
-| weights | `{manifest.weights.path}`, sha256 `{manifest.weights.sha256[:16]}...` |
-| training data | {prov.training_data} |
-| finetuned | {trained} |
-| reported Dice | {dice} |
-
-{prov.notes}
-
-Generated by `sammoe experts package`; the manifest is `{_module_name(manifest.name)}/{MANIFEST_FILE}`.
-"""
-
-
-_TEST = '''"""Checks that the installed plugin is found and works: `pip install . && pytest tests`."""
-
-import json
-import os
-from pathlib import Path
-
-import pytest
-
-from sammoe.plugins import discover, verify_expert
-
-# the expert's name, read from the packaged manifest.json (never written into this file)
-NAME = next(
-    json.loads(path.read_text(encoding="utf-8"))["name"]
-    for path in Path(__file__).resolve().parents[1].glob("sammoe_expert_*/manifest.json")
-)
-
-
-def test_discovered_ok():
-    (record,) = discover([NAME])
-    assert record.status == "ok", record.reason
-
-
-def test_forward_pass_on_its_backbone():
-    """Set SAMMOE_BACKBONE to the backbone checkpoint when the expert was not trained on the seeded preset."""
-    (record,) = discover([NAME])
-    checked = verify_expert(record, backbone_checkpoint=os.environ.get("SAMMOE_BACKBONE"))
-    if checked.status == "incompatible" and "SAMMOE_BACKBONE" not in os.environ:
-        pytest.skip(checked.reason)
-    assert checked.status == "ok", checked.reason
-'''
