@@ -84,8 +84,9 @@ def test_only_loading_reads_weights_and_only_files_writes():
         "sammoe.files",
         "sammoe.data.cache",
         "sammoe.data.phantoms",
-        "sammoe.cli.demo",
-        "sammoe.cli.demo_plugins",
+        "sammoe.cli.demo.run",
+        "sammoe.cli.demo.colin27",
+        "sammoe.cli.demo.plugins",
         "sammoe.publish.project",
         "sammoe.plugins.testing",
     )

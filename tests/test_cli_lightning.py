@@ -26,7 +26,7 @@ DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "RANK", "WORLD_SIZE", "N
 
 
 @pytest.fixture(scope="module")
-def phantoms(tmp_path_factory) -> dict[str, str]:
+def phantom_dataset_dirs(tmp_path_factory) -> dict[str, str]:
     from sammoe.data.phantoms import make_phantom_dataset
 
     root = tmp_path_factory.mktemp("cli_phantoms")
@@ -45,7 +45,7 @@ def _offline(monkeypatch, tmp_path):
 
 
 def tiny_config(
-    path: Path, run: Path, phantoms: dict[str, str], *, logger: str = "wandb", callbacks: str = ""
+    path: Path, run: Path, phantom_dataset_dirs: dict[str, str], *, logger: str = "wandb", callbacks: str = ""
 ) -> Path:
     """A finetune config that runs in seconds: 1 train step, 1 click count, 2 rollout iterations.
     `callbacks` is YAML for `trainer.callbacks` (indented by 2 spaces, starting with a newline)."""
@@ -84,8 +84,8 @@ def tiny_config(
         data:
           class_path: PhantomDataModule
           init_args:
-            root: {phantoms["root"]}
-            cache_dir: {phantoms["cache"]}
+            root: {phantom_dataset_dirs["root"]}
+            cache_dir: {phantom_dataset_dirs["cache"]}
             n_cases: 3
             n_test: 1
             crop_size: 64
@@ -144,8 +144,8 @@ def test_help_lists_the_trainer_commands(capsys):
         (["--config", "MISSING"], "File does not exist"),
     ],
 )
-def test_user_errors_exit_2_with_one_line(extra, expected, capsys, tmp_path, phantoms):
-    cfg = tiny_config(tmp_path / "c.yaml", tmp_path / "run", phantoms, logger="none")
+def test_user_errors_exit_2_with_one_line(extra, expected, capsys, tmp_path, phantom_dataset_dirs):
+    cfg = tiny_config(tmp_path / "c.yaml", tmp_path / "run", phantom_dataset_dirs, logger="none")
     extra = [str(tmp_path / "missing.yaml") if a == "MISSING" else a for a in extra]
     assert main(["fit", "--config", str(cfg), *extra]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sammoe:")]
@@ -162,9 +162,9 @@ def test_unknown_expert_exits_2(capsys):
 # ----------------------------------------------------------------------------------------------- W&B
 
 
-def test_fit_logs_to_wandb_offline_and_saves_config_report_and_expert(tmp_path, phantoms):
+def test_fit_logs_to_wandb_offline_and_saves_config_report_and_expert(tmp_path, phantom_dataset_dirs):
     run = tmp_path / "run"
-    cfg = tiny_config(tmp_path / "c.yaml", run, phantoms)
+    cfg = tiny_config(tmp_path / "c.yaml", run, phantom_dataset_dirs)
     assert main(["fit", "--config", str(cfg)]) == 0
     assert main(["fit", "--config", str(cfg)]) == 0  # rerun: config.yaml is overwritten, no error
     config = (run / "config.yaml").read_text()
@@ -202,9 +202,9 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 @pytest.mark.slow  # over 10 s on 2 cores; `make test-all` runs it
-def test_ddp_two_cpu_processes_count_each_case_once(tmp_path, phantoms):
+def test_ddp_two_cpu_processes_count_each_case_once(tmp_path, phantom_dataset_dirs):
     run = tmp_path / "run"
-    cfg = tiny_config(tmp_path / "c.yaml", run, phantoms, logger="none")
+    cfg = tiny_config(tmp_path / "c.yaml", run, phantom_dataset_dirs, logger="none")
     cmd = [
         sys.executable,
         "-m",
@@ -254,7 +254,7 @@ class HangAtEpoch(Callback):
 
 
 @pytest.mark.slow  # over 10 s on 2 cores; `make test-all` runs it
-def test_resume_after_kill_loses_no_finished_epoch(tmp_path, phantoms):
+def test_resume_after_kill_loses_no_finished_epoch(tmp_path, phantom_dataset_dirs):
     run = tmp_path / "run"
     ckpts = run / "checkpoints"
     marker = tmp_path / "hung"
@@ -266,8 +266,12 @@ def test_resume_after_kill_loses_no_finished_epoch(tmp_path, phantoms):
     hang = f"""
     - class_path: hang_callback.HangAtEpoch
       init_args: {{epoch: 2, marker: {marker}}}"""
-    first = tiny_config(tmp_path / "first.yaml", run, phantoms, logger="none", callbacks=checkpoint + hang)
-    second = tiny_config(tmp_path / "second.yaml", run, phantoms, logger="none", callbacks=checkpoint)
+    first = tiny_config(
+        tmp_path / "first.yaml", run, phantom_dataset_dirs, logger="none", callbacks=checkpoint + hang
+    )
+    second = tiny_config(
+        tmp_path / "second.yaml", run, phantom_dataset_dirs, logger="none", callbacks=checkpoint
+    )
     common = ["--trainer.max_epochs=3", "--trainer.limit_val_batches=0"]
     env = _env(tmp_path, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen(
@@ -330,7 +334,7 @@ class _RunsCode:
         return (Path.write_text, (Path(self.marker), "ran"))
 
 
-def test_ckpt_path_from_a_url_or_that_runs_code_is_refused(tmp_path, phantoms, capsys):
+def test_ckpt_path_from_a_url_or_that_runs_code_is_refused(tmp_path, phantom_dataset_dirs, capsys):
     """A remote checkpoint is never downloaded (the server sees no request); a local pickle that would run
     code is refused before training starts; neither runs its payload."""
     import http.server
@@ -353,7 +357,7 @@ def test_ckpt_path_from_a_url_or_that_runs_code_is_refused(tmp_path, phantoms, c
 
     server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    cfg = tiny_config(tmp_path / "c.yaml", tmp_path / "run", phantoms, logger="none")
+    cfg = tiny_config(tmp_path / "c.yaml", tmp_path / "run", phantom_dataset_dirs, logger="none")
     url = f"http://127.0.0.1:{server.server_port}/evil.ckpt"
     try:
         cases = [

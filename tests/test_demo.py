@@ -85,3 +85,17 @@ def test_every_number_comes_from_the_run(demo_run):
     ]
     by_hand = [d for d in by_hand if not math.isnan(d)]
     assert report["models"]["foundation"]["liver"]["1"] == pytest.approx(sum(by_hand) / len(by_hand))
+
+
+def test_the_claims_printed_are_the_ones_the_numbers_give(demo_run):
+    """Each claim's verdict in report.json is recomputed from the run's rows: the demo cannot say "yes" when
+    the MoE trails a single model by more than a point on some class."""
+    from sammoe.eval.claims import moe_claims
+
+    out, _ = demo_run
+    report = json.loads((out / "report.json").read_text())
+    recomputed = build_report(read_rows_csv(out / "runs" / "evaluate" / "test" / "results.csv"))
+    for k in ("1", "5"):
+        for claim in moe_claims(recomputed, k):
+            assert claim.text in report["claims"]
+            assert report["claims_hold"][claim.name] in (True, False)

@@ -11,12 +11,6 @@ import numpy as np
 import pytest
 
 from sammoe.cli import main
-from sammoe.loading import load_backbone, save_backbone
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return save_backbone(load_backbone(None, "tiny"), tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +32,11 @@ def run(capsys, *argv) -> tuple[int, str, str]:
     return rc, out, err
 
 
-def test_inline_clicks_write_label_map_on_the_input_grid(tmp_path, capsys, ckpt, image):
+def test_inline_clicks_write_label_map_on_the_input_grid(tmp_path, capsys, shipped_tiny_checkpoint, image):
     out = tmp_path / "seg.nii.gz"
     rc, stdout, err = run(
         capsys,
-        *("--image", image, "--checkpoint", ckpt, "--experts", "none", "--out", out),
+        *("--image", image, "--checkpoint", shipped_tiny_checkpoint, "--experts", "none", "--out", out),
         *("--point", 20, 15, 12, "--negative-point", 10, 5, 5, "--quiet"),
     )
     assert rc == 0, err
@@ -51,14 +45,16 @@ def test_inline_clicks_write_label_map_on_the_input_grid(tmp_path, capsys, ckpt,
     assert np.allclose(seg.affine, src.affine)
     assert seg.get_data_dtype() == np.uint8
     assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1}
-    rc, _, err = run(capsys, "--image", image, "--checkpoint", ckpt, "--out", out, "--point", 20, 15, 12)
+    rc, _, err = run(
+        capsys, "--image", image, "--checkpoint", shipped_tiny_checkpoint, "--out", out, "--point", 20, 15, 12
+    )
     assert rc == 2 and "already exists" in err and "--overwrite" in err
     rc, _, err = run(
         capsys,
         "-i",
         image,
         "--checkpoint",
-        ckpt,
+        shipped_tiny_checkpoint,
         "--experts",
         "none",
         "-o",
@@ -69,7 +65,7 @@ def test_inline_clicks_write_label_map_on_the_input_grid(tmp_path, capsys, ckpt,
     assert rc == 0, err  # -i / -o spell --image / --out
 
 
-def test_clicks_file_multi_target_report_probabilities_png(tmp_path, capsys, ckpt, image):
+def test_clicks_file_multi_target_report_probabilities_png(tmp_path, capsys, shipped_tiny_checkpoint, image):
     affine = nib.load(str(image)).affine
     vox = np.array([[20, 15, 12], [10, 5, 5], [30, 25, 20]], dtype=float)
     ras = vox @ affine[:3, :3].T + affine[:3, 3]
@@ -83,7 +79,16 @@ def test_clicks_file_multi_target_report_probabilities_png(tmp_path, capsys, ckp
     (tmp_path / "clicks.json").write_text(json.dumps(clicks))
     rc, stdout, err = run(
         capsys,
-        *("--image", image, "--checkpoint", ckpt, "--experts", "none", "--clicks", tmp_path / "clicks.json"),
+        *(
+            "--image",
+            image,
+            "--checkpoint",
+            shipped_tiny_checkpoint,
+            "--experts",
+            "none",
+            "--clicks",
+            tmp_path / "clicks.json",
+        ),
         *(
             "--out",
             tmp_path / "seg.nii",
@@ -124,13 +129,13 @@ BAD = [
 
 
 @pytest.mark.parametrize(("args", "message"), BAD)
-def test_bad_inline_input_one_line(tmp_path, capsys, ckpt, image, args, message):
+def test_bad_inline_input_one_line(tmp_path, capsys, shipped_tiny_checkpoint, image, args, message):
     rc, _, err = run(
         capsys,
         "--image",
         image,
         "--checkpoint",
-        ckpt,
+        shipped_tiny_checkpoint,
         "--experts",
         "none",
         "--out",
@@ -157,7 +162,7 @@ CLICK_FILES = [
 
 
 @pytest.mark.parametrize(("content", "message"), CLICK_FILES)
-def test_bad_clicks_file_one_line(tmp_path, capsys, ckpt, image, content, message):
+def test_bad_clicks_file_one_line(tmp_path, capsys, shipped_tiny_checkpoint, image, content, message):
     path = tmp_path / "clicks.json"
     path.write_text(content if isinstance(content, str) else json.dumps(content))
     rc, _, err = run(
@@ -165,7 +170,7 @@ def test_bad_clicks_file_one_line(tmp_path, capsys, ckpt, image, content, messag
         "--image",
         image,
         "--checkpoint",
-        ckpt,
+        shipped_tiny_checkpoint,
         "--experts",
         "none",
         "--out",
@@ -178,7 +183,7 @@ def test_bad_clicks_file_one_line(tmp_path, capsys, ckpt, image, content, messag
     assert err.count("\n") == 1
 
 
-def test_bad_files_one_line(tmp_path, capsys, ckpt, image):
+def test_bad_files_one_line(tmp_path, capsys, shipped_tiny_checkpoint, image):
     garbage = tmp_path / "broken.nii.gz"
     garbage.write_bytes(b"\x1f\x8b not really gzip")
     import torch
@@ -188,22 +193,45 @@ def test_bad_files_one_line(tmp_path, capsys, ckpt, image):
     save_file({"image_encoder.patch_embed.proj.weight": torch.zeros(3)}, str(wrong))
     out = tmp_path / "s.nii.gz"
     cases = [
-        (["--image", garbage, "--checkpoint", ckpt], "cannot read NIfTI"),
-        (["--image", tmp_path / "missing.nii.gz", "--checkpoint", ckpt], "file not found"),
+        (["--image", garbage, "--checkpoint", shipped_tiny_checkpoint], "cannot read NIfTI"),
+        (["--image", tmp_path / "missing.nii.gz", "--checkpoint", shipped_tiny_checkpoint], "file not found"),
         (["--image", image, "--checkpoint", wrong], "matches no SAM-Med3D preset"),
         (["--image", image, "--checkpoint", tmp_path / "nope.pth"], "checkpoint not found"),
-        (["--image", image, "--checkpoint", ckpt, "--preset", "vit_b_ori"], "pick the preset"),
-        (["--image", image, "--checkpoint", ckpt, "--clicks", tmp_path / "c.json"], "clicks file not found"),
         (
-            ["--image", image, "--checkpoint", ckpt, "--clicks", tmp_path / "c.json", "--point", 1, 2, 3],
+            ["--image", image, "--checkpoint", shipped_tiny_checkpoint, "--preset", "vit_b_ori"],
+            "pick the preset",
+        ),
+        (
+            ["--image", image, "--checkpoint", shipped_tiny_checkpoint, "--clicks", tmp_path / "c.json"],
+            "clicks file not found",
+        ),
+        (
+            [
+                "--image",
+                image,
+                "--checkpoint",
+                shipped_tiny_checkpoint,
+                "--clicks",
+                tmp_path / "c.json",
+                "--point",
+                1,
+                2,
+                3,
+            ],
             "not both",
         ),
-        (["--image", image, "--checkpoint", ckpt, "--device", "cuda:7"], "device"),
-        (["--image", image, "--checkpoint", ckpt, "--device", "gpu"], "device 'gpu' is not available here"),
+        (["--image", image, "--checkpoint", shipped_tiny_checkpoint, "--device", "cuda:7"], "device"),
+        (
+            ["--image", image, "--checkpoint", shipped_tiny_checkpoint, "--device", "gpu"],
+            "device 'gpu' is not available here",
+        ),
     ]
     if not torch.backends.mps.is_available():
         cases.append(
-            (["--image", image, "--checkpoint", ckpt, "--device", "mps"], "device 'mps' is not available")
+            (
+                ["--image", image, "--checkpoint", shipped_tiny_checkpoint, "--device", "mps"],
+                "device 'mps' is not available",
+            )
         )
     for args, message in cases:
         extra = [] if "--clicks" in args else ["--point", 20, 15, 12]
@@ -216,7 +244,20 @@ def test_bad_files_one_line(tmp_path, capsys, ckpt, image):
         ("--out", image, "would replace the input --image"),
         ("--png", tmp_path / "x.jpg", "must end with .png"),
     ]:
-        argv = ["--image", image, "--checkpoint", ckpt, "--out", out, "--point", 20, 15, 12, flag, value]
+        argv = [
+            "--image",
+            image,
+            "--checkpoint",
+            shipped_tiny_checkpoint,
+            "--out",
+            out,
+            "--point",
+            20,
+            15,
+            12,
+            flag,
+            value,
+        ]
         rc, _, err = run(capsys, *argv)
         assert rc == 2 and message in err and err.count("\n") == 1, err
 
@@ -278,7 +319,7 @@ def test_help_and_dispatch(capsys):
     assert "segment" in capsys.readouterr().out
 
 
-def test_colin27_end_to_end(tmp_path, capsys, ckpt, shared_dir):
+def test_colin27_end_to_end(tmp_path, capsys, shipped_tiny_checkpoint, shared_dir):
     """The real MRI: a click at the left putamen's centroid (AAL 73, RAS mm) through the whole command."""
     ch2 = shared_dir / "data" / "colin27" / "ch2.nii.gz"
     if not ch2.is_file():
@@ -288,7 +329,18 @@ def test_colin27_end_to_end(tmp_path, capsys, ckpt, shared_dir):
     point = [float(v) for v in centroid.split(",")]
     rc, stdout, err = run(
         capsys,
-        *("--image", ch2, "--checkpoint", ckpt, "--experts", "none", "--point", *point, "--space", "ras"),
+        *(
+            "--image",
+            ch2,
+            "--checkpoint",
+            shipped_tiny_checkpoint,
+            "--experts",
+            "none",
+            "--point",
+            *point,
+            "--space",
+            "ras",
+        ),
         *("--out", tmp_path / "putamen.nii.gz", "--report", tmp_path / "r.json", "--png", tmp_path / "o.png"),
         "--no-sliding-window",
     )
@@ -420,11 +472,21 @@ def test_the_predicted_iou_is_the_models_estimate_clamped():
     assert result.predicted_iou == 1.0
 
 
-def test_a_terminal_sees_what_the_command_is_doing(tmp_path, capsys, monkeypatch, image, ckpt):
+def test_a_terminal_sees_what_the_command_is_doing(
+    tmp_path, capsys, monkeypatch, image, shipped_tiny_checkpoint
+):
     import sys
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
-    args = ["--image", image, "--checkpoint", ckpt, "--experts", "none", *("--point", 20, 15, 12)]
+    args = [
+        "--image",
+        image,
+        "--checkpoint",
+        shipped_tiny_checkpoint,
+        "--experts",
+        "none",
+        *("--point", 20, 15, 12),
+    ]
     rc, _, err = run(capsys, *args, "--out", tmp_path / "a.nii.gz")
     assert rc == 0 and "sammoe segment: reading" in err and "loading the model" in err
     rc, _, err = run(capsys, *args, "--out", tmp_path / "b.nii.gz", "--quiet")
@@ -465,7 +527,7 @@ def test_an_output_folder_that_refuses_files_is_refused_before_the_image_is_read
 
 
 def test_a_full_disk_while_writing_is_one_line_and_leaves_no_output(
-    tmp_path, capsys, monkeypatch, image, ckpt
+    tmp_path, capsys, monkeypatch, image, shipped_tiny_checkpoint
 ):
     """ENOSPC when the label map goes to disk (after inference): exit 2, one stderr line naming the file and
     the fix, the label map already there byte-identical, no report and no temp file left."""
@@ -492,7 +554,7 @@ def test_a_full_disk_while_writing_is_one_line_and_leaves_no_output(
         20,
         15,
         12,
-        *("--checkpoint", ckpt, "--experts", "none", "--quiet"),
+        *("--checkpoint", shipped_tiny_checkpoint, "--experts", "none", "--quiet"),
     )
     assert rc == 2 and err.count("\n") == 1, err
     assert err == (

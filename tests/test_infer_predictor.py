@@ -55,12 +55,7 @@ def world(volume: Volume, vox) -> np.ndarray:
     return volume.affine[:3, :3] @ vox + volume.affine[:3, 3]
 
 
-@pytest.fixture(scope="module")
-def tiny() -> SamMed3D:
-    return load_backbone(None, "tiny")
-
-
-def test_world_mm_and_voxel_clicks_agree_on_oblique_volume(tiny):
+def test_world_mm_and_voxel_clicks_agree_on_oblique_volume(shipped_tiny_model):
     vol = oblique_volume()
     vox = np.array([[17, 14, 9], [20, 12, 11]], dtype=np.float64)
     labels = [1, 0]
@@ -68,7 +63,7 @@ def test_world_mm_and_voxel_clicks_agree_on_oblique_volume(tiny):
     lps = ras * np.array([-1.0, -1.0, 1.0])
     assert np.allclose(to_input_voxels(vol, ras, "ras"), vox)
     assert np.allclose(to_input_voxels(vol, lps, "lps"), vox)
-    pred = Predictor(tiny, "cpu")
+    pred = Predictor(shipped_tiny_model, "cpu")
     pred.set_image(vol)
     results = [
         pred.predict(Target(pts, labels, space=space), probabilities=True)
@@ -126,11 +121,11 @@ def test_multi_target_label_values_shared_roi_and_one_batch():
     assert report["encodes"] == 2
 
 
-def test_batched_targets_match_single_target_runs(tiny):
+def test_batched_targets_match_single_target_runs(shipped_tiny_model):
     vol = oblique_volume()
     a = Target([[17, 14, 9], [12, 10, 8]], [1, 1], "a")
     b = Target([[17, 14, 9], [20, 12, 11]], [1, 0], "b")
-    pred = Predictor(tiny, "cpu", use_sliding_window=False)
+    pred = Predictor(shipped_tiny_model, "cpu", use_sliding_window=False)
     pred.set_image(vol)
     both = pred.predict([a, b], probabilities=True)
     assert both.encodes == 1
@@ -141,11 +136,11 @@ def test_batched_targets_match_single_target_runs(tiny):
         )  # uint16 steps
 
 
-def test_refinement_reuses_embedding_and_matches_replay(tiny):
+def test_refinement_reuses_embedding_and_matches_replay(shipped_tiny_model):
     vol = oblique_volume()
     clicks = [[17, 14, 9], [12, 10, 8], [20, 12, 11]]
     labels = [1, 1, 0]
-    pred = Predictor(tiny, "cpu", use_sliding_window=False)
+    pred = Predictor(shipped_tiny_model, "cpu", use_sliding_window=False)
     pred.set_image(vol)
     full = pred.predict(Target(clicks, labels), probabilities=True).targets[0]
     first = pred.predict(Target(clicks[:1]), probabilities=True).targets[0]
@@ -188,9 +183,9 @@ def test_large_target_grows_over_windows():
     assert ((grown.probability > 0.5) == grown.mask).mean() > 0.999
 
 
-def test_bad_clicks_raise_one_line_errors(tiny):
+def test_bad_clicks_raise_one_line_errors(shipped_tiny_model):
     vol = oblique_volume()
-    pred = Predictor(tiny, "cpu")
+    pred = Predictor(shipped_tiny_model, "cpu")
     pred.set_image(vol)
     cases = [
         (Target([[40, 0, 0]]), "outside the image of shape 40x30x24"),
@@ -211,17 +206,17 @@ def test_bad_clicks_raise_one_line_errors(tiny):
     with pytest.raises(DataError, match="no targets"):
         pred.predict([])
     with pytest.raises(ConfigError, match="no image set"):
-        Predictor(tiny, "cpu").predict(Target([[1, 2, 3]]))
+        Predictor(shipped_tiny_model, "cpu").predict(Target([[1, 2, 3]]))
 
 
-def test_array_and_dicom_inputs(tmp_path, tiny):
+def test_array_and_dicom_inputs(tmp_path, shipped_tiny_model):
     sitk = pytest.importorskip("SimpleITK")
     arr = oblique_volume().array[:, :, :12].astype(np.int16)
     image = sitk.GetImageFromArray(arr.transpose(2, 1, 0))
     image.SetSpacing((0.9, 1.1, 2.0))
     image.SetOrigin((-10.0, 5.0, 30.0))
     folder = write_dicom_series(tmp_path / "series", image)
-    pred = Predictor(tiny, "cpu", use_sliding_window=False)
+    pred = Predictor(shipped_tiny_model, "cpu", use_sliding_window=False)
     vol = pred.set_image(folder)
     assert vol.shape == arr.shape
     from_dicom = pred.predict(Target([[20, 15, 6]]), probabilities=True)
@@ -236,7 +231,7 @@ def test_array_and_dicom_inputs(tmp_path, tiny):
         pred.set_image(np.zeros((4, 4)))
 
 
-def test_moe_reports_expert_and_gate(tiny):
+def test_moe_reports_expert_and_gate(shipped_tiny_model):
     torch.manual_seed(1)
     backbone = load_backbone(None, "tiny")
     expert = SamMed3D(PRESETS["tiny"]).mask_decoder
@@ -253,7 +248,7 @@ def test_moe_reports_expert_and_gate(tiny):
     assert forced.expert == max(forced.gate, key=forced.gate.get)
 
 
-def test_a_target_is_routed_once_and_refinement_reuses_it(tiny, monkeypatch):
+def test_a_target_is_routed_once_and_refinement_reuses_it(shipped_tiny_model, monkeypatch):
     """Routing reads only the first positive click, so refinement clicks reuse the first step's route and
     probabilities (the texture statistics cost more than a decoder pass) with the same masks as
     recomputing."""
@@ -356,10 +351,13 @@ def _installed_experts() -> list[str]:
     return [r.name for r in discover(backbone_fingerprint=fp) if r.ok]
 
 
-def test_bf16_autocast_path_runs(tiny):
+def test_bf16_autocast_path_runs(shipped_tiny_model):
     """The GPU path (bf16 autocast) exercised on CPU autocast: dtypes flow through encode, decode, refinement,
     and the result is float32's up to bf16 rounding (different, so bf16 really ran, but close)."""
-    for model in (tiny, SamMoE(tiny, {"x": SamMed3D(PRESETS["tiny"]).mask_decoder})):
+    for model in (
+        shipped_tiny_model,
+        SamMoE(shipped_tiny_model, {"x": SamMed3D(PRESETS["tiny"]).mask_decoder}),
+    ):
         probabilities = {}
         for autocast in (False, True):
             pred = Predictor(model, "cpu", use_sliding_window=False)
@@ -375,12 +373,12 @@ def test_bf16_autocast_path_runs(tiny):
         assert np.abs(probabilities[True] - probabilities[False]).max() < 0.1
 
 
-def test_forced_route_uses_the_named_decoder_through_the_same_path(tiny):
+def test_forced_route_uses_the_named_decoder_through_the_same_path(shipped_tiny_model):
     """`route` sends every target to one decoder; the same clicks through the MoE with that expert forced give
     that expert's mask, and the gate's choice is still reported."""
     torch.manual_seed(3)
     experts = {"a": SamMed3D(PRESETS["tiny"]).mask_decoder, "b": SamMed3D(PRESETS["tiny"]).mask_decoder}
-    moe = SamMoE(tiny, experts)
+    moe = SamMoE(shipped_tiny_model, experts)
     clicks = Target([[17, 14, 9], [12, 10, 8]], [1, 0])
     results = {}
     for route in ("foundation", "a", "b"):
@@ -389,7 +387,7 @@ def test_forced_route_uses_the_named_decoder_through_the_same_path(tiny):
         t = pred.predict(clicks, probabilities=True).targets[0]
         assert t.expert == route and set(t.gate) == {"foundation", "a", "b"}
         results[route] = t.probability
-    plain = Predictor(tiny, "cpu", use_sliding_window=False)
+    plain = Predictor(shipped_tiny_model, "cpu", use_sliding_window=False)
     plain.set_image(oblique_volume())
     alone = plain.predict(clicks, probabilities=True).targets[0].probability
     np.testing.assert_allclose(results["foundation"], alone, atol=1e-5)
@@ -404,4 +402,4 @@ def test_forced_route_uses_the_named_decoder_through_the_same_path(tiny):
     with pytest.raises(ConfigError, match="route 'nope' is not a loaded model"):
         pred.route = "nope"
     with pytest.raises(ConfigError, match="choose one of foundation"):
-        Predictor(tiny, "cpu", route="a")
+        Predictor(shipped_tiny_model, "cpu", route="a")

@@ -21,7 +21,7 @@ from sammoe.loading import load_backbone
 
 
 @pytest.fixture(scope="module")
-def phantoms(tmp_path_factory):
+def phantom_datamodule(tmp_path_factory):
     root = tmp_path_factory.mktemp("roi")
     dm = PhantomDataModule(
         root=str(root / "ds"),
@@ -36,8 +36,8 @@ def phantoms(tmp_path_factory):
     return dm
 
 
-def test_training_crop_is_centred_on_a_click_inside_the_target(phantoms):
-    ds = phantoms.train_dataset()
+def test_training_crop_is_centred_on_a_click_inside_the_target(phantom_datamodule):
+    ds = phantom_datamodule.train_dataset()
     ds.settings = replace(ds.settings, flips=False)
     seen_starts = set()
     for i in range(len(ds)):
@@ -53,10 +53,10 @@ def test_training_crop_is_centred_on_a_click_inside_the_target(phantoms):
     assert len(seen_starts) > 1
 
 
-def test_training_crop_never_uses_the_bounding_box(phantoms):
+def test_training_crop_never_uses_the_bounding_box(phantom_datamodule):
     """Two draws of the same target give two different crops (the click moves, the box does not), and none of
     them is the official box crop but by chance."""
-    ds = phantoms.train_dataset()
+    ds = phantom_datamodule.train_dataset()
     ds.settings = replace(ds.settings, flips=False)
     liver = next(i for i, (_, ref) in enumerate(ds.targets) if ref.name == "liver")
     starts = {tuple(ds[liver]["start"].tolist()) for _ in range(6)}
@@ -67,8 +67,8 @@ def test_training_crop_never_uses_the_bounding_box(phantoms):
     assert official not in starts
 
 
-def test_jitter_bounds_and_flipped_click(phantoms):
-    ds = phantoms.train_dataset()
+def test_jitter_bounds_and_flipped_click(phantom_datamodule):
+    ds = phantom_datamodule.train_dataset()
     ds.settings = replace(ds.settings, jitter=4)
     for i in range(len(ds)):
         item = ds[i]
@@ -79,10 +79,10 @@ def test_jitter_bounds_and_flipped_click(phantoms):
         assert (click - 32).abs().max() <= 4 + 1
 
 
-def test_validation_clicks_are_fixed_and_bbox_mode_has_none(phantoms):
+def test_validation_clicks_are_fixed_and_bbox_mode_has_none(phantom_datamodule):
     """Every epoch (and every dataloader worker, which holds its own copy of the dataset) validates on the
     same clicks: a second dataset draws the same ones, and each lies on its target at the crop's centre."""
-    val, again = phantoms.val_dataset(), phantoms.val_dataset()
+    val, again = phantom_datamodule.val_dataset(), phantom_datamodule.val_dataset()
     items = [val[i] for i in range(len(val))]
     assert [item["first_click"].tolist() for item in items] == [
         again[i]["first_click"].tolist() for i in range(len(again))
@@ -97,9 +97,9 @@ def test_validation_clicks_are_fixed_and_bbox_mode_has_none(phantoms):
     assert "first_click" not in item
 
 
-def test_eval_crop_is_the_predictors_crop_for_the_protocols_first_click(phantoms):
-    phantoms.setup("test")
-    items = phantoms.eval_dataset()
+def test_eval_crop_is_the_predictors_crop_for_the_protocols_first_click(phantom_datamodule):
+    phantom_datamodule.setup("test")
+    items = phantom_datamodule.eval_dataset()
     j = next(i for i, (_, ref) in enumerate(items.targets) if ref.name == "liver")
     item = items[j]
     target = item["target"]
@@ -112,19 +112,19 @@ def test_eval_crop_is_the_predictors_crop_for_the_protocols_first_click(phantoms
     pred.set_image(item["volume"])
     pred.predict(Target([item["first_click_input"].tolist()]))
     roi = pred._states[0].entry.roi
-    cached = phantoms.cache.load(items.targets[j][0]).resampled
-    start = click_centred_start(phantoms.preprocessor, cached, item["first_click_input"])
+    cached = phantom_datamodule.cache.load(items.targets[j][0]).resampled
+    start = click_centred_start(phantom_datamodule.preprocessor, cached, item["first_click_input"])
     assert roi.start.tolist() == start.tolist()  # the cached grid and the Predictor's resampling agree
     assert roi.start.tolist() == click_centred_start(pred.pre, pred._res, item["first_click_input"]).tolist()
-    crop = phantoms.preprocessor.crop(cached, start=start, label_value=item["label_value"])
+    crop = phantom_datamodule.preprocessor.crop(cached, start=start, label_value=item["label_value"])
     click = round_voxel(crop.input_to_roi(item["first_click_input"].astype(float)))
     assert crop.label[0][tuple(click)]  # the centring click lies on the target in the crop too
     assert item["roi"] is not None  # the official crop rides along for the comparison table
 
 
-def test_background_test_targets_click_unlabelled_voxels_with_distinct_seeds(phantoms):
-    phantoms.setup("test")
-    items = phantoms.eval_dataset()
+def test_background_test_targets_click_unlabelled_voxels_with_distinct_seeds(phantom_datamodule):
+    phantom_datamodule.setup("test")
+    items = phantom_datamodule.eval_dataset()
     background = [items[i] for i in range(len(items)) if items[i]["class_name"] == BACKGROUND]
     assert len(background) == 2 * 2  # two per test case
     for item in background:

@@ -13,12 +13,6 @@ from sammoe.loading import load_backbone, preset_of, save_backbone
 from sammoe.model.sam3d import PRESETS, SamMed3D, backbone_fingerprint
 
 
-@pytest.fixture(scope="module")
-def tiny() -> SamMed3D:
-    torch.manual_seed(0)
-    return SamMed3D.from_preset("tiny").eval()
-
-
 def test_turbo_preset_has_the_official_keys_and_shapes(shared_dir):
     expected = {}
     for line in (shared_dir / "fixtures" / "sam_med3d_vitb_keys.txt").read_text().splitlines():
@@ -32,13 +26,13 @@ def test_turbo_preset_has_the_official_keys_and_shapes(shared_dir):
     assert sum(v.numel() for v in model.parameters()) == 100_509_232
 
 
-def test_official_training_checkpoint_with_extras_loads(tiny, tmp_path):
+def test_official_training_checkpoint_with_extras_loads(seeded_tiny_model, tmp_path):
     """train.py also saves optimizer state, epoch and argparse args beside model_state_dict."""
     path = tmp_path / "sam_model_latest.pth"
     torch.save(
         {
             "epoch": 3,
-            "model_state_dict": tiny.state_dict(),
+            "model_state_dict": seeded_tiny_model.state_dict(),
             "optimizer_state_dict": {"state": {}, "param_groups": [{"lr": 8e-5}]},
             "losses": [0.5, 0.4],
             "args": argparse.Namespace(lr=8e-5, model_type="vit_b_ori", multi_click=False),
@@ -46,23 +40,25 @@ def test_official_training_checkpoint_with_extras_loads(tiny, tmp_path):
         path,
     )
     fresh = load_backbone(path, "tiny")
-    for key, value in tiny.state_dict().items():
+    for key, value in seeded_tiny_model.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value)
 
 
-def test_ddp_prefix_is_stripped(tiny, tmp_path):
+def test_ddp_prefix_is_stripped(seeded_tiny_model, tmp_path):
     path = tmp_path / "ddp.pth"
-    torch.save({"model_state_dict": {f"module.{k}": v for k, v in tiny.state_dict().items()}}, path)
+    torch.save(
+        {"model_state_dict": {f"module.{k}": v for k, v in seeded_tiny_model.state_dict().items()}}, path
+    )
     fresh = load_backbone(path, "tiny")
-    assert fresh.state_dict().keys() == tiny.state_dict().keys()
-    assert all(torch.equal(v, tiny.state_dict()[k]) for k, v in fresh.state_dict().items())
+    assert fresh.state_dict().keys() == seeded_tiny_model.state_dict().keys()
+    assert all(torch.equal(v, seeded_tiny_model.state_dict()[k]) for k, v in fresh.state_dict().items())
 
 
-def test_safetensors_round_trip(tiny, tmp_path):
-    path = save_backbone(tiny, tmp_path / "tiny.safetensors")
+def test_safetensors_round_trip(seeded_tiny_model, tmp_path):
+    path = save_backbone(seeded_tiny_model, tmp_path / "tiny.safetensors")
     fresh = load_backbone(path, "tiny")
-    assert backbone_fingerprint(fresh) == backbone_fingerprint(tiny)
-    assert torch.equal(fresh.mask_decoder.iou_token.weight, tiny.mask_decoder.iou_token.weight)
+    assert backbone_fingerprint(fresh) == backbone_fingerprint(seeded_tiny_model)
+    assert torch.equal(fresh.mask_decoder.iou_token.weight, seeded_tiny_model.mask_decoder.iou_token.weight)
 
 
 def _save_state(state, path):
@@ -70,15 +66,15 @@ def _save_state(state, path):
     return path
 
 
-def test_missing_key_is_named(tiny, tmp_path):
-    state = dict(tiny.state_dict())
+def test_missing_key_is_named(seeded_tiny_model, tmp_path):
+    state = dict(seeded_tiny_model.state_dict())
     del state["mask_decoder.iou_token.weight"]
     with pytest.raises(CheckpointError, match=r"missing mask_decoder\.iou_token\.weight \(1, 48\)"):
         load_backbone(_save_state(state, tmp_path / "m.pth"), "tiny")
 
 
-def test_shape_mismatch_is_named(tiny, tmp_path):
-    state = dict(tiny.state_dict())
+def test_shape_mismatch_is_named(seeded_tiny_model, tmp_path):
+    state = dict(seeded_tiny_model.state_dict())
     state["image_encoder.pos_embed"] = torch.zeros(1, 8, 8, 8, 32)
     with pytest.raises(
         CheckpointError, match=r"image_encoder\.pos_embed has shape \(1, 8, 8, 8, 32\).*\(1, 4, 4, 4, 32\)"
@@ -94,19 +90,19 @@ def test_turbo_checkpoint_into_tiny_preset_says_pick_the_preset(tmp_path):
         load_backbone(_save_state(state, tmp_path / "t.pth"), "tiny")
 
 
-def test_unexpected_key_is_named(tiny, tmp_path):
-    state = dict(tiny.state_dict(), **{"mask_decoder.extra_head.weight": torch.zeros(2)})
+def test_unexpected_key_is_named(seeded_tiny_model, tmp_path):
+    state = dict(seeded_tiny_model.state_dict(), **{"mask_decoder.extra_head.weight": torch.zeros(2)})
     with pytest.raises(CheckpointError, match=r"unexpected mask_decoder\.extra_head\.weight"):
         load_backbone(_save_state(state, tmp_path / "u.pth"), "tiny")
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
-def test_corrupt_and_truncated_files(tiny, tmp_path, suffix):
+def test_corrupt_and_truncated_files(seeded_tiny_model, tmp_path, suffix):
     good = tmp_path / f"good{suffix}"
     if suffix == ".pth":
-        _save_state(tiny.state_dict(), good)
+        _save_state(seeded_tiny_model.state_dict(), good)
     else:
-        save_backbone(tiny, good)
+        save_backbone(seeded_tiny_model, good)
     data = good.read_bytes()
     truncated = tmp_path / f"truncated{suffix}"
     truncated.write_bytes(data[: len(data) // 2])
@@ -143,32 +139,32 @@ def test_unknown_preset():
         SamMed3D.from_preset("vit_h")
 
 
-def test_fingerprint_tracks_trunk_only(tiny):
+def test_fingerprint_tracks_trunk_only(seeded_tiny_model):
     other = SamMed3D.from_preset("tiny")
-    other.load_state_dict(tiny.state_dict())
-    assert backbone_fingerprint(other) == backbone_fingerprint(tiny)
+    other.load_state_dict(seeded_tiny_model.state_dict())
+    assert backbone_fingerprint(other) == backbone_fingerprint(seeded_tiny_model)
     with torch.no_grad():
         other.mask_decoder.iou_token.weight.add_(1)
-    assert backbone_fingerprint(other) == backbone_fingerprint(tiny)
+    assert backbone_fingerprint(other) == backbone_fingerprint(seeded_tiny_model)
     with torch.no_grad():
         other.image_encoder.pos_embed.add_(1e-3)
-    assert backbone_fingerprint(other) != backbone_fingerprint(tiny)
+    assert backbone_fingerprint(other) != backbone_fingerprint(seeded_tiny_model)
 
 
-def test_input_size_and_prompt_errors(tiny):
+def test_input_size_and_prompt_errors(seeded_tiny_model):
     with pytest.raises(ValueError, match=r"expects \(B, 1, 64, 64, 64\)"):
-        tiny.image_encoder(torch.zeros(1, 1, 32, 32, 32))
+        seeded_tiny_model.image_encoder(torch.zeros(1, 1, 32, 32, 32))
     with pytest.raises(ValueError, match="box prompts are not supported"):
-        tiny.prompt_encoder(points=None, boxes=torch.zeros(1, 6), masks=None)
+        seeded_tiny_model.prompt_encoder(points=None, boxes=torch.zeros(1, 6), masks=None)
     with pytest.raises(ValueError, match=r"mask prompt must be \(B, 1, 16, 16, 16\)"):
-        tiny.prompt_encoder(points=None, boxes=None, masks=torch.zeros(1, 1, 8, 8, 8))
+        seeded_tiny_model.prompt_encoder(points=None, boxes=None, masks=torch.zeros(1, 1, 8, 8, 8))
 
 
-def test_auto_preset_blames_the_real_difference(tiny, tmp_path):
+def test_auto_preset_blames_the_real_difference(seeded_tiny_model, tmp_path):
     """The preset is recognised from the tensor shapes in one read: a tiny checkpoint missing one rel_pos
     table is reported as that missing table of the closest preset (tiny), not as a shape mismatch of the
     first preset tried."""
-    state = dict(tiny.state_dict())
+    state = dict(seeded_tiny_model.state_dict())
     key = next(k for k in state if k.endswith("rel_pos_h"))
     del state[key]
     with pytest.raises(
@@ -176,7 +172,10 @@ def test_auto_preset_blames_the_real_difference(tiny, tmp_path):
     ) as err:
         load_backbone(_save_state(state, tmp_path / "r.pth"))
     assert "proj.bias" not in str(err.value)
-    assert preset_of(load_backbone(_save_state(dict(tiny.state_dict()), tmp_path / "ok.pth"))) == "tiny"
+    assert (
+        preset_of(load_backbone(_save_state(dict(seeded_tiny_model.state_dict()), tmp_path / "ok.pth")))
+        == "tiny"
+    )
 
 
 @pytest.mark.parametrize(
@@ -186,21 +185,21 @@ def test_auto_preset_blames_the_real_difference(tiny, tmp_path):
         (lambda v: v.to(torch.int32), "expected floating-point weights"),
     ],
 )
-def test_non_finite_or_integer_weights_are_refused(tiny, tmp_path, change, message):
-    state = {k: v.clone() for k, v in tiny.state_dict().items()}
+def test_non_finite_or_integer_weights_are_refused(seeded_tiny_model, tmp_path, change, message):
+    state = {k: v.clone() for k, v in seeded_tiny_model.state_dict().items()}
     key = "mask_decoder.iou_token.weight"
     state[key] = change(state[key])
     with pytest.raises(CheckpointError, match=f"{key.replace('.', '[.]')}.*{message}"):
         load_backbone(_save_state(state, tmp_path / "w.pth"), "tiny")
 
 
-def test_lightning_checkpoint_of_a_finetuning_run_loads(tiny, tmp_path):
-    state = {f"backbone.{k}": v for k, v in tiny.state_dict().items()}
+def test_lightning_checkpoint_of_a_finetuning_run_loads(seeded_tiny_model, tmp_path):
+    state = {f"backbone.{k}": v for k, v in seeded_tiny_model.state_dict().items()}
     state["foundation_decoder.iou_token.weight"] = torch.zeros(1, 48)
     path = tmp_path / "last.ckpt"
     torch.save({"state_dict": state, "epoch": 3}, path)
     loaded = load_backbone(path)
-    assert all(torch.equal(v, tiny.state_dict()[k]) for k, v in loaded.state_dict().items())
+    assert all(torch.equal(v, seeded_tiny_model.state_dict()[k]) for k, v in loaded.state_dict().items())
 
 
 def test_named_backbones_turbo_needs_a_fetch_and_demo_is_the_shipped_model():

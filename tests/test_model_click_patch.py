@@ -18,7 +18,6 @@ from sammoe.model.click_patch import PATCH_CLIP, PATCH_SCALE, click_patch
 from sammoe.model.gate import RoutingHead, crop_noise, routing_feature_count, routing_features
 from sammoe.model.moe import SamMoE
 from sammoe.model.router import ExpertRouter
-from sammoe.model.sam3d import SamMed3D
 
 
 def _noisy(seed: int = 0, size: int = 32) -> torch.Tensor:
@@ -95,51 +94,63 @@ def test_the_cnn_branch_learns_a_texture_that_mean_and_spread_cannot_show():
     assert ((logits > 0).float() == test_labels).float().mean() >= 0.95
 
 
-@pytest.fixture(scope="module")
-def tiny() -> SamMed3D:
-    torch.manual_seed(0)
-    return SamMed3D.from_preset("tiny").eval()
-
-
 @torch.no_grad()
-def test_routers_and_gates_with_a_click_patch_round_trip(tiny, tmp_path):
+def test_routers_and_gates_with_a_click_patch_round_trip(seeded_tiny_model, tmp_path):
     image = _noisy(2, 64)
     clicks = torch.tensor([[[32.0, 20.0, 50.0]], [[12.0, 32.0, 32.0]]])
     labels = torch.ones(2, 1, dtype=torch.long)
-    emb = tiny.image_encoder(image).expand(2, -1, -1, -1, -1)
-    sparse, _ = tiny.prompt_encoder(points=(clicks, labels), boxes=None, masks=None)
+    emb = seeded_tiny_model.image_encoder(image).expand(2, -1, -1, -1, -1)
+    sparse, _ = seeded_tiny_model.prompt_encoder(points=(clicks, labels), boxes=None, masks=None)
     router = ExpertRouter(
-        tiny.config.prompt_embed_dim, hidden_dim=8, robust_texture=True, patch_radius=7
+        seeded_tiny_model.config.prompt_embed_dim, hidden_dim=8, robust_texture=True, patch_radius=7
     ).eval()
-    features = routing_features(emb, sparse, clicks, labels, tiny.img_size, image, *router.layout)
-    assert features.shape[1] == routing_feature_count(tiny.config.prompt_embed_dim, *router.layout)
+    features = routing_features(
+        emb, sparse, clicks, labels, seeded_tiny_model.img_size, image, *router.layout
+    )
+    assert features.shape[1] == routing_feature_count(
+        seeded_tiny_model.config.prompt_embed_dim, *router.layout
+    )
     # the block is the last part of the features: the click voxel's value sits at its centre
     centre = features[0, -(15**3) :].view(15, 15, 15)[7, 7, 7]
     block = click_patch(image, [(0, [32, 20, 50])], 1, 7, crop_noise(image))
     assert centre == block.view(15, 15, 15)[7, 7, 7]
     path = save_router(
-        router, tmp_path / "r.safetensors", name="a", classes={"a": 1}, backbone=tiny, metrics={}
+        router, tmp_path / "r.safetensors", name="a", classes={"a": 1}, backbone=seeded_tiny_model, metrics={}
     )
-    loaded = load_router_file(path, tiny, "a")
+    loaded = load_router_file(path, seeded_tiny_model, "a")
     assert loaded.patch_radius == 7 and loaded.layout == router.layout
     torch.testing.assert_close(loaded.probability(features), router.probability(features))
     # a router that reads only the block around the click: no trunk features, the block alone
     patch_only = ExpertRouter(
-        tiny.config.prompt_embed_dim, hidden_dim=8, local_radii=(), texture=False, patch_radius=7, trunk=False
+        seeded_tiny_model.config.prompt_embed_dim,
+        hidden_dim=8,
+        local_radii=(),
+        texture=False,
+        patch_radius=7,
+        trunk=False,
     ).eval()
-    block_only = routing_features(emb, sparse, clicks, labels, tiny.img_size, image, *patch_only.layout)
+    block_only = routing_features(
+        emb, sparse, clicks, labels, seeded_tiny_model.img_size, image, *patch_only.layout
+    )
     torch.testing.assert_close(block_only, features[:, -(15**3) :])
     # it needs no image embedding (router training skips the encoder for it)
-    no_trunk = routing_features(None, sparse, clicks, labels, tiny.img_size, image, *patch_only.layout)
+    no_trunk = routing_features(
+        None, sparse, clicks, labels, seeded_tiny_model.img_size, image, *patch_only.layout
+    )
     torch.testing.assert_close(no_trunk, block_only)
     only_path = save_router(
-        patch_only, tmp_path / "p.safetensors", name="a", classes={"a": 1}, backbone=tiny, metrics={}
+        patch_only,
+        tmp_path / "p.safetensors",
+        name="a",
+        classes={"a": 1},
+        backbone=seeded_tiny_model,
+        metrics={},
     )
-    reloaded = load_router_file(only_path, tiny, "a")
+    reloaded = load_router_file(only_path, seeded_tiny_model, "a")
     assert not reloaded.trunk and reloaded.layout == patch_only.layout
     torch.testing.assert_close(reloaded.probability(block_only), patch_only.probability(block_only))
     with pytest.raises(ValueError, match="needs local statistics or a patch"):
-        ExpertRouter(tiny.config.prompt_embed_dim, local_radii=(), texture=False, trunk=False)
+        ExpertRouter(seeded_tiny_model.config.prompt_embed_dim, local_radii=(), texture=False, trunk=False)
     # a damaged radius is refused with one line naming the file
     with safe_open(str(path), framework="pt") as handle:
         meta = handle.metadata()
@@ -148,13 +159,13 @@ def test_routers_and_gates_with_a_click_patch_round_trip(tiny, tmp_path):
     with pytest.raises(
         CheckpointError, match=r"bad\.safetensors: router metadata out of range.*patch_radius 2"
     ):
-        load_router_file(tmp_path / "bad.safetensors", tiny, "a")
+        load_router_file(tmp_path / "bad.safetensors", seeded_tiny_model, "a")
     # the gate: same layout on disk
-    experts = {"lesion": copy.deepcopy(tiny.mask_decoder)}
-    gate_moe = SamMoE(tiny, experts, gate_patch_radius=7).eval()
+    experts = {"lesion": copy.deepcopy(seeded_tiny_model.mask_decoder)}
+    gate_moe = SamMoE(seeded_tiny_model, experts, gate_patch_radius=7).eval()
     assert gate_moe.reads_image
     gate_path = save_gate(gate_moe, tmp_path / "gate.safetensors")
-    other = SamMoE(tiny, experts).eval()
+    other = SamMoE(seeded_tiny_model, experts).eval()
     load_gate(other, gate_path)
     assert other.gate.patch_radius == 7
     mask = torch.zeros(2, 1, 16, 16, 16)

@@ -24,7 +24,6 @@ from sammoe.model.gate import (
 )
 from sammoe.model.moe import SamMoE
 from sammoe.model.router import ExpertRouter
-from sammoe.model.sam3d import SamMed3D
 
 
 def _brute_force_split(values: torch.Tensor) -> float:
@@ -88,34 +87,32 @@ def test_a_border_between_flat_organs_does_not_look_like_texture():
     assert torch.isfinite(robust_texture_stats(image, corners, torch.ones(8, 1, dtype=torch.long))).all()
 
 
-@pytest.fixture(scope="module")
-def tiny() -> SamMed3D:
-    torch.manual_seed(0)
-    return SamMed3D.from_preset("tiny").eval()
-
-
 @torch.no_grad()
-def test_routers_and_gates_reading_robust_texture_round_trip(tiny, tmp_path):
+def test_routers_and_gates_reading_robust_texture_round_trip(seeded_tiny_model, tmp_path):
     image, clicks = _organ_with_border_and_lesion()
     labels = torch.ones(3, 1, dtype=torch.long)
-    emb = tiny.image_encoder(image).expand(3, -1, -1, -1, -1)
-    sparse, _ = tiny.prompt_encoder(points=(clicks, labels), boxes=None, masks=None)
-    router = ExpertRouter(tiny.config.prompt_embed_dim, hidden_dim=8, robust_texture=True).eval()
-    features = routing_features(emb, sparse, clicks, labels, tiny.img_size, image, *router.layout)
-    assert features.shape[1] == routing_feature_count(tiny.config.prompt_embed_dim, *router.layout)
+    emb = seeded_tiny_model.image_encoder(image).expand(3, -1, -1, -1, -1)
+    sparse, _ = seeded_tiny_model.prompt_encoder(points=(clicks, labels), boxes=None, masks=None)
+    router = ExpertRouter(seeded_tiny_model.config.prompt_embed_dim, hidden_dim=8, robust_texture=True).eval()
+    features = routing_features(
+        emb, sparse, clicks, labels, seeded_tiny_model.img_size, image, *router.layout
+    )
+    assert features.shape[1] == routing_feature_count(
+        seeded_tiny_model.config.prompt_embed_dim, *router.layout
+    )
     assert router.norm.normalized_shape[0] == features.shape[1]
     path = save_router(
-        router, tmp_path / "r.safetensors", name="a", classes={"a": 1}, backbone=tiny, metrics={}
+        router, tmp_path / "r.safetensors", name="a", classes={"a": 1}, backbone=seeded_tiny_model, metrics={}
     )
-    loaded = load_router_file(path, tiny, "a")
+    loaded = load_router_file(path, seeded_tiny_model, "a")
     assert loaded.robust_texture and loaded.layout == router.layout
     torch.testing.assert_close(loaded.probability(features), router.probability(features))
     # the gate: same layout on disk, and a gate file from before the option loads without it
-    experts = {"lesion": copy.deepcopy(tiny.mask_decoder)}
-    gate_moe = SamMoE(tiny, experts, gate_robust_texture=True).eval()
+    experts = {"lesion": copy.deepcopy(seeded_tiny_model.mask_decoder)}
+    gate_moe = SamMoE(seeded_tiny_model, experts, gate_robust_texture=True).eval()
     assert gate_moe.reads_image
     gate_path = save_gate(gate_moe, tmp_path / "gate.safetensors")
-    other = SamMoE(tiny, experts).eval()
+    other = SamMoE(seeded_tiny_model, experts).eval()
     load_gate(other, gate_path)
     assert other.gate.robust_texture
     mask = torch.zeros(3, 1, 16, 16, 16)

@@ -14,17 +14,11 @@ from sammoe.data.io import Volume, read_image
 from sammoe.data.phantoms import LABELS, make_phantom_case
 from sammoe.errors import ConfigError, DataError
 from sammoe.inference.predictor import Predictor, Target
-from sammoe.loading import load_backbone, save_backbone
 from sammoe.napari.session import Session
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return save_backbone(load_backbone(None, "tiny"), tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
-
-
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
+def phantom_volume(tmp_path_factory):
     image, label, affine = make_phantom_case(3, shape=(64, 64, 40), spacing=(2.0, 2.0, 3.0))
     path = tmp_path_factory.mktemp("img") / "phantom.nii.gz"
     nib.save(nib.Nifti1Image(image, affine), str(path))
@@ -35,9 +29,9 @@ def centre(label: np.ndarray, name: str) -> list[float]:
     return np.argwhere(label == LABELS[name]).mean(0).round().tolist()
 
 
-def fresh(ckpt, volume, targets):
+def fresh(shipped_tiny_checkpoint, volume, targets):
     """What a new Predictor (no cache, no history) makes of these targets."""
-    predictor = Predictor.load(ckpt, experts="none")
+    predictor = Predictor.load(shipped_tiny_checkpoint, experts="none")
     predictor.set_image(volume)
     return predictor.predict(targets).labels
 
@@ -48,14 +42,16 @@ def cli_targets(session: Session) -> list[Target]:
 
 
 @pytest.fixture
-def session(ckpt, phantom):
-    s = Session(Predictor.load(ckpt, experts="none"))
-    s.set_volume(phantom[0])
+def session(shipped_tiny_checkpoint, phantom_volume):
+    s = Session(Predictor.load(shipped_tiny_checkpoint, experts="none"))
+    s.set_volume(phantom_volume[0])
     return s
 
 
-def test_refinement_uses_the_cached_embedding_and_equals_a_fresh_prediction(session, ckpt, phantom):
-    volume, label = phantom
+def test_refinement_uses_the_cached_embedding_and_equals_a_fresh_prediction(
+    session, shipped_tiny_checkpoint, phantom_volume
+):
+    volume, label = phantom_volume
     kidney = centre(label, "kidney_left")
     t = session.add_target("kidney")
     assert session.needs_image
@@ -67,11 +63,13 @@ def test_refinement_uses_the_cached_embedding_and_equals_a_fresh_prediction(sess
     view = third.targets[0]
     assert view.value == 1 and len(view.clicks) == 3 and view.expert == "foundation"
     assert view.volume_ml > 0 and 0 <= view.predicted_iou <= 1
-    assert np.array_equal(third.labels, fresh(ckpt, volume, cli_targets(session)))
+    assert np.array_equal(third.labels, fresh(shipped_tiny_checkpoint, volume, cli_targets(session)))
 
 
-def test_undo_reset_and_delete_rerun_predict_on_the_remaining_clicks(session, ckpt, phantom):
-    volume, label = phantom
+def test_undo_reset_and_delete_rerun_predict_on_the_remaining_clicks(
+    session, shipped_tiny_checkpoint, phantom_volume
+):
+    volume, label = phantom_volume
     a = session.add_target("liver")
     b = session.add_target("spleen")
     session.click(a.id, centre(label, "liver"))
@@ -80,19 +78,19 @@ def test_undo_reset_and_delete_rerun_predict_on_the_remaining_clicks(session, ck
     assert [v.value for v in session.targets] == [1, 2]
     undone = session.undo(b.id)
     assert undone.path == "predict" and len(undone.targets[1].clicks) == 1
-    assert np.array_equal(undone.labels, fresh(ckpt, volume, cli_targets(session)))
+    assert np.array_equal(undone.labels, fresh(shipped_tiny_checkpoint, volume, cli_targets(session)))
     deleted = session.delete(a.id)
     assert [(v.name, v.value) for v in deleted.targets] == [("spleen", 1)]  # values follow the clicks file
     assert set(np.unique(deleted.labels)) <= {0, 1}
-    assert np.array_equal(deleted.labels, fresh(ckpt, volume, cli_targets(session)))
+    assert np.array_equal(deleted.labels, fresh(shipped_tiny_checkpoint, volume, cli_targets(session)))
     cleared = session.reset(b.id)
     assert cleared.targets[0].value == 0 and not cleared.labels.any()
     with pytest.raises(ConfigError, match="no click to undo"):
         session.undo(b.id)
 
 
-def test_a_target_starting_with_a_negative_click_waits_for_a_positive_one(session, phantom):
-    volume, label = phantom
+def test_a_target_starting_with_a_negative_click_waits_for_a_positive_one(session, phantom_volume):
+    volume, label = phantom_volume
     t = session.add_target()
     pending = session.click(t.id, centre(label, "liver"), positive=False)
     assert pending.path == "none" and pending.targets[0].value == 0 and pending.labels is None
@@ -103,13 +101,13 @@ def test_a_target_starting_with_a_negative_click_waits_for_a_positive_one(sessio
     assert doc["targets"][0]["labels"] == [0, 1] and doc["space"] == "voxel"
 
 
-def test_refused_clicks_are_not_kept(ckpt):
+def test_refused_clicks_are_not_kept(shipped_tiny_checkpoint):
     """Outside the image, and outside the target's crop (add_click's DataError), leave the clicks as they
     were."""
     rng = np.random.default_rng(0)
     array = rng.normal(0, 1, size=(200, 24, 24)).astype(np.float32)  # 200 voxels of 1.5 mm: wider than a crop
     array[10:30, 5:15, 5:15] += 4
-    session = Session(Predictor.load(ckpt, experts="none"))
+    session = Session(Predictor.load(shipped_tiny_checkpoint, experts="none"))
     session.set_volume(Volume(array, np.diag([1.5, 1.5, 1.5, 1.0])))
     t = session.add_target()
     with pytest.raises(DataError, match="outside the image"):
@@ -134,18 +132,22 @@ def test_names_are_unique_and_renames_checked(session):
         session.click(999, [1, 1, 1])
 
 
-def test_another_model_segments_every_target_again(session, ckpt, phantom):
-    volume, label = phantom
+def test_another_model_segments_every_target_again(session, shipped_tiny_checkpoint, phantom_volume):
+    volume, label = phantom_volume
     t = session.add_target()
     session.click(t.id, centre(label, "liver"))
-    again = session.set_predictor(Predictor.load(ckpt, experts="none", use_sliding_window=False))
+    again = session.set_predictor(
+        Predictor.load(shipped_tiny_checkpoint, experts="none", use_sliding_window=False)
+    )
     assert again.path == "predict" and again.targets[0].value == 1 and again.encodes == 1
 
 
-def test_clicks_document_reproduces_the_label_map_with_sammoe_segment(session, ckpt, phantom, tmp_path):
+def test_clicks_document_reproduces_the_label_map_with_sammoe_segment(
+    session, shipped_tiny_checkpoint, phantom_volume, tmp_path
+):
     from sammoe.cli.segment import main
 
-    volume, label = phantom
+    volume, label = phantom_volume
     a = session.add_target("kidney")
     b = session.add_target("liver")
     session.click(a.id, centre(label, "kidney_left"))
@@ -155,7 +157,7 @@ def test_clicks_document_reproduces_the_label_map_with_sammoe_segment(session, c
     clicks.write_text(json.dumps(session.clicks_document()))
     out = tmp_path / "seg.nii.gz"
     argv = ["--image", str(volume.path), "--clicks", str(clicks), "--out", str(out)]
-    assert main([*argv, "--checkpoint", str(ckpt), "--experts", "none", "--quiet"]) == 0
+    assert main([*argv, "--checkpoint", str(shipped_tiny_checkpoint), "--experts", "none", "--quiet"]) == 0
     assert np.array_equal(np.asarray(nib.load(str(out)).dataobj), last.labels)
     results = json.loads(clicks.read_text())["results"]
     assert [r["name"] for r in results] == ["kidney", "liver"] and results[0]["expert"] == "foundation"

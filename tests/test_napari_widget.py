@@ -18,7 +18,7 @@ WAIT_MS = 60_000
 
 
 @pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
+def phantom_nifti(tmp_path_factory):
     image, label, affine = make_phantom_case(5, shape=(64, 64, 40), spacing=(2.0, 2.0, 3.0))
     path = tmp_path_factory.mktemp("img") / "phantom.nii.gz"
     nib.save(nib.Nifti1Image(image, affine), str(path))
@@ -30,9 +30,9 @@ def centre(label, name) -> np.ndarray:
 
 
 @pytest.fixture
-def opened(make_napari_viewer, qtbot, phantom):
+def opened(make_napari_viewer, qtbot, phantom_nifti):
     viewer = make_napari_viewer()
-    viewer.open(str(phantom[0]), plugin="sammoe")
+    viewer.open(str(phantom_nifti[0]), plugin="sammoe")
     _, widget = viewer.window.add_plugin_dock_widget(*WIDGET)
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
     return viewer, widget
@@ -51,9 +51,9 @@ def segment_cli(tmp_path, image, clicks) -> np.ndarray:
     return np.asarray(nib.load(str(out)).dataobj)
 
 
-def test_clicks_from_the_api_and_the_mouse_equal_sammoe_segment(opened, qtbot, phantom, tmp_path):
+def test_clicks_from_the_api_and_the_mouse_equal_sammoe_segment(opened, qtbot, phantom_nifti, tmp_path):
     viewer, widget = opened
-    path, label, affine = phantom
+    path, label, affine = phantom_nifti
     image = viewer.layers["phantom"]
     assert np.allclose(image.affine.affine_matrix, affine) and widget.layers.image is image
     messages = []
@@ -91,9 +91,9 @@ def test_clicks_from_the_api_and_the_mouse_equal_sammoe_segment(opened, qtbot, p
     assert np.array_equal(cli, np.asarray(saved.dataobj))
 
 
-def test_two_targets_undo_reset_and_delete(opened, qtbot, phantom, tmp_path):
+def test_two_targets_undo_reset_and_delete(opened, qtbot, phantom_nifti, tmp_path):
     viewer, widget = opened
-    path, label, _ = phantom
+    path, label, _ = phantom_nifti
     widget.add_target("liver")
     settle(qtbot, widget)
     widget.click(centre(label, "liver"))
@@ -125,7 +125,9 @@ def test_two_targets_undo_reset_and_delete(opened, qtbot, phantom, tmp_path):
     assert [t.name for t in widget.last_update.targets] == ["splenic"]
 
 
-def test_bad_checkpoint_unreadable_file_and_refused_click_show_one_line(opened, qtbot, phantom, tmp_path):
+def test_bad_checkpoint_unreadable_file_and_refused_click_show_one_line(
+    opened, qtbot, phantom_nifti, tmp_path
+):
     viewer, widget = opened
     bad = tmp_path / "weights.pth"
     bad.write_bytes(b"not a checkpoint")
@@ -145,7 +147,7 @@ def test_bad_checkpoint_unreadable_file_and_refused_click_show_one_line(opened, 
     settle(qtbot, widget)
     assert "outside the image" in widget.message and len(widget.layers.points.data) == 0
     second = tmp_path / "second.nii.gz"
-    second.write_bytes(phantom[0].read_bytes())
+    second.write_bytes(phantom_nifti[0].read_bytes())
     widget.open_image(str(second))  # opened from the widget: segmented from now on
     settle(qtbot, widget)
     assert widget.message == "" and widget.layers.image.name == "second"
@@ -153,9 +155,9 @@ def test_bad_checkpoint_unreadable_file_and_refused_click_show_one_line(opened, 
     assert "phantom segmentation" in names and "phantom clicks" not in names and "second clicks" in names
 
 
-def test_napari_save_uses_the_writer_and_never_replaces_the_image(opened, qtbot, phantom, tmp_path):
+def test_napari_save_uses_the_writer_and_never_replaces_the_image(opened, qtbot, phantom_nifti, tmp_path):
     viewer, widget = opened
-    path, label, affine = phantom
+    path, label, affine = phantom_nifti
     widget.click(centre(label, "kidney_right"))
     settle(qtbot, widget)
     labels = widget.layers.labels

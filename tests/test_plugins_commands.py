@@ -16,40 +16,26 @@ from safetensors.torch import load_file, save, save_file
 
 from sammoe import cli
 from sammoe.errors import PluginError
-from sammoe.loading import backbone_source, load_backbone, load_expert_decoders, save_backbone, save_gate
+from sammoe.loading import backbone_source, load_expert_decoders, save_backbone, save_gate
 from sammoe.model.sam3d import SamMed3D
 from sammoe.model.sam3d import backbone_fingerprint as fingerprint
 from sammoe.cli.experts import main
 from sammoe.plugins.discovery import PluginWarning, discover
 from sammoe.publish.package import package_expert
-from sammoe.plugins.testing import FAKE_FINGERPRINT, fake_expert, pip_install_target, plugin_site
+from sammoe.plugins.testing import FAKE_FINGERPRINT, fake_expert, pip_install_target
 from sammoe.publish.verify import verify_expert
 
 TASK = {"classes": {"liver": 3}, "modality": "CT", "dataset": "phantom-liver"}
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    model = load_backbone(None, "tiny")
-    return model, fingerprint(model)
-
-
 @pytest.fixture
-def decoder(tiny):
-    return {k: v.clone() for k, v in tiny[0].mask_decoder.state_dict().items()}
+def decoder(tiny_model_and_fingerprint):
+    return {k: v.clone() for k, v in tiny_model_and_fingerprint[0].mask_decoder.state_dict().items()}
 
 
-@pytest.fixture
-def site(tmp_path, monkeypatch):
-    """A fresh site dir on sys.path for fake distributions; no SAMMOE_EXPERTS selection."""
-    monkeypatch.delenv("SAMMOE_EXPERTS", raising=False)
-    with plugin_site(tmp_path / "site") as path:
-        yield path
-
-
-def _expert(site, name, state, fp, **overrides):
+def _expert(plugin_site_dir, name, state, fp, **overrides):
     overrides.setdefault("backbone", {"fingerprint": fp})
-    fake_expert(site, name, payload=save(state), **overrides)
+    fake_expert(plugin_site_dir, name, payload=save(state), **overrides)
 
 
 def _cli(argv, capsys):
@@ -59,9 +45,11 @@ def _cli(argv, capsys):
 
 
 # ----------------------------------------------------------------------------------------------- list/show
-def test_list_table_json_and_broken_reason(site, tiny, decoder, capsys, monkeypatch):
-    _expert(site, "liver", decoder, tiny[1])
-    fake_expert(site, "spleen", module_source="raise ImportError('needs scipy')\n")
+def test_list_table_json_and_broken_reason(
+    plugin_site_dir, tiny_model_and_fingerprint, decoder, capsys, monkeypatch
+):
+    _expert(plugin_site_dir, "liver", decoder, tiny_model_and_fingerprint[1])
+    fake_expert(plugin_site_dir, "spleen", module_source="raise ImportError('needs scipy')\n")
     monkeypatch.setenv("SAMMOE_EXPERTS", "liver,spleen")
     code, out, _ = _cli(["experts", "list"], capsys)
     assert code == 0
@@ -97,7 +85,7 @@ def test_list_table_json_and_broken_reason(site, tiny, decoder, capsys, monkeypa
     code, out, _ = _cli(["experts", "list", "--json"], capsys)
     data = {item["name"]: item for item in json.loads(out)}
     assert data["liver"]["status"] == "ok"
-    assert data["liver"]["manifest"]["backbone"]["fingerprint"] == tiny[1]
+    assert data["liver"]["manifest"]["backbone"]["fingerprint"] == tiny_model_and_fingerprint[1]
     assert data["spleen"]["manifest"] is None and "needs scipy" in data["spleen"]["reason"]
 
 
@@ -107,8 +95,8 @@ def test_list_when_nothing_is_selected(capsys, monkeypatch):
     assert _cli(["experts", "list", "--json"], capsys)[1].strip() == "[]"
 
 
-def test_show_and_unknown_name(site, tiny, decoder, capsys):
-    _expert(site, "liver", decoder, tiny[1])
+def test_show_and_unknown_name(plugin_site_dir, tiny_model_and_fingerprint, decoder, capsys):
+    _expert(plugin_site_dir, "liver", decoder, tiny_model_and_fingerprint[1])
     code, out, _ = _cli(["experts", "show", "liver"], capsys)
     assert code == 0
     assert "status:        ok" in out and '"preset": "tiny"' in out
@@ -131,8 +119,8 @@ def test_bad_arguments_exit_2(capsys):
 
 
 # ----------------------------------------------------------------------------------------------- verify
-def test_verify_ok(site, tiny, decoder, capsys):
-    _expert(site, "liver", decoder, tiny[1])
+def test_verify_ok(plugin_site_dir, tiny_model_and_fingerprint, decoder, capsys):
+    _expert(plugin_site_dir, "liver", decoder, tiny_model_and_fingerprint[1])
     code, out, _ = _cli(["experts", "verify", "liver"], capsys)
     assert code == 0, out
     assert out.split()[:2] == ["liver", "ok"]
@@ -143,18 +131,20 @@ def _verify(name, **kwargs):
     return verify_expert(record, **kwargs)
 
 
-def test_verify_backbone_mismatch_and_backbone_checkpoint(site, tiny, decoder, tmp_path, capsys):
-    _expert(site, "liver", decoder, FAKE_FINGERPRINT)
+def test_verify_backbone_mismatch_and_backbone_checkpoint(
+    plugin_site_dir, tiny_model_and_fingerprint, decoder, tmp_path, capsys
+):
+    _expert(plugin_site_dir, "liver", decoder, FAKE_FINGERPRINT)
     record = _verify("liver")
     assert record.status == "incompatible"
-    assert f"{backbone_source('tiny')} has {tiny[1][:12]}" in record.reason
+    assert f"{backbone_source('tiny')} has {tiny_model_and_fingerprint[1][:12]}" in record.reason
     assert record.reason.endswith("pass --backbone with the checkpoint the expert was trained on")
 
     # the expert's backbone is a saved checkpoint: verify against it
     torch.manual_seed(1)
     other = SamMed3D.from_preset("tiny")
     backbone = save_backbone(other, tmp_path / "backbone.safetensors")
-    _expert(site, "spleen", decoder, fingerprint(other))
+    _expert(plugin_site_dir, "spleen", decoder, fingerprint(other))
     code, out, _ = _cli(["experts", "verify", "spleen", "--backbone", str(backbone)], capsys)
     assert code == 0, out
     record = _verify("liver", backbone_checkpoint=backbone)
@@ -164,33 +154,40 @@ def test_verify_backbone_mismatch_and_backbone_checkpoint(site, tiny, decoder, t
     assert code == 2 and "checkpoint not found" in err
 
 
-def test_verify_decoder_that_does_not_fit(site, tiny, decoder):
+def test_verify_decoder_that_does_not_fit(plugin_site_dir, tiny_model_and_fingerprint, decoder):
     key = sorted(decoder)[0]
     del decoder[key]
-    _expert(site, "liver", decoder, tiny[1])
+    _expert(plugin_site_dir, "liver", decoder, tiny_model_and_fingerprint[1])
     record = _verify("liver")
     assert record.status == "broken"
     assert f"weights do not fit the tiny mask decoder: missing 1 key(s), first {key}" in record.reason
 
     wide = {
-        k: torch.zeros(v.shape[0] + 1, *v.shape[1:]) for k, v in tiny[0].mask_decoder.state_dict().items()
+        k: torch.zeros(v.shape[0] + 1, *v.shape[1:])
+        for k, v in tiny_model_and_fingerprint[0].mask_decoder.state_dict().items()
     }
-    _expert(site, "spleen", wide, tiny[1])
+    _expert(plugin_site_dir, "spleen", wide, tiny_model_and_fingerprint[1])
     assert "has shape" in _verify("spleen").reason
 
 
-def test_verify_non_finite_forward(site, tiny, decoder):
+def test_verify_non_finite_forward(plugin_site_dir, tiny_model_and_fingerprint, decoder):
     decoder = {k: torch.full_like(v, float("nan")) for k, v in decoder.items()}
-    _expert(site, "liver", decoder, tiny[1])
+    _expert(plugin_site_dir, "liver", decoder, tiny_model_and_fingerprint[1])
     record = _verify("liver")
     assert record.status == "broken" and "holds NaN or infinite values" in record.reason
 
 
-def test_verify_unknown_preset_and_passthrough(site, tiny, decoder, capsys):
-    _expert(site, "liver", decoder, tiny[1], backbone={"preset": "vit_h", "fingerprint": tiny[1]})
+def test_verify_unknown_preset_and_passthrough(plugin_site_dir, tiny_model_and_fingerprint, decoder, capsys):
+    _expert(
+        plugin_site_dir,
+        "liver",
+        decoder,
+        tiny_model_and_fingerprint[1],
+        backbone={"preset": "vit_h", "fingerprint": tiny_model_and_fingerprint[1]},
+    )
     record = _verify("liver")
     assert record.status == "incompatible" and "backbone preset 'vit_h' is unknown here" in record.reason
-    fake_expert(site, "spleen", weights={"sha256": "0" * 64})
+    fake_expert(plugin_site_dir, "spleen", weights={"sha256": "0" * 64})
     code, out, _ = _cli(["experts", "verify", "spleen", "liver"], capsys)
     assert code == 1
     assert "broken" in out and "incompatible" in out
@@ -202,7 +199,7 @@ def _sidecar(path: Path, **meta):
     path.with_suffix(".json").write_text(json.dumps(meta))
 
 
-def test_package_from_safetensors_and_sidecar(tmp_path, tiny, decoder, capsys):
+def test_package_from_safetensors_and_sidecar(tmp_path, tiny_model_and_fingerprint, decoder, capsys):
     ckpt = tmp_path / "liver.safetensors"
     save_file({f"mask_decoder.{k}": v for k, v in decoder.items()}, str(ckpt))
     _sidecar(ckpt, provenance={"training_data": "phantom liver, 40 cases", "reported_dice": {"liver": 0.81}})
@@ -223,7 +220,7 @@ def test_package_from_safetensors_and_sidecar(tmp_path, tiny, decoder, capsys):
         "tests/test_expert.py",
     ]
     manifest = json.loads((out / "sammoe_expert_liver" / "manifest.json").read_text())
-    assert manifest["backbone"] == {"preset": "tiny", "fingerprint": tiny[1]}
+    assert manifest["backbone"] == {"preset": "tiny", "fingerprint": tiny_model_and_fingerprint[1]}
     assert manifest["task"]["crop_size"] == [64, 64, 64]
     assert manifest["provenance"]["finetuned"] is True
     assert manifest["provenance"]["reported_dice"] == {"liver": 0.81}
@@ -235,7 +232,7 @@ def test_package_from_safetensors_and_sidecar(tmp_path, tiny, decoder, capsys):
     )
 
 
-def test_package_from_lightning_checkpoint_uses_the_trunk(tmp_path, tiny, decoder):
+def test_package_from_lightning_checkpoint_uses_the_trunk(tmp_path, tiny_model_and_fingerprint, decoder):
     torch.manual_seed(5)
     trained_on = SamMed3D.from_preset("tiny")
     state = {f"model.{k}": v for k, v in trained_on.state_dict().items() if not k.startswith("mask_decoder.")}
@@ -246,7 +243,7 @@ def test_package_from_lightning_checkpoint_uses_the_trunk(tmp_path, tiny, decode
     out = package_expert(ckpt, "liver", tmp_path / "project", version="2.0.1")
     manifest = json.loads((out / "sammoe_expert_liver" / "manifest.json").read_text())
     assert manifest["version"] == "2.0.1"
-    assert manifest["backbone"]["fingerprint"] == fingerprint(trained_on) != tiny[1]
+    assert manifest["backbone"]["fingerprint"] == fingerprint(trained_on) != tiny_model_and_fingerprint[1]
     assert manifest["provenance"]["config"] == {"lr": 8e-5}
     assert "the trunk stored in epoch=3.ckpt" in (out / "README.md").read_text()
 
@@ -316,7 +313,9 @@ def test_package_refuses_pickled_lightning_checkpoint(tmp_path, decoder):
 
 
 @pytest.mark.slow  # over 10 s on 2 cores; `make test-all` runs it
-def test_packaged_project_pip_installs_and_passes_its_own_tests(tmp_path, tiny, decoder):
+def test_packaged_project_pip_installs_and_passes_its_own_tests(
+    tmp_path, tiny_model_and_fingerprint, decoder
+):
     ckpt = tmp_path / "liver.safetensors"
     save_file(decoder, str(ckpt))
     _sidecar(ckpt)
@@ -351,14 +350,16 @@ def test_packaged_project_pip_installs_and_passes_its_own_tests(tmp_path, tiny, 
 
 
 # ----------------------------------------------------------------------------------------------- loader
-def test_load_expert_decoders_for_a_backbone(site, tiny, decoder, monkeypatch):
-    model, fp = tiny
+def test_load_expert_decoders_for_a_backbone(
+    plugin_site_dir, tiny_model_and_fingerprint, decoder, monkeypatch
+):
+    model, fp = tiny_model_and_fingerprint
     shifted = {k: v + 1 for k, v in decoder.items()}
-    _expert(site, "liver", shifted, fp)
-    _expert(site, "spleen", decoder, FAKE_FINGERPRINT)  # trained on another backbone
+    _expert(plugin_site_dir, "liver", shifted, fp)
+    _expert(plugin_site_dir, "spleen", decoder, FAKE_FINGERPRINT)  # trained on another backbone
     small = dict(decoder)
     small.pop(sorted(small)[0])
-    _expert(site, "kidney", small, fp)  # does not fit the decoder
+    _expert(plugin_site_dir, "kidney", small, fp)  # does not fit the decoder
     monkeypatch.setenv("SAMMOE_EXPERTS", "liver,spleen,kidney")
     with pytest.warns(PluginWarning) as caught:
         decoders = load_expert_decoders(model)
@@ -379,15 +380,19 @@ def test_load_expert_decoders_for_a_backbone(site, tiny, decoder, monkeypatch):
         load_expert_decoders(model, ["kidney"])
 
 
-def test_segment_skips_an_expert_whose_weights_do_not_load(site, tiny, decoder, monkeypatch, tmp_path):
+def test_segment_skips_an_expert_whose_weights_do_not_load(
+    plugin_site_dir, tiny_model_and_fingerprint, decoder, monkeypatch, tmp_path
+):
     """`sammoe segment`'s loader goes through the same assembly: a plugin with unloadable weights is skipped
     with its reason, and the MoE of the others (with a gate over exactly them) still loads."""
     from sammoe.loading import load_model
     from sammoe.model.moe import SamMoE
 
-    model, fp = tiny
-    _expert(site, "liver", {k: v + 1 for k, v in decoder.items()}, fp)
-    _expert(site, "kidney", {k: v.to(torch.int32) for k, v in decoder.items()}, fp)  # integer weights
+    model, fp = tiny_model_and_fingerprint
+    _expert(plugin_site_dir, "liver", {k: v + 1 for k, v in decoder.items()}, fp)
+    _expert(
+        plugin_site_dir, "kidney", {k: v.to(torch.int32) for k, v in decoder.items()}, fp
+    )  # integer weights
     monkeypatch.setenv("SAMMOE_EXPERTS", "liver,kidney")
     ckpt = save_backbone(model, tmp_path / "tiny.safetensors")
     gate = save_gate(

@@ -20,15 +20,7 @@ from sammoe.plugins.discovery import (
     select_experts,
     selection_from_env,
 )
-from sammoe.plugins.testing import FAKE_FINGERPRINT, fake_expert, plugin_site
-
-
-@pytest.fixture
-def site(tmp_path, monkeypatch):
-    """A fresh site dir on sys.path for fake distributions; no SAMMOE_EXPERTS selection."""
-    monkeypatch.delenv("SAMMOE_EXPERTS", raising=False)
-    with plugin_site(tmp_path / "site") as path:
-        yield path
+from sammoe.plugins.testing import FAKE_FINGERPRINT, fake_expert
 
 
 def _one(name, **kwargs):
@@ -44,14 +36,14 @@ def _assert_reason(record, status, *fragments):
         assert fragment in record.reason
 
 
-def test_ok_plugin_is_found_with_its_distribution(site):
-    fake_expert(site, "liver")
+def test_ok_plugin_is_found_with_its_distribution(plugin_site_dir):
+    fake_expert(plugin_site_dir, "liver")
     record = _one("liver")
     assert record.ok and record.reason == ""
     assert (record.distribution, record.dist_version) == ("fake-expert-liver", "1.0.0")
     assert record.entry_point == "fake_expert_liver:manifest"
     assert record.manifest.task.classes == {"liver": 1}
-    assert record.weights_path == site / "fake_expert_liver" / "decoder.safetensors"
+    assert record.weights_path == plugin_site_dir / "fake_expert_liver" / "decoder.safetensors"
 
 
 BROKEN = {
@@ -83,22 +75,22 @@ BROKEN = {
 
 
 @pytest.mark.parametrize("case", sorted(BROKEN))
-def test_broken_plugin_is_reported_and_isolated(site, case):
+def test_broken_plugin_is_reported_and_isolated(plugin_site_dir, case):
     kwargs, fragment = BROKEN[case]
-    fake_expert(site, "liver", **kwargs)
-    fake_expert(site, "spleen")
+    fake_expert(plugin_site_dir, "liver", **kwargs)
+    fake_expert(plugin_site_dir, "spleen")
     liver, spleen = discover(["liver", "spleen"])
     _assert_reason(liver, "broken", "fake-expert-liver 1.0.0", fragment)
     assert spleen.ok
 
 
-def test_unexpected_error_is_contained(site, monkeypatch):
+def test_unexpected_error_is_contained(plugin_site_dir, monkeypatch):
     from sammoe.plugins import checksums as weights
 
     def unreadable(path, expected):
         raise PermissionError(13, "Permission denied", str(path))
 
-    fake_expert(site, "liver")
+    fake_expert(plugin_site_dir, "liver")
     monkeypatch.setattr(weights, "checksum_problem", unreadable)
     _assert_reason(
         _one("liver"), "broken", "inspecting it failed (PermissionError: [Errno 13] Permission denied"
@@ -113,23 +105,23 @@ INCOMPATIBLE = {
 
 
 @pytest.mark.parametrize("case", sorted(INCOMPATIBLE))
-def test_incompatible_plugin_is_reported(site, case):
+def test_incompatible_plugin_is_reported(plugin_site_dir, case):
     kwargs, fragment = INCOMPATIBLE[case]
-    fake_expert(site, "liver", **kwargs)
+    fake_expert(plugin_site_dir, "liver", **kwargs)
     _assert_reason(_one("liver"), "incompatible", fragment, "install a plugin version built for sammoe 0.1")
 
 
-def test_backbone_fingerprint_mismatch_is_incompatible(site):
-    fake_expert(site, "liver")
+def test_backbone_fingerprint_mismatch_is_incompatible(plugin_site_dir):
+    fake_expert(plugin_site_dir, "liver")
     assert _one("liver", backbone_fingerprint=FAKE_FINGERPRINT).ok
     _assert_reason(
         _one("liver", backbone_fingerprint="e" * 64), "incompatible", "trained on backbone tiny ffffff"
     )
 
 
-def test_duplicate_name_from_two_distributions(site):
-    fake_expert(site, "liver", dist="liver-a", module="fake_expert_liver_a")
-    fake_expert(site, "liver", dist="liver-b", module="fake_expert_liver_b")
+def test_duplicate_name_from_two_distributions(plugin_site_dir):
+    fake_expert(plugin_site_dir, "liver", dist="liver-a", module="fake_expert_liver_a")
+    fake_expert(plugin_site_dir, "liver", dist="liver-b", module="fake_expert_liver_b")
     record = _one("liver")
     assert record.status == "broken"
     assert record.reason == (
@@ -138,20 +130,23 @@ def test_duplicate_name_from_two_distributions(site):
     )
 
 
-def test_local_weights_path_with_variables(site, tmp_path, monkeypatch):
+def test_local_weights_path_with_variables(plugin_site_dir, tmp_path, monkeypatch):
     weights = tmp_path / "store" / "liver.safetensors"
     weights.parent.mkdir()
     weights.write_bytes(b"payload")
     monkeypatch.setenv("LIVER_STORE", str(weights.parent))
     fake_expert(
-        site, "liver", payload=b"payload", weights={"package": None, "path": "$LIVER_STORE/liver.safetensors"}
+        plugin_site_dir,
+        "liver",
+        payload=b"payload",
+        weights={"package": None, "path": "$LIVER_STORE/liver.safetensors"},
     )
     assert _one("liver").weights_path == weights
 
 
-def test_env_selection(site, monkeypatch):
-    fake_expert(site, "liver")
-    fake_expert(site, "spleen")
+def test_env_selection(plugin_site_dir, monkeypatch):
+    fake_expert(plugin_site_dir, "liver")
+    fake_expert(plugin_site_dir, "spleen")
     assert selection_from_env({}) is None
     assert selection_from_env({"SAMMOE_EXPERTS": "none"}) == []
     assert selection_from_env({"SAMMOE_EXPERTS": ""}) == []
@@ -167,9 +162,9 @@ def test_env_selection(site, monkeypatch):
     _assert_reason(kidney, "broken", "no installed distribution provides it", "remove it from SAMMOE_EXPERTS")
 
 
-def test_select_experts_skips_broken_with_a_warning_unless_named(site):
-    fake_expert(site, "liver", module_source="raise ImportError('x')\n")
-    fake_expert(site, "spleen")
+def test_select_experts_skips_broken_with_a_warning_unless_named(plugin_site_dir):
+    fake_expert(plugin_site_dir, "liver", module_source="raise ImportError('x')\n")
+    fake_expert(plugin_site_dir, "spleen")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         names = [r.name for r in select_experts()]
@@ -182,17 +177,17 @@ def test_select_experts_skips_broken_with_a_warning_unless_named(site):
         select_experts(["spleen", "liver"])
 
 
-def test_get_expert_unknown_name(site):
+def test_get_expert_unknown_name(plugin_site_dir):
     with pytest.raises(PluginError, match="expert 'kidney' \\(not installed\\): no installed distribution"):
         get_expert("kidney")
 
 
-def test_load_weights_checks_sha256_on_the_bytes_it_parses(site):
+def test_load_weights_checks_sha256_on_the_bytes_it_parses(plugin_site_dir):
     import torch
     from safetensors.torch import save
 
     payload = save({"w": torch.arange(3.0)})
-    fake_expert(site, "liver", payload=payload)
+    fake_expert(plugin_site_dir, "liver", payload=payload)
     record = _one("liver")
     assert torch.equal(load_expert_weights(record)["w"], torch.arange(3.0))
 
@@ -200,21 +195,21 @@ def test_load_weights_checks_sha256_on_the_bytes_it_parses(site):
     with pytest.raises(PluginError, match="file is corrupt or was replaced, reinstall the plugin"):
         load_expert_weights(record)
 
-    fake_expert(site, "spleen", module_source="raise ImportError('x')\n")
+    fake_expert(plugin_site_dir, "spleen", module_source="raise ImportError('x')\n")
     with pytest.raises(PluginError, match="expert 'spleen'"):
         load_expert_weights(_one("spleen"))
 
 
-def test_not_safetensors_is_refused_at_load(site):
-    fake_expert(site, "liver", payload=b"\x00" * 16)
+def test_not_safetensors_is_refused_at_load(plugin_site_dir):
+    fake_expert(plugin_site_dir, "liver", payload=b"\x00" * 16)
     with pytest.raises(PluginError, match="is not a readable safetensors file"):
         load_expert_weights(_one("liver"))
 
 
-def test_discovery_and_list_never_import_torch(site):
-    fake_expert(site, "liver")
-    fake_expert(site, "spleen", module_source="raise ImportError('x')\n")
-    fake_expert(site, "kidney", sammoe_api=99)
+def test_discovery_and_list_never_import_torch(plugin_site_dir):
+    fake_expert(plugin_site_dir, "liver")
+    fake_expert(plugin_site_dir, "spleen", module_source="raise ImportError('x')\n")
+    fake_expert(plugin_site_dir, "kidney", sammoe_api=99)
     code = (
         "import sys, json\n"
         "from sammoe.plugins import discover\n"
@@ -225,7 +220,7 @@ def test_discovery_and_list_never_import_torch(site):
         "print(json.dumps({r.name: r.status for r in records}))\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), *sys.path])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_site_dir), *sys.path])}
     env.pop("SAMMOE_EXPERTS", None)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -27,18 +27,13 @@ from sammoe.model.router import ExpertRouter, route_by_routers
 from sammoe.model.sam3d import PRESETS, SamMed3D, backbone_fingerprint
 from sammoe.plugins.discovery import PluginWarning, discover
 from sammoe.publish.package import package_expert
-from sammoe.plugins.testing import fake_expert, plugin_site
+from sammoe.plugins.testing import fake_expert
 from sammoe.publish.verify import verify_expert
 
 
-@pytest.fixture(scope="module")
-def tiny() -> SamMed3D:
-    return load_backbone(None, "tiny")
-
-
-def _router(tiny, seed: int = 0, threshold: float = 0.5) -> ExpertRouter:
+def _router(shipped_tiny_model, seed: int = 0, threshold: float = 0.5) -> ExpertRouter:
     torch.manual_seed(seed)
-    router = ExpertRouter(tiny.config.prompt_embed_dim, hidden_dim=16).eval()
+    router = ExpertRouter(shipped_tiny_model.config.prompt_embed_dim, hidden_dim=16).eval()
     router.threshold.fill_(threshold)
     return router
 
@@ -85,24 +80,27 @@ def test_the_false_claim_limit_holds_for_each_general_class_not_only_for_all_of_
 
 
 @torch.no_grad()
-def test_a_moe_routed_by_routers_sends_each_click_to_the_claiming_expert(tiny):
-    experts = {"a": copy.deepcopy(tiny.mask_decoder), "b": copy.deepcopy(tiny.mask_decoder)}
-    moe = SamMoE(tiny, experts, gate_local_radii=()).eval()
+def test_a_moe_routed_by_routers_sends_each_click_to_the_claiming_expert(shipped_tiny_model):
+    experts = {
+        "a": copy.deepcopy(shipped_tiny_model.mask_decoder),
+        "b": copy.deepcopy(shipped_tiny_model.mask_decoder),
+    }
+    moe = SamMoE(shipped_tiny_model, experts, gate_local_radii=()).eval()
     assert moe.routing == "gate" and not moe.reads_image
-    routers = {"a": _router(tiny, 0), "b": _router(tiny, 1)}
+    routers = {"a": _router(shipped_tiny_model, 0), "b": _router(shipped_tiny_model, 1)}
     with pytest.raises(ValueError, match="do not match the experts"):
         moe.use_routers({"b": routers["b"], "a": routers["a"]})
     moe.use_routers(routers)
     assert moe.routing == "routers" and moe.reads_image
     image = torch.randn(2, 1, 64, 64, 64)
-    emb = tiny.image_encoder(image)
+    emb = shipped_tiny_model.image_encoder(image)
     points = torch.tensor([[[32.0, 32.0, 32.0]], [[10.0, 40.0, 20.0]]])
     labels = torch.ones(2, 1, dtype=torch.long)
     mask = torch.zeros(2, 1, 16, 16, 16)
     with pytest.raises(ValueError, match="pass the encoded crop"):
         moe.step(emb, points, labels, mask)
     out = moe.step(emb, points, labels, mask, image=image)
-    sparse, _ = tiny.prompt_encoder(points=(points, labels), boxes=None, masks=None)
+    sparse, _ = shipped_tiny_model.prompt_encoder(points=(points, labels), boxes=None, masks=None)
     expected = moe.router_probs(emb, sparse, points, labels, image)
     torch.testing.assert_close(out.probs, expected)
     torch.testing.assert_close(out.probs[:, 0], 1 - out.probs[:, 1:].amax(1))
@@ -113,18 +111,18 @@ def test_a_moe_routed_by_routers_sends_each_click_to_the_claiming_expert(tiny):
     assert moe.step(emb, points, labels, mask, route=2, image=image).route.tolist() == [2, 2]
 
 
-def test_router_file_round_trip_and_refusals(tiny, tmp_path):
-    router = _router(tiny, threshold=0.7)
+def test_router_file_round_trip_and_refusals(shipped_tiny_model, tmp_path):
+    router = _router(shipped_tiny_model, threshold=0.7)
     router.temperature.fill_(1.8)
     path = save_router(
         router,
         tmp_path / "router.safetensors",
         name="a",
         classes={"a": 1},
-        backbone=tiny,
+        backbone=shipped_tiny_model,
         metrics={"recall": 0.9, "false_claims_general": 0.01, "false_claims_background": 0.0},
     )
-    loaded = load_router_file(path, tiny, "a")
+    loaded = load_router_file(path, shipped_tiny_model, "a")
     assert float(loaded.threshold) == pytest.approx(0.7) and float(loaded.temperature) == pytest.approx(1.8)
     features = torch.randn(3, loaded.norm.normalized_shape[0])
     torch.testing.assert_close(loaded.probability(features), router.probability(features))
@@ -134,7 +132,7 @@ def test_router_file_round_trip_and_refusals(tiny, tmp_path):
         "false_claims_background": 0.0,
     }
     with pytest.raises(CheckpointError, match="a router of expert 'a', not of 'b'"):
-        load_router_file(path, tiny, "b")
+        load_router_file(path, shipped_tiny_model, "b")
     other = SamMed3D(PRESETS["tiny"])
     with pytest.raises(CheckpointError, match="trained on another backbone"):
         load_router_file(path, other, "a")
@@ -148,64 +146,61 @@ def test_router_file_round_trip_and_refusals(tiny, tmp_path):
     ):
         save_file({**state, **change}, str(tmp_path / "bad.safetensors"), meta)
         with pytest.raises(CheckpointError, match=message) as err:
-            load_router_file(tmp_path / "bad.safetensors", tiny, "a")
+            load_router_file(tmp_path / "bad.safetensors", shipped_tiny_model, "a")
         assert "\n" not in str(err.value)
     save_file(state, str(tmp_path / "bad.safetensors"), {**meta, "local_radii": "[1, 2]"})
     with pytest.raises(CheckpointError, match="router weights do not match its metadata"):
-        load_router_file(tmp_path / "bad.safetensors", tiny, "a")
+        load_router_file(tmp_path / "bad.safetensors", shipped_tiny_model, "a")
     (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 40)
     with pytest.raises(CheckpointError, match="junk.safetensors: not a safetensors file"):
-        load_router_file(tmp_path / "junk.safetensors", tiny, "a")
+        load_router_file(tmp_path / "junk.safetensors", shipped_tiny_model, "a")
     with pytest.raises(CheckpointError, match="configs/router.yaml"):
-        load_router_file(tmp_path / "missing.safetensors", tiny, "a")
+        load_router_file(tmp_path / "missing.safetensors", shipped_tiny_model, "a")
 
 
 # ----------------------------------------------------------------------------------------------- plugins
-@pytest.fixture
-def site(tmp_path, monkeypatch):
-    monkeypatch.delenv("SAMMOE_EXPERTS", raising=False)
-    with plugin_site(tmp_path / "site") as path:
-        yield path
-
-
-def _routed_expert(site, tmp_path, tiny, name: str, threshold: float = 0.5, router=True):
+def _routed_expert(
+    plugin_site_dir, tmp_path, shipped_tiny_model, name: str, threshold: float = 0.5, router=True
+):
     """A fake installed expert with the tiny decoder and (optionally) a router of its own."""
-    decoder = {k: v.clone() for k, v in tiny.mask_decoder.state_dict().items()}
+    decoder = {k: v.clone() for k, v in shipped_tiny_model.mask_decoder.state_dict().items()}
     extra = {}
     if router:
         file = save_router(
-            _router(tiny, threshold=threshold),
+            _router(shipped_tiny_model, threshold=threshold),
             tmp_path / f"{name}.safetensors",
             name=name,
             classes={name: 1},
-            backbone=tiny,
+            backbone=shipped_tiny_model,
             metrics={"recall": 0.8},
         )
         extra["router_payload"] = file.read_bytes()
     fake_expert(
-        site,
+        plugin_site_dir,
         name,
         payload=save(decoder),
-        backbone={"fingerprint": backbone_fingerprint(tiny)},
+        backbone={"fingerprint": backbone_fingerprint(shipped_tiny_model)},
         task={"classes": {name: 1}, "crop_size": [64, 64, 64]},
         **extra,
     )
 
 
 def test_installed_routers_route_when_no_gate_fits_and_a_broken_one_disables_only_its_expert(
-    site, tiny, tmp_path, monkeypatch
+    plugin_site_dir, shipped_tiny_model, tmp_path, monkeypatch
 ):
     monkeypatch.setenv("SAMMOE_EXPERTS", "alpha,beta,gamma")  # not the example plugins of this environment
-    _routed_expert(site, tmp_path, tiny, "alpha", threshold=0.0)  # claims every click
-    _routed_expert(site, tmp_path, tiny, "beta")
-    _routed_expert(site, tmp_path, tiny, "gamma", router=False)
+    _routed_expert(
+        plugin_site_dir, tmp_path, shipped_tiny_model, "alpha", threshold=0.0
+    )  # claims every click
+    _routed_expert(plugin_site_dir, tmp_path, shipped_tiny_model, "beta")
+    _routed_expert(plugin_site_dir, tmp_path, shipped_tiny_model, "gamma", router=False)
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
         model, info = load_model("seeded", preset="tiny", experts=None)
     assert "routing" not in info["model"]  # on another trunk every expert is skipped: nothing to route
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model, info = load_model(_trunk_file(tiny, tmp_path), preset="tiny")
+        model, info = load_model(_trunk_file(shipped_tiny_model, tmp_path), preset="tiny")
     assert info["model"]["routing"] == "routers"
     assert info["model"]["experts"] == ["alpha", "beta"]
     assert set(info["model"]["routers"]) == {"alpha", "beta"}
@@ -222,54 +217,57 @@ def test_installed_routers_route_when_no_gate_fits_and_a_broken_one_disables_onl
     assert predictor.predict(Target([[20, 20, 20]], [1], "x")).targets[0].routed_by == "forced"
 
 
-def _trunk_file(tiny, tmp_path):
+def _trunk_file(shipped_tiny_model, tmp_path):
     from sammoe.loading import save_backbone
 
     path = tmp_path / "trunk.safetensors"
     if not path.exists():
-        save_backbone(tiny, path)
+        save_backbone(shipped_tiny_model, path)
     return path
 
 
-def test_a_corrupt_router_is_reported_by_discovery_users_and_verify(site, tiny, tmp_path, monkeypatch):
+def test_a_corrupt_router_is_reported_by_discovery_users_and_verify(
+    plugin_site_dir, shipped_tiny_model, tmp_path, monkeypatch
+):
     monkeypatch.setenv("SAMMOE_EXPERTS", "alpha")
-    _routed_expert(site, tmp_path, tiny, "alpha")
+    _routed_expert(plugin_site_dir, tmp_path, shipped_tiny_model, "alpha")
     record = next(r for r in discover() if r.name == "alpha")
     assert verify_expert(record).status == "ok"
-    router_file = site / "fake_expert_alpha" / "router.safetensors"
+    router_file = plugin_site_dir / "fake_expert_alpha" / "router.safetensors"
     router_file.write_bytes(router_file.read_bytes()[:-4] + b"\x00\x00\x00\x00")
     record = next(r for r in discover() if r.name == "alpha")
     checked = verify_expert(record)
     assert checked.status == "broken" and "router" in checked.reason and "sha256" in checked.reason
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model, info = load_model(_trunk_file(tiny, tmp_path), preset="tiny")
+        model, info = load_model(_trunk_file(shipped_tiny_model, tmp_path), preset="tiny")
     assert isinstance(model, SamMed3D) and "routing" not in info["model"]  # the foundation alone
     assert any("alpha" in str(w.message) and "sha256" in str(w.message) for w in caught)
 
 
-def test_package_bundles_the_router_with_its_measured_rates(tiny, tmp_path):
+def test_package_bundles_the_router_with_its_measured_rates(shipped_tiny_model, tmp_path):
     export = tmp_path / "run" / "expert"
     export.mkdir(parents=True)
     save_file(
-        {k: v.clone() for k, v in tiny.mask_decoder.state_dict().items()}, str(export / "decoder.safetensors")
+        {k: v.clone() for k, v in shipped_tiny_model.mask_decoder.state_dict().items()},
+        str(export / "decoder.safetensors"),
     )
     (export / "decoder.json").write_text(
         json.dumps(
             {
                 "preset": "tiny",
-                "backbone_fingerprint": backbone_fingerprint(tiny),
+                "backbone_fingerprint": backbone_fingerprint(shipped_tiny_model),
                 "task": {"classes": {"liver": 1}, "modality": "CT", "dataset": "phantom"},
             }
         )
     )
     metrics = {"recall": 0.93, "false_claims_general": 0.01, "false_claims_background": 0.0}
     save_router(
-        _router(tiny),
+        _router(shipped_tiny_model),
         export / "router.safetensors",
         name="liver",
         classes={"liver": 1},
-        backbone=tiny,
+        backbone=shipped_tiny_model,
         metrics=metrics,
     )
     out = package_expert(export / "decoder.safetensors", "liver", tmp_path / "plugin")
@@ -284,11 +282,11 @@ def test_package_bundles_the_router_with_its_measured_rates(tiny, tmp_path):
     pip_install_target([out], tmp_path / "installed")  # a real install ships the router with the decoder
     assert (tmp_path / "installed" / "sammoe_expert_liver" / "router.safetensors").is_file()
     save_router(
-        _router(tiny),
+        _router(shipped_tiny_model),
         export / "wrong.safetensors",
         name="kidney",
         classes={"kidney": 2},
-        backbone=tiny,
+        backbone=shipped_tiny_model,
         metrics={},
     )
     with pytest.raises(PluginError, match="a router of expert 'kidney', not of 'liver'"):
@@ -413,7 +411,7 @@ def test_the_feature_cache_computes_each_crop_once_and_persists(tmp_path):
 
 
 @torch.no_grad()
-def test_a_router_of_the_click_block_alone_trains_without_the_encoder(tiny):
+def test_a_router_of_the_click_block_alone_trains_without_the_encoder(shipped_tiny_model):
     from sammoe.lit.feature_cache import trunk_features
 
     gen = torch.Generator().manual_seed(0)
@@ -424,8 +422,8 @@ def test_a_router_of_the_click_block_alone_trains_without_the_encoder(tiny):
         "first_click": torch.tensor([[16] * 3, [9] * 3]),
     }
     block_only = ((), False, False, 7, False)
-    expected = trunk_features(tiny, batch, [0, 1], block_only)
-    blind = copy.deepcopy(tiny)
+    expected = trunk_features(shipped_tiny_model, batch, [0, 1], block_only)
+    blind = copy.deepcopy(shipped_tiny_model)
     blind.image_encoder = None  # any encoder call would fail
     features = trunk_features(blind, batch, [1], block_only)
     assert features.shape == (1, 15**3)
@@ -462,18 +460,22 @@ def test_click_draws_make_training_crops_repeat(tmp_path):
 
 
 @torch.no_grad()
-def test_installing_an_expert_changes_nothing_where_its_router_does_not_claim(tiny):
+def test_installing_an_expert_changes_nothing_where_its_router_does_not_claim(shipped_tiny_model):
     """Routing composes: the routes and masks of clicks the new expert's router leaves alone stay the same."""
     gen = torch.Generator().manual_seed(3)
-    first = copy.deepcopy(tiny.mask_decoder)
+    first = copy.deepcopy(shipped_tiny_model.mask_decoder)
     for p in first.parameters():
         p.add_(torch.randn(p.shape, generator=gen) * 0.05)  # an expert that differs from the foundation
-    before = SamMoE(tiny, {"a": first}).eval()
-    before.use_routers({"a": _router(tiny, 0, threshold=0.5)})
-    after = SamMoE(tiny, {"a": first, "b": copy.deepcopy(tiny.mask_decoder)}).eval()
-    after.use_routers({"a": before.routers["a"], "b": _router(tiny, 1, threshold=1.0)})  # b claims nothing
+    before = SamMoE(shipped_tiny_model, {"a": first}).eval()
+    before.use_routers({"a": _router(shipped_tiny_model, 0, threshold=0.5)})
+    after = SamMoE(
+        shipped_tiny_model, {"a": first, "b": copy.deepcopy(shipped_tiny_model.mask_decoder)}
+    ).eval()
+    after.use_routers(
+        {"a": before.routers["a"], "b": _router(shipped_tiny_model, 1, threshold=1.0)}
+    )  # b claims nothing
     image = torch.randn(6, 1, 64, 64, 64, generator=gen)
-    emb = tiny.image_encoder(image)
+    emb = shipped_tiny_model.image_encoder(image)
     points = torch.randint(8, 56, (6, 1, 3), generator=gen).float()
     labels = torch.ones(6, 1, dtype=torch.long)
     mask = torch.zeros(6, 1, 16, 16, 16)
@@ -484,13 +486,16 @@ def test_installing_an_expert_changes_nothing_where_its_router_does_not_claim(ti
     torch.testing.assert_close(new.logits, old.logits)
 
 
-def test_routing_can_insist_on_one_mechanism(site, tiny, tmp_path, monkeypatch):
+def test_routing_can_insist_on_one_mechanism(plugin_site_dir, shipped_tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv("SAMMOE_EXPERTS", "alpha,beta")
     from sammoe.loading import save_gate
 
-    _routed_expert(site, tmp_path, tiny, "alpha")
-    trunk = _trunk_file(tiny, tmp_path)
-    gate = save_gate(SamMoE(tiny, {"alpha": copy.deepcopy(tiny.mask_decoder)}), tmp_path / "gate.safetensors")
+    _routed_expert(plugin_site_dir, tmp_path, shipped_tiny_model, "alpha")
+    trunk = _trunk_file(shipped_tiny_model, tmp_path)
+    gate = save_gate(
+        SamMoE(shipped_tiny_model, {"alpha": copy.deepcopy(shipped_tiny_model.mask_decoder)}),
+        tmp_path / "gate.safetensors",
+    )
     model, info = load_model(trunk, preset="tiny", gate=gate)
     assert info["model"]["routing"] == "gate"  # a gate over exactly the installed experts routes
     model, info = load_model(trunk, preset="tiny", routing="routers")
@@ -502,28 +507,29 @@ def test_routing_can_insist_on_one_mechanism(site, tiny, tmp_path, monkeypatch):
     ):
         with pytest.raises(ConfigError, match=message):
             load_model(trunk, preset="tiny", **kwargs)
-    _routed_expert(site, tmp_path, tiny, "beta", router=False)
+    _routed_expert(plugin_site_dir, tmp_path, shipped_tiny_model, "beta", router=False)
     with pytest.warns(PluginWarning, match="beta"), pytest.raises(ConfigError, match="ships a usable router"):
         load_model(trunk, preset="tiny", experts=["beta"], routing="routers")
 
 
-def test_gate_training_can_evaluate_the_experts_own_routers(tiny, tmp_path):
+def test_gate_training_can_evaluate_the_experts_own_routers(shipped_tiny_model, tmp_path):
     """`sammoe test ... --model.init_args.routing=routers`: each expert's router (beside an exported decoder)
     routes, and there is no gate to fit."""
     from sammoe.lit.gate import GateTraining
     from sammoe.loading import save_backbone
 
-    trunk = save_backbone(tiny, tmp_path / "trunk.safetensors")
+    trunk = save_backbone(shipped_tiny_model, tmp_path / "trunk.safetensors")
     export = tmp_path / "expert"
     export.mkdir()
     save_file(
-        {k: v.clone() for k, v in tiny.mask_decoder.state_dict().items()}, str(export / "decoder.safetensors")
+        {k: v.clone() for k, v in shipped_tiny_model.mask_decoder.state_dict().items()},
+        str(export / "decoder.safetensors"),
     )
     (export / "decoder.json").write_text(
         json.dumps(
             {
                 "preset": "tiny",
-                "backbone_fingerprint": backbone_fingerprint(tiny),
+                "backbone_fingerprint": backbone_fingerprint(shipped_tiny_model),
                 "task": {"classes": {"liver": 1}},
             }
         )
@@ -532,11 +538,11 @@ def test_gate_training_can_evaluate_the_experts_own_routers(tiny, tmp_path):
     with pytest.raises(CheckpointError, match="router not found"):
         GateTraining(checkpoint=str(trunk), expert_files=files, routing="routers")
     save_router(
-        _router(tiny, threshold=0.4),
+        _router(shipped_tiny_model, threshold=0.4),
         export / "router.safetensors",
         name="liver",
         classes={"liver": 1},
-        backbone=tiny,
+        backbone=shipped_tiny_model,
         metrics={},
     )
     module = GateTraining(checkpoint=str(trunk), expert_files=files, routing="routers")
