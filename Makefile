@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all test-wheel test-bench bench lint format clean foundation experts-train routers gate evaluate bench-train
+.PHONY: install demo test test-all test-wheel test-bench bench lint docs format clean foundation experts-train routers gate evaluate bench-train
 
 $(STAMP): pyproject.toml $(wildcard experts/*/pyproject.toml)
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -43,6 +43,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check sammoe tests benchmarks experts
 	$(BIN)/ruff format --check sammoe tests benchmarks experts
 
+# the documentation site into site/ (mkdocs.yml); --strict: any warning, e.g. a broken link, fails the build
+docs: $(STAMP)
+	$(BIN)/pip install -q -e '.[docs]'
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 format: $(STAMP)
 	$(BIN)/ruff format sammoe tests benchmarks experts
 	$(BIN)/ruff check --fix sammoe tests benchmarks experts
@@ -78,4 +83,4 @@ bench-train: $(STAMP)
 	$(BIN)/python benchmarks/train_step.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build site *.egg-info .pytest_cache .ruff_cache
