@@ -76,7 +76,9 @@ def _parser_of(target: str) -> argparse.ArgumentParser:
     for candidate in (import_module(getattr(module, func_name).__module__), module):
         if hasattr(candidate, "_parser"):
             return candidate._parser()
-    raise RuntimeError(f"no argparse _parser() next to {target}; teach docs/hooks/gen_reference.py where it is")
+    raise RuntimeError(
+        f"no argparse _parser() next to {target}; teach docs/hooks/gen_reference.py where it is"
+    )
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -173,9 +175,9 @@ def cli_markdown() -> str:
         "files override earlier ones; a bare name such as `gate` or `experts/spinal_cord` finds the config "
         "shipped in the package), any key on the command line (`--trainer.max_epochs=3`, "
         "`--model.init_args.lr=1e-4`, `--data.init_args.roots='[/data/Dataset001_X]'`), `--print_config` "
-        "(after the subcommand) to see the merged result, and `--ckpt_path last` (or a local checkpoint file) to "
-        "resume; a `--ckpt_path` that is a URL, a missing file or a file that cannot be loaded weights-only is "
-        "refused before anything runs.",
+        "(after the subcommand) to see the merged result, and `--ckpt_path last` (or a local checkpoint "
+        "file) to resume; a `--ckpt_path` that is a URL, a missing file or a file that cannot be loaded "
+        "weights-only is refused before anything runs.",
         "",
         "- Every shipped config and its keys: [Shipped configs](configs.md).",
         "- The arguments behind `model.init_args` and `data.init_args`: "
@@ -303,9 +305,9 @@ def configs_markdown() -> str:
         "to it), so `sammoe fit --config gate` finds `gate.yaml` from any folder; a file of that name in the "
         "current folder wins. Configs chain: `--config finetune --config experts/spinal_cord` applies the "
         "overlay over the base, and a key on the command line (`--data.init_args.roots=...`) wins over both. "
-        "As shipped they train the tiny model on synthetic phantoms on a CPU; the comments say what to change "
-        "for real data on GPUs, and `experts/template.yaml` is a commented starting point for your own "
-        "dataset.",
+        "As shipped they train the tiny model on synthetic phantoms on a CPU; the comments say what to "
+        "change for real data on GPUs, and `experts/template.yaml` is a commented starting point for your "
+        "own dataset.",
         "",
         "Keys are dotted as on the command line. Lists (the trainer's callbacks) are shown whole.",
         "",
