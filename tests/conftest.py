@@ -1,4 +1,13 @@
-"""Shared test fixtures. `../shared/` (beside the repository) holds the parity fixtures and real data."""
+"""Shared test fixtures, and the skips of the declared markers (pyproject.toml lists them):
+
+- ``gui``: needs napari, Qt and an X display; skipped with ``helpers.gui.viewer_unavailable()``'s reason.
+- ``shared_data``: reads ``../shared/`` (beside the repository: parity fixtures, Colin27) through the
+  ``shared_dir`` fixture; skipped when that folder is absent.
+- ``gpu``: needs a CUDA device; skipped without one.
+
+A test declares what it needs with the marker; no test file decides for itself whether to skip.
+Helpers that are not fixtures live in ``tests/helpers/`` (``from helpers.gui import ...``).
+"""
 
 from __future__ import annotations
 
@@ -23,10 +32,57 @@ def _empty_weights_cache(tmp_path_factory):
         os.environ["SAMMOE_CACHE"] = old
 
 
+def _viewer_missing() -> str | None:
+    from helpers.gui import viewer_unavailable
+
+    return viewer_unavailable()
+
+
+def _shared_missing() -> str | None:
+    if SHARED.is_dir():
+        return None
+    return f"{SHARED} not present (parity fixtures and real data live there)"
+
+
+def _cuda_missing() -> str | None:
+    import torch
+
+    return None if torch.cuda.is_available() else "needs a CUDA device (torch.cuda.is_available() is false)"
+
+
+# marker -> what tells why this machine cannot run its tests (None: it can); asked once, and only when a
+# selected test carries the marker
+NEEDS = {"gui": _viewer_missing, "shared_data": _shared_missing, "gpu": _cuda_missing}
+# fixtures that only work for tests carrying the marker
+FIXTURE_NEEDS = {"shared_dir": "shared_data", "make_napari_viewer": "gui", "qtbot": "gui"}
+
+
+@pytest.hookimpl(trylast=True)  # after `-m`/`-k` deselected what will not run
+def pytest_collection_modifyitems(config, items):
+    """Skip, saying why, each test whose marker names something this machine lacks; refuse a test that uses
+    a fixture from FIXTURE_NEEDS without declaring the marker that goes with it."""
+    undeclared = [
+        f"{item.nodeid} uses {name} but is not marked {marker}"
+        for item in items
+        for name, marker in FIXTURE_NEEDS.items()
+        if name in getattr(item, "fixturenames", ()) and item.get_closest_marker(marker) is None
+    ]
+    if undeclared:
+        raise pytest.UsageError("; ".join(undeclared) + " (see tests/conftest.py)")
+    reasons: dict[str, str | None] = {}
+    for item in items:
+        for marker, missing in NEEDS.items():
+            if item.get_closest_marker(marker) is None:
+                continue
+            if marker not in reasons:
+                reasons[marker] = missing()
+            if reasons[marker] is not None:
+                item.add_marker(pytest.mark.skip(reason=reasons[marker]))
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
-    if not SHARED.is_dir():
-        pytest.skip(f"{SHARED} not present (parity fixtures and real data live there)")
+    """``../shared/`` beside the repository; only for tests marked ``shared_data`` (skipped without it)."""
     return SHARED
 
 

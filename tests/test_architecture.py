@@ -116,7 +116,6 @@ def test_interact_loads_no_lightning_even_indirectly():
     assert done.returncode == 0, done.stderr.strip().splitlines()[-1:]
 
 
-@pytest.mark.gui
 def test_cli_and_package_load_no_gui():
     """The viewer plugin is an optional extra: neither `import sammoe` nor the CLI loads napari or Qt."""
     from helpers.gui import gui_loaded_by

@@ -59,7 +59,7 @@ def test_seeded_and_float_inputs():
         next_click_from_error(p[:, :8], g)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.gpu
 def test_gpu_tensors():
     gt = ball((32, 32, 32), (16, 16, 16), 6)[None].cuda()
     pred = torch.zeros_like(gt)

@@ -154,10 +154,9 @@ def test_materialise_is_the_full_resample(case):
     np.testing.assert_allclose(out.affine, full.affine, atol=1e-9)
 
 
+@pytest.mark.shared_data
 def test_colin27_mri(shared_dir):
     path = shared_dir / "data" / "colin27" / "ch2.nii.gz"
-    if not path.is_file():
-        pytest.skip(f"{path} not present")
     volume = read_image(path)
     full = Preprocessor().resample(volume)
     lazy = LazyResampled(volume)

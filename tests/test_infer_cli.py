@@ -319,11 +319,10 @@ def test_help_and_dispatch(capsys):
     assert "segment" in capsys.readouterr().out
 
 
+@pytest.mark.shared_data
 def test_colin27_end_to_end(tmp_path, capsys, shipped_tiny_checkpoint, shared_dir):
     """The real MRI: a click at the left putamen's centroid (AAL 73, RAS mm) through the whole command."""
     ch2 = shared_dir / "data" / "colin27" / "ch2.nii.gz"
-    if not ch2.is_file():
-        pytest.skip("colin27 not present")
     rows = [line.split("\t") for line in (ch2.parent / "label_stats.tsv").read_text().splitlines()[1:]]
     centroid = next(r[5] for r in rows if r[0] == "aal" and r[1] == "73")
     point = [float(v) for v in centroid.split(",")]
@@ -354,11 +353,10 @@ def test_colin27_end_to_end(tmp_path, capsys, shipped_tiny_checkpoint, shared_di
     assert (tmp_path / "o.png").stat().st_size > 1000
 
 
+@pytest.mark.shared_data
 def test_colin27_geometry_with_known_model(shared_dir):
     """With a model that segments a 9 mm ball around the click, the mask sits on the putamen centroid."""
     ch2 = shared_dir / "data" / "colin27" / "ch2.nii.gz"
-    if not ch2.is_file():
-        pytest.skip("colin27 not present")
     import torch
 
     from sammoe.inference.predictor import Predictor, Target

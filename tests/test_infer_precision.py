@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pytest
 import torch
 
 from sammoe.inference import devices
@@ -32,6 +33,7 @@ def test_the_demo_model_stays_float32_on_a_cpu_and_the_report_says_which(monkeyp
     assert forced.autocast is True and forced.info["precision"] == "bf16 autocast"
 
 
+@pytest.mark.shared_data
 def test_vit_b_bf16_logits_agree_with_float32_on_a_real_mri(shared_dir):
     """Random turbo-shaped weights (speed and rounding do not depend on training): the low-res logits of the
     first click differ by at most 3% of their range, and their signs (the mask) agree on >= 99% of voxels."""

@@ -13,6 +13,7 @@ from sammoe.loading import load_backbone, preset_of, save_backbone
 from sammoe.model.sam3d import PRESETS, SamMed3D, backbone_fingerprint
 
 
+@pytest.mark.shared_data
 def test_turbo_preset_has_the_official_keys_and_shapes(shared_dir):
     expected = {}
     for line in (shared_dir / "fixtures" / "sam_med3d_vitb_keys.txt").read_text().splitlines():

@@ -10,6 +10,7 @@ import torch
 from sammoe.loading import load_state, read_state_dict
 from sammoe.model.sam3d import PRESETS, SamMed3D
 
+pytestmark = pytest.mark.shared_data
 TOL = {"atol": 1e-4, "rtol": 1e-4}
 
 

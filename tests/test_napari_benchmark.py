@@ -5,9 +5,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from helpers.gui import needs_viewer
+import pytest
 
-pytestmark = needs_viewer()
+pytestmark = pytest.mark.gui
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "napari_click.py"
 
 

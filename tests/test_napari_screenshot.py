@@ -6,9 +6,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from helpers.gui import needs_viewer
+import pytest
 
-pytestmark = needs_viewer()
+pytestmark = pytest.mark.gui
 SCRIPT = Path(__file__).resolve().parents[1] / "docs" / "napari_screenshot.py"
 
 

@@ -8,11 +8,12 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from helpers.gui import mouse_click, needs_viewer
+from helpers.gui import mouse_click
 
 from sammoe.data.phantoms import LABELS, make_phantom_case
 
-pytestmark = needs_viewer()
+pytestmark = pytest.mark.gui
+
 WIDGET = ("sammoe", "Segment with clicks")
 WAIT_MS = 60_000
 

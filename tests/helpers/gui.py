@@ -1,6 +1,6 @@
 """When the napari tests can run: napari + pytest-qt installed and a real X display (pytest-xvfb starts
-Xvfb when the binary exists; napari cannot render with Qt's offscreen platform). Otherwise they skip and say
-why."""
+Xvfb when the binary exists; napari cannot render with Qt's offscreen platform). Otherwise the tests marked
+`gui` skip and say why (tests/conftest.py asks `viewer_unavailable()`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ import importlib.util
 import os
 import subprocess
 import sys
-
-import pytest
 
 _QT_PROBE = "from qtpy.QtWidgets import QApplication; QApplication([])"
 
@@ -43,12 +41,6 @@ def gui_loaded_by(imports: str) -> subprocess.CompletedProcess:
         "assert not bad, bad"
     )
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-
-
-def needs_viewer():
-    """``pytestmark = needs_viewer()`` in a module of napari tests."""
-    reason = viewer_unavailable()
-    return pytest.mark.skipif(reason is not None, reason=reason or "")
 
 
 def mouse_click(viewer, layer, voxel, modifiers=()) -> None:
