@@ -47,9 +47,9 @@ def _ct_series(folder, image: np.ndarray, spacing=(0.9, 0.9, 2.5), origin=(-40.0
 def test_dicom_seg_matches_the_nifti_output_and_names_its_segments(tmp_path, capsys):
     import highdicom as hd
 
+    from sammoe.cli.segment import main
     from sammoe.data.io import read_image
     from sammoe.data.phantoms import LABELS, make_phantom_case
-    from sammoe.cli.segment import main
 
     image, truth, _ = make_phantom_case(5, shape=(48, 48, 24))
     series = _ct_series(tmp_path / "series", np.round(image))
@@ -95,9 +95,9 @@ def test_dicom_seg_matches_the_nifti_output_and_names_its_segments(tmp_path, cap
 def test_dicom_seg_is_refused_early_for_a_file_input(tmp_path):
     import nibabel as nib
 
+    from sammoe.cli.segment import main
     from sammoe.data.phantoms import make_phantom_case
     from sammoe.errors import ConfigError
-    from sammoe.cli.segment import main
 
     image, _, affine = make_phantom_case(6, shape=(32, 32, 16))
     nib.save(nib.Nifti1Image(image, affine), str(tmp_path / "case.nii.gz"))

@@ -79,8 +79,8 @@ def test_broken_files_are_one_line_each(tmp_path, monkeypatch):
 def test_segment_reads_nrrd_and_writes_on_its_grid(tmp_path, capsys):
     import SimpleITK as sitk
 
-    from sammoe.data.phantoms import make_phantom_case
     from sammoe.cli.segment import main
+    from sammoe.data.phantoms import make_phantom_case
 
     image, _, affine = make_phantom_case(3, shape=(48, 48, 32))
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
@@ -118,8 +118,8 @@ def test_segment_writes_a_slicer_segmentation_with_names(tmp_path, capsys):
 
     import SimpleITK as sitk
 
-    from sammoe.data.phantoms import make_phantom_case
     from sammoe.cli.segment import main
+    from sammoe.data.phantoms import make_phantom_case
 
     image, _, affine = make_phantom_case(4, shape=(48, 48, 32))
     import nibabel as nib

@@ -15,14 +15,14 @@ import torch
 from safetensors.torch import load_file, save, save_file
 
 from sammoe import cli
+from sammoe.cli.experts import main
 from sammoe.errors import PluginError
 from sammoe.loading import backbone_source, load_expert_decoders, save_backbone, save_gate
 from sammoe.model.sam3d import SamMed3D
 from sammoe.model.sam3d import backbone_fingerprint as fingerprint
-from sammoe.cli.experts import main
 from sammoe.plugins.discovery import PluginWarning, discover
-from sammoe.publish.package import package_expert
 from sammoe.plugins.testing import FAKE_FINGERPRINT, fake_expert, pip_install_target
+from sammoe.publish.package import package_expert
 from sammoe.publish.verify import verify_expert
 
 TASK = {"classes": {"liver": 3}, "modality": "CT", "dataset": "phantom-liver"}

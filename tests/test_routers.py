@@ -17,8 +17,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save, save_file
 
-from sammoe.errors import CheckpointError, ConfigError, PluginError
 from sammoe.cli.train import main as lightning_main
+from sammoe.errors import CheckpointError, ConfigError, PluginError
 from sammoe.lit.router import choose_threshold, fit_temperature
 from sammoe.loading import load_backbone, load_model
 from sammoe.loading.router import load_router_file, router_metrics, save_router
@@ -26,8 +26,8 @@ from sammoe.model.moe import SamMoE
 from sammoe.model.router import ExpertRouter, route_by_routers
 from sammoe.model.sam3d import PRESETS, SamMed3D, backbone_fingerprint
 from sammoe.plugins.discovery import PluginWarning, discover
-from sammoe.publish.package import package_expert
 from sammoe.plugins.testing import fake_expert
+from sammoe.publish.package import package_expert
 from sammoe.publish.verify import verify_expert
 
 
