@@ -19,9 +19,6 @@ from sammoe.data.preprocess import (
 from sammoe.errors import DataError
 from sammoe.interact.sliding_window import sliding_window
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-COLIN = SHARED / "data" / "colin27"
-
 
 def rotation(ax: float, az: float) -> np.ndarray:
     cx, sx, cz, sz = np.cos(ax), np.sin(ax), np.cos(az), np.sin(az)
@@ -182,10 +179,11 @@ def test_empty_class_raises():
         pre(Volume(image, np.eye(4), Path("x.nii.gz")), Volume(label, shifted, Path("y.nii.gz")))
 
 
-@pytest.mark.skipif(not COLIN.exists(), reason="shared colin27 data not available")
-def test_colin27_round_trip():
-    img = read_image(COLIN / "ch2.nii.gz")
-    lab = read_label(COLIN / "aal.nii.gz", like=img)
+@pytest.mark.shared_data
+def test_colin27_round_trip(shared_dir):
+    colin = shared_dir / "data" / "colin27"
+    img = read_image(colin / "ch2.nii.gz")
+    lab = read_label(colin / "aal.nii.gz", like=img)
     # At 1 mm (the file's own grid, already RAS) the round trip is exact for every structure.
     exact = Preprocessor(target_spacing=1.0, crop_size=64)
     res1 = exact.resample(img, lab)
