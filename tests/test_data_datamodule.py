@@ -10,6 +10,7 @@ from torch.utils.data import DistributedSampler
 
 from sammoe.data.cache import PreprocessCache
 from sammoe.data.datasets import index_dataset
+from sammoe.data.inverse import invert
 from sammoe.data.phantoms import LABELS, make_phantom_dataset
 from sammoe.data.preprocess import Preprocessor
 from sammoe.errors import DataError
@@ -122,7 +123,7 @@ def test_datamodule_batches_split_and_eval(root, tmp_path):
     assert item["case_id"] == "phantom_005" and item["target"].shape == item["volume"].shape
     assert item["target"].dtype == bool and item["roi"].label.sum() > 0
     # the ROI maps back onto the original grid of the evaluation case
-    back = Preprocessor.invert(item["roi"], item["roi"].label)
+    back = invert(item["roi"], item["roi"].label)
     assert back.shape == item["target"].shape
     assert len(dm.cache.entries()) >= 3
 

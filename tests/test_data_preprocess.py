@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from sammoe.data.inverse import invert, invert_probability
 from sammoe.data.io import Volume, read_image, read_label, write_label
 from sammoe.data.preprocess import (
     Preprocessor,
@@ -84,7 +85,7 @@ def test_round_trip_geometry(name, tmp_path):
     for value in (1, 2):
         roi = pre.crop(res, label_value=value)
         assert roi.image.shape == (1, 64, 64, 64) and roi.image.dtype == torch.float32
-        back = pre.invert(roi, roi.label)
+        back = invert(roi, roi.label)
         assert back.shape == img.shape and back.dtype == np.uint8
         assert dice(back, lab.array == value) >= 0.95, (name, value, dice(back, lab.array == value))
     out = write_label(tmp_path / "pred.nii.gz", back, img)
@@ -189,7 +190,7 @@ def test_colin27_round_trip(shared_dir):
     res1 = exact.resample(img, lab)
     for value in (37, 77):
         roi = exact.crop(res1, label_value=value)
-        assert np.array_equal(exact.invert(roi, roi.label), lab.array == value)
+        assert np.array_equal(invert(roi, roi.label), lab.array == value)
     # At 1.5 mm (official) nearest resampling costs about one voxel at the boundary: thin atlas regions come
     # back at Dice ~0.92-0.94, large structures (whole brain, one hemisphere, cerebellum) at >= 0.95.
     pre = Preprocessor()
@@ -204,11 +205,11 @@ def test_colin27_round_trip(shared_dir):
             res.image, res.affine, res.orig_affine, res.orig_shape, select(res.label).astype(np.uint8)
         )
         roi = pre.crop(grouped, label_value=1)
-        assert dice(pre.invert(roi, roi.label), select(lab.array)) >= 0.95, name
+        assert dice(invert(roi, roi.label), select(lab.array)) >= 0.95, name
     for value in (37, 41, 73, 77):
         roi = pre.crop(res, label_value=value)
         assert roi.image.shape == (1, 128, 128, 128)
-        assert dice(pre.invert(roi, roi.label), lab.array == value) >= 0.9
+        assert dice(invert(roi, roi.label), lab.array == value) >= 0.9
 
 
 def test_sliding_window_large_structure():
@@ -314,7 +315,7 @@ def test_linear_probabilities_put_edges_closer_to_the_truth_than_nearest_masks()
     interpolation follows the true surface better than mapping the thresholded mask (nearest)."""
     import torch
 
-    from sammoe.data.preprocess import Preprocessor, Roi
+    from sammoe.data.preprocess import Roi
 
     size, fine = 24, 72
     roi_affine = np.diag([1.5, 1.5, 1.5, 1.0])
@@ -338,6 +339,6 @@ def test_linear_probabilities_put_edges_closer_to_the_truth_than_nearest_masks()
     def dice(a, b):
         return 2 * (a & b).sum() / (a.sum() + b.sum())
 
-    nearest = Preprocessor.invert(roi, prob > 0.5).astype(bool)
-    linear = Preprocessor.invert_probability(roi, prob) > 0.5
+    nearest = invert(roi, prob > 0.5).astype(bool)
+    linear = invert_probability(roi, prob) > 0.5
     assert dice(linear, truth) > dice(nearest, truth) + 0.01

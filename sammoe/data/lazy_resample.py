@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from sammoe.data.io import Volume
-from sammoe.data.preprocess import Resampled, _apply
+from sammoe.data.preprocess import Resampled, apply_affine
 
 Triple = tuple[int, int, int]
 
@@ -215,11 +215,11 @@ class LazyResampled:
 
     def input_to_ras(self, points: Any) -> np.ndarray:
         """Input voxel indices (N, 3) -> float voxel indices on this grid."""
-        return _apply(np.linalg.inv(self.affine) @ self.orig_affine, points)
+        return apply_affine(np.linalg.inv(self.affine) @ self.orig_affine, points)
 
     def world_to_ras(self, points_mm: Any) -> np.ndarray:
         """RAS+ world mm -> float voxel indices on this grid."""
-        return _apply(np.linalg.inv(self.affine), points_mm)
+        return apply_affine(np.linalg.inv(self.affine), points_mm)
 
     def __repr__(self) -> str:
         return f"LazyResampled(path={self.path}, shape={self.shape}, target_spacing={self.target_spacing})"

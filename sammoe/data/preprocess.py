@@ -10,13 +10,13 @@ Public API
       ``label`` is a ``Volume`` on the image grid or a numpy array of the image's shape.
     - ``resample(volume, label=None) -> Resampled``: the cacheable part (target spacing, then RAS+).
     - ``crop(resampled, *, center_ras=None, start=None, label_value=None) -> Roi``: the online part.
-    - ``invert(roi, pred) -> np.ndarray``: a ROI prediction back on the ORIGINAL grid (nearest), uint8.
 - ``Roi``: ``image`` (torch float32 (1, S, S, S), z-normalised over voxels > 0), ``label`` (torch bool
   (1, S, S, S) or None) and the geometry: ``start`` (ROI origin in the resampled RAS grid), ``ras_affine``,
   ``ras_shape``, ``orig_affine``, ``orig_shape``; ``affine`` (ROI voxel -> world mm);
   ``input_to_roi(points)``, ``world_to_roi(points_mm)``, ``roi_to_input(points)`` map click coordinates.
 - ``bbox(mask)``, ``official_crop_start(bmin, bmax, size)``, ``crop_or_pad(array, start, size)``,
-  ``znormalize(tensor)``: the building blocks.
+  ``znormalize(tensor)``: the building blocks. The inverse (a ROI prediction back on the input grid) is
+  ``sammoe.data.inverse``.
 
 Resampling uses torchio's ``Resample`` + ``ToCanonical`` so the grid is bit-for-bit the one the official
 SAM-Med3D pipeline produces (torchio keeps the field-of-view centre and floors the new size). Cropping,
@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from sammoe.data.block_sampling import sample_linear, sample_nearest
 from sammoe.data.io import Volume, check_same_grid
 from sammoe.errors import DataError
 
@@ -147,38 +146,13 @@ class Resampled:
 
     def input_to_ras(self, points: Any) -> np.ndarray:
         """Input voxel indices (N, 3) -> float voxel indices on this grid."""
-        return _apply(np.linalg.inv(self.affine) @ self.orig_affine, points)
+        return apply_affine(np.linalg.inv(self.affine) @ self.orig_affine, points)
 
     def world_to_ras(self, points_mm: Any) -> np.ndarray:
-        return _apply(np.linalg.inv(self.affine), points_mm)
+        return apply_affine(np.linalg.inv(self.affine), points_mm)
 
 
-def _as_block(pred: Any) -> np.ndarray:
-    """A ROI prediction as a 3D numpy array (leading 1-dims dropped)."""
-    if hasattr(pred, "detach"):
-        pred = pred.detach().cpu().numpy()
-    pred = np.asarray(pred)
-    while pred.ndim > 3 and pred.shape[0] == 1:
-        pred = pred[0]
-    if pred.ndim != 3:
-        raise ValueError(f"prediction must be 3D (optionally with leading 1-dims), got {pred.shape}")
-    return pred
-
-
-def _footprint(roi: Roi, block: Sequence[int]):
-    """(lo, hi, matrix, offset): the box of the original grid the ROI covers (only that box is sampled), the
-    original -> ROI index matrix and the sampling offset of the box; None when the ROI misses the grid."""
-    matrix = np.linalg.inv(roi.affine) @ roi.orig_affine
-    corners = np.array([[a, b, c] for a in (-0.5, block[0] - 0.5) for b in (-0.5, block[1] - 0.5) for c in (-0.5, block[2] - 0.5)])  # fmt: skip
-    back = _apply(np.linalg.inv(matrix), corners)
-    lo = np.clip(np.floor(back.min(0)).astype(int) - 1, 0, roi.orig_shape)
-    hi = np.clip(np.ceil(back.max(0)).astype(int) + 2, 0, roi.orig_shape)
-    if np.any(hi <= lo):
-        return None
-    return lo, hi, matrix, matrix[:3, :3] @ lo + matrix[:3, 3]
-
-
-def _apply(matrix: np.ndarray, points: Any) -> np.ndarray:
+def apply_affine(matrix: np.ndarray, points: Any) -> np.ndarray:
     if hasattr(points, "detach"):
         points = points.detach().cpu().numpy()
     pts = np.asarray(points, dtype=np.float64)
@@ -211,15 +185,15 @@ class Roi:
 
     def input_to_roi(self, points: Any) -> np.ndarray:
         """Input (original file) voxel indices (N, 3) or (3,) -> float ROI voxel indices (tensor-axis order)."""
-        return _apply(np.linalg.inv(self.affine) @ self.orig_affine, points)
+        return apply_affine(np.linalg.inv(self.affine) @ self.orig_affine, points)
 
     def world_to_roi(self, points_mm: Any) -> np.ndarray:
         """RAS+ world mm -> float ROI voxel indices."""
-        return _apply(np.linalg.inv(self.affine), points_mm)
+        return apply_affine(np.linalg.inv(self.affine), points_mm)
 
     def roi_to_input(self, points: Any) -> np.ndarray:
         """ROI voxel indices -> float input voxel indices."""
-        return _apply(np.linalg.inv(self.orig_affine) @ self.affine, points)
+        return apply_affine(np.linalg.inv(self.orig_affine) @ self.affine, points)
 
     def contains(self, roi_points: Any) -> np.ndarray:
         pts = np.asarray(roi_points, dtype=np.float64).reshape(-1, 3)
@@ -386,44 +360,3 @@ class Preprocessor:
         elif center_mm is not None:
             center_ras = res.world_to_ras(center_mm)
         return self.crop(res, center_ras=center_ras, label_value=label_value)
-
-    # ------------------------------------------------------------------------------------------------ inverse
-    @staticmethod
-    def invert(roi: Roi, pred: Any) -> np.ndarray:
-        """Map a ROI-grid mask onto the original grid (shape ``roi.orig_shape``, affine ``roi.orig_affine``)
-        with nearest-neighbour sampling; voxels outside the ROI are 0.
-
-        ``pred``: (S, S, S), (1, S, S, S) or (1, 1, S, S, S), numpy or torch. Bool/integer masks keep their
-        values (uint8/uint16 result); floats are read as probabilities and thresholded at 0.5 first (to map
-        probabilities, use ``invert_probability``).
-        """
-        pred = _as_block(pred)
-        if np.issubdtype(pred.dtype, np.floating):
-            pred = pred > 0.5
-        top = int(pred.max()) if pred.size else 0
-        pred = pred.astype(np.uint8 if top < 256 else np.uint16)
-        out = np.zeros(roi.orig_shape, dtype=pred.dtype)
-        window = _footprint(roi, pred.shape)
-        if window is None or top == 0:
-            return out
-        lo, hi, matrix, offset = window
-        out[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = sample_nearest(
-            pred, matrix[:3, :3], offset, hi - lo
-        )
-        return out
-
-    @staticmethod
-    def invert_probability(roi: Roi, prob: Any) -> np.ndarray:
-        """ROI-grid probabilities on the original grid, linearly interpolated (float32, 0 outside the ROI):
-        threshold after mapping, as nnU-Net does, so an edge between input voxels lands where the probability
-        crosses 0.5 instead of on the nearest ROI voxel's side."""
-        prob = np.asarray(_as_block(prob), dtype=np.float32)
-        out = np.zeros(roi.orig_shape, dtype=np.float32)
-        window = _footprint(roi, prob.shape)
-        if window is None or not prob.any():
-            return out
-        lo, hi, matrix, offset = window
-        out[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = sample_linear(
-            prob, matrix[:3, :3], offset, hi - lo
-        )
-        return out

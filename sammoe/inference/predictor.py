@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sammoe.data.inverse import invert, invert_probability
 from sammoe.data.io import Volume, as_volume
 from sammoe.data.lazy_resample import LazyResampled
 from sammoe.data.preprocess import Preprocessor, Resampled, Roi
@@ -273,7 +274,7 @@ class Predictor:
             self.pre, self._res, centre, predict, max_windows=self.max_windows, return_probabilities=True
         )
         state.windows = len(seen)
-        prob = Preprocessor.invert_probability(whole, blended) if self._want_probs else None
+        prob = invert_probability(whole, blended) if self._want_probs else None
         return mask.astype(bool), prob
 
     # ------------------------------------------------------------------------------------------- results
@@ -284,7 +285,7 @@ class Predictor:
             mask, prob = self._windowed(state)
             windows = state.windows
         else:
-            on_input = Preprocessor.invert_probability(state.entry.roi, state.roi_prob)
+            on_input = invert_probability(state.entry.roi, state.roi_prob)
             mask, prob = on_input > 0.5, (on_input if self._want_probs else None)
         gate = None
         if state.probs is not None:
@@ -372,7 +373,7 @@ class Predictor:
     def crop_footprint(self, target: int | str) -> np.ndarray:
         """Where ``add_click`` accepts clicks for this target: its crop's footprint on the input grid (bool)."""
         roi = self._find(target).entry.roi
-        return Preprocessor.invert(roi, np.ones(roi.size, dtype=np.uint8)).astype(bool)
+        return invert(roi, np.ones(roi.size, dtype=np.uint8)).astype(bool)
 
     def _find(self, target: int | str) -> TargetState:
         if not self._states:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sammoe.data.inverse import invert
 from sammoe.eval.metrics import dice, dice_nsd
 from sammoe.eval.results import GENERAL, EvalRow
 from sammoe.interact.rollout import StepFn, evaluation_rollout
@@ -127,9 +128,7 @@ def target_metrics(
     `tolerance_mm=None` skips NSD (NaN), which is the slow part on a CPU."""
     roi, orig_label = _item(batch, "roi", b), _item(batch, "orig_label", b)
     if roi is not None and orig_label is not None:
-        from sammoe.data.preprocess import Preprocessor
-
-        pred = Preprocessor.invert(roi, pred_roi.cpu().numpy().astype(np.uint8))
+        pred = invert(roi, pred_roi.cpu().numpy().astype(np.uint8))
         gt = orig_label.cpu().numpy() if hasattr(orig_label, "cpu") else np.asarray(orig_label)
         spacing = _item(batch, "orig_spacing", b)
         if spacing is None:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sammoe.data.inverse import invert_probability
 from sammoe.data.io import Volume
 from sammoe.data.preprocess import Preprocessor, Resampled, Roi, Triple
 
@@ -125,7 +126,7 @@ def sliding_window(
     windows are blended with Gaussian weights on the resampled grid, mapped to the original grid (linear) and
     thresholded. ``label`` (optional) is cropped into each ``roi.label`` (oracle tests, evaluation).
     Returns a uint8 mask of the original shape; with ``return_probabilities`` also the blended probabilities
-    on the resampled grid and the whole-grid ``Roi`` that maps them back with ``Preprocessor.invert``.
+    on the resampled grid and the whole-grid ``Roi`` that maps them back with ``data.inverse.invert``.
     """
     res = pre.resample(volume, label) if isinstance(volume, Volume) else volume  # Resampled or LazyResampled
     size = np.asarray(pre.crop_size)
@@ -189,7 +190,7 @@ def sliding_window(
         meta={"windows": done},
     )
     # probabilities to the input grid first (linear), then the threshold: edges fall between input voxels
-    mask = (Preprocessor.invert_probability(whole, blended) > threshold).astype(np.uint8)
+    mask = (invert_probability(whole, blended) > threshold).astype(np.uint8)
     if return_probabilities:
         return mask, blended, whole
     return mask
