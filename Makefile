@@ -40,8 +40,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/encoder.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check sammoe tests benchmarks experts
-	$(BIN)/ruff format --check sammoe tests benchmarks experts
+	$(BIN)/ruff check sammoe tests benchmarks experts docs
+	$(BIN)/ruff format --check sammoe tests benchmarks experts docs/*.py docs/hooks
+	# the layers of docs/architecture.md, as import-linter contracts (pyproject.toml)
+	$(BIN)/lint-imports
 
 # the documentation site into site/ (mkdocs.yml); --strict: any warning, e.g. a broken link, fails the build
 docs: $(STAMP)

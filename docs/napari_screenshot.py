@@ -23,7 +23,8 @@ TARGETS = ("liver", "spleen", "kidney_left", "spinal_cord", "textured_lesion")
 
 
 def _slice_and_clicks(label: np.ndarray) -> tuple[int, dict[str, np.ndarray]]:
-    """The axial slice showing most of the targets, and in it each target's voxel nearest its in-plane centre."""
+    """The axial slice showing most of the targets, and in it each target's voxel nearest its in-plane
+    centre."""
     from sammoe.data.phantoms import LABELS
 
     present = np.stack([(label == LABELS[n]).any(axis=(0, 1)) for n in TARGETS])  # (targets, z)

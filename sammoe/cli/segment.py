@@ -1,7 +1,8 @@
 """`sammoe segment`: segment structures in a volume from clicks and write a label map on the input grid.
 
     sammoe segment --image T1.nii.gz --point 65 128 73 --out seg.nii.gz
-    sammoe segment --image CT.nii.gz --point -24.9 3.9 2.4 --space ras --negative-point -10 4 2 --out seg.nii.gz
+    sammoe segment --image CT.nii.gz --point -24.9 3.9 2.4 --space ras --negative-point -10 4 2 \
+        --out seg.nii.gz
     sammoe segment --image CT/ --clicks clicks.json --out seg.nii.gz --report report.json --png overlay.png
 
 `--clicks FILE`: {"space": "voxel"|"ras"|"lps", "targets": [{"name": str, "points": [[x, y, z], ...],
@@ -30,9 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="sammoe segment",
         description="Segment structures from clicks (SAM-Med3D / SAM-Med3D-MoE); writes a uint8 label map "
-        "with the image's affine. The model: --checkpoint turbo (SAM-Med3D-turbo, after `sammoe weights fetch "
-        "turbo`; the default once cached), a weights file, or demo (the phantom-only model shipped with "
-        "sammoe), with the installed experts and their routing.",
+        "with the image's affine. The model: --checkpoint turbo (SAM-Med3D-turbo, after `sammoe weights "
+        "fetch turbo`; the default once cached), a weights file, or demo (the phantom-only model shipped "
+        "with sammoe), with the installed experts and their routing.",
     )
     p.add_argument(
         "-i",
@@ -65,8 +66,8 @@ def _parser() -> argparse.ArgumentParser:
         "--out",
         required=True,
         metavar="PATH",
-        help="label map: .nii / .nii.gz, .seg.nrrd (3D Slicer) or, for a DICOM series input, .dcm (DICOM-SEG); "
-        "the last two name each segment after its target and note the expert",
+        help="label map: .nii / .nii.gz, .seg.nrrd (3D Slicer) or, for a DICOM series input, .dcm "
+        "(DICOM-SEG); the last two name each segment after its target and note the expert",
     )
     o.add_argument(
         "--probabilities", metavar="PATH", help="foreground probability per target (float32 NIfTI)"
@@ -82,8 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--checkpoint",
         metavar="MODEL",
-        help="turbo (cached by `sammoe weights fetch turbo`; the default when cached) | demo (phantoms only) | "
-        "a SamMed3D weights file (.pth / .safetensors)",
+        help="turbo (cached by `sammoe weights fetch turbo`; the default when cached) | demo (phantoms "
+        "only) | a SamMed3D weights file (.pth / .safetensors)",
     )
     m.add_argument("--preset", default="auto", help="architecture of --checkpoint: auto | tiny | vit_b_ori")
     m.add_argument("--experts", default=None, help="all (default) | none | name,name")
@@ -105,7 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--no-autocast",
         action="store_true",
-        help="float32 everywhere (default: bf16 autocast on GPUs, and on CPUs with native bf16 for ViT-B models)",
+        help="float32 everywhere (default: bf16 autocast on GPUs, and on CPUs with native bf16 for ViT-B "
+        "models)",
     )
     r.add_argument("--compile", action="store_true", help="torch.compile the image encoder")
     r.add_argument("--no-sliding-window", action="store_true", help="never grow past the first crop")
@@ -137,7 +139,8 @@ def _targets(args: argparse.Namespace) -> list[Any]:
         return [Target(t.points, t.labels, t.name, t.space) for t in read_clicks_file(args.clicks)]
     if not args.point:
         raise ConfigError(
-            "no positive click; give --point X Y Z (repeatable; --negative-point for negatives) or --clicks FILE"
+            "no positive click; give --point X Y Z (repeatable; --negative-point for negatives) or --clicks "
+            "FILE"
         )
     from sammoe.data.clicks_file import SPACES
 
@@ -223,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             by = {"routers": "router", "forced": "forced"}.get(t.routed_by or "", "gate")
             gate = "" if not t.gate or t.expert not in t.gate else f" ({by} {t.gate[t.expert]:.2f})"
             print(
-                f"{t.name}: label {t.value}, {t.voxels} voxels, {t.volume_ml:.2f} ml, expert {t.expert}{gate}, "
+                f"{t.name}: label {t.value}, {t.voxels} voxels, {t.volume_ml:.2f} ml, expert "
+                f"{t.expert}{gate}, "
                 f"IoU estimated by the model {t.predicted_iou:.2f}, {t.windows} window(s)"
             )
         print(f"wrote {args.out} ({seg.encodes} encode(s), {report['seconds']:.2f} s on {predictor.device})")

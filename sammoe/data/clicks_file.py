@@ -21,6 +21,8 @@ from sammoe.errors import ConfigError
 
 SPACES = ("voxel", "ras", "lps")
 _TOP_KEYS = {"space", "targets"}
+# written beside the clicks by the napari plugin's save, for the record; not read
+_RECORD_KEYS = {"image", "model", "results"}
 _TARGET_KEYS = {"name", "points", "labels"}
 
 
@@ -52,10 +54,11 @@ def read_clicks_file(path: str | os.PathLike) -> list[ClickTarget]:
         raise ConfigError(f'{file}: JSON nested too deeply; a clicks file is {{"targets": [...]}}') from None
     if not isinstance(data, dict) or not isinstance(data.get("targets"), list):
         raise ConfigError(f'{file}: expected {{"space": ..., "targets": [...]}} at the top level')
-    unknown = sorted(set(data) - _TOP_KEYS)
+    unknown = sorted(set(data) - _TOP_KEYS - _RECORD_KEYS)
     if unknown:
         raise ConfigError(
-            f"{file}: unknown top-level key(s) {unknown}; a clicks file has only 'space' and 'targets'"
+            f"{file}: unknown top-level key(s) {unknown}; a clicks file has 'space' and 'targets' (and, as "
+            "the napari plugin saves them, 'image', 'model' and 'results', which are not read)"
         )
     space = data.get("space", "voxel")
     if space not in SPACES:

@@ -47,7 +47,8 @@ def as_block(pred: Any) -> np.ndarray:
 
 
 def _window(roi: Roi, block: Sequence[int]) -> tuple[Footprint, np.ndarray, np.ndarray] | None:
-    """(footprint, input -> ROI index matrix, sampling offset of the box); None when the ROI misses the grid."""
+    """(footprint, input -> ROI index matrix, sampling offset of the box); None when the ROI misses the
+    grid."""
     matrix = np.linalg.inv(roi.affine) @ roi.orig_affine
     edges = [(-0.5, n - 0.5) for n in block[:3]]
     corners = np.array([[a, b, c] for a in edges[0] for b in edges[1] for c in edges[2]])

@@ -21,7 +21,8 @@ Public API
 Resampling uses torchio's ``Resample`` + ``ToCanonical`` so the grid is bit-for-bit the one the official
 SAM-Med3D pipeline produces (torchio keeps the field-of-view centre and floors the new size). Cropping,
 normalisation and the inverse are hand-written: the crop must be reproducible from stored integers (for the
-inverse and for click mapping), has to read directly from memory-mapped cache files, and the inverse only needs
+inverse and for click mapping), has to read directly from memory-mapped cache files, and the inverse only
+needs
 one nearest-neighbour ``scipy.ndimage.affine_transform`` restricted to the ROI's footprint.
 """
 
@@ -184,7 +185,8 @@ class Roi:
         return self.ras_affine @ shift
 
     def input_to_roi(self, points: Any) -> np.ndarray:
-        """Input (original file) voxel indices (N, 3) or (3,) -> float ROI voxel indices (tensor-axis order)."""
+        """Input (original file) voxel indices (N, 3) or (3,) -> float ROI voxel indices (tensor-axis
+        order)."""
         return apply_affine(np.linalg.inv(self.affine) @ self.orig_affine, points)
 
     def world_to_roi(self, points_mm: Any) -> np.ndarray:
@@ -202,7 +204,8 @@ class Roi:
 
 
 class Preprocessor:
-    """SAM-Med3D preprocessing: resample to ``target_spacing`` (linear image, nearest label), reorient to RAS+,
+    """SAM-Med3D preprocessing: resample to ``target_spacing`` (linear image, nearest label), reorient to
+    RAS+,
     crop/pad to ``crop_size`` around a target, optional CT clamp, z-normalise over voxels > 0.
 
     ``crop_size`` is an int or a triple (the tiny test model uses 64). ``ct_clamp`` is ``(low, high)`` or None
@@ -241,7 +244,8 @@ class Preprocessor:
             lab = label.array if isinstance(label, Volume) else np.asarray(label)
             if lab.shape != image.shape:
                 raise DataError(
-                    f"{getattr(label, 'path', None)}: label shape {lab.shape} differs from image {volume.path} "
+                    f"{getattr(label, 'path', None)}: label shape {lab.shape} differs from image "
+                    f"{volume.path} "
                     f"shape {image.shape}; resample the label onto the image grid"
                 )
             dtype = np.int16 if lab.size == 0 or int(lab.max()) < 32768 else np.int32

@@ -12,7 +12,8 @@ How a prediction is made (SAM-Med3D inference, centred on clicks instead of grou
 positive click, is sampled alone (``data.lazy_resample``, equal to resampling the whole volume), z-normalised
 and encoded once; the clicks are fed one at a time, each step with every click so far and the previous
 low-res logits as mask prompt (zeros on the first step), exactly the official interactive loop; the mask is
-sigmoid(trilinear upsample) mapped back onto the input grid (linear), then > 0.5. Targets whose crop starts where
+sigmoid(trilinear upsample) mapped back onto the input grid (linear), then > 0.5. Targets whose crop starts
+where
 an encoded ROI does reuse its embedding and are decoded as one batch; ``share_roi`` > 0 also reuses ROIs
 whose centre lies within that fraction of the crop (faster, but off-centre crops lose Dice). A target whose
 mask reaches a face of its crop grows into neighbouring windows (``interact.sliding_window``).
@@ -99,7 +100,8 @@ class Predictor:
 
     @property
     def route(self) -> str | None:
-        """None: the model routes (gate + selector); an expert name or ``foundation``: every target goes there."""
+        """None: the model routes (gate + selector); an expert name or ``foundation``: every target goes
+        there."""
         return self._route
 
     @route.setter
@@ -189,7 +191,8 @@ class Predictor:
             return logits.float(), iou.float()[:, 0], None, None
 
     def _routed(self, group: list[TargetState]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(route, probs) of targets a MoE has already routed (each target's first step decides), else Nones."""
+        """(route, probs) of targets a MoE has already routed (each target's first step decides), else
+        Nones."""
         forced = None if self._route is None else self.expert_names.index(self._route)
         done = all(
             s.fed > 0 and s.probs is not None and s.route >= 0 and forced in (None, s.route) for s in group
@@ -209,7 +212,8 @@ class Predictor:
         return round_voxel(entry.roi.input_to_roi(state.clicks[:upto])).astype(np.float32)
 
     def _run(self, entry: EncodedRoi, states: list[TargetState]) -> None:
-        """Feed every state's unconsumed clicks, one step per click, batching states with equal click counts."""
+        """Feed every state's unconsumed clicks, one step per click, batching states with equal click
+        counts."""
         while True:
             active = [s for s in states if s.fed < len(s.clicks)]
             if not active:
@@ -371,7 +375,8 @@ class Predictor:
         return state.result
 
     def crop_footprint(self, target: int | str) -> np.ndarray:
-        """Where ``add_click`` accepts clicks for this target: its crop's footprint on the input grid (bool)."""
+        """Where ``add_click`` accepts clicks for this target: its crop's footprint on the input grid
+        (bool)."""
         roi = self._find(target).entry.roi
         return invert(roi, np.ones(roi.size, dtype=np.uint8)).astype(bool)
 

@@ -65,11 +65,13 @@ class TargetDataset(Dataset):
 
     ``crop="click"`` (default): centred on a click drawn uniformly over the class's voxels (plus up to
     ``jitter`` voxels of shift), the click the item's ``first_click`` carries, exactly what the Predictor does
-    with a user's click. ``crop="bbox"``: the official crop around the class bounding box (no ``first_click``).
+    with a user's click. ``crop="bbox"``: the official crop around the class bounding box (no
+    ``first_click``).
     ``seed`` None draws new clicks every time (training); an int makes item i's click fixed (validation).
     ``click_draws`` N > 0 (training): item i is one of N fixed draws, chosen at random each time, so the
     crops repeat and what is computed from them can be cached (router and gate features).
-    A target named ``background`` (value 0) is a click on unlabelled voxels with an empty label (routing data).
+    A target named ``background`` (value 0) is a click on unlabelled voxels with an empty label (routing
+    data).
     A target named ``border`` (value -1) is a click on a ``border`` host class within the given radius of a
     task class (``border``: (task class names, host class names, radius in voxels)); the item carries the
     clicked voxel's class.
@@ -132,7 +134,8 @@ class TargetDataset(Dataset):
             if self.settings.on_empty == "error":
                 raise DataError(
                     f"{case.label}: no voxels of class {ref.name} (value {ref.value}) "
-                    f"(at least {self.settings.min_voxels} needed after resampling); drop the case or the class"
+                    f"(at least {self.settings.min_voxels} needed after resampling); drop the case or the "
+                    f"class"
                 )
         else:
             raise DataError(
@@ -190,7 +193,8 @@ class CaseDataset(Dataset):
     """Evaluation/prediction items with the un-cropped case (metrics on the original grid).
 
     Each item carries ``first_click_input``, a voxel of the target drawn on the ORIGINAL grid with the
-    evaluation seed (``interact.roi.seeded_first_click``), where the click-centred protocol's Predictor centres
+    evaluation seed (``interact.roi.seeded_first_click``), where the click-centred protocol's Predictor
+    centres
     its crop, and ``roi``, the official crop around the ground truth's bounding box. A ``background`` target
     (value 0) is the unlabelled voxels, with ``roi`` None and a first click drawn with a seed of its own.
     """
@@ -223,7 +227,8 @@ class CaseDataset(Dataset):
             box = None if ref.value == BACKGROUND_VALUE else cached.bboxes.get(ref.value)
             if box is not None:
                 roi = self.pre.crop(cached.resampled, label_value=ref.value, class_bbox=(box[0], box[1]))
-            # background targets of one case differ by their seed; the classes' first click is the official one
+            # background targets of one case differ by their seed; the classes' first click is the official
+            # one
             seed = self.click_seed + (1000 * (i + 1) if ref.value == BACKGROUND_VALUE else 0)
             first_click_input = seeded_first_click(target, seed)
         return {

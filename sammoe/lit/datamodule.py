@@ -103,7 +103,8 @@ class SegDataModule(L.LightningDataModule):
         super().__init__()
         if crop_size < 16 or crop_size % 16:
             raise ConfigError(
-                f"data: crop_size {crop_size} must be a positive multiple of the 16-voxel patch (64 tiny, 128 vit_b_ori)"
+                f"data: crop_size {crop_size} must be a positive multiple of the 16-voxel patch (64 tiny, "
+                f"128 vit_b_ori)"
             )
         if batch_size < 1 or min(num_workers, jitter, background_clicks, click_draws, border_clicks) < 0:
             raise ConfigError(

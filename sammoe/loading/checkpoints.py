@@ -36,11 +36,13 @@ def _check_tensors(state: dict[str, Any], source: str) -> dict[str, torch.Tensor
             raise CheckpointError(f"{source}: entry {key} is a {type(value).__name__}, not a tensor")
         if not value.is_floating_point():
             raise CheckpointError(
-                f"{source}: {key} has dtype {value.dtype}, expected floating-point weights; re-export the model"
+                f"{source}: {key} has dtype {value.dtype}, expected floating-point weights; re-export the "
+                f"model"
             )
         if not bool(torch.isfinite(value).all()):
             raise CheckpointError(
-                f"{source}: {key} holds NaN or infinite values (a diverged training run?); use another checkpoint"
+                f"{source}: {key} holds NaN or infinite values (a diverged training run?); use another "
+                f"checkpoint"
             )
     return state
 
@@ -49,7 +51,8 @@ def load_weights_file(path: str | Path, *, mmap: bool = False) -> dict[str, Any]
     """What a weights file holds, loaded without running any code: a ``.safetensors`` file's tensors, or a
     torch file read weights-only (official training checkpoints also pickle ``args``, an
     ``argparse.Namespace``: a plain attribute bag, allowed). The one reader of checkpoints; CheckpointError
-    names the file and the fix. ``mmap`` maps a torch file's tensors instead of reading them (a check only)."""
+    names the file and the fix. ``mmap`` maps a torch file's tensors instead of reading them (a check
+    only)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; check the path")
@@ -68,9 +71,10 @@ def load_weights_file(path: str | Path, *, mmap: bool = False) -> dict[str, Any]
     except Exception as err:  # torch raises many types for corrupt or pickle-unsafe files
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
-            f"{path} cannot be loaded with weights_only=True ({first[:160]}): it is damaged, or pickles Python "
-            "objects that could run code; re-download it, or re-save its tensors alone (`torch.save("
-            "{'model_state_dict': sd}, path)`, or .safetensors with a .json sidecar)"
+            f"{path} cannot be loaded with weights_only=True ({first[:160]}): it is damaged, or pickles "
+            "Python objects that could run code, which a weights-only load refuses; re-download it, or "
+            "re-save its tensors alone (`torch.save({'model_state_dict': sd}, path)`, or .safetensors with "
+            "a .json sidecar)"
         ) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a dict of tensors")
@@ -188,7 +192,8 @@ def load_backbone(checkpoint: str | Path | None = None, preset: str = "auto") ->
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str, strict: bool = True) -> None:
-    """Load ``state`` into ``model``; a mis-shaped key (and with ``strict`` a missing or unexpected one) is one
+    """Load ``state`` into ``model``; a mis-shaped key (and with ``strict`` a missing or unexpected one) is
+    one
     CheckpointError naming it (``strict=False``: a partial state, e.g. a checkpoint's frozen trunk)."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = _differences(state, expected)

@@ -2,7 +2,8 @@
 
 Accepted checkpoints (see `read_checkpoint`):
 
-- a Lightning `.ckpt` (read weights-only by `sammoe.loading.checkpoints`): `state_dict` holds the decoder under one
+- a Lightning `.ckpt` (read weights-only by `sammoe.loading.checkpoints`): `state_dict` holds the decoder
+under one
   prefix ending in `mask_decoder.` (e.g. `model.mask_decoder.*`) and may hold the frozen trunk
   (`model.image_encoder.*`, `model.prompt_encoder.*`); `hyper_parameters` carries the metadata below as plain
   JSON types.

@@ -67,7 +67,7 @@ def write_project(
 
 
 # The name, description and test target are read from manifest.json at run time (see the module docstring).
-_INIT = '''"""A sammoe expert plugin; what it is (name, task, description) is in manifest.json beside this file."""
+_INIT = '''"""A sammoe expert plugin; its name, task and description are in manifest.json beside it."""
 
 from sammoe.plugins import ExpertManifest
 
@@ -108,6 +108,8 @@ def _readme(manifest: ExpertManifest, fp_source: str) -> str:
     classes = ", ".join(f"{k}={v}" for k, v in task.classes.items())
     dice = ", ".join(f"{k} {v:.3f}" for k, v in prov.reported_dice.items()) or "not reported"
     trained = "yes" if prov.finetuned else "NO: placeholder weights, not finetuned"
+    fingerprint = manifest.backbone.fingerprint[:16]
+    backbone = f"`{manifest.backbone.preset}`, fingerprint `{fingerprint}...` (from {fp_source})"
     return f"""# {distribution_name(manifest.name)}
 
 A sammoe expert plugin: a SAM-Med3D mask decoder for one task, found by sammoe through the
@@ -124,7 +126,7 @@ sammoe experts verify {manifest.name}
 | expert | `{manifest.name}` {manifest.version} ({manifest.kind}) |
 | classes (label values) | {classes} |
 | modality / spacing / crop | {task.modality} / {task.target_spacing} mm / {task.crop_size} |
-| backbone | `{manifest.backbone.preset}`, fingerprint `{manifest.backbone.fingerprint[:16]}...` (from {fp_source}) |
+| backbone | {backbone} |
 | weights | `{manifest.weights.path}`, sha256 `{manifest.weights.sha256[:16]}...` |
 | training data | {prov.training_data} |
 | finetuned | {trained} |

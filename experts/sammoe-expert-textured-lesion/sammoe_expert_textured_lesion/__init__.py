@@ -1,4 +1,4 @@
-"""A sammoe expert plugin; what it is (name, task, description) is in manifest.json beside this file."""
+"""A sammoe expert plugin; its name, task and description are in manifest.json beside it."""
 
 from sammoe.plugins import ExpertManifest
 

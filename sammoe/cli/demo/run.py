@@ -77,7 +77,8 @@ def _check_models(out: Path) -> list[str]:
         examples.use(plugins)
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(plugins), os.environ.get("PYTHONPATH")]))
         print(
-            f"sammoe demo: the example experts are not installed; using the copies shipped in sammoe ({plugins})"
+            f"sammoe demo: the example experts are not installed; using the copies shipped in sammoe "
+            f"({plugins})"
         )
         records = discover(backbone_fingerprint=fingerprint)
         usable = [r.name for r in records if r.status == "ok"]
@@ -86,7 +87,8 @@ def _check_models(out: Path) -> list[str]:
             print(f"sammoe demo: skipping expert {record.name}: {record.reason}")
     if len(usable) < 2:
         raise ConfigError(
-            f"the demo needs two installed experts finetuned on the shipped foundation model, found {usable}; "
+            f"the demo needs two installed experts finetuned on the shipped foundation model, found "
+            f"{usable}; "
             "run `make install` (installs experts/*) or `make experts-train`"
         )
     return usable
