@@ -37,13 +37,18 @@ BF16_MIN_CPU_WIDTH = 384
 
 
 def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 is emulated."""
+    """True when torch computes bf16 in hardware here: the CPU has AVX512-BF16 or AMX, and torch and oneDNN
+    were not capped below it (``ATEN_CPU_CAPABILITY=avx2``, ``ONEDNN_MAX_CPU_ISA=AVX2``, as when measuring
+    for an AVX2 laptop on a bigger machine); elsewhere bf16 is emulated and slower than float32."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             flags = next((line for line in f if line.startswith("flags")), "").split()
     except OSError:  # not Linux: no cheap way to tell, so stay float32
         return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    if not ("avx512_bf16" in flags or "amx_bf16" in flags):
+        return False
+    capped = not torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    return not capped and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def bf16_pays(device: torch.device, encoder_width: int) -> bool:
