@@ -45,7 +45,10 @@ def _sample(source: np.ndarray, linear, offset, shape: Sequence[int], order: int
         )
         return out if order == 0 else out.astype(np.float32, copy=False)
     block = source.transpose(axes)  # axis j of `block` is read along output axis j
-    for j, i in enumerate(axes):
+    # Axes that shrink first: a 128^3 crop onto 0.7 x 0.7 x 5 mm CT goes 128 -> 38 slices before 128 -> 274
+    # in-plane, so the passes touch 0.6 + 1.3 + 2.9 M voxels instead of 4.5 + 9.6 + 2.9 M.
+    for j in sorted(range(3), key=lambda a: shape[a] / block.shape[a]):
+        i = axes[j]
         n = source.shape[i]
         coord = linear[i, j] * np.arange(shape[j], dtype=np.float64) + offset[i]
         inside = (coord >= 0) & (coord <= n - 1)

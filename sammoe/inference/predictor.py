@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sammoe.data.inverse import invert, invert_probability
+from sammoe.data.inverse import invert, invert_probability, linear_in_box
 from sammoe.data.io import Volume, as_volume
 from sammoe.data.lazy_resample import LazyResampled
 from sammoe.data.preprocess import Preprocessor, Resampled, Roi
@@ -284,13 +284,12 @@ class Predictor:
     # ------------------------------------------------------------------------------------------- results
 
     def _finish(self, state: TargetState) -> None:
-        windows = 1
+        windows, box = 1, None
         if self.use_sliding_window and touches_face(state.roi_prob):
             mask, prob = self._windowed(state)
             windows = state.windows
         else:
-            on_input = invert_probability(state.entry.roi, state.roi_prob)
-            mask, prob = on_input > 0.5, (on_input if self._want_probs else None)
+            mask, prob, box = self._on_input_grid(state.entry.roi, state.roi_prob)
         gate = None
         if state.probs is not None:
             gate = {n: round(float(p), 4) for n, p in zip(self.expert_names, state.probs)}
@@ -307,7 +306,23 @@ class Predictor:
             windows=windows,
             click=tuple(int(v) for v in round_voxel(state.clicks[0])),
             routed_by=getattr(self.model, "routing", None) if self._route is None else "forced",
+            box=box,
         )
+
+    def _on_input_grid(self, roi: Roi, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, Any]:
+        """(mask, probability or None, box): a crop's probabilities on the input grid, mapped and thresholded
+        inside the crop's footprint only; the rest of the grid is never touched (zero pages)."""
+        mask = np.zeros(roi.orig_shape, dtype=bool)
+        full = np.zeros(roi.orig_shape, dtype=np.float32) if self._want_probs else None
+        placed = linear_in_box(roi, prob)
+        if placed is None:
+            return mask, full, None
+        footprint, values = placed
+        box = footprint.slices
+        mask[box] = values > 0.5
+        if full is not None:
+            full[box] = values
+        return mask, full, box
 
     @property
     def segmentation(self) -> Segmentation:

@@ -53,6 +53,9 @@ class TargetResult:
     voxels: int = 0  # voxels carrying this target's value in the label map (after overlaps)
     volume_ml: float = 0.0
     routed_by: str | None = None  # "gate", "routers", "forced" (a route chosen by the user); None: no experts
+    # where ``mask`` can be True: the crop's footprint on the input grid (None: anywhere); work on a result
+    # (the label map, visible voxels) stays inside it, so a refinement costs the crop's size, not the scan's
+    box: tuple[slice, slice, slice] | None = None
 
     @property
     def predicted_iou(self) -> float:
@@ -62,9 +65,10 @@ class TargetResult:
     def count_visible(self, later: list[TargetResult], volume: Volume) -> None:
         """Set ``voxels``/``volume_ml`` to what the label map shows of this target (later targets overwrite
         it where they overlap)."""
-        visible = self.mask
+        box = self.box or (slice(None),) * 3
+        visible = self.mask[box].copy()
         for other in later:
-            visible = visible & ~other.mask
+            visible &= ~other.mask[box]
         self.voxels = int(np.count_nonzero(visible))
         self.volume_ml = self.voxels * voxel_ml(volume)
 
@@ -103,7 +107,8 @@ class Segmentation:
         top = max((r.value for r in results), default=0)
         labels = np.zeros(volume.shape, dtype=np.uint8 if top < 256 else np.uint16)
         for r in results:
-            labels[r.mask] = r.value
+            box = r.box or (slice(None),) * 3
+            labels[box][r.mask[box]] = r.value
         counts = np.bincount(labels.reshape(-1), minlength=top + 1)
         for r in results:
             r.voxels = int(counts[r.value])
