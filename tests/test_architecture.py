@@ -3,6 +3,7 @@ reads weights and who writes files, the viewer plugin kept optional, and files s
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -32,7 +33,10 @@ def test_import_contracts_hold():
     lint = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
     if lint is None:
         pytest.fail("import-linter is not installed: pip install -e '.[test]'")
-    done = subprocess.run([lint], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    env = dict(os.environ, PYTHONIOENCODING="utf-8")  # its banner is box-drawing characters
+    done = subprocess.run(
+        [lint], cwd=ROOT, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=300
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "0 broken" in done.stdout
 

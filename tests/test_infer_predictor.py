@@ -265,7 +265,7 @@ def test_a_target_is_routed_once_and_refinement_reuses_it(shipped_tiny_model, mo
     targets = [Target([[17, 14, 9], [12, 10, 8], [15, 12, 9]], [1, 0, 1]), Target([[12, 10, 8]])]
     seg = pred.predict(targets, probabilities=True)
     assert len(calls) == 2  # each target's first click (each has its own crop), none for the 2 refinements
-    monkeypatch.setattr(pred, "_routed", lambda group: (None, None))  # recompute at every click
+    monkeypatch.setattr(pred._decoding, "routed", lambda group: (None, None))  # recompute at every click
     again = pred.predict(targets, probabilities=True)
     assert len(calls) == 2 + 4
     for a, b in zip(seg.targets, again.targets):

@@ -12,9 +12,9 @@ How a prediction is made (SAM-Med3D inference, centred on clicks instead of grou
 positive click, is sampled alone (``data.lazy_resample``, equal to resampling the whole volume), z-normalised
 and encoded once; the clicks are fed one at a time, each step with every click so far and the previous
 low-res logits as mask prompt (zeros on the first step), exactly the official interactive loop; the mask is
-sigmoid(trilinear upsample) mapped back onto the input grid (linear), then > 0.5. Targets whose crop starts
-where
-an encoded ROI does reuse its embedding and are decoded as one batch; ``share_roi`` > 0 also reuses ROIs
+sigmoid(trilinear upsample) mapped back onto the input grid (linear, inside the crop's footprint only), then
+> 0.5. Targets whose crop starts where an encoded ROI does reuse its embedding and are decoded as one batch
+(``inference.decoding``); ``share_roi`` > 0 also reuses ROIs
 whose centre lies within that fraction of the crop (faster, but off-centre crops lose Dice). A target whose
 mask reaches a face of its crop grows into neighbouring windows (``interact.sliding_window``).
 """
@@ -35,6 +35,7 @@ from sammoe.data.io import Volume, as_volume
 from sammoe.data.lazy_resample import LazyResampled
 from sammoe.data.preprocess import Preprocessor, Resampled, Roi
 from sammoe.errors import ConfigError, DataError
+from sammoe.inference.decoding import ClickDecoder
 from sammoe.inference.devices import bf16_pays, usable_device
 from sammoe.inference.roi_cache import EncodedRoi, RoiCache, TargetState
 from sammoe.inference.targets import SPACES, Segmentation, Target, TargetResult, check_target, to_input_voxels
@@ -94,9 +95,8 @@ class Predictor:
         )
         self._states: list[TargetState] = []
         self._want_probs = False
+        self._decoding = ClickDecoder(self.model, self.expert_names, self.device, self._amp)
         self.route = route
-        # A mask decoder used instead of the model's own (a finetuning run compares its starting decoder).
-        self.decoder: torch.nn.Module | None = None
 
     @property
     def route(self) -> str | None:
@@ -112,6 +112,16 @@ class Predictor:
             )
         self._route = name
         self.info["route"] = name
+        self._decoding.forced = None if name is None else self.expert_names.index(name)
+
+    @property
+    def decoder(self) -> torch.nn.Module | None:
+        """A mask decoder used instead of the model's own (a finetuning run compares its starting decoder)."""
+        return self._decoding.decoder
+
+    @decoder.setter
+    def decoder(self, module: torch.nn.Module | None) -> None:
+        self._decoding.decoder = module
 
     @classmethod
     def load(
@@ -166,77 +176,6 @@ class Predictor:
         with torch.inference_mode(), self._amp():
             return self._encoder(x)
 
-    def _decode(
-        self,
-        entry: EncodedRoi,
-        points: np.ndarray,
-        labels: np.ndarray,
-        low: torch.Tensor,
-        route=None,
-        probs=None,
-    ):
-        """One interactive step for a batch of targets in one ROI: -> (low-res logits, iou (B,), gate probs
-        (B, K+1) | None, route). `route` forces an expert; with `probs` it is the targets' own, reused."""
-        emb = entry.embedding
-        pts = torch.as_tensor(points, dtype=torch.float32, device=self.device)
-        lab = torch.as_tensor(labels, dtype=torch.long, device=self.device)
-        emb = emb.expand(pts.shape[0], *emb.shape[1:])
-        if route is None and self._route is not None:
-            route = self.expert_names.index(self._route)
-        with torch.inference_mode(), self._amp():
-            if isinstance(self.model, SamMoE):
-                out = self.model.step(emb, pts, lab, low.to(emb.dtype), route, entry.image, probs)
-                return out.logits.float(), out.iou.float()[:, 0], out.probs.float(), out.route
-            logits, iou = self.backbone.decode(emb, pts, lab, low.to(emb.dtype), decoder=self.decoder)
-            return logits.float(), iou.float()[:, 0], None, None
-
-    def _routed(self, group: list[TargetState]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(route, probs) of targets a MoE has already routed (each target's first step decides), else
-        Nones."""
-        forced = None if self._route is None else self.expert_names.index(self._route)
-        done = all(
-            s.fed > 0 and s.probs is not None and s.route >= 0 and forced in (None, s.route) for s in group
-        )
-        if not done or not isinstance(self.model, SamMoE):  # a route forced since then applies
-            return None, None
-        probs = torch.as_tensor(np.stack([s.probs for s in group]), device=self.device)
-        return torch.tensor([s.route for s in group], device=self.device), probs
-
-    def _zeros_low(self, n: int) -> torch.Tensor:
-        return torch.zeros(n, 1, *(self.low_size,) * 3, device=self.device)
-
-    def _upsample(self, low: torch.Tensor) -> np.ndarray:
-        return torch.sigmoid(SamMed3D.upsample(low.float(), self.size))[:, 0].cpu().numpy()
-
-    def _roi_clicks(self, entry: EncodedRoi, state: TargetState, upto: int) -> np.ndarray:
-        return round_voxel(entry.roi.input_to_roi(state.clicks[:upto])).astype(np.float32)
-
-    def _run(self, entry: EncodedRoi, states: list[TargetState]) -> None:
-        """Feed every state's unconsumed clicks, one step per click, batching states with equal click
-        counts."""
-        while True:
-            active = [s for s in states if s.fed < len(s.clicks)]
-            if not active:
-                break
-            groups: dict[int, list[TargetState]] = {}
-            for s in active:
-                groups.setdefault(s.fed + 1, []).append(s)
-            for count, group in groups.items():
-                points = np.stack([self._roi_clicks(entry, s, count) for s in group])
-                labels = np.stack([s.labels[:count] for s in group])
-                low = torch.cat([self._zeros_low(1) if s.low is None else s.low for s in group])
-                logits, iou, probs, route = self._decode(entry, points, labels, low, *self._routed(group))
-                for b, s in enumerate(group):
-                    s.low = logits[b : b + 1]
-                    s.iou = float(iou[b])
-                    s.probs = None if probs is None else probs[b].cpu().numpy()
-                    s.route = 0 if route is None else int(route[b])
-                    s.fed = count
-        if states:
-            stacked = self._upsample(torch.cat([s.low for s in states]))
-            for s, prob in zip(states, stacked):
-                s.roi_prob = prob
-
     # ------------------------------------------------------------------------------------------- windows
     def _windowed(self, state: TargetState) -> tuple[np.ndarray, np.ndarray | None]:
         """Grow a target that reaches its crop's faces over neighbouring windows (data-layer sliding window).
@@ -266,9 +205,11 @@ class Predictor:
                     points = np.concatenate([seed[None], points])
                     labels = np.concatenate([[1], labels])
                 # The target's expert, not a new gate decision on a window it merely overlaps.
-                routed = self._routed([state])  # a plain SamMed3D has no routing to keep
-                logits, *_ = self._decode(entry, points[None], labels[None], self._zeros_low(1), *routed)
-                prob = self._upsample(logits)[0]
+                routed = self._decoding.routed([state])  # a plain SamMed3D has no routing to keep
+                logits, *_ = self._decoding.decode(
+                    entry, points[None], labels[None], self._decoding.zeros_low(1), *routed
+                )
+                prob = self._decoding.upsample(logits)[0]
             seen.append((roi, prob))
             return prob
 
@@ -360,7 +301,7 @@ class Predictor:
             by_entry.setdefault(id(entry), (entry, []))[1].append(state)
         bar = _progress(len(self._states), progress)
         for entry, states in by_entry.values():
-            self._run(entry, states)
+            self._decoding.run(entry, states)
             for state in states:
                 self._finish(state)
                 bar.update(1)
@@ -383,7 +324,7 @@ class Predictor:
         state.clicks = np.concatenate([state.clicks, vox])
         state.labels = np.concatenate([state.labels, [int(bool(positive))]])
         state.entry = self._rois.get(roi.start)  # cached unless evicted
-        self._run(state.entry, [state])
+        self._decoding.run(state.entry, [state])
         self._finish(state)
         later = [s.result for s in self._states[self._states.index(state) + 1 :]]
         state.result.count_visible(later, self.volume)  # without rebuilding the whole label map
