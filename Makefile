@@ -11,8 +11,8 @@ $(STAMP): pyproject.toml $(wildcard experts/*/pyproject.toml)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first: on these machines 2.13.0 is a CPU build on disk; other versions download gigabytes
 	$(BIN)/pip install -q torch==2.13.0
-	# [napari]: the viewer plugin and its headless tests (they skip without an X server; .ci/run installs Xvfb)
-	$(BIN)/pip install -q -e '.[test,napari]'
+	# [gui-test]: the viewer plugin and its headless tests (they skip without an X server; .ci/run installs Xvfb)
+	$(BIN)/pip install -q -e '.[test,gui-test]'
 	# the example experts are real plugins: installed like a user would, found through entry points
 	$(BIN)/pip install -q $(wildcard experts/sammoe-expert-*)
 	touch $(STAMP)
