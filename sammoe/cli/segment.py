@@ -139,8 +139,8 @@ def _targets(args: argparse.Namespace) -> list[Any]:
         return [Target(t.points, t.labels, t.name, t.space) for t in read_clicks_file(args.clicks)]
     if not args.point:
         raise ConfigError(
-            "no positive click; give --point X Y Z (repeatable; --negative-point for negatives) or --clicks "
-            "FILE"
+            "no positive click; give --point X Y Z (repeatable; --negative-point for negatives) or "
+            "--clicks FILE"
         )
     from sammoe.data.clicks_file import SPACES
 

@@ -22,8 +22,7 @@ Resampling uses torchio's ``Resample`` + ``ToCanonical`` so the grid is bit-for-
 SAM-Med3D pipeline produces (torchio keeps the field-of-view centre and floors the new size). Cropping,
 normalisation and the inverse are hand-written: the crop must be reproducible from stored integers (for the
 inverse and for click mapping), has to read directly from memory-mapped cache files, and the inverse only
-needs
-one nearest-neighbour ``scipy.ndimage.affine_transform`` restricted to the ROI's footprint.
+needs one nearest-neighbour ``scipy.ndimage.affine_transform`` restricted to the ROI's footprint.
 """
 
 from __future__ import annotations
@@ -205,8 +204,7 @@ class Roi:
 
 class Preprocessor:
     """SAM-Med3D preprocessing: resample to ``target_spacing`` (linear image, nearest label), reorient to
-    RAS+,
-    crop/pad to ``crop_size`` around a target, optional CT clamp, z-normalise over voxels > 0.
+    RAS+, crop/pad to ``crop_size`` around a target, optional CT clamp, z-normalise over voxels > 0.
 
     ``crop_size`` is an int or a triple (the tiny test model uses 64). ``ct_clamp`` is ``(low, high)`` or None
     (the official training clamps CT to (-1000, 1000); official inference does not clamp).

@@ -124,10 +124,9 @@ class Segmentation:
         return probs[0] if len(probs) == 1 else np.stack(probs, axis=-1)
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-        """Write the label map on the input grid: NIfTI (``.nii``/``.nii.gz``), 3D Slicer ``.seg.nrrd`` or,
-        for
-        an image read from a DICOM series, DICOM-SEG (``.dcm``), chosen by the extension. Refuses to replace
-        the input image, and an existing file unless ``overwrite``."""
+        """Write the label map on the input grid: NIfTI (``.nii``/``.nii.gz``), 3D Slicer ``.seg.nrrd``
+        or, for an image read from a DICOM series, DICOM-SEG (``.dcm``), chosen by the extension. Refuses to
+        replace the input image, and an existing file unless ``overwrite``."""
         return write_label(path, self.labels, self.volume, overwrite=overwrite, segments=self.segments())
 
     def segments(self) -> list[tuple[int, str, str]]:

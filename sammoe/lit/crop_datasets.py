@@ -70,8 +70,8 @@ class TargetDataset(Dataset):
     ``seed`` None draws new clicks every time (training); an int makes item i's click fixed (validation).
     ``click_draws`` N > 0 (training): item i is one of N fixed draws, chosen at random each time, so the
     crops repeat and what is computed from them can be cached (router and gate features).
-    A target named ``background`` (value 0) is a click on unlabelled voxels with an empty label (routing
-    data).
+    A target named ``background`` (value 0) is a click on unlabelled voxels with an empty label
+    (routing data).
     A target named ``border`` (value -1) is a click on a ``border`` host class within the given radius of a
     task class (``border``: (task class names, host class names, radius in voxels)); the item carries the
     clicked voxel's class.
@@ -134,8 +134,8 @@ class TargetDataset(Dataset):
             if self.settings.on_empty == "error":
                 raise DataError(
                     f"{case.label}: no voxels of class {ref.name} (value {ref.value}) "
-                    f"(at least {self.settings.min_voxels} needed after resampling); drop the case or the "
-                    f"class"
+                    f"(at least {self.settings.min_voxels} needed after resampling); drop the case or "
+                    "the class"
                 )
         else:
             raise DataError(
@@ -194,9 +194,9 @@ class CaseDataset(Dataset):
 
     Each item carries ``first_click_input``, a voxel of the target drawn on the ORIGINAL grid with the
     evaluation seed (``interact.roi.seeded_first_click``), where the click-centred protocol's Predictor
-    centres
-    its crop, and ``roi``, the official crop around the ground truth's bounding box. A ``background`` target
-    (value 0) is the unlabelled voxels, with ``roi`` None and a first click drawn with a seed of its own.
+    centres its crop, and ``roi``, the official crop around the ground truth's bounding box. A
+    ``background`` target (value 0) is the unlabelled voxels, with ``roi`` None and a first click drawn with
+    a seed of its own.
     """
 
     def __init__(

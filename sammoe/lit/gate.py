@@ -70,8 +70,8 @@ class GateTraining(InteractiveModule):
             (``sammoe.model.gate.local_texture_stats``; needs `gate_local_radii`).
         gate_robust_texture: the gate also reads texture statistics that an organ's border cannot fake
             (``sammoe.model.gate.robust_texture_stats``).
-        gate_patch_radius: half-side (voxels) of the click's block a CNN reads (``model.click_patch``); 0:
-        none.
+        gate_patch_radius: half-side (voxels) of the click's block a CNN reads (``model.click_patch``);
+            0: none.
         selector: `threshold` (paper), `top1` or `soft`.
         tau: the threshold before tuning.
         tune_tau: tune tau on validation (threshold selector).

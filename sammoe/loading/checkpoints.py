@@ -36,13 +36,13 @@ def _check_tensors(state: dict[str, Any], source: str) -> dict[str, torch.Tensor
             raise CheckpointError(f"{source}: entry {key} is a {type(value).__name__}, not a tensor")
         if not value.is_floating_point():
             raise CheckpointError(
-                f"{source}: {key} has dtype {value.dtype}, expected floating-point weights; re-export the "
-                f"model"
+                f"{source}: {key} has dtype {value.dtype}, expected floating-point weights; "
+                "re-export the model"
             )
         if not bool(torch.isfinite(value).all()):
             raise CheckpointError(
-                f"{source}: {key} holds NaN or infinite values (a diverged training run?); use another "
-                f"checkpoint"
+                f"{source}: {key} holds NaN or infinite values (a diverged training run?); "
+                "use another checkpoint"
             )
     return state
 
@@ -193,8 +193,7 @@ def load_backbone(checkpoint: str | Path | None = None, preset: str = "auto") ->
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str, strict: bool = True) -> None:
     """Load ``state`` into ``model``; a mis-shaped key (and with ``strict`` a missing or unexpected one) is
-    one
-    CheckpointError naming it (``strict=False``: a partial state, e.g. a checkpoint's frozen trunk)."""
+    one CheckpointError naming it (``strict=False``: a partial state, e.g. a checkpoint's frozen trunk)."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = _differences(state, expected)
     if not strict:

@@ -87,8 +87,8 @@ def _check_models(out: Path) -> list[str]:
             print(f"sammoe demo: skipping expert {record.name}: {record.reason}")
     if len(usable) < 2:
         raise ConfigError(
-            f"the demo needs two installed experts finetuned on the shipped foundation model, found "
-            f"{usable}; "
+            "the demo needs two installed experts finetuned on the shipped foundation model, "
+            f"found {usable}; "
             "run `make install` (installs experts/*) or `make experts-train`"
         )
     return usable
