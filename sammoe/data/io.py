@@ -75,40 +75,101 @@ def _read_dicom_dir(path: Path) -> Volume:
     return volume
 
 
-def _check_slice_positions(path: Path, files: Sequence[str]) -> None:
-    """Refuse a series whose slices are not one evenly spaced stack: a missing slice, a duplicated position or
-    uneven gaps would be silently averaged into one spacing and misplace anatomy by millimetres."""
+def _slice_geometry(path: Path, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, ...]]:
+    """One slice's ImagePositionPatient, direction cosines (row, column), pixel spacing and size, read from
+    its own header: GDCM replaces degenerate cosines by the identity, the series reader keeps the first
+    slice's geometry for all."""
     import SimpleITK as sitk
 
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(name)
+    try:
+        reader.ReadImageInformation()
+    except Exception:
+        raise DataError(
+            f"{path}: slice {Path(name).name} cannot be read; it is truncated or not DICOM"
+        ) from None
+    if not reader.HasMetaDataKey("0020|0032"):
+        raise DataError(
+            f"{path}: slice {Path(name).name} has no ImagePositionPatient (0020,0032), so the slices "
+            "cannot be placed; export the series with its geometry"
+        )
+    cosines = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(3, 3)[:, :2].T
+    if reader.HasMetaDataKey("0020|0037"):
+        text = reader.GetMetaData("0020|0037").strip()
+        try:
+            cosines = np.asarray([float(v) for v in text.split("\\")], dtype=np.float64).reshape(2, 3)
+        except ValueError:
+            cosines = np.full((2, 3), np.nan)
+        if not np.all(np.isfinite(cosines)):
+            raise DataError(
+                f"{path}: slice {Path(name).name} has an unreadable ImageOrientationPatient {text!r}; "
+                "export the series again"
+            )
+    origin = np.asarray(reader.GetOrigin(), dtype=np.float64)
+    return origin, cosines, np.asarray(reader.GetSpacing()[:2], dtype=np.float64), tuple(reader.GetSize()[:2])
+
+
+def _check_slice_positions(path: Path, files: Sequence[str]) -> None:
+    """Refuse a series whose slices are not one evenly spaced stack of parallel, equal slices: a missing
+    slice, a duplicated position, uneven gaps, a slice at another orientation, pixel spacing or size,
+    degenerate direction cosines or a gantry tilt (a sheared stack) would be silently read as an orthogonal
+    grid with the first slice's geometry and one averaged spacing, misplacing anatomy by millimetres."""
+    geometry = [_slice_geometry(path, name) for name in files]
+    origins = np.stack([g[0] for g in geometry])
+    _, cosines, first_spacing, first_size = geometry[0]
+    row, col = cosines
+    if (
+        abs(np.linalg.norm(row) - 1) > 1e-3
+        or abs(np.linalg.norm(col) - 1) > 1e-3
+        or abs(float(np.dot(row, col))) > 1e-3
+    ):
+        raise DataError(
+            f"{path}: degenerate ImageOrientationPatient {np.round(cosines.ravel(), 4).tolist()} "
+            "(the row and column cosines must be orthogonal unit vectors); fix the orientation or export the "
+            "series again"
+        )
+    for name, (_, other, spacing, size) in zip(files, geometry):
+        if np.abs(other - cosines).max() > 1e-3:
+            raise DataError(
+                f"{path}: slice {Path(name).name} has another orientation "
+                f"({np.round(other.ravel(), 4).tolist()} vs {np.round(cosines.ravel(), 4).tolist()}); "
+                "the slices are not one stack, export each acquisition as its own series"
+            )
+        if size != first_size or np.abs(spacing - first_spacing).max() > 1e-3 * first_spacing.max():
+            raise DataError(
+                f"{path}: slice {Path(name).name} is {size[0]}x{size[1]} pixels of "
+                f"{spacing[0]:.4g}x{spacing[1]:.4g} mm where the first is {first_size[0]}x{first_size[1]} "
+                f"of {first_spacing[0]:.4g}x{first_spacing[1]:.4g} mm; the slices are not one stack, "
+                "export each acquisition as its own series"
+            )
     if len(files) < 2:
         return
-    positions = []
-    normal = None
-    for name in files:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(name)
-        try:
-            reader.ReadImageInformation()
-        except Exception:
-            raise DataError(
-                f"{path}: slice {Path(name).name} cannot be read; it is truncated or not DICOM"
-            ) from None
-        if normal is None:
-            direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(3, 3)
-            normal = direction[:, 2]
-        positions.append(float(np.dot(np.asarray(reader.GetOrigin(), dtype=np.float64), normal)))
-    order = np.sort(np.asarray(positions))
-    gaps = np.diff(order)
+    normal = np.cross(row, col)
+    along = origins @ normal
+    order = np.argsort(along)
+    positions = along[order]
+    gaps = np.diff(positions)
     if np.any(gaps < 1e-3):
-        at = float(order[int(np.argmin(gaps))])
+        at = float(positions[int(np.argmin(gaps))])
         raise DataError(f"{path}: two slices share the position {at:.2f} mm; remove the duplicate slice")
     step = float(np.median(gaps))
     worst = int(np.argmax(np.abs(gaps - step)))
     if abs(gaps[worst] - step) > max(0.01 * step, 0.05):
         raise DataError(
             f"{path}: slices are not evenly spaced: a gap of {gaps[worst]:.2f} mm "
-            f"between {order[worst]:.2f} and {order[worst + 1]:.2f} mm where the others are {step:.2f} mm "
-            "(a missing slice?); export the complete series"
+            f"between {positions[worst]:.2f} and {positions[worst + 1]:.2f} mm where the others are "
+            f"{step:.2f} mm (a missing slice?); export the complete series"
+        )
+    # In-plane drift of each slice's corner from the first one: zero for a stack along the slice normal.
+    drift = origins[order] - origins[order[0]]
+    drift = drift - np.outer(drift @ normal, normal)
+    shear = float(np.linalg.norm(drift, axis=1).max())
+    if shear > 0.1 * float(first_spacing.min()):
+        raise DataError(
+            f"{path}: gantry-tilted (sheared) series: the slice corners drift {shear:.2f} mm within the "
+            "slice plane across the stack; resample it to an orthogonal grid first (e.g. with 3D Slicer or "
+            "dcm2niix)"
         )
 
 
