@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sammoe.data.inverse import invert, invert_probability, linear_in_box
+from sammoe.data.inverse import invert, linear_in_box
 from sammoe.data.io import Volume, as_volume
 from sammoe.data.lazy_resample import LazyResampled
 from sammoe.data.preprocess import Preprocessor, Resampled, Roi
@@ -39,8 +39,9 @@ from sammoe.inference.decoding import ClickDecoder
 from sammoe.inference.devices import bf16_pays, usable_device
 from sammoe.inference.roi_cache import EncodedRoi, RoiCache, TargetState
 from sammoe.inference.targets import SPACES, Segmentation, Target, TargetResult, check_target, to_input_voxels
+from sammoe.inference.windows import grow_over_windows
 from sammoe.interact.roi import click_centred_start, round_voxel
-from sammoe.interact.sliding_window import deepest_prior_voxel, sliding_window, touches_face
+from sammoe.interact.sliding_window import touches_face
 from sammoe.model.moe import FOUNDATION, SamMoE
 from sammoe.model.sam3d import SamMed3D
 
@@ -177,57 +178,14 @@ class Predictor:
             return self._encoder(x)
 
     # ------------------------------------------------------------------------------------------- windows
-    def _windowed(self, state: TargetState) -> tuple[np.ndarray, np.ndarray | None]:
-        """Grow a target that reaches its crop's faces over neighbouring windows (data-layer sliding window).
-
-        Windows other than the primary one get the target's clicks that fall inside them and, when none of
-        those is positive, a positive click at the deepest foreground voxel that earlier windows predicted in
-        the overlap. Returns (mask, probability or None) on the input grid.
-        """
-        seen: list[tuple[Roi, np.ndarray]] = []
-        primary = tuple(int(v) for v in state.entry.roi.start)
-
-        def predict(roi: Roi) -> np.ndarray:
-            key = tuple(int(v) for v in roi.start)
-            if key == primary:
-                prob = state.roi_prob
-            else:
-                entry = self._rois.get(key)
-                pts = round_voxel(entry.roi.input_to_roi(state.clicks))
-                inside = entry.roi.contains(pts)
-                points, labels = pts[inside].astype(np.float32), state.labels[inside]
-                if not np.any(labels == 1):
-                    seed = deepest_prior_voxel(entry.roi, seen)
-                    if seed is None:
-                        prob = np.zeros((self.size,) * 3, dtype=np.float32)
-                        seen.append((entry.roi, prob))
-                        return prob
-                    points = np.concatenate([seed[None], points])
-                    labels = np.concatenate([[1], labels])
-                # The target's expert, not a new gate decision on a window it merely overlaps.
-                routed = self._decoding.routed([state])  # a plain SamMed3D has no routing to keep
-                logits, *_ = self._decoding.decode(
-                    entry, points[None], labels[None], self._decoding.zeros_low(1), *routed
-                )
-                prob = self._decoding.upsample(logits)[0]
-            seen.append((roi, prob))
-            return prob
-
-        # The helper centres its first window on this voxel: give it the primary ROI's centre.
-        centre = state.entry.roi.roi_to_input(np.asarray(state.entry.roi.size, dtype=np.float64) // 2)
-        mask, blended, whole = sliding_window(
-            self.pre, self._res, centre, predict, max_windows=self.max_windows, return_probabilities=True
-        )
-        state.windows = len(seen)
-        prob = invert_probability(whole, blended) if self._want_probs else None
-        return mask.astype(bool), prob
-
     # ------------------------------------------------------------------------------------------- results
 
     def _finish(self, state: TargetState) -> None:
         windows, box = 1, None
         if self.use_sliding_window and touches_face(state.roi_prob):
-            mask, prob = self._windowed(state)
+            mask, prob = grow_over_windows(
+                state, self._rois, self._decoding, self._res, self.max_windows, self._want_probs
+            )
             windows = state.windows
         else:
             mask, prob, box = self._on_input_grid(state.entry.roi, state.roi_prob)
