@@ -1,6 +1,11 @@
 """Bad inputs, round two: geometry a reader would silently misplace (DICOM series that are not one orthogonal
 stack, NIfTI headers that disagree with their data) and label maps training would silently learn from."""
 
+import gzip
+import re
+import struct
+
+import nibabel as nib
 import numpy as np
 import pytest
 from helpers.dicom import replace_text, write_dicom_series
@@ -111,3 +116,91 @@ def test_dicom_slice_without_a_position_is_refused(tmp_path):
     with pytest.raises(DataError, match=r"002\.dcm has no ImagePositionPatient") as exc:
         read_image(folder)
     assert str(folder) in one_line(exc)
+
+
+# --- NIfTI header vs data ---
+
+
+def _nifti(path, shape=(6, 5, 4), intent=None):
+    array = np.random.default_rng(0).normal(100, 10, shape).astype(np.float32)
+    image = nib.Nifti1Image(array, np.eye(4))
+    if intent is not None:
+        image.header.set_intent(intent)
+    nib.save(image, path)
+    return path
+
+
+def _patch(path, offset, fmt, *values):
+    """Overwrite header fields in a written (uncompressed or gzipped) NIfTI-1 file."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = bytearray(f.read())
+    data[offset : offset + struct.calcsize(fmt)] = struct.pack(fmt, *values)
+    with opener(path, "wb") as f:
+        f.write(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("name", ["zero.nii", "zero.nii.gz"])
+def test_nifti_with_data_offset_inside_the_header_is_refused(tmp_path, name):
+    """vox_offset 0: nibabel reads the header bytes as the first voxels (1..351 it refuses itself)."""
+    path = _patch(_nifti(tmp_path / name), 108, "<f", 0.0)  # vox_offset
+    with pytest.raises(
+        DataError, match=r"vox_offset .* inside the 352-byte header.*set vox_offset to 352"
+    ) as exc:
+        read_image(path)
+    assert str(path) in one_line(exc)
+
+
+@pytest.mark.parametrize("pixdim", [(0.0, 1.0, 1.0), (1.0, -2.0, 1.0), (1.0, 1.0, 0.0)])
+@pytest.mark.parametrize("qform_code", [0, 1])
+def test_nifti_with_no_voxel_size_and_no_sform_is_refused(tmp_path, pixdim, qform_code):
+    """nibabel turns a zero pixdim into 1 and a negative one positive: the grid would be made up."""
+    path = tmp_path / "flat.nii"
+    image = nib.Nifti1Image(np.random.default_rng(0).normal(size=(6, 5, 4)).astype(np.float32), None)
+    image.header.set_sform(None, code=0)
+    image.header.set_qform(np.eye(4) if qform_code else None, code=qform_code)
+    nib.save(image, path)
+    _patch(path, 80, "<3f", *pixdim)  # pixdim[1:4]
+    with pytest.raises(DataError, match=r"pixdim\[1:4\] .* zero, negative .* write the voxel sizes") as exc:
+        read_image(path)
+    assert str(path) in one_line(exc)
+    # with an sform the pixdim does not place the grid: still read
+    image.header.set_sform(np.diag([2.0, 2.0, 2.0, 1.0]), code=1)
+    nib.save(image, path)
+    _patch(path, 80, "<3f", *pixdim)
+    assert np.allclose(read_image(path).spacing, 2.0)
+
+
+@pytest.mark.parametrize("byte", [-8, -5, -2])  # CRC32 (first and last byte), then ISIZE
+def test_gzipped_nifti_with_a_bad_trailer_is_refused(tmp_path, byte):
+    """nibabel reads a .nii.gz up to its last voxel and never reaches the gzip trailer, so a corrupted
+    (e.g. bit-flipped) file whose CRC no longer matches was read silently."""
+    path = _nifti(tmp_path / "big.nii.gz", shape=(48, 48, 48))
+    data = bytearray(path.read_bytes())
+    data[byte] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(
+        DataError, match=r"cannot read NIfTI \((CRC check failed|Incorrect length).*corrupt"
+    ) as exc:
+        read_image(path)
+    assert str(path) in one_line(exc)
+
+
+@pytest.mark.parametrize(
+    "shape,intent",
+    [((6, 5, 4, 1, 1), "vector"), ((6, 5, 4, 1), "vector"), ((6, 5, 4, 1, 1), "displacement vector")],
+)
+def test_nifti_with_a_vector_per_voxel_is_not_squeezed(tmp_path, shape, intent):
+    path = _nifti(tmp_path / "field.nii.gz", shape=shape, intent=intent)
+    with pytest.raises(
+        DataError, match=rf"shape {re.escape(str(shape))} holds a {intent} .* as a 3D NIfTI"
+    ) as exc:
+        read_image(path)
+    assert str(path) in one_line(exc)
+
+
+@pytest.mark.parametrize("shape", [(6, 5, 4, 1), (6, 5, 4, 1, 1)])
+def test_nifti_with_singleton_axes_and_no_intent_still_reads(tmp_path, shape):
+    assert read_image(_nifti(tmp_path / "one.nii.gz", shape=shape)).shape == (6, 5, 4)
+    assert read_image(_nifti(tmp_path / "one.nii", shape=shape)).shape == (6, 5, 4)

@@ -4,6 +4,7 @@ both build their volumes here, so a file of any format is refused for the same r
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,27 +135,103 @@ def check_not_constant(volume: Volume) -> None:
         )
 
 
-def read_nibabel(path: Path, channel: int | None, kind: str = "NIfTI") -> Volume:
-    """A NIfTI (or another nibabel format, named by ``kind`` in the messages, e.g. MGH/MGZ) as a checked
-    ``Volume``; the NIfTI header is kept for writing labels."""
+def _first_bytes(stream: Any, count: int) -> bytes:
+    data = stream.read(count)
+    stream.seek(0)
+    return data
+
+
+def _raw_nifti_header(path: Path, first: bytes) -> Any:
+    """The NIfTI header as written, before nibabel's fixes (it turns a zero pixdim into 1 and a negative one
+    positive, which would hide a grid with no size); None for a file too short to hold one."""
     import nibabel as nib
 
-    try:
-        img = nib.load(str(path))
-    except Exception as exc:  # nibabel raises many types (ImageFileError, EOFError, ...)
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    for klass in (nib.Nifti1Header, nib.Nifti2Header):
+        size = klass.sizeof_hdr
+        if len(first) >= size and size in (
+            int.from_bytes(first[:4], "little"),
+            int.from_bytes(first[:4], "big"),
+        ):
+            return klass(first[:size], check=False)
+    return None
+
+
+def check_nifti_header(path: Path, raw: Any, shape: tuple[int, ...], channel: int | None) -> None:
+    """Refuse what a NIfTI header says that its data contradicts: a single file whose voxels start inside the
+    header, a voxel size of zero or below where the affine comes from pixdim, a vector/tensor per voxel."""
+    if raw is None:
+        return
+    first_voxel = int(raw.sizeof_hdr) + 4
+    offset = float(raw["vox_offset"])
+    if offset < first_voxel:
         raise DataError(
-            f"{path}: cannot read {kind} ({reason}); the file is not {kind}, re-export it"
-        ) from None
-    check_header_size(tuple(img.shape), path)
-    try:
-        # Force the full read here so truncated/corrupt files fail now, with a clear message.
-        array = np.asanyarray(img.dataobj)
-    except Exception as exc:  # nibabel raises many types (EOFError, zlib.error, ImageFileError, ...)
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            f"{path}: header vox_offset {offset:g} is inside the {first_voxel}-byte header, so header bytes "
+            f"would be read as voxels; set vox_offset to {first_voxel} or more (where the data starts) "
+            "or re-export the file"
+        )
+    if int(raw["sform_code"]) == 0:
+        ndim = max(1, min(3, int(raw["dim"][0])))
+        sizes = np.asarray(raw["pixdim"][1 : ndim + 1], dtype=np.float64)
+        if not np.all(np.isfinite(sizes)) or np.any(sizes <= 0):
+            source = "qform" if int(raw["qform_code"]) > 0 else "no sform or qform"
+            raise DataError(
+                f"{path}: voxel size pixdim[1:{ndim + 1}] = {sizes.tolist()} has a zero, negative or "
+                f"non-finite value and the grid comes from it ({source}), so it has no size; write the voxel "
+                "sizes (pixdim) or an sform into the header"
+            )
+    intent = int(raw["intent_code"])
+    if len(shape) > 3 and intent != 0 and channel is None:
+        name = raw.get_intent()[0]
         raise DataError(
-            f"{path}: cannot read {kind} ({reason}); the file is truncated or not {kind}, re-export it"
-        ) from None
+            f"{path}: data of shape {shape} holds a {name} (intent code {intent}) per voxel, not one grey "
+            "value; save the component you want as a 3D NIfTI"
+        )
+
+
+def read_nibabel(path: Path, channel: int | None, kind: str = "NIfTI") -> Volume:
+    """A NIfTI (or another nibabel format, named by ``kind`` in the messages, e.g. MGH/MGZ) as a checked
+    ``Volume``; the NIfTI header is kept for writing labels. A ``.nii.gz`` is read through one gzip stream,
+    drained to its end so that its CRC and length are verified (nibabel stops at the last voxel)."""
+    import gzip
+
+    import nibabel as nib
+
+    gz = kind == "NIfTI" and str(path).lower().endswith(".gz")
+    with contextlib.ExitStack() as stack:
+        try:
+            if gz:
+                stream = stack.enter_context(gzip.open(path, "rb"))
+                first = _first_bytes(stream, 540)
+                klass = (
+                    nib.Nifti2Image if isinstance(_raw_nifti_header(path, first), nib.Nifti2Header) else None
+                )
+                klass = klass or nib.Nifti1Image
+                img = klass.from_file_map(klass.make_file_map({"image": stream}))
+            else:
+                img = nib.load(str(path))
+                first = b""
+                if kind == "NIfTI":
+                    with open(path, "rb") as handle:
+                        first = handle.read(540)
+        except Exception as exc:  # nibabel raises many types (ImageFileError, EOFError, ...)
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(
+                f"{path}: cannot read {kind} ({reason}); the file is not {kind}, re-export it"
+            ) from None
+        check_header_size(tuple(img.shape), path)
+        if kind == "NIfTI":
+            check_nifti_header(path, _raw_nifti_header(path, first), tuple(img.shape), channel)
+        try:
+            # Force the full read here so truncated/corrupt files fail now, with a clear message.
+            array = np.asanyarray(img.dataobj)
+            if gz:
+                while stream.read(1 << 20):
+                    pass
+        except Exception as exc:  # nibabel raises many types (EOFError, zlib.error, ImageFileError, ...)
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(
+                f"{path}: cannot read {kind} ({reason}); the file is truncated or corrupt, re-export it"
+            ) from None
     array = np.asarray(array)
     if (
         array.dtype.names is None
