@@ -66,7 +66,7 @@ def test_refinement_uses_the_cached_embedding_and_equals_a_fresh_prediction(
     assert np.array_equal(third.labels, fresh(shipped_tiny_checkpoint, volume, cli_targets(session)))
 
 
-def test_undo_reset_and_delete_rerun_predict_on_the_remaining_clicks(
+def test_undo_reset_and_delete_touch_one_target_and_equal_a_fresh_prediction(
     session, shipped_tiny_checkpoint, phantom_volume
 ):
     volume, label = phantom_volume
@@ -77,9 +77,10 @@ def test_undo_reset_and_delete_rerun_predict_on_the_remaining_clicks(
     session.click(b.id, np.add(centre(label, "spleen"), [0, 3, 0]), positive=False)
     assert [v.value for v in session.targets] == [1, 2]
     undone = session.undo(b.id)
-    assert undone.path == "predict" and len(undone.targets[1].clicks) == 1
+    assert undone.path == "undo" and len(undone.targets[1].clicks) == 1
     assert np.array_equal(undone.labels, fresh(shipped_tiny_checkpoint, volume, cli_targets(session)))
     deleted = session.delete(a.id)
+    assert deleted.path == "remove"
     assert [(v.name, v.value) for v in deleted.targets] == [("spleen", 1)]  # values follow the clicks file
     assert set(np.unique(deleted.labels)) <= {0, 1}
     assert np.array_equal(deleted.labels, fresh(shipped_tiny_checkpoint, volume, cli_targets(session)))
@@ -170,3 +171,33 @@ def test_the_qt_free_modules_import_neither_napari_nor_qt():
         "sammoe.napari.session, sammoe.napari.geometry, sammoe.napari.models, sammoe.napari.writer"
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_undo_and_a_new_target_cost_one_target_not_the_history(
+    session, shipped_tiny_checkpoint, phantom_volume
+):
+    """Undo after many refinements decodes nothing; a second target's first click decodes that target alone;
+    both leave the label map a fresh Predictor makes of the remaining clicks, voxel for voxel."""
+    volume, label = phantom_volume
+    liver = centre(label, "liver")
+    a = session.add_target("liver")
+    session.click(a.id, liver)
+    for k in range(6):
+        session.click(a.id, np.add(liver, [k % 3 - 1, 2, 0]), positive=bool(k % 2))
+    decodes = []
+    decoding = session.predictor._decoding
+    original = decoding.decode
+    decoding.decode = lambda *args, **kw: decodes.append(1) or original(*args, **kw)
+    try:
+        undone = session.undo(a.id)
+        assert undone.path == "undo" and decodes == []
+        b = session.add_target("spleen")
+        added = session.click(b.id, centre(label, "spleen"))
+        assert added.path == "add" and len(decodes) == 1  # one step: the new target's one click
+    finally:
+        decoding.decode = original
+    assert [v.value for v in added.targets] == [1, 2]
+    assert np.array_equal(added.labels, fresh(shipped_tiny_checkpoint, volume, cli_targets(session)))
+    removed = session.reset(a.id)
+    assert removed.path == "remove" and [v.value for v in removed.targets] == [0, 1]
+    assert np.array_equal(removed.labels, fresh(shipped_tiny_checkpoint, volume, cli_targets(session)))

@@ -111,7 +111,7 @@ def test_two_targets_undo_reset_and_delete(opened, qtbot, phantom_nifti, tmp_pat
     widget.table.selectRow(0)
     widget.undo()  # the liver's negative click
     settle(qtbot, widget)
-    assert len(widget.last_update.targets[0].clicks) == 1 and widget.last_update.path == "predict"
+    assert len(widget.last_update.targets[0].clicks) == 1 and widget.last_update.path == "undo"
     assert len(widget.layers.points.data) == 2
     clicks = tmp_path / "seg.clicks.json"
     widget.save(str(tmp_path / "seg.nii.gz"))

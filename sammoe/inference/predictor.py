@@ -45,6 +45,8 @@ from sammoe.interact.sliding_window import touches_face
 from sammoe.model.moe import FOUNDATION, SamMoE
 from sammoe.model.sam3d import SamMed3D
 
+MAX_UNDO = 64  # refinement states kept per target (each holds its crop's probabilities)
+
 __all__ = ["SPACES", "Target", "TargetResult", "Segmentation", "Predictor", "to_input_voxels"]
 
 
@@ -66,6 +68,9 @@ class Predictor:
         info: dict[str, Any] | None = None,
         route: str | None = None,
     ) -> None:
+        share_roi = _number("share_roi", share_roi, 0.0, 0.5, "0 (off) to 0.5")
+        cache_size = int(_number("cache_size", cache_size, 1, None, "an integer of at least 1", integer=True))
+        max_windows = int(_number("max_windows", max_windows, 1, None, "an integer of at least 1", integer=True))
         if device is None or str(device) == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = usable_device(device)
@@ -139,6 +144,12 @@ class Predictor:
         ``route="spinal_cord"`` or ``route="foundation"`` to force one decoder for every target)."""
         from sammoe.loading import load_model
 
+        if experts is not None and not isinstance(experts, str):
+            if not isinstance(experts, Iterable) or not all(isinstance(e, str) for e in experts):
+                raise ConfigError(
+                    f"experts={experts!r}: give expert names, a list of str or one comma-separated str "
+                    "(None: every installed expert)"
+                )
         route = kwargs.get("route")
         model, info = load_model(
             checkpoint, preset=preset, experts=experts, gate=gate, route=route, routing=routing
@@ -155,6 +166,18 @@ class Predictor:
     ) -> Volume:
         """Load and resample an image (a path, a ``Volume`` or an array + affine, checked as files are);
         clears every cached embedding and target."""
+        if affine is not None:
+            try:
+                matrix = np.asarray(affine, dtype=np.float64)
+            except (TypeError, ValueError):
+                matrix = None
+            if matrix is None or matrix.shape != (4, 4):
+                raise ConfigError(
+                    f"affine: expected a 4x4 voxel -> RAS mm matrix (numbers), got {' '.join(str(affine).split())[:60]}; "
+                    "pass np.eye(4) scaled by the spacing, or the image's header affine"
+                )
+        if isinstance(image, np.ndarray) and image.size == 0:
+            raise DataError(f"image: the array of shape {image.shape} is empty; give a 3D array with voxels")
         volume = as_volume(image, affine, channel=channel)
         self.volume = volume
         self._res = LazyResampled(volume, self.pre.target_spacing)  # each crop samples only its window
@@ -241,22 +264,21 @@ class Predictor:
             raise ConfigError("no image set; call set_image(...) first")
         if isinstance(targets, Target):
             targets = [targets]
+        if isinstance(targets, (str, bytes, dict)) or not isinstance(targets, Iterable):
+            raise ConfigError(
+                f"targets: expected a Target or a list of Targets, got {type(targets).__name__}; "
+                "write Target([[x, y, z]], name=...)"
+            )
+        targets = list(targets)
         if not targets:
             raise DataError("no targets given; give at least one target with a positive click")
         checked = [check_target(t, i, self.volume) for i, t in enumerate(targets)]
         self._want_probs = probabilities
         self._states = []
         by_entry: dict[int, tuple[EncodedRoi, list[TargetState]]] = {}
-        for i, (name, vox, labels) in enumerate(checked):
-            first = vox[int(np.flatnonzero(labels == 1)[0])]
-            entry = self._rois.centred_on(first)
-            if not np.all(entry.roi.contains(entry.roi.input_to_roi(vox))):
-                entry = self._rois.get(click_centred_start(self.pre, self._res, first))
-            # The centring click goes first, so the first step sees a positive click (official protocol).
-            order = np.argsort(np.arange(len(vox)) != int(np.flatnonzero(labels == 1)[0]), kind="stable")
-            state = TargetState(name, i + 1, vox[order], labels[order], entry)
+        for state in self._new_states(checked, 0):
             self._states.append(state)
-            by_entry.setdefault(id(entry), (entry, []))[1].append(state)
+            by_entry.setdefault(id(state.entry), (state.entry, []))[1].append(state)
         bar = _progress(len(self._states), progress)
         for entry, states in by_entry.values():
             self._decoding.run(entry, states)
@@ -266,11 +288,29 @@ class Predictor:
         bar.close()
         return self.segmentation
 
+    def _new_states(self, checked: list[tuple], offset: int) -> list[TargetState]:
+        """Checked targets (name, input voxels, labels) as states on their click-centred crops, numbered
+        from ``offset`` + 1."""
+        states = []
+        for i, (name, vox, labels) in enumerate(checked):
+            first = vox[int(np.flatnonzero(labels == 1)[0])]
+            entry = self._rois.centred_on(first)
+            if not np.all(entry.roi.contains(entry.roi.input_to_roi(vox))):
+                entry = self._rois.get(click_centred_start(self.pre, self._res, first))
+            # The centring click goes first, so the first step sees a positive click (official protocol).
+            order = np.argsort(np.arange(len(vox)) != int(np.flatnonzero(labels == 1)[0]), kind="stable")
+            states.append(TargetState(name, offset + i + 1, vox[order], labels[order], entry))
+        return states
+
     def add_click(
         self, target: int | str, point: Sequence[float], positive: bool = True, space: str = "voxel"
     ) -> TargetResult:
         """Refine one target (index or name) with one more click; reuses its ROI embedding and last logits."""
+        if self.volume is None:
+            raise ConfigError("no image set; call set_image(...) and predict(...) first")
         state = self._find(target)
+        if positive not in (True, False):  # 1 and 0 too; "no" or None would be read as a guess
+            raise ConfigError(f"positive={positive!r}: give True (a positive click) or False (negative)")
         probe = Target([point], [1], state.name, space)  # validates the coordinates only
         _, vox, _ = check_target(probe, 0, self.volume)
         roi = state.entry.roi
@@ -279,14 +319,53 @@ class Predictor:
                 f"target {state.name!r}: click {list(point)} lies outside the target's {self.size}^3 crop; "
                 "refine inside the crop or start a new target there"
             )
+        state.history = [*state.history[-(MAX_UNDO - 1) :], state.snapshot()]
         state.clicks = np.concatenate([state.clicks, vox])
         state.labels = np.concatenate([state.labels, [int(bool(positive))]])
         state.entry = self._rois.get(roi.start)  # cached unless evicted
         self._decoding.run(state.entry, [state])
         self._finish(state)
-        later = [s.result for s in self._states[self._states.index(state) + 1 :]]
-        state.result.count_visible(later, self.volume)  # without rebuilding the whole label map
+        state.result.count_visible(self._later(state), self.volume)  # without rebuilding the label map
         return state.result
+
+    def undo_click(self, target: int | str) -> TargetResult:
+        """Take back a target's last refinement click: its state before that click comes back as it was
+        (clicks, low-res logits, mask), without decoding. ConfigError when it has no refinement to undo."""
+        state = self._find(target)
+        if not state.history:
+            raise ConfigError(
+                f"target {state.name!r} has no refinement click to undo; predict it again from its clicks"
+            )
+        state.restore(state.history.pop())
+        state.result.count_visible(self._later(state), self.volume)
+        return state.result
+
+    def add_target(self, target: Target) -> TargetResult:
+        """One more target after the current ones (label value: their number + 1), decoded alone; the other
+        targets are not decoded again."""
+        if self.volume is None:
+            raise ConfigError("no image set; call set_image(...) first")
+        (state,) = self._new_states([check_target(target, len(self._states), self.volume)], len(self._states))
+        self._states.append(state)
+        self._decoding.run(state.entry, [state])
+        self._finish(state)
+        state.result.count_visible([], self.volume)
+        for earlier in self._states[:-1]:  # the new target now covers part of them
+            earlier.result.count_visible(self._later(earlier), self.volume)
+        return state.result
+
+    def remove_target(self, target: int | str) -> None:
+        """Drop one target; the later ones move up one label value, nothing is decoded again."""
+        state = self._find(target)
+        index = self._states.index(state)
+        del self._states[index]
+        for i, other in enumerate(self._states[index:], start=index + 1):
+            other.value = other.result.value = i
+        for other in self._states[:index]:
+            other.result.count_visible(self._later(other), self.volume)
+
+    def _later(self, state: TargetState) -> list[TargetResult]:
+        return [s.result for s in self._states[self._states.index(state) + 1 :]]
 
     def crop_footprint(self, target: int | str) -> np.ndarray:
         """Where ``add_click`` accepts clicks for this target: its crop's footprint on the input grid
@@ -297,6 +376,11 @@ class Predictor:
     def _find(self, target: int | str) -> TargetState:
         if not self._states:
             raise ConfigError("no targets yet; call predict(...) first")
+        if isinstance(target, (bool, np.bool_)) or not isinstance(target, (str, int, np.integer)):
+            raise ConfigError(
+                f"target={target!r}: give a target's index (int, from 0) or its name (str); "
+                f"targets: {', '.join(s.name for s in self._states)}"
+            )
         if isinstance(target, str):
             for s in self._states:
                 if s.name == target:
@@ -307,6 +391,15 @@ class Predictor:
         if not 0 <= int(target) < len(self._states):
             raise ConfigError(f"target index {target} out of range 0..{len(self._states) - 1}")
         return self._states[int(target)]
+
+
+def _number(name: str, value: Any, low: float, high: float | None, expected: str, integer: bool = False) -> float:
+    """A Predictor option checked at the public boundary: a real number (not a bool) in [low, high]."""
+    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    ok = isinstance(value, kinds) and not isinstance(value, (bool, np.bool_))
+    if ok and np.isfinite(value) and value >= low and (high is None or value <= high):
+        return float(value)
+    raise ConfigError(f"{name}={value!r}: expected {expected}")
 
 
 def _progress(total: int, enabled: bool):

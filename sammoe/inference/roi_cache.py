@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -52,6 +52,21 @@ class TargetState:
     roi_prob: np.ndarray | None = None  # (S, S, S) foreground probability in the primary ROI
     windows: int = 1
     result: TargetResult | None = None
+    # the state before each refinement click, newest last: undo restores it without decoding
+    history: list[TargetState] = field(default_factory=list, repr=False)
+
+    def snapshot(self) -> TargetState:
+        """This state without its history (the arrays are replaced, never changed in place, so sharing them
+        is safe)."""
+        return replace(self, history=[])
+
+    def restore(self, earlier: TargetState) -> None:
+        """Take back the interaction since ``earlier`` (a snapshot); the target keeps its name and value."""
+        for name in earlier.__dataclass_fields__:
+            if name not in ("history", "name", "value"):
+                setattr(self, name, getattr(earlier, name))
+        if self.result is not None:
+            self.result.value = self.value
 
 
 class RoiCache:

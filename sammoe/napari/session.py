@@ -2,10 +2,12 @@
 
 Every target's clicks are the source of truth; the ``Predictor`` only caches what they produce. A refinement
 click on a target that already has a mask goes through ``Predictor.add_click`` (the cached embedding and the
-target's previous low-res logits). Everything else that changes the set of clicks (a new target's first
-positive click, undo, reset, delete, another model) re-runs ``Predictor.predict`` on every remaining target,
-which only decodes again because encoded ROIs stay cached. Either way the label map equals what
-``sammoe segment`` writes for the same clicks file (``clicks_document``), by construction.
+target's previous low-res logits). Each operation costs what it changes: a new target's first positive click
+decodes that target alone (``Predictor.add_target``), undo restores the target's state before its last
+refinement without a model call (``Predictor.undo_click``), reset and delete drop one target
+(``Predictor.remove_target``); another model, or a change the Predictor cannot follow, re-runs
+``Predictor.predict`` on every target. Either way the label map equals what ``sammoe segment`` writes for the
+same clicks file (``clicks_document``): each target's mask depends only on its own clicks.
 
 Label values: the targets that have a positive click, in the order they were added, get 1, 2, ... (the order
 of the clicks file); a target without a positive click is pending and has no mask.
@@ -81,7 +83,9 @@ class Update:
 
     labels: np.ndarray | None
     targets: tuple[TargetView, ...]
-    path: str  # "refine" (add_click), "predict" (every target decoded again), "none" (no model call)
+    # "refine" (add_click), "add" (a new target decoded alone), "undo" (a refinement taken back, no model
+    # call), "remove" (one target's mask dropped), "predict" (every target decoded again), "none"
+    path: str
     seconds: float = 0.0
     encodes: int = 0
 
@@ -162,22 +166,34 @@ class Session:
 
     def delete(self, id_: int) -> Update:
         target = self._get(id_)
+        index = self._active().index(target) if target.active else None
         self._targets.remove(target)
-        return self._rerun() if target.active else self._update("none")
+        return self._remove(index) if index is not None else self._update("none")
 
     def reset(self, id_: int) -> Update:
         target = self._get(id_)
-        was_active = target.active
+        index = self._active().index(target) if target.active else None
         target.clicks = []
-        return self._rerun() if was_active else self._update("none")
+        return self._remove(index) if index is not None else self._update("none")
 
     def undo(self, id_: int) -> Update:
+        """Take back a target's last click. A refinement is restored from the target's own history (no model
+        call); taking back its only positive click removes its mask; other targets are left alone."""
         target = self._get(id_)
         if not target.clicks:
             raise ConfigError(f"target {target.name!r} has no click to undo")
-        was_active = target.active
+        index = self._active().index(target) if target.active else None
         target.clicks.pop()
-        return self._rerun() if was_active else self._update("none")
+        if index is None:
+            return self._update("none")
+        if not target.active:
+            return self._remove(index)
+        if self._synced:
+            try:
+                return self._timed(lambda: self._restore(index))
+            except ConfigError:  # no refinement state kept for it (e.g. its clicks came in one predict)
+                pass
+        return self._rerun()
 
     def click(self, id_: int, point: Any, positive: bool = True) -> Update:
         """One more click on a target (input voxel indices). A click the model refuses (outside the image,
@@ -193,6 +209,8 @@ class Session:
         try:
             if refine:
                 return self._timed(lambda: self._refine(target, click))
+            if target.active and self._synced and self._active()[-1] is target:
+                return self._timed(lambda: self._add(target))
             if target.active:
                 return self._timed(self._predict)
             return self._update("none")
@@ -233,6 +251,32 @@ class Session:
 
     def _rerun(self) -> Update:
         return self._timed(self._predict)
+
+    def _restore(self, index: int) -> str:
+        self.predictor.undo_click(index)
+        self._collect()
+        return "undo"
+
+    def _remove(self, index: int) -> Update:
+        """A target's mask is gone: the Predictor drops that one target, the others keep their masks."""
+        if not self._synced:
+            return self._rerun()
+
+        def remove() -> str:
+            self.predictor.remove_target(index)
+            self._collect()
+            return "remove"
+
+        return self._timed(remove)
+
+    def _add(self, target: _Target) -> str:
+        """A target's first positive click, after every other segmented target: decode it alone."""
+        clicks = target.clicks
+        self.predictor.add_target(
+            Target([c.point for c in clicks], [int(c.positive) for c in clicks], target.name, "voxel")
+        )
+        self._collect()
+        return "add"
 
     def _collect(self) -> None:
         seg = self.predictor.segmentation

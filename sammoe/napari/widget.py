@@ -335,6 +335,10 @@ class SegmentWidget(QWidget):
         self.note_label.setText("\n".join(self.notes))
         if update.path == "refine":
             self.status.setText(f"refined on the cached embedding in {update.seconds * 1000:.0f} ms")
+        elif update.path in ("undo", "remove"):
+            self.status.setText(f"{update.path} without a model call in {update.seconds * 1000:.0f} ms")
+        elif update.path == "add":
+            self.status.setText(f"new target segmented in {update.seconds:.2f} s (the others kept)")
         elif update.path == "predict":
             self.status.setText(
                 f"segmented in {update.seconds:.2f} s ({update.encodes} crop(s) encoded so far)"
