@@ -183,7 +183,10 @@ def test_undo_and_a_new_target_cost_one_target_not_the_history(
     a = session.add_target("liver")
     session.click(a.id, liver)
     for k in range(6):
-        session.click(a.id, np.add(liver, [k % 3 - 1, 2, 0]), positive=bool(k % 2))
+        refined = session.click(a.id, np.add(liver, [k % 3 - 1, 2, 0]), positive=bool(k % 2))
+    # a refinement recomposes the label map only in the box its target's crop spans, to the same result
+    assert refined.box is not None and np.prod([s.stop - s.start for s in refined.box]) < volume.array.size
+    assert np.array_equal(refined.labels, session.predictor.segmentation.labels)
     decodes = []
     decoding = session.predictor._decoding
     original = decoding.decode

@@ -247,6 +247,11 @@ class Predictor:
         return mask, full, box
 
     @property
+    def results(self) -> list[TargetResult]:
+        """Every target's current result, in label-value order (no label map is built)."""
+        return [s.result for s in self._states]
+
+    @property
     def segmentation(self) -> Segmentation:
         """The label map of every target so far (later targets overwrite earlier ones where they overlap)."""
         if self.volume is None:

@@ -98,15 +98,19 @@ class ImageLayers:
         finally:
             self.syncing = False
 
-    def show_labels(self, labels: np.ndarray | None) -> None:
-        """Copy a label map (stored order) into the layer's array and redraw."""
+    def show_labels(self, labels: np.ndarray | None, box: tuple[slice, ...] | None = None) -> None:
+        """Copy a label map (stored order) into the layer's array, only inside ``box`` when the update says
+        that is all that changed, and redraw."""
         if labels is None:
             return
         if labels.shape != self.stored.shape or labels.dtype != self.stored.dtype:
             self.stored = np.array(labels)  # more than 255 targets: uint16
             self.labels.data = self.display.view(self.stored)
             return
-        np.copyto(self.stored, labels)
+        if box is None:
+            np.copyto(self.stored, labels)
+        else:
+            self.stored[box] = labels[box]
         self.labels.refresh()
 
     def set_clicks_document(self, document: dict[str, Any]) -> None:

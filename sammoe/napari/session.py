@@ -88,6 +88,7 @@ class Update:
     path: str
     seconds: float = 0.0
     encodes: int = 0
+    box: tuple[slice, slice, slice] | None = None  # where ``labels`` changed (None: anywhere)
 
 
 class Session:
@@ -102,6 +103,7 @@ class Session:
         self._synced = False  # the predictor's targets are exactly the active targets, in order
         self._results: dict[int, TargetResult] = {}
         self._labels: np.ndarray | None = None
+        self._changed: tuple[slice, slice, slice] | None = None
 
     # ------------------------------------------------------------------------------------------ setup
     def set_volume(self, volume: Volume) -> Update:
@@ -233,7 +235,7 @@ class Session:
     def _refine(self, target: _Target, click: Click) -> str:
         index = self._active().index(target)
         self.predictor.add_click(index, click.point, positive=click.positive, space="voxel")
-        self._collect()
+        self._collect(changed=target)
         return "refine"
 
     def _predict(self) -> str:
@@ -254,7 +256,7 @@ class Session:
 
     def _restore(self, index: int) -> str:
         self.predictor.undo_click(index)
-        self._collect()
+        self._collect(changed=self._active()[index])
         return "undo"
 
     def _remove(self, index: int) -> Update:
@@ -278,15 +280,31 @@ class Session:
         self._collect()
         return "add"
 
-    def _collect(self) -> None:
-        seg = self.predictor.segmentation
-        self._labels = seg.labels
-        self._results = {t.id: r for t, r in zip(self._active(), seg.targets)}
+    def _collect(self, changed: _Target | None = None) -> None:
+        """The label map and results after a model call. When one target's mask changed inside its crop,
+        only the box its old and new masks span is composed again (later targets win, as in a full map)."""
+        self._changed = None
+        results = self.predictor.results
+        old = self._results.get(changed.id) if changed is not None else None
+        new = results[self._active().index(changed)] if changed is not None else None
+        if old is None or new is None or old.box is None or new.box is None or self._labels is None:
+            seg = self.predictor.segmentation
+            self._labels = seg.labels
+        else:
+            box = tuple(slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(old.box, new.box))
+            region = self._labels[box]
+            region[...] = 0
+            for r in results:
+                region[r.mask[box]] = r.value
+            self._changed = box
+        self._results = {t.id: r for t, r in zip(self._active(), results)}
 
     def _timed(self, run) -> Update:
         start = time.perf_counter()
+        self._changed = None
         path = run()
-        return self._update(path, labels=self._labels, seconds=time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        return Update(self._labels, self._views(), path, seconds, self._encodes(), box=self._changed)
 
     # ------------------------------------------------------------------------------------------ views
     def _views(self) -> tuple[TargetView, ...]:
@@ -308,8 +326,10 @@ class Session:
         return tuple(views)
 
     def _update(self, path: str, labels: np.ndarray | None = None, seconds: float = 0.0) -> Update:
-        encodes = int(getattr(self.predictor, "encodes", 0) or 0) if self.predictor is not None else 0
-        return Update(labels, self._views(), path, seconds, encodes)
+        return Update(labels, self._views(), path, seconds, self._encodes())
+
+    def _encodes(self) -> int:
+        return int(getattr(self.predictor, "encodes", 0) or 0) if self.predictor is not None else 0
 
     @property
     def labels(self) -> np.ndarray | None:

@@ -328,7 +328,7 @@ class SegmentWidget(QWidget):
         """Show an update (GUI thread; no worker runs now, so the session may be read)."""
         self.last_update = update
         if self.layers is not None:
-            self.layers.show_labels(update.labels)
+            self.layers.show_labels(update.labels, update.box)
             self.layers.show_clicks(update.targets)
             self.layers.set_clicks_document(self.session.clicks_document())
         self.table.show_targets(update.targets, current)
