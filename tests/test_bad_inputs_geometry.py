@@ -204,3 +204,114 @@ def test_nifti_with_a_vector_per_voxel_is_not_squeezed(tmp_path, shape, intent):
 def test_nifti_with_singleton_axes_and_no_intent_still_reads(tmp_path, shape):
     assert read_image(_nifti(tmp_path / "one.nii.gz", shape=shape)).shape == (6, 5, 4)
     assert read_image(_nifti(tmp_path / "one.nii", shape=shape)).shape == (6, 5, 4)
+
+
+# --- training labels ---
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    from sammoe.data.phantoms import make_phantom_dataset
+
+    return make_phantom_dataset(
+        tmp_path_factory.mktemp("labels") / "Dataset901_Phantom",
+        n_cases=4,
+        n_test=1,
+        shape=(40, 40, 24),
+        spacing=(3.6, 3.6, 6.0),
+    )
+
+
+def _copy_with_label(phantom, tmp_path, change, case="phantom_002", folder="labelsTr"):
+    """A copy of the phantom dataset whose one label file ``change`` (array -> array) rewrote."""
+    import shutil
+
+    root = tmp_path / phantom.name
+    shutil.copytree(phantom, root)
+    path = root / folder / f"{case}.nii.gz"
+    img = nib.load(path)
+    nib.save(nib.Nifti1Image(change(np.asarray(img.dataobj)), img.affine), path)
+    return root, path
+
+
+def _module(root, tmp_path, **kwargs):
+    from sammoe.lit.datamodule import SegDataModule
+
+    settings = {
+        "crop_size": 16,
+        "spacing": 4.0,
+        "batch_size": 1,
+        "cache_dir": str(tmp_path / "cache"),
+        **kwargs,
+    }
+    return SegDataModule(roots=str(root), **settings)
+
+
+def _undeclared(array):
+    array = array.astype(np.uint8)
+    array[0, 0, 0] = 9
+    return array
+
+
+def _fractional(array):
+    array = array.astype(np.float32)
+    array[array == 1] = 1.5
+    return array
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (_undeclared, r"label values \[9\] are not declared in the labels of dataset Dataset901_Phantom"),
+        (_fractional, "label map holds non-integer values; save labels as integers"),
+    ],
+)
+@pytest.mark.parametrize("folder,case", [("labelsTr", "phantom_002"), ("labelsTs", "phantom_004")])
+def test_every_label_is_checked_when_the_data_module_is_set_up(
+    phantom, tmp_path, change, message, folder, case
+):
+    """Before: only a batch that drew the case read its label, so a short run trained on the others (and
+    evaluation never checked values at all)."""
+    root, path = _copy_with_label(phantom, tmp_path, change, case=case, folder=folder)
+    dm = _module(root, tmp_path, classes=["liver"])
+    with pytest.raises(DataError, match=message) as exc:
+        dm.setup("fit")
+    assert str(path) in one_line(exc)
+
+
+def test_label_check_is_memoised_and_sees_a_changed_file(phantom, tmp_path):
+    from sammoe.data import cache as cache_module
+
+    root, path = _copy_with_label(phantom, tmp_path, lambda a: a)
+    dm = _module(root, tmp_path)
+    dm.setup("fit")
+    assert len(list((tmp_path / "cache" / "labels").glob("*.json"))) == 5  # 4 training labels + 1 test label
+    # a rerun reads no label: the values come from the memo
+    calls = []
+    original = cache_module.read_label
+    cache_module.read_label = lambda *a, **k: calls.append(a) or original(*a, **k)
+    try:
+        _module(root, tmp_path).setup("fit")
+        assert calls == []
+        # a label rewritten since is read again and refused
+        img = nib.load(path)
+        nib.save(nib.Nifti1Image(_undeclared(np.asarray(img.dataobj)), img.affine), path)
+        with pytest.raises(DataError, match=r"label values \[9\] are not declared"):
+            _module(root, tmp_path).setup("fit")
+        assert len(calls) == 1
+    finally:
+        cache_module.read_label = original
+
+
+def test_float_label_map_of_whole_numbers_and_region_values_pass(phantom, tmp_path):
+    root, _ = _copy_with_label(phantom, tmp_path, lambda a: a.astype(np.float32))
+    _module(root, tmp_path).setup("fit")
+    # nnU-Net regions: values named only inside a region's list are declared too
+    import json
+
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["labels"]["organs"] = [meta["labels"].pop("liver"), meta["labels"]["spleen"]]
+    (root / "dataset.json").write_text(json.dumps(meta))
+    dm = _module(root, tmp_path / "other", classes=["spleen"])
+    dm.setup("fit")
+    assert dm.train_dataset()[0]["class_name"] == "spleen"  # its crop reads a label holding the liver's value

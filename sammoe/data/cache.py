@@ -6,7 +6,8 @@ beside a ``meta.json`` (affines, shapes, per-class bounding boxes). The entry's 
 files' contents and of the preprocessing parameters, so a changed file or spacing gets a new entry. File
 hashes are memoised by (size, mtime), so a warm epoch only stats the sources and memory-maps the arrays.
 An entry is written into a temp folder and renamed into place, so concurrent workers never see half of one.
-``load(case, allowed_values=None) -> CachedCase``; ``key(case)``; ``entries()``. ``cache_dir=None``: no cache.
+``load(case, allowed_values=None) -> CachedCase``; ``key(case)``; ``entries()``; ``label_values(path)``
+(memoised by content). ``cache_dir=None``: no cache.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from sammoe.data.datasets import Case
-from sammoe.data.io import check_label_values, read_image, read_label
+from sammoe.data.io import check_label_values, label_values, read_image, read_label
 from sammoe.data.preprocess import Preprocessor, Resampled
 from sammoe.files import sha256_file, write_text
 
@@ -82,6 +83,22 @@ class PreprocessCache:
         params = {"version": CACHE_VERSION, **self.pre.params()}
         blob = json.dumps({"source": source, "params": params}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:32], {"source": source, "params": params}
+
+    def label_values(self, path: Path) -> list[int]:
+        """The non-zero values of the label map ``path``, read with ``read_label`` (which refuses a float map
+        holding non-integer values, negative values or values above 65535) and memoised by content hash in
+        ``<cache>/labels``, so checking every case's label costs one read per label file, ever."""
+        if self.root is None:
+            return label_values(read_label(path))
+        memo = self.root / "labels" / f"{self.file_hash(Path(path))}.json"
+        try:
+            return [int(v) for v in json.loads(memo.read_text())["values"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        values = label_values(read_label(path))
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        write_text(memo, json.dumps({"label": str(path), "values": values}))
+        return values
 
     # --------------------------------------------------------------------------------------------- load
     def _compute(self, case: Case, allowed_values: Sequence[int] | None) -> tuple[Resampled, dict]:

@@ -69,6 +69,13 @@ class DatasetInfo(BaseModel):
     layout: Layout
     modality: str = ""
     labels: dict[str, int] = Field(default_factory=dict)  # name -> value, background excluded
+    regions: list[int] = Field(default_factory=list)  # values named only inside nnU-Net region lists
+
+    @property
+    def declared(self) -> list[int]:
+        """Every non-zero value dataset.json declares a label map may hold: the classes' values and those of
+        nnU-Net regions (``"tumor": [1, 2]``)."""
+        return sorted(set(self.labels.values()) | set(self.regions))
 
 
 class CaseIndex(BaseModel):
@@ -150,6 +157,7 @@ def _read_json(path: Path) -> dict:
 def _load_nnunet(root: Path, meta: _NnUNetJson, channel: int) -> tuple[DatasetInfo, list[Case]]:
     name = root.name
     labels = {k: int(v) for k, v in meta.labels.items() if isinstance(v, int) and v != 0}
+    regions = sorted({int(v) for r in meta.labels.values() if isinstance(r, list) for v in r} - {0})
     modality = meta.channel_names.get(str(channel), "")
     if str(channel) not in meta.channel_names:
         raise DataError(
@@ -187,7 +195,10 @@ def _load_nnunet(root: Path, meta: _NnUNetJson, channel: int) -> tuple[DatasetIn
                     classes=refs,
                 )
             )
-    return DatasetInfo(name=name, root=root, layout="nnunet", modality=modality, labels=labels), cases
+    info = DatasetInfo(
+        name=name, root=root, layout="nnunet", modality=modality, labels=labels, regions=regions
+    )
+    return info, cases
 
 
 def _load_msd(root: Path, meta: _MsdJson, channel: int) -> tuple[DatasetInfo, list[Case]]:

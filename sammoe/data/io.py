@@ -278,11 +278,22 @@ def label_values(volume: Volume) -> list[int]:
 
 def check_label_values(label: Volume, allowed: Iterable[int], source: str = "dataset.json") -> None:
     """Raise ``DataError`` if ``label`` holds values not in ``allowed``."""
+    check_declared(label.path, label_values(label), allowed, source)
+
+
+def check_declared(
+    path: str | os.PathLike | None,
+    values: Iterable[int],
+    allowed: Iterable[int],
+    source: str = "dataset.json",
+) -> None:
+    """Raise ``DataError`` naming the label file ``path`` if ``values`` (those it holds) are not in
+    ``allowed`` (0, background, always is)."""
     allowed_set = {int(v) for v in allowed} | {0}
-    extra = sorted(set(label_values(label)) - allowed_set)
+    extra = sorted({int(v) for v in values} - allowed_set)
     if extra:
         raise DataError(
-            f"{label.path}: label values {extra} are not declared in {source} "
+            f"{path}: label values {extra} are not declared in {source} "
             f"(declared: {sorted(allowed_set)}); "
             f"add them to its 'labels' or fix the label file"
         )

@@ -36,11 +36,11 @@ BORDER = "border"
 BORDER_VALUE = -1
 
 
-def _allowed(index: CaseIndex | None, dataset: str) -> list[int] | None:
+def declared_values(index: CaseIndex | None, dataset: str) -> list[int] | None:
     if index is None:
         return None
     try:
-        return list(index.dataset(dataset).labels.values())
+        return index.dataset(dataset).declared
     except KeyError:
         return None
 
@@ -124,7 +124,7 @@ class TargetDataset(Dataset):
         for attempt in range(len(self.targets)):
             used = (i + attempt) % len(self.targets)
             case, ref = self.targets[used]
-            cached = self.cache.load(case, _allowed(self.index, case.dataset))
+            cached = self.cache.load(case, declared_values(self.index, case.dataset))
             if ref.value in (BACKGROUND_VALUE, BORDER_VALUE):
                 box = (None, None, 1)
                 break
@@ -223,7 +223,7 @@ class CaseDataset(Dataset):
             target = read_label(case.label, like=volume).array == ref.value
         roi = first_click_input = None
         if self.crop and target is not None:
-            cached = self.cache.load(case, _allowed(self.index, case.dataset))
+            cached = self.cache.load(case, declared_values(self.index, case.dataset))
             box = None if ref.value == BACKGROUND_VALUE else cached.bboxes.get(ref.value)
             if box is not None:
                 roi = self.pre.crop(cached.resampled, label_value=ref.value, class_bbox=(box[0], box[1]))

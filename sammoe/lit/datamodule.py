@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from sammoe.data.cache import PreprocessCache
 from sammoe.data.datasets import Case, CaseIndex, ClassRef, build_index
+from sammoe.data.io import check_declared
 from sammoe.data.preprocess import Preprocessor
 from sammoe.errors import ConfigError, DataError
 from sammoe.eval.calibration import BACKGROUND
@@ -29,6 +30,7 @@ from sammoe.lit.crop_datasets import (
     CropSettings,
     TargetDataset,
     collate_cases,
+    declared_values,
 )
 
 
@@ -172,6 +174,21 @@ class SegDataModule(L.LightningDataModule):
             )
         else:
             self.test_targets = self.val_targets
+        self._check_labels([c for c, _ in self.train_targets + self.val_targets + self.test_targets])
+
+    def _check_labels(self, cases: Sequence[Case]) -> None:
+        """Every label map this run trains, validates or tests on, checked before the first batch: a float map
+        with non-integer values or a value dataset.json does not declare would otherwise surface only when a
+        batch draws that case (or never, in a short run). Memoised by content hash in the cache."""
+        seen: set = set()
+        for case in cases:
+            if case.label is None or case.label in seen:
+                continue
+            seen.add(case.label)
+            allowed = declared_values(self.index, case.dataset)
+            values = self.cache.label_values(case.label)
+            if allowed is not None:
+                check_declared(case.label, values, allowed, source=f"the labels of dataset {case.dataset}")
 
     def _click_targets(
         self, cases: Sequence[Case], count: int, value: int = BACKGROUND_VALUE, name: str = BACKGROUND
