@@ -10,8 +10,13 @@ file is removed and a file already at the target is left as it was. A file alrea
 folder (a verified download) is moved in by ``move_into_place``: the same rename and permissions, and it stays
 where it was when the disk refuses.
 
-``check_outputs`` runs before any long work: every output is compared with every input (a file, or any file
-inside an input folder such as a DICOM series) and with the other outputs, existing outputs need
+``write_files`` writes several outputs all or none: each to its own temp file, renamed only when every one was
+written, so a failure (or SIGTERM, turned into SystemExit while a write runs in the main thread) leaves no
+output and no temp file.
+
+``check_outputs`` runs before any long work: every output is compared with every input (a file, any file
+inside an input folder such as a DICOM series, and the data files an ``.mhd`` or ``.nhdr`` header names:
+``data_files``) and with the other outputs, existing outputs need
 ``overwrite``, and each target folder must accept a new file: one is created there (exclusively, under a
 random name) and removed, which also catches what ``os.access`` cannot see for root (a read-only file system,
 ``/proc``). A refusal leaves nothing on disk.
@@ -23,8 +28,11 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
+import signal
 import tempfile
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from sammoe.errors import DataError
@@ -64,34 +72,93 @@ def _fix(err: OSError) -> str:
     return "free some space or choose another folder" if err.errno in _NO_SPACE else "choose another folder"
 
 
+class _Terminated(SystemExit):
+    """SIGTERM arrived while a file was being written: the temp files go, then the process exits."""
+
+
+def _raise_on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated(128 + signum)
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While writing in the main thread with SIGTERM's default action (die at once, temp files left), make
+    it raise instead, so the ``except BaseException`` cleanup runs as for Ctrl-C. A handler someone else
+    installed is left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+    except (ValueError, OSError):
+        previous = None
+    if previous is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _new_temp(path: Path, suffix: str) -> tuple[int, Path]:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    except OSError as err:
+        raise _write_error(path, err) from err
+    return fd, Path(name)
+
+
+def _fill(fd: int, tmp: Path, content: bytes | Writer) -> None:
+    if isinstance(content, (bytes, bytearray, memoryview)):
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+    else:
+        os.close(fd)
+        content(tmp)
+
+
 def write_file(path: str | os.PathLike[str], content: bytes | Writer, *, suffix: str = "") -> Path:
     """Write ``content`` (bytes, or a function that writes a given path) to ``path`` atomically.
 
     ``suffix`` is the temp file's ending, for writers that choose the format by name (``.nii.gz``).
     """
-    path = Path(path)
-    folder = path.parent
+    return write_files([(path, content, suffix)])[0]
+
+
+_STAGED: dict[Path, Path] = {}  # temp file -> the output it becomes, while write_files runs
+
+
+def write_files(contents: Sequence[tuple[str | os.PathLike[str], bytes | Writer, str]]) -> list[Path]:
+    """Write each ``(path, content, suffix)`` (as ``write_file``) all or none: every content goes to its temp
+    file first; only when all are written are they renamed into place. A failure, Ctrl-C or SIGTERM before
+    that leaves no output and no temp file."""
+    staged: list[tuple[Path, Path]] = []
+    current: Path | None = None
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=folder)
-    except OSError as err:
-        raise _write_error(path, err) from err
-    tmp = Path(name)
-    try:
-        if isinstance(content, (bytes, bytearray, memoryview)):
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(content)
-        else:
-            os.close(fd)
-            content(tmp)
-        move_into_place(tmp, path)  # flushed to disk, umask permissions, one rename
+        with _sigterm_raises():
+            for target, content, suffix in contents:
+                current = Path(target)
+                fd, tmp = _new_temp(current, suffix)
+                staged.append((tmp, current))
+                _STAGED[tmp] = current
+                _fill(fd, tmp, content)
+            for tmp, path in staged:
+                current = path
+                move_into_place(tmp, path)  # flushed to disk, umask permissions, one rename
     except BaseException as err:
-        with contextlib.suppress(OSError):  # the error that stopped the write is the one to report
-            tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise _write_error(path, err) from err
+        for tmp, _ in staged:
+            with contextlib.suppress(OSError):  # the error that stopped the write is the one to report
+                tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and current is not None:
+            raise _write_error(current, err) from err
         raise
-    return path
+    finally:
+        for tmp, _ in staged:
+            _STAGED.pop(tmp, None)
+    return [path for _, path in staged]
 
 
 def move_into_place(source: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
@@ -113,6 +180,7 @@ def _write_error(path: Path, err: OSError) -> Exception:
     """A disk's refusal as one line naming the file and the fix; any other error as it was."""
     if err.errno not in _DISK_ERRORS:
         return err
+    path = _STAGED.get(path, path)  # a writer that writes its temp file through write_file: the output
     kept = " (the existing file is unchanged)" if path.exists() else ""
     return DataError(f"cannot write {path}: {_reason(err)}{kept}; {_fix(err)}")
 
@@ -130,6 +198,70 @@ def _refuses_new_files(folder: Path) -> OSError | None:
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
     return write_file(path, text.encode("utf-8"))
+
+
+_HEADER_BYTES = 1 << 16  # a detached header is a few lines; the data of an attached one is never read
+_MAX_PATTERN_FILES = 100_000
+_METAIO_SUFFIXES = (".mhd", ".mha")
+_NRRD_SUFFIXES = (".nhdr", ".nrrd")
+
+
+def _pattern_files(value: str) -> list[str] | None:
+    """``fmt min max step [subdim]`` (NRRD; MetaImage's ``fmt min max step``): the names it expands to."""
+    parts = value.split()
+    if len(parts) not in (4, 5) or "%" not in parts[0]:
+        return None
+    try:
+        first, last, step = (int(v) for v in parts[1:4])
+        if step == 0:
+            return None
+        stop = last + (1 if step > 0 else -1)
+        return [parts[0] % i for i in range(first, stop, step)[:_MAX_PATTERN_FILES]]
+    except (TypeError, ValueError):
+        return None
+
+
+def data_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The other files an image header names for its voxels: the ``ElementDataFile`` of a MetaImage
+    (``.mhd``/``.mha``) or the ``data file`` of a NRRD (``.nhdr``/``.nrrd``): one file, a ``LIST`` of them or
+    a numbered pattern, relative to the header's folder. Reads only the small text header (no torch, no
+    image library); [] for other formats, inline data or a header that cannot be read."""
+    path = Path(path)
+    name = path.name.lower()
+    metaio = name.endswith(_METAIO_SUFFIXES)
+    if not (metaio or name.endswith(_NRRD_SUFFIXES)):
+        return []
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_HEADER_BYTES)
+    except OSError:
+        return []
+    lines = head.decode("latin-1").splitlines()
+    names: list[str] = []
+    for i, line in enumerate(lines):
+        if not metaio and not line.strip():
+            break  # end of a NRRD header: attached data follows
+        if metaio:
+            key, sep, value = line.partition("=")
+            found = sep and key.strip().lower() == "elementdatafile"
+        else:
+            key, sep, value = line.partition(":")
+            found = sep and re.sub(r"\s+", "", key).lower() == "datafile" and not line.startswith("#")
+        if not found:
+            continue
+        value = value.strip()
+        if value.upper() == "LOCAL" or not value:
+            return []
+        if value.split()[0].upper() == "LIST":
+            rest = lines[i + 1 :]
+            if not metaio and "" in (r.strip() for r in rest):
+                rest = rest[: [r.strip() for r in rest].index("")]
+            names = [t for r in rest for t in (r.split() if metaio else [r.strip()]) if t]
+        else:
+            names = _pattern_files(value) or [value]
+        break
+    folder = path.parent
+    return [folder / Path(os.path.expanduser(n)) for n in names]
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -150,14 +282,19 @@ def check_outputs(
     input, coincide with another output, exist already (without ``overwrite``) or land in a folder that is
     not a folder that accepts a new file (tried for real: ``os.access`` says yes to root everywhere). Keys are
     the option names used in messages (``--out``)."""
-    resolved_inputs = {k: Path(v).resolve() for k, v in inputs.items() if v is not None}
+    resolved_inputs: list[tuple[str, Path]] = []
+    for key, value in inputs.items():
+        if value is None:
+            continue
+        resolved_inputs.append((key, Path(value).resolve()))
+        resolved_inputs += [(f"{key}'s data file", f.resolve()) for f in data_files(value)]
     seen: dict[Path, str] = {}
     for option, value in outputs.items():
         if value is None:
             continue
         path = Path(value)
         target = path.resolve()
-        for in_option, source in resolved_inputs.items():
+        for in_option, source in resolved_inputs:
             if target == source or (source.is_dir() and _inside(target, source)):
                 raise DataError(
                     f"{option} {path}: would replace "

@@ -21,6 +21,8 @@ from typing import Any
 
 from sammoe.errors import ConfigError
 
+SEEDED = "seeded"  # sammoe.loading.checkpoints.SEEDED (refused by choose_checkpoint), without importing torch
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line instead of usage + message
@@ -171,6 +173,25 @@ def _outputs(args: argparse.Namespace) -> Any:
     return SegmentationOutputs(args.out, args.probabilities, args.report, args.png)
 
 
+def _inputs(args: argparse.Namespace) -> dict[str, Any]:
+    """Every file the command reads, for ``check_outputs``: the clicks, the gate, the weights the
+    --checkpoint name stands for (turbo's cached file, the demo model and its gate) and every installed
+    expert's files (an image's data files are found by ``check_outputs`` itself)."""
+    from sammoe import assets
+    from sammoe.hub import DEMO, REGISTRY, TURBO, cached
+    from sammoe.inference.outputs import expert_inputs
+
+    inputs: dict[str, Any] = {"--clicks": args.clicks, "--gate": args.gate}
+    name = TURBO if args.checkpoint is None else args.checkpoint
+    if name == DEMO:
+        inputs.update({"--checkpoint demo": assets.FOUNDATION_TINY, "the demo gate": assets.GATE_TINY})
+    elif name in REGISTRY:
+        inputs[f"--checkpoint {name}"] = cached(name)
+    elif name != SEEDED:
+        inputs["--checkpoint"] = name
+    return {**inputs, **expert_inputs()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     try:
@@ -179,8 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(exit_.code or 0)
     targets = _targets(args)
     outputs = _outputs(args)
-    inputs = {"--clicks": args.clicks, "--checkpoint": args.checkpoint, "--gate": args.gate}
-    outputs.check(args.image, inputs, overwrite=args.overwrite)
+    outputs.check(args.image, _inputs(args), overwrite=args.overwrite)
     if args.channel is not None and args.channel < 0:
         raise ConfigError("--channel must be >= 0")
     if not 0 <= args.share_roi <= 0.5:

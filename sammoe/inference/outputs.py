@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +21,9 @@ import numpy as np
 from sammoe.data.dicom_seg import check_available, is_dicom_seg
 from sammoe.data.formats import is_seg_nrrd
 from sammoe.data.io import Volume, is_nifti, write_label
-from sammoe.errors import ConfigError
+from sammoe.errors import ConfigError, DataError, PluginError
 from sammoe.eval.overlay import overlay_slices, target_centre
-from sammoe.files import check_outputs, write_file, write_text
+from sammoe.files import check_outputs, write_file, write_files
 from sammoe.inference.targets import Segmentation, Target, check_target
 
 PathLike = str | os.PathLike
@@ -64,14 +64,27 @@ class SegmentationOutputs:
     def write(
         self, seg: Segmentation, targets: Sequence[Target], report: dict[str, Any], *, overwrite: bool
     ) -> None:
-        """Write every named output of ``seg``; ``check`` must have passed. ``report`` gets the outputs."""
-        write_label(
-            self.labels, seg.labels, seg.volume, overwrite=overwrite, segments=seg.segments(), checked=True
-        )
+        """Write every named output of ``seg``, all or none: the picture and report are made first, each file
+        goes to a temp file, and they are renamed into place only when all were written (a failure leaves no
+        output and no temp file). ``check`` must have passed. ``report`` gets the outputs."""
+        png = _picture(Path(self.png), seg, targets) if self.png else None
+        segments = seg.segments()
+
+        def labels(tmp: Path) -> None:  # the temp file exists: write_label replaces it
+            write_label(tmp, seg.labels, seg.volume, overwrite=True, segments=segments, checked=True)
+
+        contents: list[tuple[PathLike, Any, str]] = [(self.labels, labels, _format_suffix(self.labels))]
         if self.probabilities:
-            write_probabilities(Path(self.probabilities), seg.probabilities, seg.volume)
-        if self.png:
-            write_file(Path(self.png), overlay_png(seg, targets))
+            probabilities = Path(self.probabilities)
+            contents.append(
+                (
+                    probabilities,
+                    _probabilities_writer(seg.probabilities, seg.volume),
+                    _format_suffix(probabilities),
+                )
+            )
+        if png is not None:
+            contents.append((Path(self.png), png, ".png"))
         report["outputs"] = {
             key: str(value)
             for key, value in (
@@ -82,19 +95,74 @@ class SegmentationOutputs:
             if value
         }
         if self.report:
-            write_text(self.report, json.dumps(report, indent=2, allow_nan=False) + "\n")
+            text = json.dumps(report, indent=2, allow_nan=False) + "\n"
+            contents.append((self.report, text.encode("utf-8"), ""))
+        write_files(contents)
 
 
-def write_probabilities(path: Path, probs: Any, reference: Volume) -> Path:
-    """Foreground probabilities as float32 NIfTI on the reference's grid (one volume per target)."""
+def _format_suffix(path: PathLike) -> str:
+    """The ending a writer chooses its format by, for the temp file's name."""
+    name = str(path).lower()
+    return next((s for s in (".nii.gz", ".seg.nrrd", ".nii", ".dcm") if name.endswith(s)), "")
+
+
+def _picture(path: Path, seg: Segmentation, targets: Sequence[Target]) -> bytes:
+    """The overlay PNG's bytes; a volume it cannot draw is one line (nothing is written then)."""
+    try:
+        return overlay_png(seg, targets)
+    except (ValueError, IndexError, TypeError, RuntimeError) as err:
+        why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(
+            f"--png {path}: cannot draw the picture of this {'x'.join(map(str, seg.volume.shape))} image "
+            f"({why}); nothing was written; leave out --png"
+        ) from err
+
+
+def _probabilities_writer(probs: Any, reference: Volume) -> Callable[[Path], None]:
     import nibabel as nib
 
     header = reference.header.copy() if isinstance(reference.header, nib.Nifti1Header) else None
     image = nib.Nifti1Image(np.asarray(probs, dtype=np.float32), reference.affine, header=header)
     image.set_data_dtype(np.float32)
     image.header.set_slope_inter(1.0, 0.0)
+    return lambda tmp: nib.save(image, str(tmp))
+
+
+def write_probabilities(path: Path, probs: Any, reference: Volume) -> Path:
+    """Foreground probabilities as float32 NIfTI on the reference's grid (one volume per target)."""
     suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
-    return write_file(path, lambda tmp: nib.save(image, str(tmp)), suffix=suffix)
+    return write_file(path, _probabilities_writer(probs, reference), suffix=suffix)
+
+
+def expert_inputs() -> dict[str, Path]:
+    """The files of every installed expert plugin (its weights, router, manifest and manifest function's
+    module), for ``check_outputs``: no output may replace them. Found through ``discover`` (no torch)."""
+    import sys
+    from importlib import resources
+
+    from sammoe.plugins import checksums
+    from sammoe.plugins.discovery import discover
+
+    found: dict[str, Path] = {}
+    for record in discover(None):
+        manifest = record.manifest
+        if manifest is None:
+            continue
+        refs = {"weights": manifest.weights, "router": manifest.router}
+        for what, ref in refs.items():
+            if ref is None:
+                continue
+            try:
+                found[f"expert {record.name}'s {what}"] = checksums.resolve(ref)
+            except PluginError:
+                continue
+            if ref.package is not None:
+                root = resources.files(ref.package)  # importable: resolve found the file in it
+                found[f"expert {record.name}'s manifest"] = Path(str(root.joinpath("manifest.json")))
+        module = sys.modules.get((record.entry_point or "").partition(":")[0])
+        if getattr(module, "__file__", None):
+            found[f"expert {record.name}'s module"] = Path(module.__file__)
+    return found
 
 
 def overlay_png(seg: Segmentation, targets: Sequence[Target]) -> bytes:

@@ -172,13 +172,18 @@ def seeded_backbone(preset: str) -> SamMed3D:
         return SamMed3D(PRESETS[preset])
 
 
+def _is_seeded(checkpoint: str | Path) -> bool:
+    """The name ``"seeded"``, not a path: ``Path("./seeded")`` (a file of that name) prints as ``seeded``."""
+    return isinstance(checkpoint, str) and checkpoint == SEEDED
+
+
 def load_backbone(checkpoint: str | Path | None = None, preset: str = "auto") -> SamMed3D:
     """The backbone of ``checkpoint`` (see the module docstring), in eval mode."""
     if preset != "auto" and preset not in PRESETS:
         raise CheckpointError(f"unknown preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")
     if isinstance(checkpoint, str) and (checkpoint == DEMO or checkpoint in REGISTRY):
         checkpoint = resolve_checkpoint(checkpoint).path  # demo: None, the shipped tiny model
-    if checkpoint is None or str(checkpoint) == SEEDED:
+    if checkpoint is None or _is_seeded(checkpoint):
         name = "tiny" if preset == "auto" else preset
         default = default_checkpoint(name) if checkpoint is None else None
         if default is None:
@@ -211,7 +216,7 @@ def preset_of(model: SamMed3D) -> str:
 
 def backbone_source(preset: str, checkpoint: str | Path | None = None) -> str:
     """Where ``load_backbone(checkpoint, preset)`` takes its weights from, for messages and READMEs."""
-    if checkpoint is not None and str(checkpoint) != SEEDED:
+    if checkpoint is not None and not _is_seeded(checkpoint):
         return Path(checkpoint).name
     default = default_checkpoint(preset) if checkpoint is None else None
     if default is not None:

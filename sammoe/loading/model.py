@@ -10,7 +10,7 @@ from typing import Any
 
 from sammoe.errors import CheckpointError, ConfigError, PluginError
 from sammoe.hub import REGISTRY, TURBO, ResolvedCheckpoint, cached, resolve_checkpoint
-from sammoe.loading.checkpoints import load_backbone, preset_of
+from sammoe.loading.checkpoints import SEEDED, load_backbone, preset_of
 from sammoe.loading.experts import expert_router, load_experts
 from sammoe.loading.gate import load_gate
 from sammoe.model.moe import SamMoE
@@ -26,12 +26,25 @@ DEMO_WARNING = (
 )
 
 
-def choose_checkpoint(checkpoint: str | os.PathLike | ResolvedCheckpoint | None) -> ResolvedCheckpoint:
+SEEDED_REFUSAL = (
+    "--checkpoint seeded is an untrained model for tests; choose turbo, demo or a weights file (./seeded for "
+    "a file of that name)"
+)
+
+
+def choose_checkpoint(
+    checkpoint: str | os.PathLike | ResolvedCheckpoint | None, *, untrained_ok: bool = False
+) -> ResolvedCheckpoint:
     """The model the user asked for; None means turbo if its weights are cached. Refuses in one line, before
-    any image is read, when nothing was chosen and nothing is cached. An already resolved checkpoint is
-    returned as it is (a command resolves the model once)."""
+    any image is read, when nothing was chosen and nothing is cached, and for ``"seeded"`` (the untrained
+    initialisation: only with ``untrained_ok``; a file of that name is ``./seeded``). An already resolved
+    checkpoint is returned as it is (a command resolves the model once)."""
     if isinstance(checkpoint, ResolvedCheckpoint):
         return checkpoint
+    if isinstance(checkpoint, str) and checkpoint == SEEDED:
+        if not untrained_ok:
+            raise CheckpointError(SEEDED_REFUSAL)
+        return ResolvedCheckpoint(path=None, name=SEEDED)
     if checkpoint is None:
         if cached(TURBO) is None:
             raise CheckpointError(
@@ -71,9 +84,10 @@ def load_model(
     from sammoe import assets
     from sammoe.model.moe import FOUNDATION
 
-    chosen = choose_checkpoint(checkpoint)
+    # "seeded" only with an explicit preset (tests build the untrained model on purpose), and said so
+    chosen = choose_checkpoint(checkpoint, untrained_ok=preset != "auto")
     shipped = chosen.is_demo
-    checkpoint = assets.FOUNDATION_TINY if shipped else chosen.path
+    checkpoint = assets.FOUNDATION_TINY if shipped else (SEEDED if chosen.name == SEEDED else chosen.path)
     if shipped and not Path(checkpoint).is_file():
         raise CheckpointError(
             f"the shipped demo model {checkpoint} is missing; create it with `make foundation` in the sammoe "
@@ -90,9 +104,10 @@ def load_model(
             "gate": None,
         }
     }
-    if shipped:
-        info["model"]["warning"] = DEMO_WARNING
-        warnings.warn(DEMO_WARNING, UserWarning, stacklevel=2)
+    if shipped or chosen.name == SEEDED:
+        warning = DEMO_WARNING if shipped else f"the {preset} preset's seeded initialisation is untrained"
+        info["model"]["warning"] = warning
+        warnings.warn(warning, UserWarning, stacklevel=2)
     if isinstance(experts, str):
         experts = (
             [] if experts.strip() in ("none", "") else [e.strip() for e in experts.split(",") if e.strip()]
