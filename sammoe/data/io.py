@@ -179,7 +179,9 @@ def read_image(path: str | os.PathLike, channel: int | None = None) -> Volume:
 
     4D data with one volume is squeezed; several volumes need ``channel``. Raises ``DataError`` for a missing,
     unreadable or truncated file, a header larger than ``max_voxels()``, non-3D, colour, complex or constant
-    data, NaN/inf intensities, a singular affine, or a DICOM series with missing or uneven slices.
+    data, NaN/inf intensities, a singular affine, a NIfTI header its data contradicts (voxels inside the
+    header, no voxel size, a vector intent, a bad gzip CRC), or a DICOM series that is not one orthogonal
+    stack (missing or uneven slices, mixed orientation or pixel spacing, degenerate cosines, gantry tilt).
     """
     volume = _read_volume(path, channel)
     check_not_constant(volume)
