@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from sammoe.data.clicks import next_click_from_error
+from sammoe.data.clicks_file import round_voxel
 from sammoe.data.preprocess import Preprocessor, official_crop_start
 from sammoe.errors import ConfigError
 from sammoe.eval.calibration import BACKGROUND
 from sammoe.inference.predictor import Predictor, Target
-from sammoe.interact.roi import click_centred_start, draw_click, round_voxel, seeded_first_click
+from sammoe.interact.roi import click_centred_start, draw_click, seeded_first_click
 from sammoe.interact.rollout import StepOutput, evaluation_rollout
 from sammoe.lit.phantom_data import PhantomDataModule
 from sammoe.loading import load_backbone

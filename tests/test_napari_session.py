@@ -204,3 +204,13 @@ def test_undo_and_a_new_target_cost_one_target_not_the_history(
     removed = session.reset(a.id)
     assert removed.path == "remove" and [v.value for v in removed.targets] == [0, 1]
     assert np.array_equal(removed.labels, fresh(shipped_tiny_checkpoint, volume, cli_targets(session)))
+
+
+def test_the_session_imports_no_torch():
+    """Docking the widget must not import torch on napari's GUI thread (seconds on a laptop): the session and
+    the targets it validates clicks with stay torch-free; the model loads in a worker."""
+    import subprocess
+    import sys
+
+    code = "import sys, sammoe.napari.session; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

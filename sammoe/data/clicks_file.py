@@ -15,11 +15,17 @@ import os
 from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from sammoe.data.markups import is_markups, read_markups
 from sammoe.errors import ConfigError
 
 SPACES = ("voxel", "ras", "lps")
+# The same click given in voxels and in mm differs by float noise only; a tiny bias makes both round the same
+# way at exact half-voxel positions.
+_ROUND_EPS = 1e-6
 _TOP_KEYS = {"space", "targets"}
 # written beside the clicks by the napari plugin's save, for the record; not read
 _RECORD_KEYS = {"image", "model", "results"}
@@ -94,3 +100,8 @@ def _target(file: Path, i: int, item: object, space: str) -> ClickTarget:
     if not isinstance(name, str):
         raise ConfigError(f"{where} name must be a string")
     return ClickTarget(name, points, None if labels is None else [int(v) for v in labels], space)
+
+
+def round_voxel(points: Any) -> np.ndarray:
+    """The voxel indices that click coordinates (voxel units, floats) fall in."""
+    return np.floor(np.asarray(points, dtype=np.float64) + 0.5 + _ROUND_EPS).astype(np.int64)

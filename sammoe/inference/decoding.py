@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from sammoe.data.clicks_file import round_voxel
 from sammoe.inference.roi_cache import EncodedRoi, TargetState
-from sammoe.interact.roi import round_voxel
 from sammoe.model.moe import SamMoE
 from sammoe.model.sam3d import SamMed3D
 

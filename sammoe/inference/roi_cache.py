@@ -15,10 +15,11 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from sammoe.data.clicks_file import round_voxel
 from sammoe.data.lazy_resample import LazyResampled
 from sammoe.data.preprocess import Preprocessor, Resampled, Roi
 from sammoe.inference.targets import TargetResult
-from sammoe.interact.roi import click_centred_start, round_voxel
+from sammoe.interact.roi import click_centred_start
 
 
 @dataclass

@@ -17,10 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from sammoe.data.clicks_file import SPACES
+from sammoe.data.clicks_file import SPACES, round_voxel
 from sammoe.data.io import Volume, write_label
-from sammoe.errors import DataError
-from sammoe.interact.roi import round_voxel
+from sammoe.errors import ConfigError, DataError
 
 _LPS_RAS = np.array([-1.0, -1.0, 1.0])
 
@@ -162,10 +161,42 @@ def to_input_voxels(volume: Volume, points: Any, space: str) -> np.ndarray:
     return pts @ inv[:3, :3].T + inv[:3, 3]
 
 
+_FINE = object()
+
+
+def _not_a_number(points: Any, depth: int = 0) -> Any:
+    """The first coordinate that is a bool, a string or None (numpy would read them as 1.0, a number or
+    NaN); ``_FINE`` when there is none. Clicks are (N, 3): nesting deeper than that is refused by shape."""
+    if isinstance(points, np.ndarray):
+        if points.dtype.kind in "bUSc":
+            return points.reshape(-1)[0] if points.size else _FINE
+        if points.dtype.kind != "O":
+            return _FINE
+        points = points.reshape(-1).tolist()
+    if isinstance(points, (bool, np.bool_, str, bytes)) or points is None:
+        return points
+    if isinstance(points, (list, tuple)) and depth < 3:
+        for value in points:
+            odd = _not_a_number(value, depth + 1)
+            if odd is not _FINE:
+                return odd
+    return _FINE
+
+
 def check_target(target: Target, index: int, volume: Volume) -> tuple[str, np.ndarray, np.ndarray]:
     """Validate one target; returns (name, input voxel coordinates (N, 3), labels (N,))."""
+    if not isinstance(target, Target):
+        raise ConfigError(
+            f"targets[{index}]: expected a Target, got {type(target).__name__} {str(target)[:60]}; "
+            "write Target([[x, y, z]], name=...)"
+        )
     name = target.name or f"target_{index + 1}"
     where = f"target {name!r}"
+    odd = _not_a_number(target.points)
+    if odd is not _FINE:
+        raise DataError(
+            f"{where}: click coordinates must be numbers [x, y, z]; got {odd!r} ({type(odd).__name__})"
+        )
     if target.space not in SPACES:
         raise DataError(
             f"{where}: unknown coordinate system {target.space!r}; use one of {', '.join(SPACES)}"

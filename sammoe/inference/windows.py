@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from sammoe.data.clicks_file import round_voxel
 from sammoe.data.inverse import invert_probability
 from sammoe.data.lazy_resample import LazyResampled
 from sammoe.data.preprocess import Resampled, Roi
 from sammoe.inference.decoding import ClickDecoder
 from sammoe.inference.roi_cache import RoiCache, TargetState
-from sammoe.interact.roi import round_voxel
 from sammoe.interact.sliding_window import deepest_prior_voxel, sliding_window
 
 

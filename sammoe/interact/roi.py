@@ -29,22 +29,16 @@ from typing import Any
 
 import numpy as np
 
+from sammoe.data.clicks_file import round_voxel
 from sammoe.data.preprocess import Preprocessor, Resampled, Roi
 
 CROP_MODES = ("click", "bbox")
-# The same click given in voxels and in mm differs by float noise only; a tiny bias makes both round the same
-# way at exact half-voxel positions.
-_ROUND_EPS = 1e-6
 
 
 def check_crop_mode(mode: str) -> str:
     if mode not in CROP_MODES:
         raise ValueError(f"crop must be one of {', '.join(CROP_MODES)}, got {mode!r}")
     return mode
-
-
-def round_voxel(points: Any) -> np.ndarray:
-    return np.floor(np.asarray(points, dtype=np.float64) + 0.5 + _ROUND_EPS).astype(np.int64)
 
 
 def click_centred_start(pre: Preprocessor, res: Resampled, click_input: Any) -> np.ndarray:
