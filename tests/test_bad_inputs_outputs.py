@@ -256,3 +256,156 @@ def test_sigterm_while_writing_leaves_no_temp_file(tmp_path):
     assert done.returncode == 128 + 15, done.stderr
     assert "still running" not in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------- sammoe fit: outputs vs inputs
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> Path:
+    from sammoe.data.phantoms import make_phantom_dataset
+
+    root = tmp_path_factory.mktemp("fit_phantoms") / "ds"
+    make_phantom_dataset(root, n_cases=3, n_test=1, shape=(48, 48, 32), spacing=(2.0, 2.0, 3.0))
+    return root
+
+
+def _fit_config(path: Path, run: Path, root: Path, checkpoint: str = "seeded", extra: str = "") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        textwrap.dedent(
+            f"""\
+            seed_everything: 0
+            trainer:
+              accelerator: cpu
+              devices: 1
+              max_epochs: 1
+              limit_train_batches: 1
+              limit_val_batches: 0
+              num_sanity_val_steps: 0
+              enable_progress_bar: false
+              enable_model_summary: false
+              enable_checkpointing: false
+              default_root_dir: {run}
+              logger: false
+            model:
+              class_path: ExpertFinetune
+              init_args:
+                name: spinal_cord
+                checkpoint: {checkpoint}
+                task: {{classes: {{spinal_cord: 5}}, modality: CT, dataset: phantom}}
+                num_iterations: 2
+                click_counts: [1]
+                nsd_tolerance_mm: null{extra}
+            data:
+              class_path: PhantomDataModule
+              init_args:
+                root: {root}
+                cache_dir: {run.parent / "cache"}
+                n_cases: 3
+                n_test: 1
+                crop_size: 64
+                batch_size: 1
+                val_fraction: 0.34
+                classes: [spinal_cord, liver, kidney_left]
+            """
+        )
+    )
+    return path
+
+
+@pytest.fixture
+def _offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setattr(sys, "argv", ["sammoe"])
+
+
+def _fit(capsys, *argv) -> tuple[int, str]:
+    rc = main(["fit", *map(str, argv)])
+    return rc, capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("_offline")
+def test_fit_refuses_to_save_its_config_over_the_config_it_was_started_from(tmp_path, capsys, phantoms):
+    run = tmp_path / "run"
+    config = _fit_config(run / "config.yaml", run, phantoms)
+    before = config.read_text()
+    rc, err = _fit(capsys, "--config", config)
+    assert rc == 2
+    line = _one_error(err)
+    assert "config.yaml" in line and "would replace the input --config" in line, line
+    assert config.read_text() == before and not (run / "expert").exists()
+
+
+@pytest.mark.usefixtures("_offline")
+def test_fit_refuses_to_export_over_its_checkpoint_or_its_dataset(
+    tmp_path, capsys, phantoms, shipped_tiny_checkpoint
+):
+    weights = tmp_path / "start.safetensors"
+    shutil.copy(shipped_tiny_checkpoint, weights)
+    label = sorted((phantoms / "labelsTr").iterdir())[0]
+    cases = [
+        (weights, weights, "model.init_args.checkpoint"),
+        (weights, label, "labelsTr"),
+        (weights, phantoms / "dataset.json", "dataset.json"),
+    ]
+    for checkpoint, export, named in cases:
+        before = export.read_bytes()
+        run = tmp_path / f"run_{export.stem}"
+        cfg = _fit_config(tmp_path / "c.yaml", run, phantoms, str(checkpoint))
+        args = [
+            "--config",
+            cfg,
+            "--model.init_args.export_path",
+            export,
+            "--model.init_args.trainable",
+            "all",
+        ]
+        rc, err = _fit(capsys, *args)
+        assert rc == 2, (export, err)
+        line = _one_error(err)
+        assert "model.init_args.export_path" in line and named in line, line
+        assert export.read_bytes() == before and not (run / "model.safetensors").exists()
+    # the run folder's own export over the starting weights (a finetuning restarted from its own output)
+    run = tmp_path / "again"
+    own = run / "expert" / "decoder.safetensors"
+    own.parent.mkdir(parents=True)
+    shutil.copy(shipped_tiny_checkpoint, own)
+    rc, err = _fit(capsys, "--config", _fit_config(tmp_path / "d.yaml", run, phantoms, str(own)))
+    assert rc == 2 and "the run folder's expert/decoder.safetensors" in _one_error(err), err
+
+
+def test_gate_and_router_exports_are_checked_against_their_inputs(tmp_path):
+    from sammoe.cli.train import check_run_outputs
+    from sammoe.errors import SammoeError
+
+    gate = tmp_path / "gate.safetensors"
+    gate.write_bytes(b"a trained gate")
+    decoder = tmp_path / "expert" / "decoder.safetensors"
+    decoder.parent.mkdir()
+    decoder.write_bytes(b"an expert")
+    trainer = {"default_root_dir": str(tmp_path / "run"), "logger": False}
+    gate_model = {"class_path": "sammoe.lit.GateTraining", "init_args": {"gate": str(gate)}}
+    with pytest.raises(SammoeError, match=r"model.init_args.export_path .* model.init_args.gate"):
+        check_run_outputs(
+            {
+                "trainer": trainer,
+                "model": {**gate_model, "init_args": {"gate": str(gate), "export_path": str(gate)}},
+            },
+            "fit",
+        )
+    files_model = {
+        "class_path": "sammoe.lit.GateTraining",
+        "init_args": {"expert_files": {"a": str(decoder.with_name("gate.safetensors"))}},
+    }  # an expert file named like the gate the run folder gets
+    with pytest.raises(SammoeError, match="gate.safetensors: would replace the input model.init_args.expert"):
+        check_run_outputs({"trainer": {"default_root_dir": str(decoder.parent)}, "model": files_model}, "fit")
+    router = {"class_path": "sammoe.lit.RouterTraining", "init_args": {"export_path": str(decoder)}}
+    wandb = {"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {"save_dir": str(tmp_path)}}
+    check_run_outputs({"trainer": {"logger": wandb}, "model": router}, "fit")  # a router beside its decoder
+    with pytest.raises(SammoeError, match="router_config.yaml"):
+        check_run_outputs(
+            {"trainer": {"logger": wandb}, "model": router, "config": [str(tmp_path / "router_config.yaml")]},
+            "fit",
+        )
+    check_run_outputs({"trainer": trainer, "model": gate_model}, "fit")  # nothing replaced: no error

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from sammoe.errors import SammoeError
@@ -94,8 +95,115 @@ def _build_cli_classes() -> tuple[type, type]:
 
         def before_instantiate_classes(self) -> None:
             self._check_ckpt_path()
+            subcommand = self.config.get("subcommand")
+            if subcommand:
+                check_run_outputs(self.config.get(subcommand), subcommand)
 
     return SafeResumeCLI, ConfigToRunDir
+
+
+def _get(config: Any, key: str, default: Any = None) -> Any:
+    """``config[key]`` of a jsonargparse Namespace or a dict (None-safe)."""
+    if config is None:
+        return default
+    value = config.get(key) if hasattr(config, "get") else getattr(config, key, None)
+    return default if value is None else value
+
+
+def _run_dir(trainer: Any) -> Path | None:
+    """The run folder Lightning will use (``trainer.log_dir``) as far as the config tells before anything is
+    built: a save_dir logger's folder (W&B), the default_root_dir without a logger; None when a
+    TensorBoard/CSV logger adds a new version folder."""
+    root = Path(_get(trainer, "default_root_dir", os.getcwd()))
+    logger = _get(trainer, "logger", False)
+    if isinstance(logger, list):
+        logger = logger[0] if logger else False
+    if logger is False:
+        return root
+    if logger is True or not hasattr(logger, "get"):
+        return None  # Lightning's default logger: <root>/lightning_logs/version_N, new each run
+    class_path = str(_get(logger, "class_path", ""))
+    if class_path.endswith(("TensorBoardLogger", "CSVLogger")):
+        return None
+    return Path(_get(_get(logger, "init_args"), "save_dir", "."))
+
+
+def _model_class(model: Any) -> type | None:
+    from importlib import import_module
+
+    module, _, name = str(_get(model, "class_path", "")).rpartition(".")
+    try:
+        return getattr(import_module(module), name) if module else None
+    except (ImportError, AttributeError):
+        return None
+
+
+def _weights_inputs(args: Any) -> dict[str, Any]:
+    """The files the model reads: its starting weights (a name -> the file it stands for), a gate, experts."""
+    from sammoe import assets
+    from sammoe.hub import DEMO, REGISTRY, cached
+    from sammoe.loading.checkpoints import SEEDED, default_checkpoint
+
+    found: dict[str, Any] = {}
+    checkpoint = _get(args, "checkpoint")
+    if checkpoint is None:
+        checkpoint = default_checkpoint(str(_get(args, "preset", "tiny")))
+    elif checkpoint == DEMO:
+        checkpoint = assets.FOUNDATION_TINY
+    elif checkpoint in REGISTRY:
+        checkpoint = cached(str(checkpoint))
+    elif checkpoint == SEEDED:
+        checkpoint = None
+    found["model.init_args.checkpoint"] = checkpoint
+    found["model.init_args.gate"] = _get(args, "gate")
+    for name, path in dict(_get(args, "expert_files", {}) or {}).items():
+        found[f"model.init_args.expert_files {name}"] = path
+    return found
+
+
+def _dataset_inputs(args: Any) -> dict[str, Path]:
+    """A dataset's images, labels and dataset.json (nnU-Net layout under each root)."""
+    roots = _get(args, "roots", []) or []
+    roots = [roots] if isinstance(roots, (str, os.PathLike)) else list(roots)
+    if _get(args, "root") is not None:
+        roots.append(_get(args, "root"))
+    found: dict[str, Path] = {}
+    for root in map(Path, roots):
+        for part in ("dataset.json", "imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+            found[f"the dataset's {root / part}"] = root / part
+    return found
+
+
+def check_run_outputs(config: Any, subcommand: str) -> None:
+    """Refuse, before anything is built or trained, a run whose outputs would replace its inputs: the
+    exported weights (run folder's and ``export_path``) and the saved config over the starting weights, a
+    gate or expert file, an image or label of its dataset, or a ``--config`` file it was started from. The
+    run's own earlier outputs are replaced, as on any rerun."""
+    from sammoe.files import check_outputs
+
+    if config is None:
+        return
+    model, trainer = _get(config, "model"), _get(config, "trainer")
+    args = _get(model, "init_args", {})
+    run_dir = _run_dir(trainer)
+    outputs: dict[str, Path] = {}
+    cls = _model_class(model)
+    if run_dir is not None:
+        name = getattr(cls, "config_filename", "config.yaml")
+        outputs[f"the run folder's {name} (saved config)"] = run_dir / name
+    if subcommand == "fit" and hasattr(cls, "export_targets"):
+        outputs.update(cls.export_targets(args, run_dir))
+    inputs: dict[str, Any] = {}
+    for i, path in enumerate(_get(config, "config", []) or []):
+        inputs[f"--config {path}" if i == 0 else f"--config {path} ({i + 1})"] = str(
+            getattr(path, "absolute", path)
+        )
+    inputs.update(_weights_inputs(args))
+    inputs.update(_dataset_inputs(_get(_get(config, "data"), "init_args")))
+    unique: dict[Path, str] = {}
+    for key, path in outputs.items():
+        unique.setdefault(Path(path).resolve(), key)  # export_path may be the run folder's own: one file
+    check_outputs({key: path for path, key in unique.items()}, inputs, overwrite=True)
 
 
 def shipped_config_names(argv: list[str]) -> list[str]:

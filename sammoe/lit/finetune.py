@@ -256,13 +256,36 @@ class ExpertFinetune(InteractiveModule):
         write_text(target.with_suffix(".json"), json.dumps(self.export_metadata(), indent=2) + "\n")
         return target
 
+    @staticmethod
+    def export_targets(args: Any, run_dir: Path | None) -> dict[str, Path]:
+        """Every file the export writes (name for messages -> path), from the model's init args: the run
+        folder's (when ``run_dir`` is known) and ``export_path``, a decoder's with its ``.json`` sidecar.
+        ``sammoe fit`` holds them against the run's inputs before training."""
+        decoder = args.get("trainable", "decoder") != "all"
+        found: dict[str, Path] = {}
+        if run_dir is not None:
+            default = _default_export(run_dir, args.get("trainable", "decoder"))
+            found[f"the run folder's {default.relative_to(run_dir)}"] = default
+        if args.get("export_path"):
+            found["model.init_args.export_path"] = Path(args["export_path"])
+        if decoder:
+            found.update(
+                {f"{key} (its .json sidecar)": p.with_suffix(".json") for key, p in list(found.items())}
+            )
+        return found
+
     def on_train_end(self) -> None:
         run_dir = self.run_dir()  # broadcasts: every rank
         if not self.trainer.is_global_zero:
             return
-        default = run_dir / ("model.safetensors" if self.trainable == "all" else "expert/decoder.safetensors")
+        default = _default_export(run_dir, self.trainable)
         written = [self.export(default)]
         if self.hparams.export_path:
             written.append(self.export(Path(self.hparams.export_path)))
         for path in written:
             print(f"sammoe: exported {path}")
+
+
+def _default_export(run_dir: Path, trainable: str) -> Path:
+    """Where a finetuning run exports in its run folder: the whole model, or the expert's decoder."""
+    return run_dir / ("model.safetensors" if trainable == "all" else "expert/decoder.safetensors")

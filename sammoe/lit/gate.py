@@ -334,14 +334,24 @@ class GateTraining(InteractiveModule):
         if sel:
             self.moe.selector = MaskSelector(sel["mode"], float(sel["tau"]))
 
+    @staticmethod
+    def export_targets(args: Any, run_dir: Path | None) -> dict[str, Path]:
+        """Every file the export writes (name for messages -> path), from the model's init args: the run
+        folder's (when ``run_dir`` is known) and ``export_path``; ``sammoe fit`` checks them before
+        training."""
+        found: dict[str, Path] = {}
+        if run_dir is not None:
+            found["the run folder's gate.safetensors"] = run_dir / "gate.safetensors"
+        if args.get("export_path"):
+            found["model.init_args.export_path"] = Path(args["export_path"])
+        return found
+
     def on_train_end(self) -> None:
         run_dir = self.run_dir()  # broadcasts: every rank
         if not self.trainer.is_global_zero:
             return
-        run_dir.mkdir(parents=True, exist_ok=True)
-        written = [save_gate(self.moe, run_dir / "gate.safetensors")]
-        if self.hparams.export_path:
-            target = Path(self.hparams.export_path)
+        written = []
+        for target in self.export_targets(self.hparams, run_dir).values():
             target.parent.mkdir(parents=True, exist_ok=True)
             written.append(save_gate(self.moe, target))
         for path in written:

@@ -270,13 +270,23 @@ class RouterTraining(L.LightningModule):
                 f"(temperature {temperature:.2f}; {counts})"
             )
 
+    @staticmethod
+    def export_targets(args: Any, run_dir: Path | None) -> dict[str, Path]:
+        """Every file the export writes (name for messages -> path), from the model's init args: the run
+        folder's (when ``run_dir`` is known) and ``export_path``; ``sammoe fit`` checks them before
+        training."""
+        found: dict[str, Path] = {}
+        if run_dir is not None:
+            found[f"the run folder's expert/{ROUTER_FILE}"] = run_dir / "expert" / ROUTER_FILE
+        if args.get("export_path"):
+            found["model.init_args.export_path"] = Path(args["export_path"])
+        return found
+
     def on_train_end(self) -> None:
         run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         if not self.trainer.is_global_zero:
             return
-        targets = [run_dir / "expert" / ROUTER_FILE]
-        if self.hparams.export_path:
-            targets.append(Path(self.hparams.export_path))
+        targets = list(self.export_targets(self.hparams, run_dir).values())
         classes = dict(self.task.get("classes") or {})
         metrics = {k: v for k, v in self.metrics.items() if not math.isnan(v)}
         if not metrics:
