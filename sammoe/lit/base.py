@@ -5,7 +5,7 @@ are gathered and de-duplicated, so a case padded onto two ranks counts once)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,31 @@ from sammoe.lit.wandb_log import log_evaluation
 from sammoe.model.moe import SamMoE
 
 
+@dataclass(frozen=True)
+class EvalSettings:
+    """The evaluation protocol of validation and ``sammoe test``, one value for the module's lifetime: click
+    counts (official 1/3/5/10), the per-target seed (233), the NSD tolerance in mm (None: no NSD), the ROI
+    spacing and whether overlay pictures are logged. The LightningModules take these as flat arguments (the
+    config keys users write, ``model.init_args.click_counts``) and hand them on here, by name."""
+
+    click_counts: tuple[int, ...] = (1, 3, 5, 10)
+    seed: int = 233
+    nsd_tolerance_mm: float | None = 1.0
+    roi_spacing: tuple[float, ...] = (1.5, 1.5, 1.5)
+    overlay_images: bool = True
+
+    def __post_init__(self) -> None:
+        counts = tuple(self.click_counts)
+        if not counts or min(counts) < 1:
+            raise ValueError(f"click_counts must be positive integers, got {list(counts)}")
+        tolerance = None if self.nsd_tolerance_mm is None else float(self.nsd_tolerance_mm)
+        object.__setattr__(self, "click_counts", tuple(sorted({int(k) for k in counts})))
+        object.__setattr__(self, "seed", int(self.seed))
+        object.__setattr__(self, "nsd_tolerance_mm", tolerance)
+        object.__setattr__(self, "roi_spacing", tuple(float(v) for v in self.roi_spacing))
+        object.__setattr__(self, "overlay_images", bool(self.overlay_images))
+
+
 class InteractiveModule(L.LightningModule):
     """Base of the sammoe LightningModules (use a subclass: `ExpertFinetune`, `GateTraining`).
 
@@ -38,22 +63,9 @@ class InteractiveModule(L.LightningModule):
 
     backbone: Any
 
-    def __init__(
-        self,
-        click_counts: Sequence[int] = (1, 3, 5, 10),
-        eval_seed: int = 233,
-        nsd_tolerance_mm: float | None = 1.0,
-        roi_spacing: Sequence[float] = (1.5, 1.5, 1.5),
-        overlay_images: bool = True,
-    ) -> None:
+    def __init__(self, evaluation: EvalSettings) -> None:
         super().__init__()
-        if not click_counts or min(click_counts) < 1:
-            raise ValueError(f"click_counts must be positive integers, got {list(click_counts)}")
-        self.click_counts = tuple(sorted({int(k) for k in click_counts}))
-        self.eval_seed = int(eval_seed)
-        self.nsd_tolerance_mm = None if nsd_tolerance_mm is None else float(nsd_tolerance_mm)
-        self.roi_spacing = tuple(float(s) for s in roi_spacing)
-        self.overlay_images = overlay_images
+        self.evaluation = evaluation
         self._rows: list[EvalRow] = []
         self._bbox_rows: list[EvalRow] = []
         self._examples: list[EvalExample] = []
@@ -117,14 +129,14 @@ class InteractiveModule(L.LightningModule):
             models,
             embeddings,
             batch,
-            click_counts=self.click_counts,
-            seed=self.eval_seed,
+            click_counts=self.evaluation.click_counts,
+            seed=self.evaluation.seed,
             low_res_size=self.backbone.low_res_size,
-            roi_spacing=self.roi_spacing,
-            tolerance_mm=self.nsd_tolerance_mm,
+            roi_spacing=self.evaluation.roi_spacing,
+            tolerance_mm=self.evaluation.nsd_tolerance_mm,
             class_group=self.class_group,
             oracle_expert=self.oracle_expert,
-            keep_examples=len(models) if (batch_idx == 0 and self.overlay_images) else 0,
+            keep_examples=len(models) if (batch_idx == 0 and self.evaluation.overlay_images) else 0,
         )
         self._examples.extend(result.examples)
         return result.rows
@@ -141,7 +153,7 @@ class InteractiveModule(L.LightningModule):
             self._predictor = Predictor(
                 self.predictor_model(),
                 self.device,
-                target_spacing=self.roi_spacing,
+                target_spacing=self.evaluation.roi_spacing,
                 autocast=False,
                 share_roi=0.0,
             )
@@ -175,9 +187,9 @@ class InteractiveModule(L.LightningModule):
                     predictor,
                     item["target"],
                     spacing,
-                    click_counts=(1,) if background else self.click_counts,
-                    seed=self.eval_seed,
-                    tolerance_mm=None if background else self.nsd_tolerance_mm,
+                    click_counts=(1,) if background else self.evaluation.click_counts,
+                    seed=self.evaluation.seed,
+                    tolerance_mm=None if background else self.evaluation.nsd_tolerance_mm,
                     name=cls,
                     first_click=item.get("first_click_input"),
                 )
@@ -228,7 +240,7 @@ class InteractiveModule(L.LightningModule):
         report = build_report(rows, foundation="foundation", moe="moe")
         primary = self.primary_model()
         means = class_average(class_means(rows, "dice")).get(primary, {})
-        for k in self.click_counts:
+        for k in self.evaluation.click_counts:
             if k in means and not math.isnan(means[k]):
                 self.log(f"{stage}/dice@{k}", means[k], rank_zero_only=True)
         finite = [v for v in means.values() if not math.isnan(v)]
@@ -246,11 +258,11 @@ class InteractiveModule(L.LightningModule):
             for part_rows, folder, protocol, title in reports:
                 notes = NOTES.format(
                     nsd="no NSD (nsd_tolerance_mm: null)"
-                    if self.nsd_tolerance_mm is None
-                    else f"NSD (tolerance {self.nsd_tolerance_mm:g} mm)",
+                    if self.evaluation.nsd_tolerance_mm is None
+                    else f"NSD (tolerance {self.evaluation.nsd_tolerance_mm:g} mm)",
                     grid="original" if self._original_grid else "ROI",
-                    clicks="/".join(map(str, self.click_counts)),
-                    seed=self.eval_seed,
+                    clicks="/".join(map(str, self.evaluation.click_counts)),
+                    seed=self.evaluation.seed,
                     protocol=protocol,
                 )
                 files = write_report(
@@ -262,7 +274,7 @@ class InteractiveModule(L.LightningModule):
                 )
                 print(f"sammoe: {stage} report written to {files.markdown}")
             self.last_report_dir = run_dir
-            log_evaluation(self.trainer, stage, report, self._examples, self.roi_spacing)
+            log_evaluation(self.trainer, stage, report, self._examples, self.evaluation.roi_spacing)
         self._reset_eval()
 
     _original_grid = False
@@ -286,17 +298,17 @@ class InteractiveModule(L.LightningModule):
                 self.primary_step(batch["image"][b : b + 1]),
                 embeddings[b : b + 1],
                 batch["label"][b : b + 1],
-                click_counts=self.click_counts,
-                seed=self.eval_seed,
+                click_counts=self.evaluation.click_counts,
+                seed=self.evaluation.seed,
                 low_res_size=self.backbone.low_res_size,
                 first_clicks=None if first is None else (first[0][b : b + 1], first[1][b : b + 1]),
             )
-            mask = rollout.masks[max(self.click_counts)][0, 0].cpu()
+            mask = rollout.masks[max(self.evaluation.click_counts)][0, 0].cpu()
             out.append(
                 {
                     "case_id": batch["case_id"][b],
                     "class_name": batch["class_name"][b],
-                    "n_clicks": max(self.click_counts),
+                    "n_clicks": max(self.evaluation.click_counts),
                     "mask": mask,
                 }
             )
@@ -318,8 +330,8 @@ class InteractiveModule(L.LightningModule):
                 predictor,
                 item["target"],
                 item["volume"].spacing,
-                click_counts=self.click_counts,
-                seed=self.eval_seed,
+                click_counts=self.evaluation.click_counts,
+                seed=self.evaluation.seed,
                 tolerance_mm=None,
                 name=str(item["class_name"]),
             )
@@ -327,7 +339,7 @@ class InteractiveModule(L.LightningModule):
                 {
                     "case_id": item["case_id"],
                     "class_name": item["class_name"],
-                    "n_clicks": max(self.click_counts),
+                    "n_clicks": max(self.evaluation.click_counts),
                     "mask": scores.mask,
                 }
             )

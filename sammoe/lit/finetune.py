@@ -27,7 +27,7 @@ import torch
 from sammoe.eval.results import GENERAL, TASK
 from sammoe.interact.crop_evaluation import EvalModel, first_clicks
 from sammoe.interact.rollout import decoder_step, training_rollout
-from sammoe.lit.base import InteractiveModule
+from sammoe.lit.base import EvalSettings, InteractiveModule
 from sammoe.loading import backbone_source, load_backbone, save_backbone, save_tensors
 from sammoe.model.sam3d import backbone_fingerprint
 
@@ -98,7 +98,15 @@ class ExpertFinetune(InteractiveModule):
         roi_spacing: Sequence[float] = (1.5, 1.5, 1.5),
         overlay_images: bool = True,
     ) -> None:
-        super().__init__(click_counts, eval_seed, nsd_tolerance_mm, roi_spacing, overlay_images)
+        super().__init__(
+            EvalSettings(
+                click_counts=tuple(click_counts),
+                seed=eval_seed,
+                nsd_tolerance_mm=nsd_tolerance_mm,
+                roi_spacing=tuple(roi_spacing),
+                overlay_images=overlay_images,
+            )
+        )
         if trainable not in ("decoder", "decoder+prompt", "all"):
             raise ValueError(f"trainable must be decoder, decoder+prompt or all, got {trainable!r}")
         self.save_hyperparameters()

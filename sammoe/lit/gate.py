@@ -22,7 +22,7 @@ from sammoe.eval.calibration import BACKGROUND, TauBudget, background_claims, ch
 from sammoe.eval.results import GENERAL, TASK, EvalRow
 from sammoe.interact.crop_evaluation import EvalModel, first_clicks
 from sammoe.interact.rollout import StepOutput, moe_step
-from sammoe.lit.base import InteractiveModule
+from sammoe.lit.base import EvalSettings, InteractiveModule
 from sammoe.lit.feature_cache import FeatureCache, batch_features
 from sammoe.lit.schedules import head_optimizer
 from sammoe.loading import backbone_source, load_backbone, load_gate, save_gate
@@ -126,7 +126,15 @@ class GateTraining(InteractiveModule):
         overlay_images: bool = True,
         feature_cache: str | None = None,
     ) -> None:
-        super().__init__(click_counts, eval_seed, nsd_tolerance_mm, roi_spacing, overlay_images)
+        super().__init__(
+            EvalSettings(
+                click_counts=tuple(click_counts),
+                seed=eval_seed,
+                nsd_tolerance_mm=nsd_tolerance_mm,
+                roi_spacing=tuple(roi_spacing),
+                overlay_images=overlay_images,
+            )
+        )
         self.save_hyperparameters()
         backbone = load_backbone(checkpoint, preset).requires_grad_(False)
         self.start_weights = backbone_source(preset, checkpoint)
