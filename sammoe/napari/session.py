@@ -64,18 +64,6 @@ class TargetView:
     volume_ml: float | None = None
     voxels: int | None = None
 
-    def summary(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "label": self.value,
-            "expert": self.expert,
-            "routed_by": self.routed_by,
-            "confidence": self.confidence,
-            "predicted_iou": self.predicted_iou,
-            "volume_ml": self.volume_ml,
-            "voxels": self.voxels,
-        }
-
 
 @dataclass(frozen=True)
 class Update:
@@ -350,7 +338,8 @@ class Session:
                 }
                 for v in views
             ],
-            "results": [v.summary() for v in views],
+            # the same per-target record `sammoe segment --report` writes
+            "results": [self._results[v.id].summary() for v in views if v.id in self._results],
         }
         if self.volume is not None and self.volume.path is not None:
             doc["image"] = str(self.volume.path)
