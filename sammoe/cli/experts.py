@@ -151,22 +151,30 @@ def _verify(args: argparse.Namespace) -> int:
 
     records = discover(args.names) if args.names else discover()
     cache = BackboneCache(args.backbone)
-    checked = [verify_expert(record, cache=cache) for record in records]
+    if not records and not args.json:
+        print("no expert plugins installed; nothing to verify")
+    width = max((len(r.name) for r in records), default=0)
+    checked = []
+    for i, record in enumerate(records, 1):
+        # the first check builds the backbone (tens of seconds): say what runs, line by line, even in a log
+        print(f"verifying {record.name} ({i}/{len(records)}) ...", file=sys.stderr, flush=True)
+        result = verify_expert(record, cache=cache)
+        checked.append(result)
+        if not args.json:
+            print(f"{result.name.ljust(width)}  {result.status:<12}  {_verdict(result)}", flush=True)
     if args.json:
         print(json.dumps([_record_json(r) for r in checked], indent=2))
-    elif not checked:
-        print("no expert plugins installed; nothing to verify")
-    else:
-        width = max(len(r.name) for r in checked)
-        for record in checked:
-            detail = record.reason
-            if record.ok:
-                routed = record.manifest is not None and record.manifest.router is not None
-                detail = "checksum, compatibility and forward pass passed" + (
-                    " (decoder and router)" if routed else ""
-                )
-            print(f"{record.name.ljust(width)}  {record.status:<12}  {detail}")
-    return 0 if all(r.ok for r in checked) else 1
+    failed = [r for r in checked if not r.ok]
+    for record in failed:  # on stderr as well, so a --json run or a filtered log still says why
+        print(f"sammoe: error: {record.status}: {record.reason}", file=sys.stderr, flush=True)
+    return 1 if failed else 0
+
+
+def _verdict(record: ExpertRecord) -> str:
+    if not record.ok:
+        return record.reason
+    routed = record.manifest is not None and record.manifest.router is not None
+    return "checksum, compatibility and forward pass passed" + (" (decoder and router)" if routed else "")
 
 
 def _package(args: argparse.Namespace) -> int:

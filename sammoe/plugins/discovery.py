@@ -6,11 +6,19 @@ an incompatible API or backbone, or a name claimed by two distributions marks th
 
 `SAMMOE_EXPERTS` selects plugins for reproducible runs: unset = all installed, `none` (or empty) = none,
 `a,b` = exactly those (a selected name that is not installed is reported as broken).
+
+Plugin code (the entry point's import and its manifest function) runs in a daemon thread with stdout sent to
+stderr, so a plugin that prints cannot corrupt `--json` output, and one that does not answer within
+`SAMMOE_PLUGIN_TIMEOUT` seconds (default 10) is reported as broken while the others load.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+import sys
+import threading
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable
@@ -19,11 +27,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
-from sammoe.errors import PluginError
+from sammoe.errors import ConfigError, PluginError
 from sammoe.plugins import checksums as _weights
 from sammoe.plugins.manifest import ENTRY_POINT_GROUP, ExpertManifest, IncompatiblePlugin
 
 ENV_VAR = "SAMMOE_EXPERTS"
+TIMEOUT_ENV = "SAMMOE_PLUGIN_TIMEOUT"
+DEFAULT_TIMEOUT = 10.0
 Status = Literal["ok", "incompatible", "broken"]
 
 
@@ -83,6 +93,49 @@ _ALL = object()
 PLUGIN_FAULTS = (Exception, SystemExit, KeyboardInterrupt)
 
 
+class _NoAnswer(Exception):
+    """Plugin code still running after the time limit (an endless loop, a blocked import)."""
+
+
+def plugin_timeout() -> float:
+    """Seconds plugin code may run for one plugin (``SAMMOE_PLUGIN_TIMEOUT``, default 10)."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(
+            f"{TIMEOUT_ENV}={raw!r} is not a number of seconds; set it above 0 or unset it "
+            f"(default {DEFAULT_TIMEOUT:g})"
+        )
+    return value
+
+
+def _plugin_call(func: Any, timeout: float) -> Any:
+    """``func()`` in a daemon thread, stdout to stderr; raises what it raised, or _NoAnswer after
+    ``timeout`` seconds (the thread is left behind: Python cannot stop it, and it never blocks exit)."""
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["value"] = func()
+        except BaseException as err:  # handed to the caller, which decides what a plugin may raise
+            outcome["error"] = err
+
+    thread = threading.Thread(target=work, name="sammoe-plugin", daemon=True)
+    with contextlib.redirect_stdout(sys.stderr):
+        thread.start()
+        thread.join(timeout)
+    if thread.is_alive():
+        raise _NoAnswer(f"did not answer within {timeout:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def discover(
     select: Iterable[str] | None | object = _ALL,
     *,
@@ -99,6 +152,7 @@ def discover(
     wanted = None if select is None else list(dict.fromkeys(select))  # type: ignore[arg-type]
     from sammoe import __version__ as sammoe_version
 
+    timeout = plugin_timeout()
     by_name: dict[str, list[metadata.EntryPoint]] = defaultdict(list)
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         by_name[ep.name].append(ep)
@@ -112,7 +166,7 @@ def discover(
             records.append(_duplicate(name, eps))
             continue
         try:
-            records.append(_inspect(eps[0], sammoe_version, backbone_fingerprint))
+            records.append(_inspect(eps[0], sammoe_version, backbone_fingerprint, timeout))
         except PLUGIN_FAULTS as err:  # a last guard: one plugin never stops discovery of the others
             dist, version = _dist_of(eps[0])
             record = ExpertRecord(name=name, status="broken", distribution=dist, dist_version=version)
@@ -149,15 +203,20 @@ def _duplicate(name: str, eps: list[metadata.EntryPoint]) -> ExpertRecord:
     )
 
 
-def _inspect(ep: metadata.EntryPoint, sammoe_version: str, backbone_fingerprint: str | None) -> ExpertRecord:
+def _inspect(
+    ep: metadata.EntryPoint, sammoe_version: str, backbone_fingerprint: str | None, timeout: float
+) -> ExpertRecord:
     dist, version = _dist_of(ep)
     record = ExpertRecord(
         name=ep.name, status="broken", distribution=dist, dist_version=version, entry_point=ep.value
     )
     reinstall = f"reinstall it (pip install --force-reinstall {dist})" if dist else "reinstall it"
     upgrade = f"install a plugin version built for sammoe {sammoe_version}, or a sammoe that it supports"
+    slow = f"fix the plugin, uninstall it, or raise {TIMEOUT_ENV}"
     try:
-        factory = ep.load()
+        factory = _plugin_call(ep.load, timeout)
+    except _NoAnswer as err:
+        return record.with_status("broken", f"importing entry point {ep.value!r} {err}", slow)
     except PLUGIN_FAULTS as err:
         return record.with_status(
             "broken", f"cannot import entry point {ep.value!r} ({type(err).__name__}: {err})", reinstall
@@ -169,7 +228,9 @@ def _inspect(ep: metadata.EntryPoint, sammoe_version: str, backbone_fingerprint:
             "point the entry point at a zero-argument function returning an ExpertManifest",
         )
     try:
-        manifest = ExpertManifest.parse(factory(), source="the manifest")
+        manifest = ExpertManifest.parse(_plugin_call(factory, timeout), source="the manifest")
+    except _NoAnswer as err:
+        return record.with_status("broken", f"{ep.value}() {err}", slow)
     except IncompatiblePlugin as err:
         return record.with_status("incompatible", str(err), upgrade)
     except PluginError as err:
