@@ -70,7 +70,9 @@ class Predictor:
     ) -> None:
         share_roi = _number("share_roi", share_roi, 0.0, 0.5, "0 (off) to 0.5")
         cache_size = int(_number("cache_size", cache_size, 1, None, "an integer of at least 1", integer=True))
-        max_windows = int(_number("max_windows", max_windows, 1, None, "an integer of at least 1", integer=True))
+        max_windows = int(
+            _number("max_windows", max_windows, 1, None, "an integer of at least 1", integer=True)
+        )
         if device is None or str(device) == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = usable_device(device)
@@ -144,12 +146,14 @@ class Predictor:
         ``route="spinal_cord"`` or ``route="foundation"`` to force one decoder for every target)."""
         from sammoe.loading import load_model
 
-        if experts is not None and not isinstance(experts, str):
-            if not isinstance(experts, Iterable) or not all(isinstance(e, str) for e in experts):
-                raise ConfigError(
-                    f"experts={experts!r}: give expert names, a list of str or one comma-separated str "
-                    "(None: every installed expert)"
-                )
+        if isinstance(experts, Iterable) and not isinstance(experts, str):
+            experts = list(experts)  # a generator is read once, here
+        names_ok = isinstance(experts, list) and all(isinstance(e, str) for e in experts)
+        if experts is not None and not isinstance(experts, str) and not names_ok:
+            raise ConfigError(
+                f"experts={experts!r}: give expert names, a list of str or one comma-separated str "
+                "(None: every installed expert)"
+            )
         route = kwargs.get("route")
         model, info = load_model(
             checkpoint, preset=preset, experts=experts, gate=gate, route=route, routing=routing
@@ -173,7 +177,8 @@ class Predictor:
                 matrix = None
             if matrix is None or matrix.shape != (4, 4):
                 raise ConfigError(
-                    f"affine: expected a 4x4 voxel -> RAS mm matrix (numbers), got {' '.join(str(affine).split())[:60]}; "
+                    f"affine: expected a 4x4 voxel -> RAS mm matrix (numbers), "
+                    f"got {' '.join(str(affine).split())[:60]}; "
                     "pass np.eye(4) scaled by the spacing, or the image's header affine"
                 )
         if isinstance(image, np.ndarray) and image.size == 0:
@@ -398,7 +403,9 @@ class Predictor:
         return self._states[int(target)]
 
 
-def _number(name: str, value: Any, low: float, high: float | None, expected: str, integer: bool = False) -> float:
+def _number(
+    name: str, value: Any, low: float, high: float | None, expected: str, integer: bool = False
+) -> float:
     """A Predictor option checked at the public boundary: a real number (not a bool) in [low, high]."""
     kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
     ok = isinstance(value, kinds) and not isinstance(value, (bool, np.bool_))
