@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sammoe.data.clicks_file import round_voxel
 from sammoe.data.inverse import invert, linear_in_box
 from sammoe.data.io import Volume, as_volume
 from sammoe.data.lazy_resample import LazyResampled
@@ -40,7 +41,7 @@ from sammoe.inference.devices import bf16_pays, usable_device
 from sammoe.inference.roi_cache import EncodedRoi, RoiCache, TargetState
 from sammoe.inference.targets import SPACES, Segmentation, Target, TargetResult, check_target, to_input_voxels
 from sammoe.inference.windows import grow_over_windows
-from sammoe.interact.roi import click_centred_start, round_voxel
+from sammoe.interact.roi import click_centred_start
 from sammoe.interact.sliding_window import touches_face
 from sammoe.model.moe import FOUNDATION, SamMoE
 from sammoe.model.sam3d import SamMed3D
