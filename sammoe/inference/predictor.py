@@ -36,6 +36,13 @@ from sammoe.data.io import Volume, as_volume
 from sammoe.data.lazy_resample import LazyResampled
 from sammoe.data.preprocess import Preprocessor, Resampled, Roi
 from sammoe.errors import ConfigError, DataError
+from sammoe.inference.arguments import (
+    check_image_arguments,
+    check_target_key,
+    expert_names_argument,
+    number_option,
+    targets_argument,
+)
 from sammoe.inference.decoding import ClickDecoder
 from sammoe.inference.devices import bf16_pays, usable_device
 from sammoe.inference.roi_cache import EncodedRoi, RoiCache, TargetState
@@ -69,10 +76,12 @@ class Predictor:
         info: dict[str, Any] | None = None,
         route: str | None = None,
     ) -> None:
-        share_roi = _number("share_roi", share_roi, 0.0, 0.5, "0 (off) to 0.5")
-        cache_size = int(_number("cache_size", cache_size, 1, None, "an integer of at least 1", integer=True))
+        share_roi = number_option("share_roi", share_roi, 0.0, 0.5, "0 (off) to 0.5")
+        cache_size = int(
+            number_option("cache_size", cache_size, 1, None, "an integer of at least 1", integer=True)
+        )
         max_windows = int(
-            _number("max_windows", max_windows, 1, None, "an integer of at least 1", integer=True)
+            number_option("max_windows", max_windows, 1, None, "an integer of at least 1", integer=True)
         )
         if device is None or str(device) == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -147,14 +156,7 @@ class Predictor:
         ``route="spinal_cord"`` or ``route="foundation"`` to force one decoder for every target)."""
         from sammoe.loading import load_model
 
-        if isinstance(experts, Iterable) and not isinstance(experts, str):
-            experts = list(experts)  # a generator is read once, here
-        names_ok = isinstance(experts, list) and all(isinstance(e, str) for e in experts)
-        if experts is not None and not isinstance(experts, str) and not names_ok:
-            raise ConfigError(
-                f"experts={experts!r}: give expert names, a list of str or one comma-separated str "
-                "(None: every installed expert)"
-            )
+        experts = expert_names_argument(experts)
         route = kwargs.get("route")
         model, info = load_model(
             checkpoint, preset=preset, experts=experts, gate=gate, route=route, routing=routing
@@ -171,19 +173,7 @@ class Predictor:
     ) -> Volume:
         """Load and resample an image (a path, a ``Volume`` or an array + affine, checked as files are);
         clears every cached embedding and target."""
-        if affine is not None:
-            try:
-                matrix = np.asarray(affine, dtype=np.float64)
-            except (TypeError, ValueError):
-                matrix = None
-            if matrix is None or matrix.shape != (4, 4):
-                raise ConfigError(
-                    f"affine: expected a 4x4 voxel -> RAS mm matrix (numbers), "
-                    f"got {' '.join(str(affine).split())[:60]}; "
-                    "pass np.eye(4) scaled by the spacing, or the image's header affine"
-                )
-        if isinstance(image, np.ndarray) and image.size == 0:
-            raise DataError(f"image: the array of shape {image.shape} is empty; give a 3D array with voxels")
+        check_image_arguments(image, affine)
         volume = as_volume(image, affine, channel=channel)
         self.volume = volume
         self._res = LazyResampled(volume, self.pre.target_spacing)  # each crop samples only its window
@@ -273,14 +263,7 @@ class Predictor:
         """Segment targets on the current image (replacing earlier targets)."""
         if self.volume is None:
             raise ConfigError("no image set; call set_image(...) first")
-        if isinstance(targets, Target):
-            targets = [targets]
-        if isinstance(targets, (str, bytes, dict)) or not isinstance(targets, Iterable):
-            raise ConfigError(
-                f"targets: expected a Target or a list of Targets, got {type(targets).__name__}; "
-                "write Target([[x, y, z]], name=...)"
-            )
-        targets = list(targets)
+        targets = targets_argument(targets)
         if not targets:
             raise DataError("no targets given; give at least one target with a positive click")
         checked = [check_target(t, i, self.volume) for i, t in enumerate(targets)]
@@ -387,11 +370,7 @@ class Predictor:
     def _find(self, target: int | str) -> TargetState:
         if not self._states:
             raise ConfigError("no targets yet; call predict(...) first")
-        if isinstance(target, (bool, np.bool_)) or not isinstance(target, (str, int, np.integer)):
-            raise ConfigError(
-                f"target={target!r}: give a target's index (int, from 0) or its name (str); "
-                f"targets: {', '.join(s.name for s in self._states)}"
-            )
+        check_target_key(target, [s.name for s in self._states])
         if isinstance(target, str):
             for s in self._states:
                 if s.name == target:
@@ -402,17 +381,6 @@ class Predictor:
         if not 0 <= int(target) < len(self._states):
             raise ConfigError(f"target index {target} out of range 0..{len(self._states) - 1}")
         return self._states[int(target)]
-
-
-def _number(
-    name: str, value: Any, low: float, high: float | None, expected: str, integer: bool = False
-) -> float:
-    """A Predictor option checked at the public boundary: a real number (not a bool) in [low, high]."""
-    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
-    ok = isinstance(value, kinds) and not isinstance(value, (bool, np.bool_))
-    if ok and np.isfinite(value) and value >= low and (high is None or value <= high):
-        return float(value)
-    raise ConfigError(f"{name}={value!r}: expected {expected}")
 
 
 def _progress(total: int, enabled: bool):
