@@ -142,7 +142,7 @@ def bench_clicks(args, image: Path, ckpt: Path) -> dict:
     for k in range(2, len(pts) + 1):
         sync(device)
         start = time.perf_counter()
-        low, *_ = pred._decode(entry, roi_pts[None, :k], labels[None, :k], low)
+        low, *_ = pred._decoding.decode(entry, roi_pts[None, :k], labels[None, :k], low)
         sync(device)
         steps.append(time.perf_counter() - start)
     step = statistics.median(steps[1:])
