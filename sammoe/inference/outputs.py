@@ -23,7 +23,7 @@ from sammoe.data.formats import is_seg_nrrd
 from sammoe.data.io import Volume, is_nifti, write_label
 from sammoe.errors import ConfigError, DataError, PluginError
 from sammoe.eval.overlay import overlay_slices, target_centre
-from sammoe.files import check_outputs, write_file, write_files
+from sammoe.files import check_outputs, write_files
 from sammoe.inference.targets import Segmentation, Target, check_target
 
 PathLike = str | os.PathLike
@@ -119,6 +119,7 @@ def _picture(path: Path, seg: Segmentation, targets: Sequence[Target]) -> bytes:
 
 
 def _probabilities_writer(probs: Any, reference: Volume) -> Callable[[Path], None]:
+    """Foreground probabilities as float32 NIfTI on the reference's grid (one volume per target)."""
     import nibabel as nib
 
     header = reference.header.copy() if isinstance(reference.header, nib.Nifti1Header) else None
@@ -126,12 +127,6 @@ def _probabilities_writer(probs: Any, reference: Volume) -> Callable[[Path], Non
     image.set_data_dtype(np.float32)
     image.header.set_slope_inter(1.0, 0.0)
     return lambda tmp: nib.save(image, str(tmp))
-
-
-def write_probabilities(path: Path, probs: Any, reference: Volume) -> Path:
-    """Foreground probabilities as float32 NIfTI on the reference's grid (one volume per target)."""
-    suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
-    return write_file(path, _probabilities_writer(probs, reference), suffix=suffix)
 
 
 def expert_inputs() -> dict[str, Path]:
