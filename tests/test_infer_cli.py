@@ -4,6 +4,9 @@ input."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -561,3 +564,35 @@ def test_a_full_disk_while_writing_is_one_line_and_leaves_no_output(
     )
     assert out.read_bytes() == b"an earlier label map"
     assert [p.name for p in tmp_path.iterdir()] == ["seg.nii.gz"]
+
+
+def test_the_summary_line_names_the_decoder_and_what_routed_it():
+    """The foundation is not called an expert, and a router's vote is shown for the experts it is about."""
+    from types import SimpleNamespace
+
+    from sammoe.cli.segment import _decoder_phrase
+
+    def target(expert, gate, routed_by="routers"):
+        return SimpleNamespace(expert=expert, gate=gate, routed_by=routed_by)
+
+    phrase = _decoder_phrase(target("foundation", {"foundation": 1.0, "spinal_cord": 0.03, "lesion": 0.2}))
+    assert phrase == "foundation decoder (no expert claimed it; highest router probability 0.20, lesion)"
+    assert _decoder_phrase(target("lesion", {"foundation": 0.1, "lesion": 0.9}, "gate")) == (
+        "expert lesion (gate probability 0.90)"
+    )
+    assert _decoder_phrase(target("foundation", None, None)) == "foundation decoder"
+    assert _decoder_phrase(target("lesion", None, "forced")) == "decoder lesion (forced with --route)"
+
+
+def test_no_model_chosen_is_refused_before_torch_is_imported(tmp_path):
+    """Nothing chosen and nothing cached: one line at once, not after seconds of importing torch."""
+    code = (
+        "import sys; from sammoe.cli.main import main; "
+        f"rc = main(['segment', '--image', {str(tmp_path / 'ct.nii.gz')!r}, '--point', '1', '2', '3', "
+        f"'--out', {str(tmp_path / 'seg.nii.gz')!r}]); "
+        "sys.exit(10 + rc if 'torch' not in sys.modules else 99)"
+    )
+    env = dict(os.environ, SAMMOE_CACHE=str(tmp_path / "cache"))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 12, done.stderr
+    assert "no model chosen" in done.stderr

@@ -21,8 +21,6 @@ from typing import Any
 
 from sammoe.errors import ConfigError
 
-SEEDED = "seeded"  # sammoe.loading.checkpoints.SEEDED (refused by choose_checkpoint), without importing torch
-
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line instead of usage + message
@@ -126,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _targets(args: argparse.Namespace) -> list[Any]:
-    from sammoe.inference.predictor import Target
+    from sammoe.inference.targets import Target
 
     inline = args.point or args.negative_point
     if args.clicks and inline:
@@ -178,7 +176,7 @@ def _inputs(args: argparse.Namespace) -> dict[str, Any]:
     --checkpoint name stands for (turbo's cached file, the demo model and its gate) and every installed
     expert's files (an image's data files are found by ``check_outputs`` itself)."""
     from sammoe import assets
-    from sammoe.hub import DEMO, REGISTRY, TURBO, cached
+    from sammoe.hub import DEMO, REGISTRY, SEEDED, TURBO, cached
     from sammoe.inference.outputs import expert_inputs
 
     inputs: dict[str, Any] = {"--clicks": args.clicks, "--gate": args.gate}
@@ -192,26 +190,43 @@ def _inputs(args: argparse.Namespace) -> dict[str, Any]:
     return {**inputs, **expert_inputs()}
 
 
+def _decoder_phrase(t: Any) -> str:
+    """Which decoder segmented the target and why, in words: the foundation is not an expert, and its own
+    probability under a router says nothing (the routers vote for their experts only)."""
+    if t.routed_by == "forced":
+        return f"decoder {t.expert} (forced with --route)"
+    by = "router" if t.routed_by == "routers" else "gate"
+    others = {n: p for n, p in (t.gate or {}).items() if n != "foundation"}
+    if t.expert == "foundation":
+        if not others:
+            return "foundation decoder"
+        name, p = max(others.items(), key=lambda item: item[1])
+        return f"foundation decoder (no expert claimed it; highest {by} probability {p:.2f}, {name})"
+    claim = f" ({by} probability {others[t.expert]:.2f})" if t.expert in others else ""
+    return f"expert {t.expert}{claim}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help
         return int(exit_.code or 0)
-    targets = _targets(args)
-    outputs = _outputs(args)
-    outputs.check(args.image, _inputs(args), overwrite=args.overwrite)
     if args.channel is not None and args.channel < 0:
         raise ConfigError("--channel must be >= 0")
     if not 0 <= args.share_roi <= 0.5:
         raise ConfigError("--share-roi must lie in [0, 0.5] (fraction of the crop size)")
+    from sammoe.hub import choose_checkpoint
+
+    targets = _targets(args)
+    # the model is resolved once, here, before torch is imported: no model chosen and none cached is one line
+    checkpoint = choose_checkpoint(args.checkpoint)
+    outputs = _outputs(args)
+    outputs.check(args.image, _inputs(args), overwrite=args.overwrite)
 
     from sammoe.data.io import read_image
     from sammoe.inference.predictor import Predictor
-    from sammoe.loading.model import choose_checkpoint
 
-    # the model is resolved once, here: no model chosen and none cached is refused before reading the image
-    checkpoint = choose_checkpoint(args.checkpoint)
     started = time.perf_counter()
     status = _status_line(args.quiet)
     status(f"reading {args.image}")
@@ -243,11 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     outputs.write(seg, targets, report, overwrite=args.overwrite)
     if not args.quiet:
         for t in seg.targets:
-            by = {"routers": "router", "forced": "forced"}.get(t.routed_by or "", "gate")
-            gate = "" if not t.gate or t.expert not in t.gate else f" ({by} {t.gate[t.expert]:.2f})"
             print(
-                f"{t.name}: label {t.value}, {t.voxels} voxels, {t.volume_ml:.2f} ml, expert "
-                f"{t.expert}{gate}, "
+                f"{t.name}: label {t.value}, {t.voxels} voxels, {t.volume_ml:.2f} ml, {_decoder_phrase(t)}, "
                 f"IoU estimated by the model {t.predicted_iou:.2f}, {t.windows} window(s)"
             )
         print(f"wrote {args.out} ({seg.encodes} encode(s), {report['seconds']:.2f} s on {predictor.device})")

@@ -42,6 +42,7 @@ from sammoe.hub.transfer import (
 
 CACHE_ENV = "SAMMOE_CACHE"
 DEMO = "demo"  # the phantom model shipped inside the package: never downloaded, never cached
+SEEDED = "seeded"  # the untrained seeded initialisation: tests only, refused where a user chooses a model
 
 
 @dataclass(frozen=True)
@@ -248,3 +249,33 @@ def fetch(name: str, endpoint: str | None = None, force: bool = False) -> Path:
     write_file(manifest, (json.dumps(record, indent=2) + "\n").encode())
     _say(f"{name}: sha256 {remote.sha256[:12]}... verified; cached at {target}")
     return target
+
+
+SEEDED_REFUSAL = (
+    "--checkpoint seeded is an untrained model for tests; choose turbo, demo or a weights file (./seeded for "
+    "a file of that name)"
+)
+
+
+def choose_checkpoint(
+    checkpoint: str | os.PathLike | ResolvedCheckpoint | None, *, untrained_ok: bool = False
+) -> ResolvedCheckpoint:
+    """The model the user asked for; None means turbo if its weights are cached. Refuses in one line, before
+    any image is read, when nothing was chosen and nothing is cached, and for ``"seeded"`` (the untrained
+    initialisation: only with ``untrained_ok``; a file of that name is ``./seeded``). An already resolved
+    checkpoint is returned as it is (a command resolves the model once)."""
+    if isinstance(checkpoint, ResolvedCheckpoint):
+        return checkpoint
+    if isinstance(checkpoint, str) and checkpoint == SEEDED:
+        if not untrained_ok:
+            raise CheckpointError(SEEDED_REFUSAL)
+        return ResolvedCheckpoint(path=None, name=SEEDED)
+    if checkpoint is None:
+        if cached(TURBO) is None:
+            raise CheckpointError(
+                "no model chosen and no SAM-Med3D-turbo weights cached: run `sammoe weights fetch turbo` "
+                f"(once, {REGISTRY[TURBO].repo} on Hugging Face), or choose the phantom-only demo model with "
+                '`--checkpoint demo` (Python: Predictor.load("demo"))'
+            )
+        checkpoint = TURBO
+    return resolve_checkpoint(checkpoint)

@@ -11,10 +11,9 @@ import torch
 from torch import nn
 
 from sammoe.errors import CheckpointError
-from sammoe.hub import DEMO, REGISTRY, resolve_checkpoint
+from sammoe.hub import DEMO, REGISTRY, SEEDED, resolve_checkpoint
 from sammoe.model.sam3d import PRESETS, SamMed3D
 
-SEEDED = "seeded"
 DEFAULT_SEED = 0
 TRUNK_PREFIXES = ("image_encoder.", "prompt_encoder.")
 # Module prefixes a whole state_dict may carry: DDP, LightningModules (ExpertFinetune, GateTraining).

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from sammoe.errors import CheckpointError, ConfigError, PluginError
-from sammoe.hub import REGISTRY, TURBO, ResolvedCheckpoint, cached, resolve_checkpoint
-from sammoe.loading.checkpoints import SEEDED, load_backbone, preset_of
+from sammoe.hub import SEEDED, choose_checkpoint
+from sammoe.loading.checkpoints import load_backbone, preset_of
 from sammoe.loading.experts import expert_router, load_experts
 from sammoe.loading.gate import load_gate
 from sammoe.model.moe import SamMoE
@@ -24,36 +24,6 @@ DEMO_WARNING = (
     "the demo model knows only sammoe's synthetic phantoms; its masks mean nothing on real scans (run "
     "`sammoe weights fetch turbo` for SAM-Med3D-turbo)"
 )
-
-
-SEEDED_REFUSAL = (
-    "--checkpoint seeded is an untrained model for tests; choose turbo, demo or a weights file (./seeded for "
-    "a file of that name)"
-)
-
-
-def choose_checkpoint(
-    checkpoint: str | os.PathLike | ResolvedCheckpoint | None, *, untrained_ok: bool = False
-) -> ResolvedCheckpoint:
-    """The model the user asked for; None means turbo if its weights are cached. Refuses in one line, before
-    any image is read, when nothing was chosen and nothing is cached, and for ``"seeded"`` (the untrained
-    initialisation: only with ``untrained_ok``; a file of that name is ``./seeded``). An already resolved
-    checkpoint is returned as it is (a command resolves the model once)."""
-    if isinstance(checkpoint, ResolvedCheckpoint):
-        return checkpoint
-    if isinstance(checkpoint, str) and checkpoint == SEEDED:
-        if not untrained_ok:
-            raise CheckpointError(SEEDED_REFUSAL)
-        return ResolvedCheckpoint(path=None, name=SEEDED)
-    if checkpoint is None:
-        if cached(TURBO) is None:
-            raise CheckpointError(
-                "no model chosen and no SAM-Med3D-turbo weights cached: run `sammoe weights fetch turbo` "
-                f"(once, {REGISTRY[TURBO].repo} on Hugging Face), or choose the phantom-only demo model with "
-                '`--checkpoint demo` (Python: Predictor.load("demo"))'
-            )
-        checkpoint = TURBO
-    return resolve_checkpoint(checkpoint)
 
 
 def load_model(
