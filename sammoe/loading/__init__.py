@@ -25,7 +25,8 @@ Public API
 - ``save_gate(moe, path)``, ``load_gate(moe, path)``: a SamMoE's gate with its metadata.
 - ``load_model(checkpoint=None, preset="auto", experts=None, gate=None, route=None) -> (model, info)``: the
   model ``sammoe segment`` and ``Predictor.load`` run: "turbo" (cached), "demo" (announced by a warning) or
-  a path; None = turbo when cached, else one CheckpointError (``choose_checkpoint``): never the demo silently.
+  a path; None = turbo when cached, else one CheckpointError (``sammoe.hub.choose_checkpoint``, torch-free):
+  never the demo silently.
 """
 
 from sammoe.loading.checkpoints import (
