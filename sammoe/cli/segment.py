@@ -219,10 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     from sammoe.hub import choose_checkpoint
 
     targets = _targets(args)
+    outputs = _outputs(args)
+    outputs.check(args.image, _inputs(args), overwrite=args.overwrite)  # no output may replace an input
     # the model is resolved once, here, before torch is imported: no model chosen and none cached is one line
     checkpoint = choose_checkpoint(args.checkpoint)
-    outputs = _outputs(args)
-    outputs.check(args.image, _inputs(args), overwrite=args.overwrite)
 
     from sammoe.data.io import read_image
     from sammoe.inference.predictor import Predictor
