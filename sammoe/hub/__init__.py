@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sammoe.environment import seconds_from_env
 from sammoe.errors import CheckpointError, ConfigError
 from sammoe.files import move_into_place, sha256_file, write_file
 from sammoe.hub.transfer import (
@@ -35,7 +36,6 @@ from sammoe.hub.transfer import (
     READ_TIMEOUT_ENV,
     _download,
     _remote,
-    _seconds,
     _why,
     human_size,
 )
@@ -203,7 +203,7 @@ def fetch(name: str, endpoint: str | None = None, force: bool = False) -> Path:
             f"{name}: cannot create the cache folder {target.parent} ({_why(err)}); set {CACHE_ENV} to a "
             "writable folder"
         ) from err
-    limits = _seconds(READ_TIMEOUT_ENV, READ_TIMEOUT), _seconds(BUDGET_ENV, BUDGET)
+    limits = seconds_from_env(READ_TIMEOUT_ENV, READ_TIMEOUT), seconds_from_env(BUDGET_ENV, BUDGET)
     deadline = time.monotonic() + limits[1]
     remote = _remote(name, entry, endpoint, limits[0])
     # the part file is named after the sha256 it should reach: bytes of another version are never resumed

@@ -5,8 +5,6 @@ Nothing here touches the cache; ``sammoe.hub.fetch`` does."""
 from __future__ import annotations
 
 import contextlib
-import math
-import os
 import re
 import sys
 import time
@@ -15,7 +13,8 @@ from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sammoe.errors import CheckpointError, ConfigError
+from sammoe.environment import seconds_from_env
+from sammoe.errors import CheckpointError
 
 if TYPE_CHECKING:
     from sammoe.hub import ModelEntry
@@ -63,21 +62,6 @@ class _Remote:
     sha256: str
     size: int
     commit: str | None
-
-
-def _seconds(env: str, default: float) -> float:
-    raw = os.environ.get(env, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(
-            f"{env}={raw!r} is not a number of seconds; set it above 0 or unset it (default {default:g})"
-        )
-    return value
 
 
 def _remote(name: str, entry: ModelEntry, endpoint: str | None, read_timeout: float) -> _Remote:
@@ -177,8 +161,8 @@ def _download(name: str, entry: ModelEntry, remote: _Remote, part: Path, limits:
         have = part.stat().st_size
         raise CheckpointError(
             f"{name}: download of {entry.file} too slow, {human_size(have)} of {human_size(remote.size)} in "
-            f"{_seconds(BUDGET_ENV, BUDGET):g} s ({BUDGET_ENV}); run `sammoe weights fetch {name}` again to "
-            "resume, or raise the budget"
+            f"{seconds_from_env(BUDGET_ENV, BUDGET):g} s ({BUDGET_ENV}); run `sammoe weights fetch {name}` "
+            "again to resume, or raise the budget"
         ) from None
     except _TooLong:
         part.unlink(missing_ok=True)  # more bytes than the file has: nothing in it is worth resuming

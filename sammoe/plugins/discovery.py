@@ -15,7 +15,6 @@ stderr, so a plugin that prints cannot corrupt `--json` output, and one that doe
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import sys
 import threading
@@ -27,7 +26,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
-from sammoe.errors import ConfigError, PluginError
+from sammoe.environment import seconds_from_env
+from sammoe.errors import PluginError
 from sammoe.plugins import checksums as _weights
 from sammoe.plugins.manifest import ENTRY_POINT_GROUP, ExpertManifest, IncompatiblePlugin
 
@@ -99,19 +99,7 @@ class _NoAnswer(Exception):
 
 def plugin_timeout() -> float:
     """Seconds plugin code may run for one plugin (``SAMMOE_PLUGIN_TIMEOUT``, default 10)."""
-    raw = os.environ.get(TIMEOUT_ENV, "").strip()
-    if not raw:
-        return DEFAULT_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(
-            f"{TIMEOUT_ENV}={raw!r} is not a number of seconds; set it above 0 or unset it "
-            f"(default {DEFAULT_TIMEOUT:g})"
-        )
-    return value
+    return seconds_from_env(TIMEOUT_ENV, DEFAULT_TIMEOUT)
 
 
 def _plugin_call(func: Any, timeout: float) -> Any:
