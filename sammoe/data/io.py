@@ -344,7 +344,7 @@ def write_label(
     if array.shape != reference.shape:
         raise DataError(
             f"{path}: label shape {array.shape} does not match reference {reference.path} shape "
-            f"{reference.shape}; map the prediction onto the original grid first (Preprocessor.invert)"
+            f"{reference.shape}; map the prediction onto the original grid first (sammoe.data.inverse.invert)"
         )
     data = _as_label_array(array, path)
     named = list(segments) or [(int(v), f"label {int(v)}", "") for v in np.unique(data) if v]
