@@ -61,12 +61,6 @@ def _window(roi: Roi, block: Sequence[int]) -> tuple[Footprint, np.ndarray, np.n
     return box, matrix, matrix[:3, :3] @ lo + matrix[:3, 3]
 
 
-def footprint(roi: Roi) -> Footprint | None:
-    """The box of the input grid the crop covers (None when it misses the grid)."""
-    window = _window(roi, roi.size)
-    return None if window is None else window[0]
-
-
 def nearest_in_box(roi: Roi, pred: Any) -> tuple[Footprint, np.ndarray] | None:
     """A ROI-grid mask on its footprint of the input grid, nearest-neighbour (bool/int values kept; floats are
     probabilities, thresholded at 0.5 first); None when the crop misses the grid."""
