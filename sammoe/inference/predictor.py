@@ -90,7 +90,6 @@ class Predictor:
         self.backbone: SamMed3D = model.backbone if isinstance(model, SamMoE) else model
         self.expert_names = model.expert_names if isinstance(model, SamMoE) else [FOUNDATION]
         self.size = int(self.backbone.img_size)
-        self.low_size = int(self.backbone.low_res_size)
         self.pre = Preprocessor(target_spacing=target_spacing, crop_size=self.size)
         width = int(self.backbone.image_encoder.patch_embed.proj.out_channels)
         self.autocast = bf16_pays(self.device, width) if autocast == "auto" else bool(autocast)
