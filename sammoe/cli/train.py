@@ -62,6 +62,9 @@ def _build_cli_classes() -> tuple[type, type]:
 
         def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
             self.config_filename = getattr(pl_module, "config_filename", self.config_filename)
+            saved = getattr(trainer.datamodule, "config_path", None)  # a prediction's: in its output folder
+            if saved is not None:
+                self.config_filename = str(Path(saved).resolve())  # absolute: os.path.join drops the log dir
             super().setup(trainer, pl_module, stage)
 
         def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -188,6 +191,10 @@ def check_run_outputs(config: Any, subcommand: str) -> None:
     run_dir = _run_dir(trainer)
     outputs: dict[str, Path] = {}
     cls = _model_class(model)
+    data_cls = _model_class(_get(config, "data"))
+    if hasattr(data_cls, "saved_config"):
+        run_dir = None
+        outputs["the saved config"] = data_cls.saved_config(_get(_get(config, "data"), "init_args"))
     if run_dir is not None:
         name = getattr(cls, "config_filename", "config.yaml")
         outputs[f"the run folder's {name} (saved config)"] = run_dir / name
@@ -234,7 +241,7 @@ def main(argv: list[str]) -> int:
 
     cli_class, save_config = _build_cli_classes()
     try:
-        cli_class(
+        cli = cli_class(
             model_class=LightningModule,  # InteractiveModule subclasses and RouterTraining
             datamodule_class=LightningDataModule,
             subclass_mode_model=True,
@@ -258,7 +265,7 @@ def main(argv: list[str]) -> int:
         return 2
     finally:
         _finish_wandb()
-    return 0
+    return 1 if getattr(cli.model, "failed", 0) else 0  # a cohort prediction with failed cases
 
 
 def _finish_wandb() -> None:
