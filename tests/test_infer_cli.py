@@ -109,7 +109,8 @@ def test_clicks_file_multi_target_report_probabilities_png(tmp_path, capsys, shi
     assert [t["label"] for t in report["targets"]] == [1, 2]
     first = report["targets"][0]
     assert first["expert"] == "foundation" and first["clicks"] == 2
-    assert {"predicted_iou", "voxels", "volume_ml", "gate", "windows"} <= set(first)
+    assert {"stability", "voxels", "volume_ml", "routing_probabilities", "windows"} <= set(first)
+    assert "gate" not in first and "predicted_iou" not in first and 0.0 <= first["stability"] <= 1.0
     labels = np.asarray(nib.load(str(tmp_path / "seg.nii")).dataobj)
     for t in report["targets"]:
         assert t["voxels"] == int((labels == t["label"]).sum())
@@ -464,13 +465,36 @@ def test_deeply_nested_clicks_json_is_one_line(tmp_path, capsys, image):
     assert rc == 2 and "nested too deeply" in err and len(err.strip().splitlines()) == 1
 
 
-def test_the_predicted_iou_is_the_models_estimate_clamped():
+def test_the_predicted_iou_is_the_models_estimate_clamped_and_the_report_shows_stability():
     from sammoe.inference.targets import TargetResult
 
     result = TargetResult("t", 1, np.zeros((2, 2, 2), bool), None, "foundation", None, -0.16, 1, 0, 1)
-    assert result.predicted_iou == 0.0 and result.summary()["predicted_iou"] == 0.0
+    assert result.predicted_iou == 0.0
     result.iou = 1.3
     assert result.predicted_iou == 1.0
+    result.stability = 0.123456
+    summary = result.summary()
+    assert summary["stability"] == 0.1235 and "predicted_iou" not in summary  # the untrained head: not shown
+
+
+def test_the_report_and_summary_line_say_what_routed_and_how_stable(tmp_path, capsys, image):
+    """The demo model's experts route with their own routers: the report says so (``routed_by``) and files
+    their probabilities under ``routing_probabilities``, not under ``gate``; the summary line shows the
+    stability, not the untrained IoU head."""
+    report = tmp_path / "r.json"
+    rc, out, err = run(
+        capsys,
+        *("--image", image, "--out", tmp_path / "s.nii.gz", "--report", report, "--checkpoint", "demo"),
+        *("--point", 20, 15, 12),
+    )
+    assert rc == 0, err
+    (target,) = json.loads(report.read_text())["targets"]
+    assert "gate" not in target and "predicted_iou" not in target
+    if target["routed_by"] is not None:  # experts installed: the routers (the demo model's default) routed
+        assert target["routed_by"] == "routers"
+        assert set(target["routing_probabilities"]) >= {"foundation"}
+    line = next(line for line in out.splitlines() if line.startswith("target_1: label 1"))
+    assert f"stability {target['stability']:.2f}" in line and "IoU" not in line
 
 
 def test_a_terminal_sees_what_the_command_is_doing(
@@ -573,7 +597,7 @@ def test_the_summary_line_names_the_decoder_and_what_routed_it():
     from sammoe.cli.segment import _decoder_phrase
 
     def target(expert, gate, routed_by="routers"):
-        return SimpleNamespace(expert=expert, gate=gate, routed_by=routed_by)
+        return SimpleNamespace(expert=expert, routing_probabilities=gate, routed_by=routed_by)
 
     phrase = _decoder_phrase(target("foundation", {"foundation": 1.0, "spinal_cord": 0.03, "lesion": 0.2}))
     assert phrase == "foundation decoder (no expert claimed it; highest router probability 0.20, lesion)"

@@ -75,7 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument(
         "--report",
         metavar="PATH",
-        help="JSON report: expert, routing, IoU estimated by the model, voxels, ml",
+        help="JSON report per target: expert, routed_by and routing_probabilities, stability, voxels, ml. "
+        "stability (0..1) is how little the mask changes between logit thresholds -1 and +1 (SAM's "
+        "stability score): near 1 a sharp, confident boundary; low values often mean a poor mask. It needs "
+        "no ground truth and is not a Dice",
     )
     o.add_argument("--png", metavar="PATH", help="orthogonal slices through each target, mask outlined")
     o.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -196,7 +199,7 @@ def _decoder_phrase(t: Any) -> str:
     if t.routed_by == "forced":
         return f"decoder {t.expert} (forced with --route)"
     by = "router" if t.routed_by == "routers" else "gate"
-    others = {n: p for n, p in (t.gate or {}).items() if n != "foundation"}
+    others = {n: p for n, p in (t.routing_probabilities or {}).items() if n != "foundation"}
     if t.expert == "foundation":
         if not others:
             return "foundation decoder"
@@ -260,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         for t in seg.targets:
             print(
                 f"{t.name}: label {t.value}, {t.voxels} voxels, {t.volume_ml:.2f} ml, {_decoder_phrase(t)}, "
-                f"IoU estimated by the model {t.predicted_iou:.2f}, {t.windows} window(s)"
+                f"stability {t.stability:.2f}, {t.windows} window(s)"
             )
         print(f"wrote {args.out} ({seg.encodes} encode(s), {report['seconds']:.2f} s on {predictor.device})")
     return 0

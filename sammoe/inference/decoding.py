@@ -7,6 +7,7 @@ first step and keeps that expert for later clicks.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -16,6 +17,19 @@ from sammoe.data.clicks_file import round_voxel
 from sammoe.inference.roi_cache import EncodedRoi, TargetState
 from sammoe.model.moe import SamMoE
 from sammoe.model.sam3d import SamMed3D
+
+STABILITY_OFFSET = 1.0  # logits: the masks at logit > +1 and > -1 are compared (SAM's stability score)
+
+
+def stability_score(prob: np.ndarray, offset: float = STABILITY_OFFSET) -> float:
+    """SAM's stability score of a crop's foreground probabilities ``prob`` (sigmoid of the logits): the IoU of
+    the mask at logit > +``offset`` with the mask at logit > -``offset`` (the first lies inside the second).
+    Near 1: the mask barely moves with the threshold, its boundary is sharp; near 0: most of it is uncertain.
+    It needs no trained head (the shipped models' IoU head is untrained); 0 when nothing reaches -``offset``.
+    """
+    inner = np.count_nonzero(prob > 1.0 / (1.0 + math.exp(-offset)))
+    outer = np.count_nonzero(prob > 1.0 / (1.0 + math.exp(offset)))
+    return inner / outer if outer else 0.0
 
 
 class ClickDecoder:

@@ -170,8 +170,8 @@ def overlay_png(seg: Segmentation, targets: Sequence[Target]) -> bytes:
     for t in seg.targets:
         centre = t.click if t.mask[t.click] or not t.mask.any() else target_centre(t.mask)
         title = (
-            f"{t.name} (label {t.value}): {t.volume_ml:.2f} ml, expert {t.expert}, "
-            f"IoU estimated by the model {t.predicted_iou:.2f}"
+            f"{t.name} (label {t.value}): {t.volume_ml:.2f} ml, {t.expert} decoder, "
+            f"stability {t.stability:.2f}"
         )
         _, voxels, labels = check_target(targets[t.value - 1], t.value - 1, seg.volume)
         clicks = [(v, bool(lab)) for v, lab in zip(voxels, labels)]

@@ -43,7 +43,7 @@ from sammoe.inference.arguments import (
     number_option,
     targets_argument,
 )
-from sammoe.inference.decoding import ClickDecoder
+from sammoe.inference.decoding import ClickDecoder, stability_score
 from sammoe.inference.devices import bf16_pays, usable_device
 from sammoe.inference.roi_cache import EncodedRoi, RoiCache, TargetState
 from sammoe.inference.targets import SPACES, Segmentation, Target, TargetResult, check_target, to_input_voxels
@@ -216,13 +216,14 @@ class Predictor:
             mask=mask,
             probability=prob,
             expert=self.expert_names[state.route] if state.route >= 0 else "soft",
-            gate=gate,
+            routing_probabilities=gate,
             iou=state.iou,
             clicks=len(state.clicks),
             roi=state.entry.index,
             windows=windows,
             click=tuple(int(v) for v in round_voxel(state.clicks[0])),
             routed_by=getattr(self.model, "routing", None) if self._route is None else "forced",
+            stability=stability_score(state.roi_prob),
             box=box,
         )
 

@@ -4,7 +4,7 @@ input grid. Validation of clicks happens here, before any model runs.
 - ``Target(points, labels=None, name="", space="voxel")``: one structure to segment. ``points`` (N, 3) clicks,
   ``labels`` 1 = positive (default), 0 = negative; ``space``: ``"voxel"`` (indices into the input array as
   stored: i, j, k of the NIfTI file; x, y, z index order of a DICOM series), ``"ras"`` or ``"lps"`` (mm).
-- ``TargetResult``, ``Segmentation``: one target's mask and routing; the label map of all targets.
+- ``TargetResult``, ``Segmentation``: one target's mask, routing and stability; the label map of all targets.
 - ``to_input_voxels(volume, points, space)``, ``check_target(target, index, volume)``.
 """
 
@@ -43,23 +43,32 @@ class TargetResult:
     mask: np.ndarray  # bool, input grid
     probability: np.ndarray | None  # float32, input grid (when requested)
     expert: str
-    gate: dict[str, float] | None
-    iou: float
+    # the probability per decoder that routed it: the gate's or the experts' routers' (see ``routed_by``)
+    routing_probabilities: dict[str, float] | None
+    iou: float  # the model's IoU head, raw (untrained in the shipped models: see ``stability``)
     clicks: int
     roi: int
     windows: int
     click: tuple[int, int, int] = (0, 0, 0)  # the centring click, input voxel indices
     voxels: int = 0  # voxels carrying this target's value in the label map (after overlaps)
     volume_ml: float = 0.0
-    routed_by: str | None = None  # "gate", "routers", "forced" (a route chosen by the user); None: no experts
+    # "gate", "routers", "forced" (--route, ``Predictor.route``); None: no experts routed it
+    routed_by: str | None = None
+    stability: float = 0.0  # 0..1, see ``stability_score``; a confidence that needs no trained head
     # where ``mask`` can be True: the crop's footprint on the input grid (None: anywhere); work on a result
     # (the label map, visible voxels) stays inside it, so a refinement costs the crop's size, not the scan's
     box: tuple[slice, slice, slice] | None = None
 
     @property
     def predicted_iou(self) -> float:
-        """The model's own estimate of its IoU (its IoU head), clamped to [0, 1]; not a measurement."""
+        """The model's own estimate of its IoU (its IoU head), clamped to [0, 1]; not a measurement, and
+        untrained in the shipped models (it reads 0.00): ``stability`` is the confidence to show."""
         return min(max(float(self.iou), 0.0), 1.0)
+
+    @property
+    def gate(self) -> dict[str, float] | None:
+        """The older name of ``routing_probabilities`` (they may be the routers', not a gate's)."""
+        return self.routing_probabilities
 
     def count_visible(self, later: list[TargetResult], volume: Volume) -> None:
         """Set ``voxels``/``volume_ml`` to what the label map shows of this target (later targets overwrite
@@ -78,8 +87,8 @@ class TargetResult:
             "clicks": self.clicks,
             "expert": self.expert,
             "routed_by": self.routed_by,
-            "gate": self.gate,
-            "predicted_iou": round(self.predicted_iou, 4),
+            "routing_probabilities": self.routing_probabilities,
+            "stability": round(float(self.stability), 4),
             "voxels": self.voxels,
             "volume_ml": round(self.volume_ml, 3),
             "roi": self.roi,
