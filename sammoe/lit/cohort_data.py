@@ -10,6 +10,7 @@ DDP ranks with its unrepeated sampler for prediction: no case is padded in twice
 
 from __future__ import annotations
 
+import glob
 import time
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,10 @@ class CohortDataModule(LightningDataModule):
         self.skipped = [] if self.redo else [c for c in self.cases if is_complete(c)]
         done = {c.case_id for c in self.skipped}
         self.todo = [c for c in self.cases if c.case_id not in done]
+        for case in self.todo:  # a killed run's temp files (a SIGKILL leaves them; never a partial output)
+            for output in (case.labels, case.report):
+                for stale in output.parent.glob(f".{glob.escape(output.name)}.*.tmp*"):
+                    stale.unlink(missing_ok=True)
 
     def _check_outputs(self) -> None:
         """Every file the run writes against every file it reads, before any scan is read."""
