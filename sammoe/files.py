@@ -200,6 +200,13 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
     return write_file(path, text.encode("utf-8"))
 
 
+def append_line(path: str | os.PathLike[str], line: str) -> None:
+    """Append one line to a log that grows as work finishes (each line whole: one write of one line, so a
+    killed run loses at most the line being written, never an earlier one)."""
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(line.rstrip("\n") + "\n")
+
+
 _HEADER_BYTES = 1 << 16  # a detached header is a few lines; the data of an attached one is never read
 _MAX_PATTERN_FILES = 100_000
 _METAIO_SUFFIXES = (".mhd", ".mha")

@@ -20,6 +20,7 @@ import torch
 from lightning.pytorch import LightningModule
 
 from sammoe.errors import ConfigError, SammoeError
+from sammoe.files import append_line, write_text
 from sammoe.inference.cohort_case import peak_rss_mb, previous_row, segment_case, summary_row
 from sammoe.inference.cohort_summary import progress_line, summary_table, write_scores, write_summary
 
@@ -111,7 +112,7 @@ class CohortPrediction(LightningModule):
         self._out = Path(data.out)
         self._log = self._out / LOG_FOLDER / f"rank-{self.global_rank}.jsonl"
         self._log.parent.mkdir(parents=True, exist_ok=True)
-        self._log.write_text("")
+        write_text(self._log, "")
         world = self.trainer.world_size
         self._total = len(data.todo) // world + (self.global_rank < len(data.todo) % world)
         self._started = time.perf_counter()
@@ -149,8 +150,7 @@ class CohortPrediction(LightningModule):
         row["peak_rss_mb"] = peak_rss_mb()
         if self.device.type == "cuda":
             row["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(self.device) / (1 << 20), 1)
-        with open(self._log, "a", encoding="utf-8") as log:
-            log.write(json.dumps(row) + "\n")
+        append_line(self._log, json.dumps(row))
         self._done += 1
         elapsed = time.perf_counter() - self._started
         prefix = f"rank {self.global_rank} " if self.trainer.world_size > 1 else ""
