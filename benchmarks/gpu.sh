@@ -3,6 +3,7 @@
 #   1. image encoder (vit_b_ori, 128^3), batch 1/8/32, bf16: ours eager and compiled vs the official encoder;
 #   2. click latency through the Predictor (first click, refinement step, add_click end to end), bf16;
 #   3. training steps (expert finetuning, gate training) bf16 vs the official loop, with peak memory;
+#   4. a cohort through `sammoe predict` (24 CT-sized scans): cases/min, and a 512x512x300 scan's peak memory;
 # then one table of all three (benchmarks/gpu_summary.py).
 #       bash benchmarks/gpu.sh [LOGDIR]           # from the repository root, inside the venv (make install)
 #       bash benchmarks/gpu.sh --smoke [LOGDIR]   # the same commands at CPU smoke sizes (checks the script)
@@ -39,5 +40,7 @@ section clicks 120 $PY benchmarks/segment.py --preset vit_b_ori --device cuda --
     --clicks 20 --json "$LOGDIR/clicks.json"
 section train_step 180 $PY benchmarks/train_step.py --device cuda --dtype bf16 --batch 2 --modes sft gate \
     --steps 5 --warmup 2 --json "$LOGDIR/train_step.json"
+section cohort 200 $PY benchmarks/cohort.py --device cuda --cases 24 --skip-per-process --memory-slices 300 \
+    --json "$LOGDIR/cohort.json"
 echo "== summary =="
 $PY benchmarks/gpu_summary.py "$LOGDIR" | tee "$LOGDIR/summary.txt"

@@ -219,3 +219,12 @@ def test_ct_click_smoke_compares_first_click_and_refinement(tmp_path, capsys):
     assert saved["machine"]["command"].endswith("--markdown " + str(paths["markdown"]))
     table = paths["markdown"].read_text()
     assert "| CT 512x512x16: open + first click |" in table and "- command: `" in table
+
+
+@SMOKE_OF_A_MODEL
+def test_cohort_smoke_compares_one_batch_run_with_a_process_per_scan(capsys):
+    result = _load("cohort").main(["--smoke"])
+    assert result["cases"] == 2 and result["batch_s"] > 0 and result["ratio"] > 0
+    assert result["same_label_maps"] is True
+    out = capsys.readouterr().out
+    assert "one process per scan" in out and "torch CPU capability" in out and "benchmarks/cohort.py" in out

@@ -33,7 +33,7 @@ commands:
   fit         train with LightningCLI: `sammoe fit --config configs/gate.yaml` (`sammoe fit --help`)
   validate    evaluate on the validation split (Dice/NSD report in the run directory)
   test        evaluate on the test split: `sammoe test --config configs/evaluate.yaml`
-  predict     predict the test split with simulated clicks
+  predict     segment a cohort of scans from prompt files: `sammoe predict --config predict ...`
   demo        run the end-to-end demonstration on an embedded default (no downloads, no GPU)
   experts     expert plugins: list, show, verify, package (`sammoe experts --help`)
   segment     segment structures in a volume from clicks (`sammoe segment --help`)

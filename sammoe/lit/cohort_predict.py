@@ -155,7 +155,7 @@ class CohortPrediction(LightningModule):
         elapsed = time.perf_counter() - self._started
         prefix = f"rank {self.global_rank} " if self.trainer.world_size > 1 else ""
         line = progress_line(self._done, self._total, case.case_id, row["status"], row["seconds"], elapsed)
-        _say(prefix + line + (f": {row['reason']}" if row["status"] == "failed" else ""))
+        _say(prefix + line + (f" | {row['reason']}" if row["status"] == "failed" else ""))
         return {"case": case.case_id, "status": row["status"]}
 
     # ------------------------------------------------------------------------------------------ summary
