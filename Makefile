@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all test-wheel test-bench bench lint docs format clean foundation experts-train routers gate evaluate bench-train
+.PHONY: install demo test test-all test-wheel test-bench test-processes bench lint docs format clean foundation experts-train routers gate evaluate bench-train
 
 $(STAMP): pyproject.toml $(wildcard experts/*/pyproject.toml)
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -33,7 +33,11 @@ test-wheel: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow tests/test_wheel.py
 
 # every benchmark's smoke run against the official code (slow: out of `make test`; CI runs it)
-test-bench: $(STAMP)
+test-# commands in new processes: a cohort run killed and resumed, two DDP processes (slow: out of `make test`)
+test-processes: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow tests/test_cohort_predict.py
+
+bench: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow tests/test_benchmarks.py
 
 bench: $(STAMP)

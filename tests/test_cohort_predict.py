@@ -122,6 +122,7 @@ def test_a_mixed_cohort_is_segmented_failures_reported_and_a_rerun_skips_what_is
         assert after[name][1] == before[name][1]  # done again, the same bytes
 
 
+@pytest.mark.slow  # new processes (about 25 s): `make test-processes`
 def test_a_killed_run_resumes_and_finishes_only_the_missing_cases(tmp_path):
     folders = write_cohort(tmp_path / "data", n_cases=6, formats=(".nii.gz",))
     out = tmp_path / "out"
@@ -150,6 +151,7 @@ def test_a_killed_run_resumes_and_finishes_only_the_missing_cases(tmp_path):
         assert np.array_equal(_labels(out / f"case_0{i}.nii.gz"), _direct(folders, f"case_0{i}"))
 
 
+@pytest.mark.slow  # three new processes (about 30 s): `make test-processes`
 def test_two_ddp_processes_write_each_case_once_with_the_single_process_label_maps(tmp_path):
     folders = write_cohort(tmp_path / "data", n_cases=5)
     single, double = tmp_path / "single", tmp_path / "double"
