@@ -33,12 +33,12 @@ test-wheel: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow tests/test_wheel.py
 
 # every benchmark's smoke run against the official code (slow: out of `make test`; CI runs it)
-test-# commands in new processes: a cohort run killed and resumed, two DDP processes (slow: out of `make test`)
+test-bench: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow tests/test_benchmarks.py
+
+# commands in new processes: a cohort run killed and resumed, two DDP processes (slow: out of `make test`)
 test-processes: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow tests/test_cohort_predict.py
-
-bench: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow tests/test_benchmarks.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/encoder.py
