@@ -99,7 +99,7 @@ def test_writer_puts_labels_on_the_source_grid_and_never_replaces_the_image(tmp_
     assert json.loads(clicks_path(written[0]).read_text())["space"] == "voxel"
     with pytest.raises(DataError, match="would replace the input"):
         write_labels(str(source), shown, meta)
-    with pytest.raises(DataError, match=r"\.nii\.gz or \.nii"):
+    with pytest.raises(DataError, match=r"\.nii\.gz, \.nii, \.seg\.nrrd or \.dcm"):
         write_labels(str(tmp_path / "seg.png"), shown, meta)
     # A labels layer made elsewhere: its own affine, no clicks file.
     other = write_labels(str(tmp_path / "plain.nii"), stored, {"affine": np.diag([2.0, 2, 2, 1])})

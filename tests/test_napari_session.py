@@ -62,7 +62,7 @@ def test_refinement_uses_the_cached_embedding_and_equals_a_fresh_prediction(
     assert second.path == third.path == "refine" and third.encodes == 1  # the encoder ran once
     view = third.targets[0]
     assert view.value == 1 and len(view.clicks) == 3 and view.expert == "foundation"
-    assert view.volume_ml > 0 and 0 <= view.predicted_iou <= 1
+    assert view.volume_ml > 0 and (view.stability is None or 0 <= view.stability <= 1)
     assert np.array_equal(third.labels, fresh(shipped_tiny_checkpoint, volume, cli_targets(session)))
 
 

@@ -77,13 +77,16 @@ def test_clicks_from_the_api_and_the_mouse_equal_sammoe_segment(opened, qtbot, p
     assert np.allclose(points.face_color[2][:3], (0.95, 0.15, 0.15))
     row = widget.table.row_text(view.id)
     assert (
-        row[0] == "1"
-        and row[3] == view.expert
-        and row[4].endswith("router")  # the shipped model's experts route with their own routers
-        and float(row[6]) == pytest.approx(view.volume_ml, abs=0.01)
+        row["label"] == "1"
+        and row["expert"] == view.expert
+        and row["decoder"] == "routed"
+        and row["confidence"].endswith("router")  # the shipped model's experts route with their own routers
+        and float(row["ml"]) == pytest.approx(view.volume_ml, abs=0.01)
     )
-    assert widget.table.horizontalHeaderItem(5).text() == "model IoU"
-    written = widget.save(str(tmp_path / "seg.nii.gz"))
+    assert "model IoU" not in widget.table.HEADERS  # untrained: a number that never moves is noise
+    widget.save(str(tmp_path / "seg.nii.gz"))
+    settle(qtbot, widget)
+    written = widget.last_saved
     assert [p.rsplit("/", 1)[-1] for p in written] == ["seg.nii.gz", "seg.clicks.json"]
     saved = nib.load(written[0])
     assert np.allclose(saved.affine, affine)
@@ -115,6 +118,7 @@ def test_two_targets_undo_reset_and_delete(opened, qtbot, phantom_nifti, tmp_pat
     assert len(widget.layers.points.data) == 2
     clicks = tmp_path / "seg.clicks.json"
     widget.save(str(tmp_path / "seg.nii.gz"))
+    settle(qtbot, widget)
     assert json.loads(clicks.read_text())["targets"][0]["labels"] == [1]
     assert np.array_equal(segment_cli(tmp_path, path, clicks), np.asarray(widget.layers.labels.data))
     widget.reset()
@@ -169,4 +173,5 @@ def test_napari_save_uses_the_writer_and_never_replaces_the_image(opened, qtbot,
     assert (tmp_path / "napari_save.clicks.json").is_file()
     before = path.read_bytes()
     widget.save(str(path))
+    settle(qtbot, widget)
     assert "would replace the input" in widget.message and path.read_bytes() == before

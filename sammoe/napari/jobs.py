@@ -36,9 +36,10 @@ class _Outcome:
     error: str | None = None
 
 
-def _guarded(work: Work) -> Callable[[], Generator[str, None, _Outcome]]:
+def _guarded(work: Work, setup: Callable[[], Any]) -> Callable[[], Generator[str, None, _Outcome]]:
     def run() -> Generator[str, None, _Outcome]:
         try:
+            setup()
             value = yield from work()
         except Exception as err:  # the worker must never raise: napari would print the traceback
             if not isinstance(err, SammoeError):
@@ -50,14 +51,17 @@ def _guarded(work: Work) -> Callable[[], Generator[str, None, _Outcome]]:
 
 
 class Jobs:
-    """A queue of jobs run one after another in napari worker threads."""
+    """A queue of jobs run one after another in napari worker threads; ``setup`` runs in the worker before
+    each job (the widget pins torch's threads there)."""
 
     def __init__(
         self,
         on_progress: Callable[[str | None], None],
         on_error: Callable[[str], None],
         on_idle: Callable[[], None] = lambda: None,
+        setup: Callable[[], Any] = lambda: None,
     ) -> None:
+        self._setup = setup
         self._on_progress = on_progress
         self._on_error = on_error
         self._on_idle = on_idle
@@ -80,7 +84,7 @@ class Jobs:
             self._on_idle()
             return
         work, done = self._queue.popleft()
-        worker = create_worker(_guarded(work), _start_thread=False)
+        worker = create_worker(_guarded(work, self._setup), _start_thread=False)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda outcome: self._finish(outcome, done))
         self._worker = worker

@@ -3,7 +3,9 @@
 All three share the image's affine and ``units="mm"``, so points and labels data coordinates are the image's
 voxel indices (``geometry.Display``). The labels layer shows a view of one stored-order array that is updated
 in place after every model call; the points layer is redrawn from the session's clicks (green positive, red
-negative), so what it shows is always what the model was given.
+negative; 3 mm wide and half transparent, so the mask shows through), so what it shows is always what the
+model was given. What the user does with napari's own tools is read back: points moved or deleted
+(``edited_clicks``) and voxels painted or erased (``painted``).
 """
 
 from __future__ import annotations
@@ -17,10 +19,19 @@ from sammoe.data.io import Volume, as_volume
 from sammoe.errors import DataError
 from sammoe.napari.geometry import Display
 from sammoe.napari.reader import META_KEY
-from sammoe.napari.session import TargetView
+from sammoe.napari.views import Click, TargetView
 
 POSITIVE = (0.2, 0.95, 0.2, 1.0)
 NEGATIVE = (0.95, 0.15, 0.15, 1.0)
+CLICK_MM = 3.0  # marker diameter: marks the voxel clicked without hiding the mask around it
+CLICK_OPACITY = 0.6
+MIN_PIXELS = 5  # zoomed out, a marker never shrinks below this many screen pixels
+
+
+def marker_size(spacing: Any) -> float:
+    """Marker diameter in data units (voxels) for ``CLICK_MM``. napari measures a marker along the screen's
+    horizontal axis, an in-plane axis in the usual views, so the finest spacing converts it."""
+    return CLICK_MM / float(np.min(np.abs(np.asarray(spacing, dtype=np.float64))))
 
 
 def volume_of(layer: Any) -> tuple[Volume, Display]:
@@ -54,16 +65,18 @@ class ImageLayers:
         self.labels = viewer.add_labels(
             self.display.view(self.stored), name=f"{image.name} segmentation", metadata=meta, **common
         )
-        size = max(2.5, 0.03 * max(self.volume.shape))  # data units: visible but not hiding the structure
         self.points = viewer.add_points(
             np.empty((0, 3)),
             name=f"{image.name} clicks",
-            size=size,
+            size=marker_size(self.volume.spacing),
+            opacity=CLICK_OPACITY,
+            canvas_size_limits=(MIN_PIXELS, 10_000),
             border_width=0,
             projection_mode="none",  # a click shows on its own slice only
             **common,
         )
         self.syncing = False  # set while the points layer is redrawn, so its data events are not clicks
+        self.shown: list[tuple[int, Click]] = []  # (target id, click) of each point, in the layer's order
 
     def activate(self) -> None:
         """Make the clicks layer the one that receives clicks, in add mode."""
@@ -83,7 +96,8 @@ class ImageLayers:
     def show_clicks(self, targets: Sequence[TargetView]) -> None:
         """Make the points layer show exactly the session's clicks. Resetting a Points layer's data costs
         about 20 ms of GUI time, so when napari already drew the clicked point nothing is reset."""
-        clicks = [c for t in targets for c in t.clicks]
+        self.shown = [(t.id, c) for t in targets for c in t.clicks]
+        clicks = [c for _, c in self.shown]
         data = self.display.to_layer(np.array([c.point for c in clicks], dtype=np.float64).reshape(-1, 3))
         colors = np.array([POSITIVE if c.positive else NEGATIVE for c in clicks], dtype=np.float64)
         self.syncing = True
@@ -97,6 +111,50 @@ class ImageLayers:
                 self.points.selected_data = set()
         finally:
             self.syncing = False
+
+    def edited_clicks(self, removed: bool, indices: Sequence[int]) -> dict[int, list[Click]]:
+        """After the user removed (``removed``) or moved points with napari's tools: the clicks each target
+        they belong to has now. Points added since the last redraw (not clicks yet) are left out."""
+        data = self.display.to_stored(np.asarray(self.points.data, dtype=np.float64))
+        shown = self.shown
+        if removed:
+            gone = {int(i) for i in indices} if len(data) else set(range(len(shown)))
+            rows = [row for i, row in enumerate(shown) if i not in gone]
+        elif len(data) >= len(shown):  # moved in place (or data set with the same points first)
+            rows = [
+                (id_, Click(tuple(float(v) for v in data[i]), c.positive)) for i, (id_, c) in enumerate(shown)
+            ]
+        else:  # data set with fewer points: those still there, in order
+            rows, j = [], 0
+            for id_, c in shown:
+                if j < len(data) and np.allclose(data[j], c.point):
+                    rows.append((id_, c))
+                    j += 1
+            if j != len(data):
+                return {}
+        edited = {}
+        for id_ in dict.fromkeys(i for i, _ in shown):
+            now = [c for i, c in rows if i == id_]
+            if now != [c for i, c in shown if i == id_]:
+                edited[id_] = now
+        return edited
+
+    def painted(self, atoms: Sequence[Any]) -> tuple[tuple[np.ndarray, ...], np.ndarray] | None:
+        """The voxels a napari paint event changed (stored index arrays) and the values they hold now. napari
+        0.9 records a bounding box and mask per stroke; earlier versions (indices, old values, new values)."""
+        found = []
+        for atom in atoms:
+            box = getattr(atom, "slice_key", None)
+            if box is not None:
+                mask = atom.mask if atom.mask is not None else np.ones([s.stop - s.start for s in box], bool)
+                found.append(tuple(i + s.start for i, s in zip(np.nonzero(mask), box)))
+            elif isinstance(atom, tuple) and len(atom) == 3:
+                found.append(tuple(np.asarray(i, dtype=np.intp).reshape(-1) for i in atom[0]))
+        if not found:
+            return None
+        shown = tuple(np.concatenate([f[axis] for f in found]).astype(np.intp) for axis in range(3))
+        values = np.asarray(self.labels.data)[shown]
+        return tuple(shown[r] for r in self.display.inverse), values
 
     def show_labels(self, labels: np.ndarray | None, box: tuple[slice, ...] | None = None) -> None:
         """Copy a label map (stored order) into the layer's array, only inside ``box`` when the update says
@@ -116,6 +174,10 @@ class ImageLayers:
     def set_clicks_document(self, document: dict[str, Any]) -> None:
         """What the writer saves beside the label map (``seg.clicks.json``)."""
         self.labels.metadata[META_KEY]["clicks"] = document
+
+    @property
+    def clicks_document(self) -> dict[str, Any] | None:
+        return self.labels.metadata[META_KEY]["clicks"]
 
     def detach(self) -> None:
         """Another image is segmented now: its clicks layer goes (the clicks live in the session, which starts

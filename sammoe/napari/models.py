@@ -45,6 +45,7 @@ def installed_experts() -> list[str]:
 
 
 def devices() -> list[str]:
+    """The devices here; imports torch (seconds), so the widget asks in its worker, never at dock time."""
     import torch
 
     found = ["auto", "cpu"]
@@ -66,3 +67,8 @@ def load_predictor(choice: ModelChoice) -> tuple[Any, list[str]]:
         predictor = Predictor.load(choice.checkpoint, experts=experts, device=choice.device)
     notes = list(dict.fromkeys(str(w.message).splitlines()[0] for w in caught if str(w.message)))
     return predictor, notes
+
+
+def options() -> tuple[list[str], list[str]]:
+    """(devices, installed experts) for the model panel; run in a worker (torch, plugin discovery)."""
+    return devices(), installed_experts()

@@ -1,4 +1,4 @@
-"""The widget's two panels: which model to run, and the list of targets with their results."""
+"""The widget's panels that hold settings: which model to run (and on how many threads), and how to save."""
 
 from __future__ import annotations
 
@@ -6,29 +6,34 @@ from collections.abc import Sequence
 
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
-    QAbstractItemView,
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
-    QHeaderView,
     QLineEdit,
     QListWidget,
     QListWidgetItem,
     QPushButton,
-    QTableWidget,
-    QTableWidgetItem,
+    QSpinBox,
     QWidget,
 )
 
-from sammoe.napari.models import ModelChoice, devices, installed_experts, model_options
-from sammoe.napari.session import TargetView
+from sammoe.napari.export import FORMATS
+from sammoe.napari.models import ModelChoice, model_options
+from sammoe.napari.threads import available_cores, default_threads
 
 FILE = "__file__"  # the model menu's "checkpoint file" entry
+THREADS_TIP = (
+    "threads the model may use (torch's intra-op threads): one core fewer than this machine has leaves "
+    "napari a core to draw on, so neither waits for the other (SAMMOE_NAPARI_THREADS sets the default)"
+)
 
 
 class ModelPanel(QWidget):
-    """Model (demo / turbo / a checkpoint file), installed experts, device, and a Load button."""
+    """Model (demo / turbo / a checkpoint file), installed experts, device, threads, and a Load button. The
+    experts and devices are filled in by a worker (``set_options``): finding them imports torch and runs
+    plugin discovery, seconds that must not freeze napari when the widget docks."""
 
     load_requested = Signal()
 
@@ -52,19 +57,33 @@ class ModelPanel(QWidget):
         form.addRow("file", row)
         self.experts = QListWidget()
         self.experts.setMaximumHeight(56)
-        for name in installed_experts():
-            item = QListWidgetItem(name)
-            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            item.setCheckState(Qt.CheckState.Checked)
-            self.experts.addItem(item)
         form.addRow("experts", self.experts)
         self.device = QComboBox()
-        self.device.addItems(devices())
+        self.device.addItems(["auto", "cpu"])
         form.addRow("device", self.device)
+        self.threads = QSpinBox()
+        self.threads.setRange(1, max(available_cores(), default_threads()))
+        self.threads.setValue(default_threads())
+        self.threads.setToolTip(THREADS_TIP)
+        form.addRow("threads", self.threads)
         load = QPushButton("Load model")
         load.clicked.connect(self.load_requested.emit)
         form.addRow(load)
         self.path.textEdited.connect(lambda _: self._select(FILE))
+
+    def set_options(self, devices: Sequence[str], experts: Sequence[str]) -> None:
+        """The devices and installed experts a worker found (the current choices are kept)."""
+        device = self.device.currentText()
+        self.device.clear()
+        self.device.addItems(list(devices))
+        self.device.setCurrentText(device if device in devices else "auto")
+        if self.experts.count():
+            return  # the user may have unchecked some already
+        for name in experts:
+            item = QListWidgetItem(name)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(Qt.CheckState.Checked)
+            self.experts.addItem(item)
 
     def _browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
@@ -92,78 +111,40 @@ class ModelPanel(QWidget):
         return ModelChoice(checkpoint or "", experts, self.device.currentText())
 
 
-def _cell(text: str, editable: bool = False) -> QTableWidgetItem:
-    item = QTableWidgetItem(text)
-    flags = Qt.ItemFlag.ItemIsSelectable | Qt.ItemFlag.ItemIsEnabled
-    item.setFlags(flags | Qt.ItemFlag.ItemIsEditable if editable else flags)
-    return item
+class ExportPanel(QWidget):
+    """Format (NIfTI, 3D Slicer, DICOM-SEG for a DICOM series), one label map or one file per target, Save."""
 
-
-class TargetTable(QTableWidget):
-    """One row per target: label value, name (editable), clicks, expert, its routing confidence, the model's
-    own IoU estimate and the volume in ml. The selected row is the target that clicks go to."""
-
-    HEADERS = ("label", "name", "clicks", "expert", "confidence", "model IoU", "ml")
-    TIPS = (
-        "value in the label map",
-        "double-click to rename",
-        "positive+ negative- clicks",
-        "the decoder that segmented it: foundation or an expert plugin",
-        "the gate's (or the expert's router's) probability for that expert",
-        "the model's own estimate of its IoU (its IoU head), not a measurement",
-        "volume in millilitres (voxels carrying this label x voxel volume)",
-    )
-    renamed = Signal(int, str)
+    save_requested = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(0, len(self.HEADERS), parent)
-        self.setHorizontalHeaderLabels(self.HEADERS)
-        for col, tip in enumerate(self.TIPS):
-            self.horizontalHeaderItem(col).setToolTip(tip)
-        self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.verticalHeader().setVisible(False)
-        self._ids: list[int] = []
-        self._filling = False
-        self.itemChanged.connect(self._changed)
+        super().__init__(parent)
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        self.format = QComboBox()
+        for name, suffix in FORMATS:
+            self.format.addItem(f"{name} ({suffix})", suffix)
+        self.format.setToolTip("written by the same writer as sammoe segment --out, on the scan's own grid")
+        self.per_target = QCheckBox("one file per target")
+        self.per_target.setToolTip("each target in its own file (value 1), named <file>_<target>")
+        self.button = QPushButton("Save segmentation...")
+        self.button.clicked.connect(self.save_requested.emit)
+        row.addWidget(self.format, 1)
+        row.addWidget(self.per_target)
+        row.addWidget(self.button)
+        self.set_dicom(False)
 
-    def show_targets(self, targets: Sequence[TargetView], current: int | None = None) -> None:
-        current = self.current_id() if current is None else current
-        self._filling = True
-        try:
-            self.setRowCount(len(targets))
-            self._ids = [t.id for t in targets]
-            for row, t in enumerate(targets):
-                by = {"routers": "router", "forced": "forced"}.get(t.routed_by or "", "gate")
-                cells = (
-                    str(t.value) if t.value else "-",
-                    t.name,
-                    f"{sum(c.positive for c in t.clicks)}+{sum(not c.positive for c in t.clicks)}-",
-                    t.expert or "-",
-                    "-" if t.confidence is None else f"{t.confidence:.2f} {by}",
-                    "-" if t.predicted_iou is None else f"{t.predicted_iou:.2f}",
-                    "-" if t.volume_ml is None else f"{t.volume_ml:.2f}",
-                )
-                for col, text in enumerate(cells):
-                    self.setItem(row, col, _cell(text, editable=col == 1))
-        finally:
-            self._filling = False
-        if current in self._ids:
-            self.selectRow(self._ids.index(current))
-        elif self._ids:
-            self.selectRow(len(self._ids) - 1)
+    def set_dicom(self, available: bool) -> None:
+        """DICOM-SEG only for an image read from a DICOM series (its slices are referenced)."""
+        item = self.format.model().item(self.format.findData(".dcm"))
+        item.setEnabled(available)
+        item.setToolTip("" if available else "only for an image read from a DICOM series folder")
+        if not available and self.suffix == ".dcm":
+            self.format.setCurrentIndex(0)
 
-    def current_id(self) -> int | None:
-        rows = self.selectionModel().selectedRows() if self.selectionModel() else []
-        if not rows or rows[0].row() >= len(self._ids):
-            return None
-        return self._ids[rows[0].row()]
+    @property
+    def suffix(self) -> str:
+        return self.format.currentData()
 
-    def row_text(self, id_: int) -> list[str]:
-        row = self._ids.index(id_)
-        return [self.item(row, col).text() for col in range(self.columnCount())]
-
-    def _changed(self, item: QTableWidgetItem) -> None:
-        if not self._filling and item.column() == 1 and item.row() < len(self._ids):
-            self.renamed.emit(self._ids[item.row()], item.text())
+    def choose(self, suffix: str, per_target: bool = False) -> None:
+        self.format.setCurrentIndex(max(0, self.format.findData(suffix)))
+        self.per_target.setChecked(per_target)

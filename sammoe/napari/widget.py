@@ -1,60 +1,74 @@
-"""The dock widget: choose an image and a model, click targets, see which expert segmented each one.
+"""The dock widget: choose an image layer and a model, click targets, see which decoder segmented each one,
+correct with napari's own tools, save.
 
-A click on the clicks layer adds a positive click to the selected target (Shift- or Ctrl-click: negative);
-with no target yet, one is made. Every model call runs in a worker (``jobs.Jobs``) through the Qt-free
-``session.Session``; layers and the table change only in the job's ``done`` handler on the GUI thread, and
-only there is the session read. A bad checkpoint, an unreadable file or a refused click shows one line under
-the buttons, never a traceback.
-
-Scripting and tests use the same entry points as the buttons: ``open_image(path)``, ``use_layer(layer)``,
-``load_model()``, ``add_target(name)``, ``click(voxel, positive)``, ``undo()``, ``reset()``, ``delete()``,
-``save(path)``; ``busy`` says whether a job is queued or running, the ``idle`` signal fires when the last one
-is done, and ``message`` shows the last error.
+Docking returns at once: nothing here imports torch or runs plugin discovery on napari's GUI thread; a worker
+finds the devices and installed experts (and the model loads there on the first click). Model calls run one
+at a time in napari worker threads (``jobs``), with torch's threads pinned to leave napari a core
+(``threads``); layers are touched only on the GUI thread. The busy indicator is a static label: an animated
+bar starved the worker under software OpenGL. Target operations are in ``interaction``; keys in
+``shortcuts``; saving in ``export``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Generator
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 from napari.layers import Image
-from napari.layers.base import ActionType
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QEvent, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QProgressBar,
     QPushButton,
     QVBoxLayout,
     QWidget,
 )
 
 from sammoe.data.io import read_image
-from sammoe.errors import ConfigError
+from sammoe.napari import threads
+from sammoe.napari.export import FORMATS, export
+from sammoe.napari.interaction import TargetActions
 from sammoe.napari.jobs import Jobs, one_line
 from sammoe.napari.layers import ImageLayers
-from sammoe.napari.models import ModelChoice, load_predictor
-from sammoe.napari.panels import ModelPanel, TargetTable
+from sammoe.napari.models import ModelChoice, load_predictor, options
+from sammoe.napari.panels import ExportPanel, ModelPanel
 from sammoe.napari.reader import layer_data
 from sammoe.napari.session import Session, Update
-from sammoe.napari.writer import write_labels
+from sammoe.napari.shortcuts import Shortcuts, tooltip
+from sammoe.napari.table import TargetTable
 
-NEGATIVE_MODIFIERS = ("Shift", "Control")
-HINT = "Click on the image (clicks layer selected): positive click. Shift- or Ctrl-click: negative click."
+HINT = (
+    "Click on the image (clicks layer selected): a positive click; Shift- or Ctrl-click: a negative one. "
+    "Move or delete clicks with napari's point tools; paint on the segmentation to correct a target (that "
+    "locks it: later clicks never change its voxels)."
+)
+BUSY = "working..."
+STATUS = {
+    "refine": "refined on the cached embedding in {ms:.0f} ms",
+    "undo": "undo without a model call in {ms:.0f} ms",
+    "remove": "removed without a model call in {ms:.0f} ms",
+    "add": "new target segmented in {s:.2f} s (the others kept)",
+    "rerun": "target segmented again from its clicks in {s:.2f} s (the others kept)",
+    "predict": "segmented in {s:.2f} s ({encodes} crop(s) encoded so far)",
+    "edit": "your edit is kept (the edited targets are locked)",
+    "lock": "locked: its voxels stay as they are",
+    "unlock": "unlocked: the model's mask is back",
+}
 
 
-def _button(text: str, slot, row: QHBoxLayout) -> QPushButton:
+def _button(text: str, slot, row: QHBoxLayout, tip: str = "") -> QPushButton:
     button = QPushButton(text)
-    button.clicked.connect(slot)
+    button.clicked.connect(lambda _=False: slot())
+    button.setToolTip(tip)
     row.addWidget(button)
     return button
 
 
-class SegmentWidget(QWidget):
+class SegmentWidget(QWidget, TargetActions):
     """SAM-Med3D(-MoE) interactive segmentation of the chosen image layer."""
 
     idle = Signal()  # every queued job has finished and its result is shown
@@ -65,19 +79,34 @@ class SegmentWidget(QWidget):
         self.session = Session()
         self.layers: ImageLayers | None = None
         self.last_update: Update | None = None
+        self.last_saved: list[str] = []
         self.notes: list[str] = []
-        self._negative = False
+        self.negative_mode = False
+        self._negative: bool | None = None
         self._adopting = False
         self._selected: int | None = None
-        self.jobs = Jobs(self._progress, self._show_error, self.idle.emit)
+        self._save_to: tuple[str, bool] | None = None
+        self.shortcuts = Shortcuts(
+            {
+                "toggle": self.toggle_sign,
+                "undo": self.undo,
+                "reset": self.reset,
+                "next": self.next_target,
+                "save": self.save_again,
+            }
+        )
         self._build()
+        self._threads = self.model_panel.threads.value()
+        self.model_panel.threads.valueChanged.connect(lambda n: setattr(self, "_threads", int(n)))
+        self.jobs = Jobs(self._progress, self._show_error, self.idle.emit, lambda: threads.pin(self._threads))
         self.viewer.layers.events.inserted.connect(self._layers_changed)
         self.viewer.layers.events.removed.connect(self._layers_changed)
+        self._submit(self._find_options, lambda found: self.model_panel.set_options(*found))
         self._layers_changed()
 
     # ------------------------------------------------------------------------------------------ layout
     def _build(self) -> None:
-        self.setMinimumWidth(580)  # the target table's columns without scrolling
+        self.setMinimumWidth(640)  # the target table's columns without scrolling
         root = QVBoxLayout(self)
         image_box = QGroupBox("image")
         row = QHBoxLayout(image_box)
@@ -95,35 +124,45 @@ class SegmentWidget(QWidget):
         column = QVBoxLayout(target_box)
         self.table = TargetTable()
         self.table.renamed.connect(self.rename)
+        self.table.route_chosen.connect(self.set_route)
+        self.table.lock_toggled.connect(self.set_locked)
         self.table.itemSelectionChanged.connect(self._selection_changed)
         column.addWidget(self.table)
         buttons = QHBoxLayout()
-        _button("Add", lambda: self.add_target(), buttons)
-        _button("Undo click", self.undo, buttons)
-        _button("Reset", self.reset, buttons)
-        _button("Delete", self.delete, buttons)
+        self.buttons = {
+            "add": _button("Add", self.add_target, buttons, tooltip("next", "start another target")),
+            "undo": _button("Undo click", self.undo, buttons, tooltip("undo")),
+            "reset": _button("Reset", self.reset, buttons, tooltip("reset")),
+            "delete": _button("Delete", self.delete, buttons, "remove the selected target"),
+            "lock": _button("Lock", self.toggle_lock, buttons, self.table.TIPS[-1]),
+        }
+        self.sign_button = _button("", self.toggle_sign, buttons, tooltip("toggle"))
+        self.sign_button.setCheckable(True)
+        self._sign_changed()
         column.addLayout(buttons)
         hint = QLabel(HINT)
         hint.setWordWrap(True)
         column.addWidget(hint)
         root.addWidget(target_box)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 0)  # busy indicator: model calls have no known length
-        self.progress.setVisible(False)
+        self.busy_label = QLabel(BUSY)  # static on purpose (see the module docstring)
+        self.busy_label.setVisible(False)
         self.status = QLabel("")
-        self.status.setWordWrap(True)
         self.note_label = QLabel("")
-        self.note_label.setWordWrap(True)
         self.note_label.setStyleSheet("color: #d9a400")
         self.error_label = QLabel("")
-        self.error_label.setWordWrap(True)
         self.error_label.setStyleSheet("color: #ff6060")
-        for w in (self.progress, self.status, self.note_label, self.error_label):
+        for w in (self.busy_label, self.status, self.note_label, self.error_label):
+            w.setWordWrap(True)
             root.addWidget(w)
-        save_row = QHBoxLayout()
-        _button("Save segmentation...", self._save_dialog, save_row)
-        root.addLayout(save_row)
+        self.export_panel = ExportPanel()
+        self.export_panel.save_requested.connect(self._save_dialog)
+        self.export_panel.button.setToolTip(tooltip("save", "save the segmentation"))
+        root.addWidget(self.export_panel)
         root.addStretch(1)
+
+    def _sign_changed(self) -> None:
+        self.sign_button.setChecked(self.negative_mode)
+        self.sign_button.setText("Clicks: negative" if self.negative_mode else "Clicks: positive")
 
     # ------------------------------------------------------------------------------------------ state
     @property
@@ -135,19 +174,33 @@ class SegmentWidget(QWidget):
         return self.error_label.text()
 
     def _progress(self, text: str | None) -> None:
-        self.progress.setVisible(text is not None)
+        self.busy_label.setVisible(text is not None)
         if text is not None:
             self.status.setText(text)
 
     def _show_error(self, message: str) -> None:
         self.error_label.setText(message)
-        if self.layers is not None:  # a refused click: show the clicks the session kept
+        if self.layers is not None:  # a refused click or edit: show the clicks the session kept
             self.layers.show_clicks(self.session.targets)
             self.table.show_targets(self.session.targets)
 
     def _submit(self, work, done) -> None:
         self.error_label.setText("")
         self.jobs.submit(work, done)
+
+    def event(self, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.ParentChange:  # docked into napari's window, or taken out of it
+            self._bind_keys()
+        return super().event(event)
+
+    def _bind_keys(self) -> None:
+        """The shortcuts work only while the widget is docked."""
+        if self.parent() is None:
+            self.shortcuts.unbind_all()
+            return
+        self.shortcuts.bind(self.viewer)
+        if self.layers is not None:
+            self.shortcuts.bind(self.layers.points)
 
     # ------------------------------------------------------------------------------------------ image
     def _image_layers(self) -> list[Image]:
@@ -204,6 +257,8 @@ class SegmentWidget(QWidget):
             layers = ImageLayers(self.viewer, layer)
             old, self.layers = self.layers, layers
             if old is not None:
+                self.shortcuts.unbind(old.points)
+                old.labels.events.paint.disconnect(self._labels_painted)  # it stays as the user's result
                 old.detach()
         except Exception as err:  # a layer that is not a usable volume
             self.error_label.setText(one_line(err))
@@ -212,6 +267,10 @@ class SegmentWidget(QWidget):
             self._adopting = False
         layers.points.mouse_drag_callbacks.insert(0, self._record_modifiers)
         layers.points.events.data.connect(self._points_changed)
+        layers.labels.events.paint.connect(self._labels_painted)
+        self._bind_keys()
+        source = layers.volume.path
+        self.export_panel.set_dicom(source is not None and Path(source).is_dir())
         if self.viewer.dims.ndim == 3:  # axial slices in radiological orientation (world axes are RAS)
             self.viewer.dims.order = (2, 1, 0)
             camera = getattr(self.viewer, "scene", self.viewer).camera  # napari 0.9 moved it under scene
@@ -227,6 +286,10 @@ class SegmentWidget(QWidget):
         self._submit(work, self._apply)
 
     # ------------------------------------------------------------------------------------------ model
+    def _find_options(self) -> Generator[str, None, tuple[list[str], list[str]]]:
+        yield "loading: finding devices and expert plugins"
+        return options()
+
     def load_model(self) -> None:
         """(Re)load the model chosen in the panel; targets are segmented again with it."""
         choice = self.model_panel.choice()
@@ -241,87 +304,9 @@ class SegmentWidget(QWidget):
 
     def _load(self, choice: ModelChoice) -> Generator[str, None, Any]:
         yield f"loading {choice.checkpoint or 'the model'}"
+        threads.pin(self._threads, load=True)
         predictor, self.notes = load_predictor(choice)
         return predictor
-
-    # ------------------------------------------------------------------------------------------ targets
-    def _selection_changed(self) -> None:
-        # Jobs read the selected target when they start (after earlier jobs' results are shown), from a plain
-        # attribute: a worker thread must not touch the table.
-        self._selected = self.table.current_id()
-
-    def add_target(self, name: str | None = None) -> None:
-        def work() -> Generator[str, None, tuple[Update, int]]:
-            yield "new target"
-            view = self.session.add_target(name)
-            return self.session.snapshot(), view.id
-
-        self._submit(work, lambda result: self._apply(*result))
-
-    def rename(self, id_: int, name: str) -> None:
-        def work() -> Generator[str, None, Update]:
-            yield "renaming"
-            self.session.rename(id_, name)
-            return self.session.snapshot()
-
-        self._submit(work, self._apply)
-
-    def _on_target(self, method: str, verb: str) -> None:
-        def work() -> Generator[str, None, Update]:
-            id_ = self._selected
-            if id_ is None:
-                raise ConfigError(f"select a target to {verb}")
-            yield f"{verb}: segmenting the remaining clicks again"
-            return getattr(self.session, method)(id_)
-
-        self._submit(work, self._apply)
-
-    def undo(self) -> None:
-        """Take back the selected target's last click."""
-        self._on_target("undo", "undo")
-
-    def reset(self) -> None:
-        """Remove every click (and the mask) of the selected target."""
-        self._on_target("reset", "reset")
-
-    def delete(self) -> None:
-        """Remove the selected target."""
-        self._on_target("delete", "delete")
-
-    # ------------------------------------------------------------------------------------------ clicks
-    def _record_modifiers(self, layer: Any, event: Any) -> None:
-        """Mouse press on the clicks layer (before napari adds the point on release): remember the sign."""
-        modifiers = {str(m) for m in (getattr(event, "modifiers", None) or ())}
-        self._negative = bool(modifiers & set(NEGATIVE_MODIFIERS)) or getattr(event, "button", 1) == 2
-
-    def _points_changed(self, event: Any) -> None:
-        if self.layers is None or self.layers.syncing or event.action != ActionType.ADDED:
-            return
-        count = len(self.layers.points.data)
-        for index in sorted(int(i) % count for i in event.data_indices):  # napari reports -1 for "the last"
-            self.layers.mark_sign(index, not self._negative)
-            self.click(self.layers.click_position(index), positive=not self._negative)
-        self._negative = False
-
-    def click(self, voxel: Any, positive: bool = True, target: int | None = None) -> None:
-        """One click at stored voxel indices on the selected target (or ``target``; a new one when none)."""
-        point = np.asarray(voxel, dtype=np.float64).reshape(3).copy()
-        choice = None if self.session.predictor is not None else self.model_panel.choice()
-
-        def work() -> Generator[str, None, tuple[Update, int]]:
-            if choice is not None and self.session.predictor is None:
-                self.session.set_predictor((yield from self._load(choice)))
-            id_ = target if target is not None else self._selected
-            if id_ is None or all(t.id != id_ for t in self.session.targets):
-                id_ = self.session.add_target().id
-            if self.session.needs_image:
-                yield "first click on this image: resampling it and encoding the crop"
-                self.session.prepare()
-            else:
-                yield "segmenting"
-            return self.session.click(id_, point, positive), id_
-
-        self._submit(work, lambda result: self._apply(*result))
 
     # ------------------------------------------------------------------------------------------ results
     def _apply(self, update: Update, current: int | None = None) -> None:
@@ -331,39 +316,46 @@ class SegmentWidget(QWidget):
             self.layers.show_labels(update.labels, update.box)
             self.layers.show_clicks(update.targets)
             self.layers.set_clicks_document(self.session.clicks_document())
-        self.table.show_targets(update.targets, current)
+        self.table.show_targets(update.targets, current, update.decoders)
         self.note_label.setText("\n".join(self.notes))
-        if update.path == "refine":
-            self.status.setText(f"refined on the cached embedding in {update.seconds * 1000:.0f} ms")
-        elif update.path in ("undo", "remove"):
-            self.status.setText(f"{update.path} without a model call in {update.seconds * 1000:.0f} ms")
-        elif update.path == "add":
-            self.status.setText(f"new target segmented in {update.seconds:.2f} s (the others kept)")
-        elif update.path == "predict":
-            self.status.setText(
-                f"segmented in {update.seconds:.2f} s ({update.encodes} crop(s) encoded so far)"
-            )
-        else:
-            self.status.setText("")
+        text = STATUS.get(update.path, "")
+        self.status.setText(text.format(ms=update.seconds * 1000, s=update.seconds, encodes=update.encodes))
 
     # ------------------------------------------------------------------------------------------ saving
     def _save_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save segmentation", "", "NIfTI (*.nii.gz *.nii)")
+        suffix = self.export_panel.suffix
+        name = next(n for n, s in FORMATS if s == suffix)
+        path, _ = QFileDialog.getSaveFileName(self, "Save segmentation", "", f"{name} (*{suffix})")
         if path:
-            self.save(path)
+            path = path if path.lower().endswith(suffix) else path + suffix
+            self.save(path, self.export_panel.per_target.isChecked())
 
-    def save(self, path: str) -> list[str]:
-        """Write the label map (NIfTI on the source grid) and ``<name>.clicks.json``; errors: one line."""
+    def save_again(self) -> None:
+        """Save where the last save went (the first time: ask where)."""
+        if self._save_to is None:
+            self._save_dialog()
+        else:
+            self.save(*self._save_to)
+
+    def save(self, path: str, per_target: bool = False) -> None:
+        """Write the label map as the layer shows it (the user's edits included) on the source grid, in the
+        format the extension names, and ``<name>.clicks.json``; in a worker (``last_saved`` then lists the
+        files; errors: one line)."""
         if self.layers is None:
             self.error_label.setText("nothing to save: open an image and click a target first")
-            return []
-        labels = self.layers.labels
-        try:
-            written = write_labels(
-                path, labels.data, {"metadata": labels.metadata, "affine": labels.affine.affine_matrix}
-            )
-        except Exception as err:
-            self.error_label.setText(one_line(err))
-            return []
-        self.status.setText("saved " + ", ".join(written))
-        return written
+            return
+        shown = self.last_update.targets if self.last_update is not None else ()
+        segments = [(t.value, t.name, f"sammoe {t.expert or 'clicks'}") for t in shown if t.value]
+        labels, volume = self.layers.stored.copy(), self.layers.volume
+        clicks = self.layers.clicks_document
+
+        def work() -> Generator[str, None, list[str]]:
+            yield f"saving {path}"
+            return export(path, labels, volume, sorted(segments), clicks, per_target=per_target)
+
+        def done(written: list[str]) -> None:
+            self.last_saved = written
+            self._save_to = (path, per_target)
+            self.status.setText("saved " + ", ".join(written))
+
+        self._submit(work, done)
