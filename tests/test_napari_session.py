@@ -214,3 +214,100 @@ def test_the_session_imports_no_torch():
 
     code = "import sys, sammoe.napari.session; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def count_decodes(predictor, calls: list) -> None:
+    decoding = predictor._decoding
+    original = decoding.decode
+    decoding.decode = lambda *args, **kw: calls.append(1) or original(*args, **kw)
+
+
+def test_moved_and_deleted_clicks_rerun_that_target_alone(session, shipped_tiny_checkpoint, phantom_volume):
+    """napari's point tools move or delete a click: that target is decoded again from the clicks it has now
+    (the others are not), keeps its label value, and equals a fresh prediction of the remaining clicks."""
+    from sammoe.napari.session import Click
+
+    volume, label = phantom_volume
+    liver, spleen = centre(label, "liver"), centre(label, "spleen")
+    a, b = session.add_target("liver"), session.add_target("spleen")
+    session.click(a.id, liver)
+    session.click(a.id, np.add(liver, [0, 4, 0]), positive=False)
+    session.click(b.id, spleen)
+    decodes: list = []
+    count_decodes(session.predictor, decodes)
+    moved = [Click(tuple(np.add(liver, [2, 0, 0])), True), session.targets[0].clicks[1]]
+    update = session.set_clicks(a.id, moved)
+    assert update.path == "rerun" and len(decodes) == 2  # the liver's two clicks, nothing of the spleen's
+    assert [(v.name, v.value) for v in update.targets] == [("liver", 1), ("spleen", 2)]
+    assert update.targets[0].clicks == tuple(moved)
+    assert np.array_equal(update.labels, fresh(shipped_tiny_checkpoint, volume, cli_targets(session)))
+    deleted = session.set_clicks(a.id, moved[:1])  # the negative click deleted
+    assert deleted.path == "rerun" and len(deleted.targets[0].clicks) == 1
+    assert np.array_equal(deleted.labels, fresh(shipped_tiny_checkpoint, volume, cli_targets(session)))
+    assert session.set_clicks(a.id, moved[:1]).path == "none"  # nothing changed
+    gone = session.set_clicks(a.id, [])
+    assert gone.path == "remove" and [v.value for v in gone.targets] == [0, 1]
+    with pytest.raises(DataError, match="outside the image"):
+        session.set_clicks(b.id, [Click((500.0, 0.0, 0.0), True)])
+    assert len(session.targets[1].clicks) == 1
+
+
+def test_edited_voxels_lock_their_target_and_survive_other_targets_clicks(
+    session, shipped_tiny_checkpoint, phantom_volume
+):
+    volume, label = phantom_volume
+    liver, spleen = centre(label, "liver"), centre(label, "spleen")
+    a, b = session.add_target("liver"), session.add_target("spleen")
+    first = session.click(a.id, liver)
+    model_liver = first.labels == 1
+    spleen_voxels = np.argwhere(label == LABELS["spleen"])[:40].T  # painted as liver, inside the spleen
+    erased = np.argwhere(model_liver)[:30].T  # erased from the liver
+    edit = session.edit(tuple(spleen_voxels), 1)
+    assert edit.path == "edit" and edit.targets[0].locked and edit.box is not None
+    session.edit(tuple(erased), 0)
+    with pytest.raises(ConfigError, match="locked"):
+        session.click(a.id, liver)
+    second = session.click(b.id, spleen)
+    assert second.targets[1].value == 2 and (second.labels == 2).any()
+    assert (second.labels[tuple(spleen_voxels)] == 1).all()  # the spleen's mask does not overwrite them
+    assert (second.labels[tuple(erased)] == 0).all()
+    expected = model_liver.copy()
+    expected[tuple(erased)] = False
+    expected[tuple(spleen_voxels)] = True
+    assert np.array_equal(second.labels == 1, expected)
+    assert second.targets[0].voxels == int(expected.sum())
+    assert session.clicks_document()["results"][0]["locked"] is True
+    unlocked = session.unlock(a.id)
+    assert unlocked.path == "unlock" and not unlocked.targets[0].locked
+    assert np.array_equal(unlocked.labels, fresh(shipped_tiny_checkpoint, volume, cli_targets(session)))
+    assert session.lock(a.id).targets[0].locked  # a lock keeps the model's mask as it is now
+    assert np.array_equal(session.click(b.id, np.add(spleen, [1, 0, 0])).labels == 1, unlocked.labels == 1)
+
+
+@pytest.mark.filterwarnings("ignore:the demo model")
+def test_a_chosen_decoder_reruns_that_target_alone_and_is_saved(phantom_volume):
+    """A target routed to one decoder by the user: decoded again alone with it (the others keep their
+    masks), recorded as its "route" in the clicks document; "routed" gives it back to the model."""
+    volume, label = phantom_volume
+    s = Session(Predictor.load("demo"))
+    s.set_volume(volume)
+    assert s.decoders == ("foundation", "spinal_cord", "textured_lesion")
+    a, b = s.add_target("kidney"), s.add_target("liver")
+    s.click(a.id, centre(label, "kidney_left"))
+    before = s.click(b.id, centre(label, "liver"))
+    assert "spinal_cord" in before.decoders and before.targets[0].route is None
+    routed = s.set_route(a.id, "spinal_cord")
+    assert routed.path == "rerun" and routed.targets[0].expert == "spinal_cord"
+    assert routed.targets[0].routed_by in ("forced", "chosen") and routed.targets[0].value == 1
+    assert np.array_equal(routed.labels == 2, before.labels == 2)  # the liver was not decoded again
+    doc = s.clicks_document()
+    assert doc["targets"][0]["route"] == "spinal_cord" and "route" not in doc["targets"][1]
+    alone = Predictor.load("demo", route="spinal_cord")
+    alone.set_image(volume)
+    kidney = cli_targets(s)[0]
+    assert np.array_equal(alone.predict([kidney]).labels == 1, routed.labels == 1)
+    with pytest.raises(ConfigError, match="not loaded"):
+        s.set_route(a.id, "no_such_expert")
+    back = s.set_route(a.id, None)
+    assert back.targets[0].route is None and "route" not in s.clicks_document()["targets"][0]
+    assert np.array_equal(back.labels, before.labels)

@@ -34,6 +34,15 @@ def marker_size(spacing: Any) -> float:
     return CLICK_MM / float(np.min(np.abs(np.asarray(spacing, dtype=np.float64))))
 
 
+def warm_up_layers() -> None:
+    """Make a labels and a points layer once, outside any viewer, so the modules napari imports for its first
+    ones (pandas for their features, and more: 1-2 s) are loaded by the caller's thread, a worker."""
+    from napari.layers import Labels, Points
+
+    Labels(np.zeros((2, 2, 2), dtype=np.uint8))
+    Points(np.zeros((1, 3)))
+
+
 def volume_of(layer: Any) -> tuple[Volume, Display]:
     """The volume an image layer shows: the one the sammoe reader read, else the layer's array with its
     data -> world transform taken as voxel -> RAS mm."""
@@ -140,21 +149,27 @@ class ImageLayers:
         return edited
 
     def painted(self, atoms: Sequence[Any]) -> tuple[tuple[np.ndarray, ...], np.ndarray] | None:
-        """The voxels a napari paint event changed (stored index arrays) and the values they hold now. napari
-        0.9 records a bounding box and mask per stroke; earlier versions (indices, old values, new values)."""
-        found = []
+        """The voxels a napari paint event changed (stored index arrays) and their new values, from the event
+        itself: napari emits it before it writes the layer's data. napari 0.9 records a bounding box, a mask
+        and the label painted; earlier versions (indices, old values, new values)."""
+        indices, values = [], []
         for atom in atoms:
             box = getattr(atom, "slice_key", None)
             if box is not None:
                 mask = atom.mask if atom.mask is not None else np.ones([s.stop - s.start for s in box], bool)
-                found.append(tuple(i + s.start for i, s in zip(np.nonzero(mask), box)))
+                found = tuple(i + s.start for i, s in zip(np.nonzero(mask), box))
+                new = np.full(found[0].shape, atom.new_value)
             elif isinstance(atom, tuple) and len(atom) == 3:
-                found.append(tuple(np.asarray(i, dtype=np.intp).reshape(-1) for i in atom[0]))
-        if not found:
+                found = tuple(np.asarray(i, dtype=np.intp).reshape(-1) for i in atom[0])
+                new = np.broadcast_to(np.asarray(atom[2]).reshape(-1), found[0].shape)
+            else:
+                continue
+            indices.append(found)
+            values.append(new)
+        if not indices:
             return None
-        shown = tuple(np.concatenate([f[axis] for f in found]).astype(np.intp) for axis in range(3))
-        values = np.asarray(self.labels.data)[shown]
-        return tuple(shown[r] for r in self.display.inverse), values
+        shown = tuple(np.concatenate([f[axis] for f in indices]).astype(np.intp) for axis in range(3))
+        return tuple(shown[r] for r in self.display.inverse), np.concatenate(values)
 
     def show_labels(self, labels: np.ndarray | None, box: tuple[slice, ...] | None = None) -> None:
         """Copy a label map (stored order) into the layer's array, only inside ``box`` when the update says

@@ -33,7 +33,7 @@ from sammoe.napari import threads
 from sammoe.napari.export import FORMATS, export
 from sammoe.napari.interaction import TargetActions
 from sammoe.napari.jobs import Jobs, one_line
-from sammoe.napari.layers import ImageLayers
+from sammoe.napari.layers import ImageLayers, warm_up_layers
 from sammoe.napari.models import ModelChoice, load_predictor, options
 from sammoe.napari.panels import ExportPanel, ModelPanel
 from sammoe.napari.reader import layer_data
@@ -101,8 +101,10 @@ class SegmentWidget(QWidget, TargetActions):
         self.jobs = Jobs(self._progress, self._show_error, self.idle.emit, lambda: threads.pin(self._threads))
         self.viewer.layers.events.inserted.connect(self._layers_changed)
         self.viewer.layers.events.removed.connect(self._layers_changed)
+        # Off the GUI thread first: napari's first labels and points layers import pandas and more (1-2 s),
+        # then torch (seconds); the open image is adopted in between.
+        self._submit(self._warm_up, lambda _: self._layers_changed())
         self._submit(self._find_options, lambda found: self.model_panel.set_options(*found))
-        self._layers_changed()
 
     # ------------------------------------------------------------------------------------------ layout
     def _build(self) -> None:
@@ -186,6 +188,7 @@ class SegmentWidget(QWidget, TargetActions):
 
     def _submit(self, work, done) -> None:
         self.error_label.setText("")
+        self.busy_label.setVisible(True)  # at once: the worker's first message comes through the event loop
         self.jobs.submit(work, done)
 
     def event(self, event: QEvent) -> bool:
@@ -286,6 +289,10 @@ class SegmentWidget(QWidget, TargetActions):
         self._submit(work, self._apply)
 
     # ------------------------------------------------------------------------------------------ model
+    def _warm_up(self) -> Generator[str, None, None]:
+        yield "loading"
+        warm_up_layers()
+
     def _find_options(self) -> Generator[str, None, tuple[list[str], list[str]]]:
         yield "loading: finding devices and expert plugins"
         return options()

@@ -53,3 +53,39 @@ def mouse_click(viewer, layer, voxel, modifiers=()) -> None:
     for axis in viewer.dims.not_displayed:
         viewer.dims.set_point(axis, float(world[axis]))
     simulate_click(viewer, layer, voxel, modifiers)
+
+
+WIDGET = ("sammoe", "Segment with clicks")
+WAIT_MS = 60_000
+
+
+def settle(qtbot, widget) -> None:
+    """Wait until every queued job of the widget has run and its result is shown."""
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+
+
+def dock(viewer, qtbot):
+    """Dock the plugin's widget and wait until it is ready (devices and experts found, image adopted)."""
+    _, widget = viewer.window.add_plugin_dock_widget(*WIDGET)
+    settle(qtbot, widget)
+    return widget
+
+
+def phantom_nifti(folder, seed: int = 5, shape=(64, 64, 40), spacing=(2.0, 2.0, 3.0)):
+    """A phantom saved as NIfTI: (path, label, affine)."""
+    import nibabel as nib
+
+    from sammoe.data.phantoms import make_phantom_case
+
+    image, label, affine = make_phantom_case(seed, shape=shape, spacing=spacing)
+    path = folder / "phantom.nii.gz"
+    nib.save(nib.Nifti1Image(image, affine), str(path))
+    return path, label, affine
+
+
+def organ_centre(label, name):
+    import numpy as np
+
+    from sammoe.data.phantoms import LABELS
+
+    return np.argwhere(label == LABELS[name]).mean(0).round()
