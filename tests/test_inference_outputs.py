@@ -43,7 +43,8 @@ def test_a_refinement_touches_only_the_crop_footprint_and_matches_the_whole_grid
     predictor.predict([Target([click]), Target([[40, 40, slices // 2]])], probabilities=True)
     result = predictor.add_click(0, [50, 50, slices // 2], positive=True)
     state = predictor._states[0]
-    whole = invert_probability(state.entry.roi, state.roi_prob) > 0.5
+    crop = predictor._decoding.upsample(state.low)[0]  # the crop's probabilities (no state keeps them)
+    whole = invert_probability(state.entry.roi, crop) > 0.5
     assert np.array_equal(result.mask, whole)  # the same mask as mapping onto the whole grid
     assert result.box is not None and result.box[2].stop - result.box[2].start < slices
     outside = np.ones(volume.shape, bool)

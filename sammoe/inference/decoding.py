@@ -97,7 +97,7 @@ class ClickDecoder:
 
     def run(self, entry: EncodedRoi, states: list[TargetState]) -> None:
         """Feed every state's unconsumed clicks, one step per click, batching states with equal click
-        counts."""
+        counts. Leaves each state's low-res logits (``upsample`` makes the crop's probabilities of them)."""
         while True:
             active = [s for s in states if s.fed < len(s.clicks)]
             if not active:
@@ -116,7 +116,3 @@ class ClickDecoder:
                     s.probs = None if probs is None else probs[b].cpu().numpy()
                     s.route = 0 if route is None else int(route[b])
                     s.fed = count
-        if states:
-            stacked = self.upsample(torch.cat([s.low for s in states]))
-            for s, prob in zip(states, stacked):
-                s.roi_prob = prob

@@ -53,7 +53,8 @@ from sammoe.interact.sliding_window import touches_face
 from sammoe.model.moe import FOUNDATION, SamMoE
 from sammoe.model.sam3d import SamMed3D
 
-MAX_UNDO = 64  # refinement states kept per target (each holds its crop's probabilities)
+MAX_UNDO = 64  # refinement states kept per target (each holds its low-res logits and its result)
+DECODE_BATCH = 32  # targets of one crop decoded together: bounds the decoder's memory for many targets
 
 __all__ = ["SPACES", "Target", "TargetResult", "Segmentation", "Predictor", "to_input_voxels"]
 
@@ -199,6 +200,14 @@ class Predictor:
     # ------------------------------------------------------------------------------------------- results
 
     def _finish(self, state: TargetState) -> None:
+        """The target's result from its low-res logits; its crop's probabilities exist only meanwhile."""
+        state.roi_prob = self._decoding.upsample(state.low)[0]
+        try:
+            self._make_result(state)
+        finally:
+            state.roi_prob = None
+
+    def _make_result(self, state: TargetState) -> None:
         windows, box = 1, None
         if self.use_sliding_window and touches_face(state.roi_prob):
             mask, prob = grow_over_windows(
@@ -260,7 +269,11 @@ class Predictor:
     def predict(
         self, targets: Target | Sequence[Target], *, probabilities: bool = False, progress: bool = False
     ) -> Segmentation:
-        """Segment targets on the current image (replacing earlier targets)."""
+        """Segment targets on the current image (replacing earlier targets). The work is ordered by crop:
+        targets whose crops start at the same voxel are encoded once and decoded in batches of
+        ``DECODE_BATCH``, however many there are and in whatever order they come; the results keep the
+        caller's order. Per target only the low-res logits and the mask are kept (full-grid float
+        probabilities only with ``probabilities``)."""
         if self.volume is None:
             raise ConfigError("no image set; call set_image(...) first")
         targets = targets_argument(targets)
@@ -268,33 +281,42 @@ class Predictor:
             raise DataError("no targets given; give at least one target with a positive click")
         checked = [check_target(t, i, self.volume) for i, t in enumerate(targets)]
         self._want_probs = probabilities
-        self._states = []
+        self._states = self._new_states(checked, 0)
         by_entry: dict[int, tuple[EncodedRoi, list[TargetState]]] = {}
-        for state in self._new_states(checked, 0):
-            self._states.append(state)
+        for state in self._states:
             by_entry.setdefault(id(state.entry), (state.entry, []))[1].append(state)
         bar = _progress(len(self._states), progress)
         for entry, states in by_entry.values():
-            self._decoding.run(entry, states)
-            for state in states:
-                self._finish(state)
-                bar.update(1)
+            for start in range(0, len(states), DECODE_BATCH):
+                batch = states[start : start + DECODE_BATCH]
+                self._decoding.run(entry, batch)
+                for state in batch:
+                    self._finish(state)
+                    bar.update(1)
         bar.close()
         return self.segmentation
 
     def _new_states(self, checked: list[tuple], offset: int) -> list[TargetState]:
         """Checked targets (name, input voxels, labels) as states on their click-centred crops, numbered
-        from ``offset`` + 1."""
-        states = []
-        for i, (name, vox, labels) in enumerate(checked):
-            first = vox[int(np.flatnonzero(labels == 1)[0])]
-            entry = self._rois.centred_on(first)
+        from ``offset`` + 1, in the caller's order. The crops are looked up grouped by where they start, so
+        targets sharing a crop find it encoded whatever the cache's size."""
+        firsts = [int(np.flatnonzero(labels == 1)[0]) for _, _, labels in checked]
+        starts = [
+            tuple(int(v) for v in click_centred_start(self.pre, self._res, vox[k]))
+            for (_, vox, _), k in zip(checked, firsts)
+        ]
+        seen: dict[tuple[int, ...], int] = {}
+        order = sorted(range(len(checked)), key=lambda i: seen.setdefault(starts[i], len(seen)))
+        states: list[TargetState | None] = [None] * len(checked)
+        for i in order:
+            name, vox, labels = checked[i]
+            entry = self._rois.centred_on(vox[firsts[i]])
             if not np.all(entry.roi.contains(entry.roi.input_to_roi(vox))):
-                entry = self._rois.get(click_centred_start(self.pre, self._res, first))
+                entry = self._rois.get(starts[i])
             # The centring click goes first, so the first step sees a positive click (official protocol).
-            order = np.argsort(np.arange(len(vox)) != int(np.flatnonzero(labels == 1)[0]), kind="stable")
-            states.append(TargetState(name, offset + i + 1, vox[order], labels[order], entry))
-        return states
+            first_click = np.argsort(np.arange(len(vox)) != firsts[i], kind="stable")
+            states[i] = TargetState(name, offset + i + 1, vox[first_click], labels[first_click], entry)
+        return states  # type: ignore[return-value]
 
     def add_click(
         self, target: int | str, point: Sequence[float], positive: bool = True, space: str = "voxel"

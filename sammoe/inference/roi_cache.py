@@ -50,7 +50,9 @@ class TargetState:
     iou: float = 0.0
     probs: np.ndarray | None = None  # gate probabilities of the last step
     route: int = 0
-    roi_prob: np.ndarray | None = None  # (S, S, S) foreground probability in the primary ROI
+    # (S, S, S) foreground probability in the primary ROI, only while the result is made from it: kept per
+    # target it would cost S^3 floats each (a thousand targets: gigabytes)
+    roi_prob: np.ndarray | None = None
     windows: int = 1
     result: TargetResult | None = None
     # the state before each refinement click, newest last: undo restores it without decoding
