@@ -48,7 +48,6 @@ from sammoe.inference.devices import bf16_pays, usable_device
 from sammoe.inference.roi_cache import EncodedRoi, RoiCache, TargetState
 from sammoe.inference.targets import SPACES, Segmentation, Target, TargetResult, check_target, to_input_voxels
 from sammoe.inference.windows import grow_over_windows
-from sammoe.interact.roi import click_centred_start
 from sammoe.interact.sliding_window import touches_face
 from sammoe.model.moe import FOUNDATION, SamMoE
 from sammoe.model.sam3d import SamMed3D
@@ -281,7 +280,7 @@ class Predictor:
             raise DataError("no targets given; give at least one target with a positive click")
         checked = [check_target(t, i, self.volume) for i, t in enumerate(targets)]
         self._want_probs = probabilities
-        self._states = self._new_states(checked, 0)
+        self._states = self._rois.new_states(checked, 0)
         by_entry: dict[int, tuple[EncodedRoi, list[TargetState]]] = {}
         for state in self._states:
             by_entry.setdefault(id(state.entry), (state.entry, []))[1].append(state)
@@ -295,28 +294,6 @@ class Predictor:
                     bar.update(1)
         bar.close()
         return self.segmentation
-
-    def _new_states(self, checked: list[tuple], offset: int) -> list[TargetState]:
-        """Checked targets (name, input voxels, labels) as states on their click-centred crops, numbered
-        from ``offset`` + 1, in the caller's order. The crops are looked up grouped by where they start, so
-        targets sharing a crop find it encoded whatever the cache's size."""
-        firsts = [int(np.flatnonzero(labels == 1)[0]) for _, _, labels in checked]
-        starts = [
-            tuple(int(v) for v in click_centred_start(self.pre, self._res, vox[k]))
-            for (_, vox, _), k in zip(checked, firsts)
-        ]
-        seen: dict[tuple[int, ...], int] = {}
-        order = sorted(range(len(checked)), key=lambda i: seen.setdefault(starts[i], len(seen)))
-        states: list[TargetState | None] = [None] * len(checked)
-        for i in order:
-            name, vox, labels = checked[i]
-            entry = self._rois.centred_on(vox[firsts[i]])
-            if not np.all(entry.roi.contains(entry.roi.input_to_roi(vox))):
-                entry = self._rois.get(starts[i])
-            # The centring click goes first, so the first step sees a positive click (official protocol).
-            first_click = np.argsort(np.arange(len(vox)) != firsts[i], kind="stable")
-            states[i] = TargetState(name, offset + i + 1, vox[first_click], labels[first_click], entry)
-        return states  # type: ignore[return-value]
 
     def add_click(
         self, target: int | str, point: Sequence[float], positive: bool = True, space: str = "voxel"
@@ -361,7 +338,9 @@ class Predictor:
         targets are not decoded again."""
         if self.volume is None:
             raise ConfigError("no image set; call set_image(...) first")
-        (state,) = self._new_states([check_target(target, len(self._states), self.volume)], len(self._states))
+        (state,) = self._rois.new_states(
+            [check_target(target, len(self._states), self.volume)], len(self._states)
+        )
         self._states.append(state)
         self._decoding.run(state.entry, [state])
         self._finish(state)

@@ -129,3 +129,25 @@ class RoiCache:
                 if np.all(np.abs(entry.centre - centre) <= limit):
                     return self.get(entry.roi.start)
         return self.get(click_centred_start(self.pre, self.grid, vox))
+
+    def new_states(self, checked: list[tuple], offset: int) -> list[TargetState]:
+        """Checked targets (name, input voxels, labels) as states on their click-centred crops, numbered
+        from ``offset`` + 1, in the caller's order. The crops are looked up grouped by where they start, so
+        targets sharing a crop find it encoded whatever the cache's size and the targets' order."""
+        firsts = [int(np.flatnonzero(labels == 1)[0]) for _, _, labels in checked]
+        starts = [
+            tuple(int(v) for v in click_centred_start(self.pre, self.grid, vox[k]))
+            for (_, vox, _), k in zip(checked, firsts)
+        ]
+        seen: dict[tuple[int, ...], int] = {}
+        order = sorted(range(len(checked)), key=lambda i: seen.setdefault(starts[i], len(seen)))
+        states: list[TargetState | None] = [None] * len(checked)
+        for i in order:
+            name, vox, labels = checked[i]
+            entry = self.centred_on(vox[firsts[i]])
+            if not np.all(entry.roi.contains(entry.roi.input_to_roi(vox))):
+                entry = self.get(starts[i])
+            # The centring click goes first, so the first step sees a positive click (official protocol).
+            first_click = np.argsort(np.arange(len(vox)) != firsts[i], kind="stable")
+            states[i] = TargetState(name, offset + i + 1, vox[first_click], labels[first_click], entry)
+        return states  # type: ignore[return-value]
