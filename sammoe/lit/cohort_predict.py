@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -138,12 +139,18 @@ class CohortPrediction(LightningModule):
                     self.predictor, case, batch["volume"], batch["targets"], probabilities=self.probabilities
                 )
             except torch.OutOfMemoryError:
-                torch.cuda.empty_cache() if self.device.type == "cuda" else None
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
                 row.update(status="failed", reason=f"{case.image}: out of memory on {self.device}")
             except SammoeError as err:
                 row.update(status="failed", reason=str(err))
             except Exception as err:  # noqa: BLE001  (one case must not end a cohort run: it is reported)
-                row.update(status="failed", reason=f"{case.image}: {type(err).__name__}: {err}")
+                errors = self._log.with_suffix(".errors.log")
+                append_line(errors, f"case {case.case_id}:\n{traceback.format_exc()}")
+                reason = (
+                    f"{case.image}: {type(err).__name__}: {err} (a sammoe bug? the traceback is in {errors})"
+                )
+                row.update(status="failed", reason=reason)
             else:
                 row.update(summary_row(case, report))
         row["seconds"] = round(time.perf_counter() - started + batch.get("read_seconds", 0.0), 3)
