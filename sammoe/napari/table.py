@@ -96,21 +96,32 @@ class TargetTable(QTableWidget):
         if t.value:  # only a target with a mask has voxels to keep
             lock.setFlags(lock.flags() | Qt.ItemFlag.ItemIsUserCheckable)
             lock.setCheckState(Qt.CheckState.Checked if t.locked else Qt.CheckState.Unchecked)
-        self.setCellWidget(row, self.COLUMN["decoder"], self._decoder_menu(t))
+        self._decoder_menu(row, t)
 
-    def _decoder_menu(self, t: TargetView) -> QComboBox:
-        menu = QComboBox()
+    def _decoder_menu(self, row: int, t: TargetView) -> None:
+        """The row's decoder menu; the one already there is kept when it is this target's with the same
+        choices (a menu made anew on every update costs GUI time on each click)."""
         choices = [ROUTED_TEXT, *self.decoders]
         if t.route is not ROUTED and t.route not in choices:
             choices.append(t.route)
-        menu.addItems(choices)
+        menu = self.cellWidget(row, self.COLUMN["decoder"])
+        if not (
+            isinstance(menu, QComboBox)
+            and menu.property("target") == t.id
+            and [menu.itemText(i) for i in range(menu.count())] == choices
+        ):
+            menu = QComboBox()
+            menu.addItems(choices)
+            menu.setProperty("target", t.id)
+            menu.setToolTip(self.TIPS[self.COLUMN["decoder"]])
+            menu.currentTextChanged.connect(
+                lambda text, id_=t.id: (
+                    self._filling or self.route_chosen.emit(id_, None if text == ROUTED_TEXT else text)
+                )
+            )
+            self.setCellWidget(row, self.COLUMN["decoder"], menu)
         menu.setCurrentText(ROUTED_TEXT if t.route is ROUTED else t.route)
         menu.setEnabled(not t.locked)
-        menu.setToolTip(self.TIPS[self.COLUMN["decoder"]])
-        menu.currentTextChanged.connect(
-            lambda text, id_=t.id: self.route_chosen.emit(id_, None if text == ROUTED_TEXT else text)
-        )
-        return menu
 
     def decoder_menu(self, id_: int) -> QComboBox:
         return self.cellWidget(self._ids.index(id_), self.COLUMN["decoder"])
