@@ -620,3 +620,48 @@ def test_no_model_chosen_is_refused_before_torch_is_imported(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 12, done.stderr
     assert "no model chosen" in done.stderr
+
+
+def test_a_clicks_file_target_chooses_its_decoder_and_the_others_are_routed(tmp_path, capsys, image):
+    from sammoe.plugins.discovery import discover
+
+    experts = [r.name for r in discover() if r.ok]
+    if not experts:
+        pytest.skip("no installed experts")
+    clicks = tmp_path / "clicks.json"
+    targets = [
+        {"name": "a", "points": [[20, 15, 12]], "route": experts[0]},
+        {"name": "b", "points": [[10, 5, 5]]},
+    ]
+    clicks.write_text(json.dumps({"targets": targets}))
+    report = tmp_path / "r.json"
+    rc, out, err = run(
+        capsys,
+        *("--image", image, "--clicks", clicks, "--out", tmp_path / "s.nii.gz", "--report", report),
+        *("--checkpoint", "demo"),
+    )
+    assert rc == 0, err
+    a, b = json.loads(report.read_text())["targets"]
+    assert (a["expert"], a["routed_by"]) == (experts[0], "chosen")
+    assert b["routed_by"] == "routers"
+    assert "a: label 1" in out and f"decoder {experts[0]} (chosen in the clicks file)" in out
+
+
+def test_an_unknown_route_in_a_clicks_file_is_one_line_before_torch_is_imported(tmp_path, image):
+    clicks = tmp_path / "clicks.json"
+    targets = [
+        {"name": "a", "points": [[20, 15, 12]]},
+        {"name": "cord", "points": [[1, 2, 3]], "route": "lung"},
+    ]
+    clicks.write_text(json.dumps({"targets": targets}))
+    code = (
+        "import sys; from sammoe.cli.main import main; "
+        f"rc = main(['segment', '--image', {str(image)!r}, '--clicks', {str(clicks)!r}, "
+        f"'--checkpoint', 'demo', '--out', {str(tmp_path / 'seg.nii.gz')!r}]); "
+        "sys.exit(10 + rc if 'torch' not in sys.modules else 99)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 12, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert str(clicks) in line and "'cord'" in line and "'lung'" in line and "foundation" in line
+    assert not (tmp_path / "seg.nii.gz").exists()

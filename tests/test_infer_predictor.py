@@ -403,3 +403,36 @@ def test_forced_route_uses_the_named_decoder_through_the_same_path(shipped_tiny_
         pred.route = "nope"
     with pytest.raises(ConfigError, match="choose one of foundation"):
         Predictor(shipped_tiny_model, "cpu", route="a")
+
+
+def test_a_target_may_choose_its_decoder_and_the_others_are_routed(shipped_tiny_model):
+    """``Target.route`` decodes that target with the named decoder (its refinements too), through the same
+    batch as the routed targets of its crop, equal to forcing that decoder for every target; an unknown
+    name is one ConfigError naming the target and the loaded decoders."""
+    torch.manual_seed(1)
+    backbone = load_backbone(None, "tiny")
+    moe = SamMoE(backbone, {"liver": SamMed3D(PRESETS["tiny"]).mask_decoder})
+    pred = Predictor(moe, "cpu", use_sliding_window=False)
+    pred.set_image(oblique_volume())
+    routed = pred.predict(Target([[17, 14, 9]])).targets[0]
+    other = "liver" if routed.expert == "foundation" else "foundation"
+    chosen = Target([[17, 14, 9]], name="chosen", route=other)
+    seg = pred.predict([Target([[17, 14, 9]], name="routed"), chosen], probabilities=True)
+    assert seg.encodes == 1  # one crop for all three targets so far
+    first, second = seg.targets
+    assert (first.expert, first.routed_by) == (routed.expert, routed.routed_by)
+    assert (second.expert, second.routed_by) == (other, "chosen")
+    assert set(second.routing_probabilities) == {"foundation", "liver"}  # what the gate said, for the record
+    pred.route = other
+    forced = pred.predict(Target([[17, 14, 9]]), probabilities=True).targets[0]
+    np.testing.assert_allclose(second.probability, forced.probability, atol=5e-5)
+    pred.route = routed.expert  # forced for all: the target's own choice still wins
+    again = pred.predict([chosen]).targets[0]
+    assert again.expert == other and again.routed_by == "chosen"
+    assert pred.add_click(0, [15, 12, 9]).expert == other
+    with pytest.raises(
+        ConfigError, match=r"target 'x': route 'lung' is not a loaded model; .*foundation, liver"
+    ):
+        pred.predict([Target([[17, 14, 9]]), Target([[12, 10, 8]], name="x", route="lung")])
+    with pytest.raises(ConfigError, match="route 'lung'"):
+        pred.add_target(Target([[12, 10, 8]], name="x", route="lung"))

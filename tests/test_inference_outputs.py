@@ -87,6 +87,9 @@ def test_segmentation_save_writes_the_cli_formats_and_never_the_input(tmp_path, 
         ({"targets": [{"points": [[1, 2, 3]], "labels": ["1"]}]}, "'labels'"),
         ({"targets": [{"points": [[1, 2, 3]], "colour": 1}]}, "unknown keys"),
         ({"space": "mm", "targets": [{"points": [[1, 2, 3]]}]}, "unknown coordinate system"),
+        ({"targets": [{"points": [[1, 2, 3]], "route": 3}]}, "'route' names one decoder"),
+        ({"targets": [{"points": [[1, 2, 3]], "route": " "}]}, "'route' names one decoder"),
+        ({"targets": [{"points": [[1, 2, 3]], "rotue": "liver"}]}, "use name, points, labels, route"),
     ],
 )
 def test_clicks_file_mistakes_are_refused_with_one_line(tmp_path, document, message):
@@ -114,3 +117,11 @@ def test_clicks_file_keeps_what_napari_saves(tmp_path):
         [1, 0],
         "voxel",
     )
+
+
+def test_a_clicks_file_target_may_name_its_decoder(tmp_path):
+    path = tmp_path / "clicks.json"
+    targets = [{"name": "cord", "points": [[1, 2, 3]], "route": "spinal_cord"}, {"points": [[4, 5, 6]]}]
+    path.write_text(json.dumps({"targets": targets}))
+    cord, other = read_clicks_file(path)
+    assert cord.route == "spinal_cord" and other.route is None

@@ -6,9 +6,9 @@
     sammoe segment --image CT/ --clicks clicks.json --out seg.nii.gz --report report.json --png overlay.png
 
 `--clicks FILE`: {"space": "voxel"|"ras"|"lps", "targets": [{"name": str, "points": [[x, y, z], ...],
-"labels": [1, 0, ...]}]}, or a 3D Slicer markups file (``*.mrk.json``: one point list per target, see
-``sammoe.data.markups``); target i is written as label value i + 1. Every user error prints one line and
-exits with status 2.
+"labels": [1, 0, ...], "route": "foundation" | an expert's name (optional: that target's decoder)}]}, or a 3D
+Slicer markups file (``*.mrk.json``: one point list per target, see ``sammoe.data.markups``); target i is
+written as label value i + 1. Every user error prints one line and exits with status 2.
 """
 
 from __future__ import annotations
@@ -58,7 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--space", default=None, help="voxel (indices as stored, default) | ras | lps (world mm)")
     g.add_argument("--name", default="target_1", help="name of the inline target")
     g.add_argument(
-        "--clicks", metavar="JSON", help='{"space": ..., "targets": [{"name", "points", "labels"}]}'
+        "--clicks",
+        metavar="JSON",
+        help='{"space": ..., "targets": [{"name", "points", "labels", "route"}]}; a target\'s "route" '
+        "(foundation or an installed expert) is its decoder, the others are routed",
     )
     o = p.add_argument_group("outputs")
     o.add_argument(
@@ -102,7 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--route",
         metavar="NAME",
-        help="force one decoder for every target: foundation or an installed expert's name (default: routed)",
+        help="force one decoder for every target: foundation or an installed expert's name (default: "
+        'routed); a target with its own "route" in the --clicks file keeps it',
     )
     r = p.add_argument_group("runtime")
     r.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -139,7 +143,7 @@ def _targets(args: argparse.Namespace) -> list[Any]:
             raise ConfigError('--space applies to inline clicks; put "space" in the --clicks file instead')
         from sammoe.data.clicks_file import read_clicks_file
 
-        return [Target(t.points, t.labels, t.name, t.space) for t in read_clicks_file(args.clicks)]
+        return [Target(t.points, t.labels, t.name, t.space, t.route) for t in read_clicks_file(args.clicks)]
     if not args.point:
         raise ConfigError(
             "no positive click; give --point X Y Z (repeatable; --negative-point for negatives) or "
@@ -153,6 +157,29 @@ def _targets(args: argparse.Namespace) -> list[Any]:
     points = list(args.point) + list(args.negative_point or [])
     labels = [1] * len(args.point) + [0] * len(args.negative_point or [])
     return [Target(points, labels, args.name, space)]
+
+
+def _decoders(experts: str | None) -> list[str]:
+    """The decoders ``--experts`` can load, known without torch: the foundation and the installed experts
+    that are ok (all, or the ones named)."""
+    from sammoe.plugins.discovery import discover
+
+    wanted = (experts or "all").strip()
+    if wanted in ("none", ""):
+        return ["foundation"]
+    if wanted == "all":
+        return ["foundation", *(r.name for r in discover() if r.ok)]
+    return ["foundation", *(name.strip() for name in wanted.split(",") if name.strip())]
+
+
+def check_routes(targets: list[Any], decoders: list[str], clicks: str | None) -> None:
+    """A target's own ``route`` must name one of ``decoders``: else one line naming the file and target."""
+    for t in targets:
+        if t.route is not None and t.route not in decoders:
+            raise ConfigError(
+                f"--clicks {clicks}: target {t.name!r} has route {t.route!r}, which is not a decoder of this "
+                f"model; choose one of {', '.join(decoders)} (or leave route out to have it routed)"
+            )
 
 
 def _status_line(quiet: bool):
@@ -198,6 +225,8 @@ def _decoder_phrase(t: Any) -> str:
     probability under a router says nothing (the routers vote for their experts only)."""
     if t.routed_by == "forced":
         return f"decoder {t.expert} (forced with --route)"
+    if t.routed_by == "chosen":
+        return f"decoder {t.expert} (chosen in the clicks file)"
     by = "router" if t.routed_by == "routers" else "gate"
     others = {n: p for n, p in (t.routing_probabilities or {}).items() if n != "foundation"}
     if t.expert == "foundation":
@@ -222,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     from sammoe.hub import choose_checkpoint
 
     targets = _targets(args)
+    if any(t.route is not None for t in targets):  # before the model loads: the installed experts' names
+        check_routes(targets, _decoders(args.experts), args.clicks)
     outputs = _outputs(args)
     outputs.check(args.image, _inputs(args), overwrite=args.overwrite)  # no output may replace an input
     # the model is resolved once, here, before torch is imported: no model chosen and none cached is one line
@@ -253,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     status("")
     for w in caught:
         print(f"sammoe segment: warning: {w.message}", file=sys.stderr)
+    check_routes(targets, predictor.expert_names, args.clicks)  # an expert may not have loaded
     predictor.set_image(volume)  # read_image checked it: not checked again
     seg = predictor.predict(targets, probabilities=bool(args.probabilities), progress=not args.quiet)
     report = seg.report()

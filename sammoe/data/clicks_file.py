@@ -1,11 +1,13 @@
 """Clicks files: the targets `sammoe segment --clicks FILE` (and batch prediction) reads.
 
 A clicks file is JSON, ``{"space": "voxel"|"ras"|"lps", "targets": [{"name": str, "points": [[x, y, z], ...],
-"labels": [1, 0, ...]}]}``, or a 3D Slicer markups file (``*.mrk.json``, see ``sammoe.data.markups``), read
-into the same document. Voxel clicks are indices in the order the array is stored (i, j, k; for a DICOM
-series: column, row, slice); ``ras``/``lps`` clicks are world millimetres. Everything a user can get wrong
-is refused with one line naming the file: a misspelt key (a clicks file whose ``"space"`` is misspelt would
-otherwise read millimetres as voxel indices), coordinates that are strings or booleans, duplicate names.
+"labels": [1, 0, ...], "route": str}]}`` (``route``, optional: the decoder for that target alone, "foundation"
+or an installed expert's name, checked against the model later), or a 3D Slicer markups file
+(``*.mrk.json``, see ``sammoe.data.markups``), read into the same document. Voxel clicks are indices in the
+order the array is stored (i, j, k; for a DICOM series: column, row, slice); ``ras``/``lps`` clicks are world
+millimetres. Everything a user can get wrong is refused with one line naming the file: a misspelt key (a
+clicks file whose ``"space"`` is misspelt would otherwise read millimetres as voxel indices), coordinates
+that are strings or booleans, duplicate names.
 """
 
 from __future__ import annotations
@@ -29,17 +31,19 @@ _ROUND_EPS = 1e-6
 _TOP_KEYS = {"space", "targets"}
 # written beside the clicks by the napari plugin's save, for the record; not read
 _RECORD_KEYS = {"image", "model", "results"}
-_TARGET_KEYS = {"name", "points", "labels"}
+_TARGET_KEYS = {"name", "points", "labels", "route"}
 
 
 @dataclass(frozen=True)
 class ClickTarget:
-    """One target of a clicks file: its name, clicks (N x 3), labels (1 positive, 0 negative) and space."""
+    """One target of a clicks file: its name, clicks (N x 3), labels (1 positive, 0 negative), space and
+    chosen decoder (None: routed as usual)."""
 
     name: str
     points: list[list[float]]
     labels: list[int] | None
     space: str
+    route: str | None = None
 
 
 def _is_number(value: object) -> bool:
@@ -84,7 +88,7 @@ def _target(file: Path, i: int, item: object, space: str) -> ClickTarget:
         raise ConfigError(f"{where} must be an object with 'points' (and 'labels', 'name')")
     unknown = set(item) - _TARGET_KEYS
     if unknown:
-        raise ConfigError(f"{where} has unknown keys {sorted(unknown)}; use name, points, labels")
+        raise ConfigError(f"{where} has unknown keys {sorted(unknown)}; use name, points, labels, route")
     points = item.get("points")
     if not isinstance(points, list) or not points:
         raise ConfigError(f"{where} has an empty click list; give 'points': [[x, y, z], ...]")
@@ -99,7 +103,13 @@ def _target(file: Path, i: int, item: object, space: str) -> ClickTarget:
     name = item.get("name") or f"target_{i + 1}"
     if not isinstance(name, str):
         raise ConfigError(f"{where} name must be a string")
-    return ClickTarget(name, points, None if labels is None else [int(v) for v in labels], space)
+    route = item.get("route")
+    if route is not None and not (isinstance(route, str) and route.strip()):
+        raise ConfigError(
+            f"{where} ({name!r}): 'route' names one decoder, \"foundation\" or an installed expert; got "
+            f"{json.dumps(route)[:60]}"
+        )
+    return ClickTarget(name, points, None if labels is None else [int(v) for v in labels], space, route)
 
 
 def round_voxel(points: Any) -> np.ndarray:

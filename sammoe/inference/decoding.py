@@ -77,14 +77,18 @@ class ClickDecoder:
     def routed(self, group: list[TargetState]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(route, probs) of targets a MoE has already routed (each target's first step decides), else
         Nones."""
-        forced = self.forced
         done = all(
-            s.fed > 0 and s.probs is not None and s.route >= 0 and forced in (None, s.route) for s in group
+            s.fed > 0 and s.probs is not None and s.route >= 0 and self.forced_for(s) in (None, s.route)
+            for s in group
         )
         if not done or not isinstance(self.model, SamMoE):  # a route forced since then applies
             return None, None
         probs = torch.as_tensor(np.stack([s.probs for s in group]), device=self.device)
         return torch.tensor([s.route for s in group], device=self.device), probs
+
+    def forced_for(self, state: TargetState) -> int | None:
+        """The decoder a target must use: its own chosen one, else the one forced for all (None: routed)."""
+        return self.forced if state.chosen is None else state.chosen
 
     def zeros_low(self, n: int) -> torch.Tensor:
         return torch.zeros(n, 1, *(self.low_size,) * 3, device=self.device)
@@ -97,19 +101,23 @@ class ClickDecoder:
 
     def run(self, entry: EncodedRoi, states: list[TargetState]) -> None:
         """Feed every state's unconsumed clicks, one step per click, batching states with equal click
-        counts. Leaves each state's low-res logits (``upsample`` makes the crop's probabilities of them)."""
+        counts and the same forced decoder (a target's own choice, else the one forced for all). Leaves each
+        state's low-res logits (``upsample`` makes the crop's probabilities of them)."""
         while True:
             active = [s for s in states if s.fed < len(s.clicks)]
             if not active:
                 break
-            groups: dict[int, list[TargetState]] = {}
+            groups: dict[tuple[int, int | None], list[TargetState]] = {}
             for s in active:
-                groups.setdefault(s.fed + 1, []).append(s)
-            for count, group in groups.items():
+                groups.setdefault((s.fed + 1, self.forced_for(s)), []).append(s)
+            for (count, forced), group in groups.items():
                 points = np.stack([self._roi_clicks(entry, s, count) for s in group])
                 labels = np.stack([s.labels[:count] for s in group])
                 low = torch.cat([self.zeros_low(1) if s.low is None else s.low for s in group])
-                logits, iou, probs, route = self.decode(entry, points, labels, low, *self.routed(group))
+                route, probs = self.routed(group)
+                if route is None and forced is not None:
+                    route = torch.full((len(group),), forced, device=self.device)
+                logits, iou, probs, route = self.decode(entry, points, labels, low, route, probs)
                 for b, s in enumerate(group):
                     s.low = logits[b : b + 1]
                     s.iou = float(iou[b])

@@ -3,7 +3,8 @@
 - ``Predictor(model, device=None, route=None, ...)``: ``model`` is a ``SamMed3D`` or a ``SamMoE``; ``route``
   forces one decoder. ``Predictor.load(checkpoint, experts=None, gate=None, ...)``: "turbo", "demo" or a path.
     - ``set_image(image, affine=None)``: a path, a ``Volume`` or an array + voxel -> RAS mm affine.
-    - ``predict(targets, probabilities=False, progress=False) -> Segmentation``
+    - ``predict(targets, probabilities=False, progress=False) -> Segmentation``: ``progress`` True (a bar on
+      a terminal) or a function (done, total, result) called after each target.
     - ``add_click(target, point, positive=True, space="voxel") -> TargetResult``: refinement on the cached
       embedding and the target's previous low-res logits.
 ``Target``, ``TargetResult`` and ``Segmentation`` are defined in ``sammoe.inference.targets``.
@@ -13,17 +14,16 @@ positive click, is sampled alone (``data.lazy_resample``, equal to resampling th
 and encoded once; the clicks are fed one at a time, each step with every click so far and the previous
 low-res logits as mask prompt (zeros on the first step), exactly the official interactive loop; the mask is
 sigmoid(trilinear upsample) mapped back onto the input grid (linear, inside the crop's footprint only), then
-> 0.5. Targets whose crop starts where an encoded ROI does reuse its embedding and are decoded as one batch
-(``inference.decoding``); ``share_roi`` > 0 also reuses ROIs
-whose centre lies within that fraction of the crop (faster, but off-centre crops lose Dice). A target whose
-mask reaches a face of its crop grows into neighbouring windows (``interact.sliding_window``).
+> 0.5. Targets whose crops start at one voxel share one encode and are decoded in batches (the work is
+ordered by crop, ``inference.decoding``); ``share_roi`` > 0 also reuses ROIs whose centre lies within that
+fraction of the crop (faster, but off-centre crops lose Dice). A target whose mask reaches a face of its crop
+grows into neighbouring windows (``interact.sliding_window``). ``Target.route`` picks one target's decoder.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -45,8 +45,17 @@ from sammoe.inference.arguments import (
 )
 from sammoe.inference.decoding import ClickDecoder, stability_score
 from sammoe.inference.devices import bf16_pays, usable_device
+from sammoe.inference.progress import Report, TargetProgress
 from sammoe.inference.roi_cache import EncodedRoi, RoiCache, TargetState
-from sammoe.inference.targets import SPACES, Segmentation, Target, TargetResult, check_target, to_input_voxels
+from sammoe.inference.targets import (
+    SPACES,
+    Segmentation,
+    Target,
+    TargetResult,
+    check_target,
+    chosen_route,
+    to_input_voxels,
+)
 from sammoe.inference.windows import grow_over_windows
 from sammoe.interact.sliding_window import touches_face
 from sammoe.model.moe import FOUNDATION, SamMoE
@@ -77,11 +86,9 @@ class Predictor:
         route: str | None = None,
     ) -> None:
         share_roi = number_option("share_roi", share_roi, 0.0, 0.5, "0 (off) to 0.5")
-        cache_size = int(
-            number_option("cache_size", cache_size, 1, None, "an integer of at least 1", integer=True)
-        )
-        max_windows = int(
-            number_option("max_windows", max_windows, 1, None, "an integer of at least 1", integer=True)
+        cache_size, max_windows = (
+            int(number_option(name, value, 1, None, "an integer of at least 1", integer=True))
+            for name, value in (("cache_size", cache_size), ("max_windows", max_windows))
         )
         if device is None or str(device) == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -102,13 +109,9 @@ class Predictor:
             self._encoder = torch.compile(self._encoder)
         self.volume: Volume | None = None
         self._res: Resampled | LazyResampled | None = None
+        keep = getattr(model, "reads_image", False)  # a model whose routing reads the crop keeps it
         self._rois = RoiCache(
-            self.pre,
-            self._run_encoder,
-            self.device,
-            size=int(cache_size),
-            share_roi=float(share_roi),
-            keep_image=getattr(model, "reads_image", False),
+            self.pre, self._run_encoder, self.device, size=cache_size, share_roi=share_roi, keep_image=keep
         )
         self._states: list[TargetState] = []
         self._want_probs = False
@@ -117,8 +120,8 @@ class Predictor:
 
     @property
     def route(self) -> str | None:
-        """None: the model routes (gate + selector); an expert name or ``foundation``: every target goes
-        there."""
+        """None: the model routes; ``foundation`` or an expert's name: every target goes there (but one
+        whose ``Target.route`` names its own)."""
         return self._route
 
     @route.setter
@@ -195,9 +198,7 @@ class Predictor:
         with torch.inference_mode(), self._amp():
             return self._encoder(x)
 
-    # ------------------------------------------------------------------------------------------- windows
     # ------------------------------------------------------------------------------------------- results
-
     def _finish(self, state: TargetState) -> None:
         """The target's result from its low-res logits; its crop's probabilities exist only meanwhile."""
         state.roi_prob = self._decoding.upsample(state.low)[0]
@@ -230,10 +231,15 @@ class Predictor:
             roi=state.entry.index,
             windows=windows,
             click=tuple(int(v) for v in round_voxel(state.clicks[0])),
-            routed_by=getattr(self.model, "routing", None) if self._route is None else "forced",
+            routed_by=self._routed_by(state),
             stability=stability_score(state.roi_prob),
             box=box,
         )
+
+    def _routed_by(self, state: TargetState) -> str | None:
+        if state.chosen is not None:
+            return "chosen"
+        return getattr(self.model, "routing", None) if self._route is None else "forced"
 
     def _on_input_grid(self, roi: Roi, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, Any]:
         """(mask, probability or None, box): a crop's probabilities on the input grid, mapped and thresholded
@@ -266,34 +272,45 @@ class Predictor:
 
     # ------------------------------------------------------------------------------------------- public
     def predict(
-        self, targets: Target | Sequence[Target], *, probabilities: bool = False, progress: bool = False
+        self,
+        targets: Target | Sequence[Target],
+        *,
+        probabilities: bool = False,
+        progress: bool | Report = False,
     ) -> Segmentation:
-        """Segment targets on the current image (replacing earlier targets). The work is ordered by crop:
-        targets whose crops start at the same voxel are encoded once and decoded in batches of
-        ``DECODE_BATCH``, however many there are and in whatever order they come; the results keep the
-        caller's order. Per target only the low-res logits and the mask are kept (full-grid float
-        probabilities only with ``probabilities``)."""
+        """Segment targets on the current image (replacing earlier targets). Ordered by crop: targets whose
+        crops start at one voxel share one encode, however many and in whatever order, and are decoded in
+        batches of ``DECODE_BATCH``; results keep the caller's order. A target keeps its low-res logits and
+        mask (full-grid float probabilities with ``probabilities`` only). ``progress``: see the module."""
         if self.volume is None:
             raise ConfigError("no image set; call set_image(...) first")
         targets = targets_argument(targets)
         if not targets:
             raise DataError("no targets given; give at least one target with a positive click")
-        checked = [check_target(t, i, self.volume) for i, t in enumerate(targets)]
+        self._states = self._checked_states(targets, 0)
         self._want_probs = probabilities
-        self._states = self._rois.new_states(checked, 0)
         by_entry: dict[int, tuple[EncodedRoi, list[TargetState]]] = {}
         for state in self._states:
             by_entry.setdefault(id(state.entry), (state.entry, []))[1].append(state)
-        bar = _progress(len(self._states), progress)
+        bar = TargetProgress(len(self._states), progress)
         for entry, states in by_entry.values():
             for start in range(0, len(states), DECODE_BATCH):
                 batch = states[start : start + DECODE_BATCH]
                 self._decoding.run(entry, batch)
                 for state in batch:
                     self._finish(state)
-                    bar.update(1)
+                    bar.update(state.result)
         bar.close()
         return self.segmentation
+
+    def _checked_states(self, targets: Sequence[Target], offset: int) -> list[TargetState]:
+        """Targets checked (clicks, chosen decoder), placed on their crops, numbered from ``offset`` + 1."""
+        checked = [check_target(t, offset + i, self.volume) for i, t in enumerate(targets)]
+        chosen = [chosen_route(t, c[0], self.expert_names) for t, c in zip(targets, checked)]
+        states = self._rois.new_states(checked, offset)
+        for state, route in zip(states, chosen):
+            state.chosen = route
+        return states
 
     def add_click(
         self, target: int | str, point: Sequence[float], positive: bool = True, space: str = "voxel"
@@ -338,9 +355,7 @@ class Predictor:
         targets are not decoded again."""
         if self.volume is None:
             raise ConfigError("no image set; call set_image(...) first")
-        (state,) = self._rois.new_states(
-            [check_target(target, len(self._states), self.volume)], len(self._states)
-        )
+        (state,) = self._checked_states([target], len(self._states))
         self._states.append(state)
         self._decoding.run(state.entry, [state])
         self._finish(state)
@@ -382,11 +397,3 @@ class Predictor:
         if not 0 <= int(target) < len(self._states):
             raise ConfigError(f"target index {target} out of range 0..{len(self._states) - 1}")
         return self._states[int(target)]
-
-
-def _progress(total: int, enabled: bool):
-    from tqdm import tqdm
-
-    # Only on a terminal: in logs and pipes a bar is noise between the result lines.
-    show = enabled and total > 0 and sys.stderr.isatty()
-    return tqdm(total=total, disable=not show, unit="target", file=sys.stderr, leave=False)

@@ -50,6 +50,7 @@ class TargetState:
     iou: float = 0.0
     probs: np.ndarray | None = None  # gate probabilities of the last step
     route: int = 0
+    chosen: int | None = None  # the decoder the target's own ``route`` names (None: routed as usual)
     # (S, S, S) foreground probability in the primary ROI, only while the result is made from it: kept per
     # target it would cost S^3 floats each (a thousand targets: gigabytes)
     roi_prob: np.ndarray | None = None

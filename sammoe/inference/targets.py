@@ -1,11 +1,13 @@
 """What a user segments and what comes back: targets (clicks in voxel or world coordinates) and results on the
 input grid. Validation of clicks happens here, before any model runs.
 
-- ``Target(points, labels=None, name="", space="voxel")``: one structure to segment. ``points`` (N, 3) clicks,
-  ``labels`` 1 = positive (default), 0 = negative; ``space``: ``"voxel"`` (indices into the input array as
-  stored: i, j, k of the NIfTI file; x, y, z index order of a DICOM series), ``"ras"`` or ``"lps"`` (mm).
+- ``Target(points, labels=None, name="", space="voxel", route=None)``: one structure to segment. ``points``
+  (N, 3) clicks, ``labels`` 1 = positive (default), 0 = negative; ``space``: ``"voxel"`` (indices into the
+  input array as stored: i, j, k of the NIfTI file; x, y, z index order of a DICOM series), ``"ras"`` or
+  ``"lps"`` (mm); ``route``: the decoder for this target alone (``"foundation"`` or an expert's name).
 - ``TargetResult``, ``Segmentation``: one target's mask, routing and stability; the label map of all targets.
-- ``to_input_voxels(volume, points, space)``, ``check_target(target, index, volume)``.
+- ``to_input_voxels(volume, points, space)``, ``check_target(target, index, volume)``,
+  ``chosen_route(target, name, decoders)``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class Target:
     labels: Any = None
     name: str = ""
     space: str = "voxel"
+    # the decoder for this target alone: "foundation" or a loaded expert's name (None: routed as usual)
+    route: str | None = None
 
 
 @dataclass
@@ -52,7 +56,8 @@ class TargetResult:
     click: tuple[int, int, int] = (0, 0, 0)  # the centring click, input voxel indices
     voxels: int = 0  # voxels carrying this target's value in the label map (after overlaps)
     volume_ml: float = 0.0
-    # "gate", "routers", "forced" (--route, ``Predictor.route``); None: no experts routed it
+    # "gate", "routers", "forced" (--route, ``Predictor.route``), "chosen" (the target's own ``route``);
+    # None: no experts routed it
     routed_by: str | None = None
     stability: float = 0.0  # 0..1, see ``stability_score``; a confidence that needs no trained head
     # where ``mask`` can be True: the crop's footprint on the input grid (None: anywhere); work on a result
@@ -253,3 +258,16 @@ def check_target(target: Target, index: int, volume: Volume) -> tuple[str, np.nd
             f"{'x'.join(map(str, volume.shape))}; check the coordinates and --space"
         )
     return name, vox, labels
+
+
+def chosen_route(target: Target, name: str, decoders: list[str]) -> int | None:
+    """The index in ``decoders`` of the decoder ``target.route`` names (None: routed as usual); a name that
+    is not among them is one ConfigError naming the target and the choices."""
+    route = getattr(target, "route", None)
+    if route is None:
+        return None
+    if not isinstance(route, str) or route not in decoders:
+        raise ConfigError(
+            f"target {name!r}: route {route!r} is not a loaded model; choose one of {', '.join(decoders)}"
+        )
+    return decoders.index(route)
