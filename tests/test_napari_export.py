@@ -136,6 +136,11 @@ def test_the_decoder_menu_reruns_one_target_and_the_clicks_file_records_it(
     settle(qtbot, widget)
     doc = json.loads((tmp_path / "seg.clicks.json").read_text())
     assert doc["targets"][0]["route"] == "spinal_cord" and "route" not in doc["targets"][1]
+    from sammoe.cli.segment import main
+
+    argv = ["--image", str(phantom[0]), "--clicks", str(tmp_path / "seg.clicks.json"), "--checkpoint", "demo"]
+    assert main([*argv, "--out", str(tmp_path / "cli.nii.gz"), "--quiet"]) == 0  # honours the route
+    assert np.array_equal(np.asarray(nib.load(str(tmp_path / "cli.nii.gz")).dataobj), after)
     widget.table.decoder_menu(liver).setCurrentText("routed")
     settle(qtbot, widget)
     assert widget.last_update.targets[0].route is None

@@ -223,18 +223,9 @@ class Session:
 
     # ------------------------------------------------------------------------------------------ model calls
     def _target(self, t: SessionTarget) -> Target:
-        return Target([c.point for c in t.clicks], [int(c.positive) for c in t.clicks], t.name, "voxel")
-
-    def _routed(self, route: str | None, call: Callable[[], Any]) -> Any:
-        """Run a model call with the target's own decoder forced (the others are left to the model)."""
-        if route is ROUTED:
-            return call()
-        before = self.predictor.route
-        self.predictor.route = route
-        try:
-            return call()
-        finally:
-            self.predictor.route = before
+        """The target as a clicks file gives it to ``sammoe segment`` (its chosen decoder included)."""
+        points = [c.point for c in t.clicks]
+        return Target(points, [int(c.positive) for c in t.clicks], t.name, "voxel", route=t.route)
 
     def _change(self, target: SessionTarget, attribute: str, value: Any) -> Update:
         """Set a target's clicks or route and decode it again alone (all targets when out of step)."""
@@ -256,10 +247,7 @@ class Session:
 
     def _refine(self, target: SessionTarget, click: Click) -> str:
         index = self._order.index(target.id)
-        self._routed(
-            target.route,
-            lambda: self.predictor.add_click(index, click.point, positive=click.positive, space="voxel"),
-        )
+        self.predictor.add_click(index, click.point, positive=click.positive, space="voxel")
         self._collect(self._box_of(target, self._results.get(target.id)))
         return "refine"
 
@@ -271,7 +259,7 @@ class Session:
 
     def _add(self, target: SessionTarget) -> str:
         """A target's first positive click (the Predictor has the others): decode it alone."""
-        self._routed(target.route, lambda: self.predictor.add_target(self._target(target)))
+        self.predictor.add_target(self._target(target))
         self._order.append(target.id)
         last = self._list.active()[-1] is target  # else the label values after it move up: a full map
         self._collect(self._box_of(target, None) if last else None)
@@ -287,7 +275,7 @@ class Session:
             old = self._results.get(target.id)
             self.predictor.remove_target(self._order.index(target.id))
             self._order.remove(target.id)
-            self._routed(target.route, lambda: self.predictor.add_target(self._target(target)))
+            self.predictor.add_target(self._target(target))
             self._order.append(target.id)
             self._collect(self._box_of(target, old))
             return "rerun"
@@ -295,22 +283,15 @@ class Session:
         return self._timed(rerun)
 
     def _predict(self) -> str:
-        """Every target decoded again: those the model routes in one ``predict``, each chosen route apart."""
+        """Every target decoded again, as ``sammoe segment`` decodes the clicks file."""
         self.prepare()
         self._synced = False
         active = self._list.active()
-        if not active:
-            self._results, self._order = {}, []
-            self._collect(None)
-            return "predict"
-        first = [t for t in active if t.route == active[0].route]
-        self._routed(first[0].route, lambda: self.predictor.predict([self._target(t) for t in first]))
-        self._order = [t.id for t in first]
-        for t in active:
-            if t.id not in self._order:
-                self._routed(t.route, lambda t=t: self.predictor.add_target(self._target(t)))
-                self._order.append(t.id)
-        self._synced = True
+        self._results, self._order = {}, []
+        if active:
+            self.predictor.predict([self._target(t) for t in active])
+            self._order = [t.id for t in active]
+        self._synced = bool(active)  # with none, the Predictor still holds the targets it had
         self._collect(None)
         return "predict"
 
