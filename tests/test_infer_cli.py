@@ -665,3 +665,45 @@ def test_an_unknown_route_in_a_clicks_file_is_one_line_before_torch_is_imported(
     (line,) = done.stderr.strip().splitlines()
     assert str(clicks) in line and "'cord'" in line and "'lung'" in line and "foundation" in line
     assert not (tmp_path / "seg.nii.gz").exists()
+
+
+def test_a_log_gets_one_line_per_stage_on_stdout(tmp_path, image, shipped_tiny_checkpoint):
+    """With stdout and stderr piped (a log, CI), each stage is one plain line on stdout as it happens, one per
+    decoded target; stderr stays empty for warnings and errors."""
+    clicks = tmp_path / "clicks.json"
+    clicks.write_text(
+        json.dumps({"targets": [{"name": "a", "points": [[20, 15, 12]]}, {"points": [[9, 5, 5]]}]})
+    )
+    out = tmp_path / "seg.nii.gz"
+    argv = ["segment", "--image", image, "--clicks", clicks, "--out", out]
+    argv += ["--checkpoint", shipped_tiny_checkpoint, "--experts", "none"]
+    code = f"import sys; from sammoe.cli.main import main; sys.exit(main({[str(a) for a in argv]!r}))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    stages = [line for line in done.stdout.splitlines() if line.startswith("sammoe segment: ")]
+    assert stages == [
+        f"sammoe segment: reading {image}",
+        "sammoe segment: read 40x30x24 voxels; loading the model",
+        "sammoe segment: model loaded on cpu; decoding 2 target(s)",
+        "sammoe segment: decoded target 1/2 (a)",
+        "sammoe segment: decoded target 2/2 (target_2)",
+        f"sammoe segment: writing {out}",
+    ]
+    assert done.stdout.splitlines()[len(stages)].startswith("a: label 1")  # the results follow the stages
+
+
+def test_a_refusal_after_the_first_stage_is_still_one_line_on_stderr(tmp_path, capsys, image, monkeypatch):
+    """A click outside the image is refused once the image is read, before the model loads: one stderr line
+    (the stage lines went to stdout)."""
+    from sammoe.inference.predictor import Predictor
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the clicks were checked against the image")
+
+    monkeypatch.setattr(Predictor, "load", must_not_load)
+    rc, out, err = run(
+        capsys, "--image", image, "--out", tmp_path / "s.nii.gz", "--point", 40, 0, 0, "--checkpoint", "demo"
+    )
+    assert rc == 2 and err.count("\n") == 1 and "outside the image of shape 40x30x24" in err, err
+    assert out.startswith("sammoe segment: reading") and not list(tmp_path.iterdir())

@@ -126,7 +126,11 @@ def _parser() -> argparse.ArgumentParser:
         help="reuse a neighbouring target's ROI within F x crop: faster, but an off-centre crop costs Dice "
         "(kidney_right 0.81 -> 0.66 at 0.125 on held-out phantoms); default 0, every crop on its own click",
     )
-    r.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    r.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress (a status line and bar on a terminal, a stdout line per stage in a log) or summary",
+    )
     return p
 
 
@@ -182,17 +186,31 @@ def check_routes(targets: list[Any], decoders: list[str], clicks: str | None) ->
             )
 
 
-def _status_line(quiet: bool):
-    """What the command is doing, on one rewritten stderr line of a terminal (nothing in logs or pipes, where
-    the per-target bar of the Predictor is silent too); "" clears it."""
-    if quiet or not sys.stderr.isatty():
+def _progress(quiet: bool):
+    """What the command is doing: on a terminal one rewritten stderr line ("" clears it); in a log or a pipe
+    one plain line per stage on stdout, so stderr holds warnings and errors only (a refusal stays one line
+    there); nothing with --quiet."""
+    if quiet:
         return lambda message: None
+    if not sys.stderr.isatty():
+        return lambda message: message and print(f"sammoe segment: {message}", flush=True)
 
     def show(message: str) -> None:
         sys.stderr.write(f"\r\x1b[K{'sammoe segment: ' + message if message else ''}")
         sys.stderr.flush()
 
     return show
+
+
+def _per_target(quiet: bool):
+    """``Predictor.predict``'s progress: a bar on a terminal, a line per decoded target in a log."""
+    if quiet or sys.stderr.isatty():
+        return not quiet
+
+    def line(done: int, total: int, result: Any) -> None:
+        print(f"sammoe segment: decoded target {done}/{total} ({result.name})", flush=True)
+
+    return line
 
 
 def _outputs(args: argparse.Namespace) -> Any:
@@ -257,14 +275,25 @@ def main(argv: list[str] | None = None) -> int:
     outputs.check(args.image, _inputs(args), overwrite=args.overwrite)  # no output may replace an input
     # the model is resolved once, here, before torch is imported: no model chosen and none cached is one line
     checkpoint = choose_checkpoint(args.checkpoint)
+    status = _progress(args.quiet)
+    try:
+        return _run(args, targets, outputs, checkpoint, status)
+    except BaseException:
+        status("")  # a terminal's status line is cleared: the error starts a line of its own
+        raise
 
+
+def _run(args: argparse.Namespace, targets: list[Any], outputs: Any, checkpoint: Any, status: Any) -> int:
+    """Read, load, decode, write: the checked arguments' work, saying each stage through ``status``."""
     from sammoe.data.io import read_image
     from sammoe.inference.predictor import Predictor
+    from sammoe.inference.targets import check_target
 
     started = time.perf_counter()
-    status = _status_line(args.quiet)
     status(f"reading {args.image}")
     volume = read_image(args.image, channel=args.channel)  # a bad image fails before the model loads
+    for i, target in enumerate(targets):  # and so does a click outside it
+        check_target(target, i, volume)
     status(f"read {'x'.join(map(str, volume.shape))} voxels; loading the model")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -284,13 +313,16 @@ def main(argv: list[str] | None = None) -> int:
     status("")
     for w in caught:
         print(f"sammoe segment: warning: {w.message}", file=sys.stderr)
+    status(f"model loaded on {predictor.device}; decoding {len(targets)} target(s)")
     check_routes(targets, predictor.expert_names, args.clicks)  # an expert may not have loaded
     predictor.set_image(volume)  # read_image checked it: not checked again
-    seg = predictor.predict(targets, probabilities=bool(args.probabilities), progress=not args.quiet)
+    seg = predictor.predict(targets, probabilities=bool(args.probabilities), progress=_per_target(args.quiet))
     report = seg.report()
     report["device"] = str(predictor.device)
     report["seconds"] = round(time.perf_counter() - started, 3)
+    status(f"writing {args.out}")
     outputs.write(seg, targets, report, overwrite=args.overwrite)
+    status("")
     if not args.quiet:
         for t in seg.targets:
             print(
