@@ -107,3 +107,7 @@ def test_brush_edits_lock_their_target_survive_other_clicks_and_are_saved(opened
     settle(qtbot, widget)
     assert widget.last_update.path == "unlock" and widget.table.row_text(liver_id)["lock"] == ""
     assert not (np.asarray(labels.data)[painted] == 1).all()  # the model's mask is back
+    widget.table.select_id(liver_id)
+    widget.buttons["lock"].click()  # locks it as it is now
+    settle(qtbot, widget)
+    assert widget.last_update.path == "lock" and widget.table.row_text(liver_id)["lock"] == "locked"

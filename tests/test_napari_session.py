@@ -171,7 +171,8 @@ def test_the_qt_free_modules_import_neither_napari_nor_qt():
     from helpers.gui import gui_loaded_by
 
     done = gui_loaded_by(
-        "sammoe.napari.session, sammoe.napari.geometry, sammoe.napari.models, sammoe.napari.writer"
+        "sammoe.napari.session, sammoe.napari.geometry, sammoe.napari.models, sammoe.napari.writer, "
+        "sammoe.napari.export, sammoe.napari.threads, sammoe.napari.labelmap"
     )
     assert done.returncode == 0, done.stderr
 
