@@ -111,3 +111,34 @@ def test_brush_edits_lock_their_target_survive_other_clicks_and_are_saved(opened
     widget.buttons["lock"].click()  # locks it as it is now
     settle(qtbot, widget)
     assert widget.last_update.path == "lock" and widget.table.row_text(liver_id)["lock"] == "locked"
+
+
+def test_edits_on_a_grid_shown_transposed_land_on_the_stored_voxels(make_napari_viewer, qtbot, tmp_path):
+    """A scan stored as P, S, L is shown transposed (nearest RAS): painted voxels and moved clicks are mapped
+    back to the stored axes the session and the saved files use."""
+    from sammoe.data.phantoms import make_phantom_case
+
+    image, label, _ = make_phantom_case(2, shape=(48, 48, 32))
+    permuted = np.array([[0, 0, -2.0, 40], [-2.0, 0, 0, 15], [0, 2.0, 0, -20], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(image, permuted), str(tmp_path / "p.nii.gz"))
+    viewer = make_napari_viewer()
+    viewer.open(str(tmp_path / "p.nii.gz"), plugin="sammoe")
+    widget = dock(viewer, qtbot)
+    assert widget.layers.display.perm != (0, 1, 2)
+    widget.click(organ_centre(label, "liver"))
+    settle(qtbot, widget)
+    shown = np.asarray(widget.layers.labels.data)
+    spot = tuple(np.array([[5, 6, 7], [5, 6, 8]]).T)  # layer (shown) indices
+    widget.layers.labels.data_setitem(spot, 1)
+    settle(qtbot, widget)
+    assert widget.last_update.path == "edit" and np.array_equal(widget.session.labels, widget.layers.stored)
+    assert (shown[spot] == 1).all()
+    points = widget.layers.points
+    moved = np.array(points.data)
+    moved[0] += [1, 0, 0]
+    widget.set_locked(widget.last_update.targets[0].id, False)  # a locked target's clicks cannot move
+    settle(qtbot, widget)
+    points.data = moved
+    settle(qtbot, widget)
+    click = widget.last_update.targets[0].clicks[0].point
+    assert np.allclose(widget.layers.display.to_layer(np.array([click]))[0], moved[0])
