@@ -98,6 +98,11 @@ def test_brush_edits_lock_their_target_survive_other_clicks_and_are_saved(opened
     widget.click(organ_centre(label, "liver"), target=liver_id)
     settle(qtbot, widget)
     assert "locked" in widget.message and "unlock" in widget.message
+    points = widget.layers.points
+    before = np.array(points.data)
+    points.data = before + [[1, 0, 0], [0, 0, 0]]  # the liver's click cannot move either: it comes back
+    settle(qtbot, widget)
+    assert "locked" in widget.message and np.array_equal(points.data, before)
     widget.save(str(tmp_path / "edited.nii.gz"))
     settle(qtbot, widget)
     saved = np.asarray(nib.load(str(tmp_path / "edited.nii.gz")).dataobj)

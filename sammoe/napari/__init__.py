@@ -3,9 +3,9 @@
 
 Declared to napari through the ``napari.manifest`` entry point (``napari.yaml`` beside this file): a reader
 for what ``sammoe.data.io`` reads, a labels writer (NIfTI, .seg.nrrd or DICOM-SEG on the source grid + the
-clicks JSON that ``sammoe segment --clicks`` reads) and the segmentation dock widget. Nothing outside this package imports
-it, and importing this package itself imports neither napari nor Qt (``session`` and ``geometry`` work
-without them), so ``import sammoe`` and the CLI stay free of the viewer.
+clicks JSON that ``sammoe segment --clicks`` reads) and the segmentation dock widget. Nothing outside this
+package imports it, and importing this package itself imports neither napari nor Qt (``session`` and
+``geometry`` work without them), so ``import sammoe`` and the CLI stay free of the viewer.
 
 - ``session``: targets, clicks, undo/reset/delete, moved clicks, chosen decoders, locks and the Predictor
   calls; ``targetlist``, ``views`` and ``labelmap`` its targets, what the UI reads and the label map (Qt-free)

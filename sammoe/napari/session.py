@@ -121,14 +121,14 @@ class Session:
         return self._drop(id_) if target.active else self._update("none")
 
     def reset(self, id_: int) -> Update:
-        target = self._list.unlocked(id_, "reset")
+        target = self._list.unlocked(id_, "reset it")
         active, target.clicks = target.active, []
         return self._drop(id_) if active else self._update("none")
 
     def undo(self, id_: int) -> Update:
         """Take back a target's last click. A refinement is restored from the target's own history (no model
         call); taking back its only positive click removes its mask; other targets are left alone."""
-        target = self._list.unlocked(id_, "undo")
+        target = self._list.unlocked(id_, "undo its clicks")
         if not target.clicks:
             raise ConfigError(f"target {target.name!r} has no click to undo")
         active = target.active
@@ -147,7 +147,7 @@ class Session:
     def click(self, id_: int, point: Any, positive: bool = True) -> Update:
         """One more click on a target (input voxel indices). A click the model refuses (outside the image,
         or outside the target's crop) is not kept and raises its ``DataError``."""
-        target = self._list.unlocked(id_, "refine")
+        target = self._list.unlocked(id_, "click on it")
         click = Click(tuple(float(v) for v in np.asarray(point, dtype=np.float64).reshape(3)), bool(positive))
         self._check([click.point], target.name)
         refine = self._synced and id_ in self._order

@@ -45,9 +45,7 @@ class TargetList:
         """The target, unless the user locked it (its voxels are theirs until they unlock it)."""
         target = self.get(id_)
         if target.locked:
-            raise ConfigError(
-                f"target {target.name!r} is locked (your edits are kept); unlock it to {verb} it"
-            )
+            raise ConfigError(f"target {target.name!r} is locked (your edits are kept); unlock it to {verb}")
         return target
 
     def active(self) -> list[SessionTarget]:
