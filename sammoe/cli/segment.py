@@ -83,7 +83,12 @@ def _parser() -> argparse.ArgumentParser:
         "stability score): near 1 a sharp, confident boundary; low values often mean a poor mask. It needs "
         "no ground truth and is not a Dice",
     )
-    o.add_argument("--png", metavar="PATH", help="orthogonal slices through each target, mask outlined")
+    o.add_argument(
+        "--png",
+        metavar="PATH",
+        help="orthogonal slices through each target's first positive click, mask outlined; slices and ticks "
+        "are voxel indices of the image as stored",
+    )
     o.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     m = p.add_argument_group("model")
     m.add_argument(

@@ -45,17 +45,18 @@ def _window(image: np.ndarray) -> tuple[float, float]:
 
 
 CLICK_POSITIVE, CLICK_NEGATIVE = "#2ca02c", "#d62728"
-# per panel: title, (row axis, column axis), columns flipped?, (left, right) end labels
+STORED = "ijk"  # the stored array's axes, as slices and ticks name them (a DICOM series: column, row, slice)
+# per panel: title, (row axis, column axis), columns flipped?, (left, right) end labels, (bottom, top) labels
 _AXIS_VIEWS = (
-    ("axis 0 =", (1, 2), False, ("", "")),
-    ("axis 1 =", (0, 2), False, ("", "")),
-    ("axis 2 =", (0, 1), False, ("", "")),
+    ("", (1, 2), False, ("", ""), ("", "")),
+    ("", (0, 2), False, ("", ""), ("", "")),
+    ("", (0, 1), False, ("", ""), ("", "")),
 )
 # on a RAS+ grid: rows run to superior (anterior in the axial panel), the patient's right is on the left
 _RAS_VIEWS = (
-    ("sagittal, x index", (2, 1), True, ("A", "P")),
-    ("coronal, y index", (2, 0), True, ("R", "L")),
-    ("axial, z index", (1, 0), True, ("R", "L")),
+    ("sagittal", (2, 1), True, ("A", "P"), ("I", "S")),
+    ("coronal", (2, 0), True, ("R", "L"), ("I", "S")),
+    ("axial", (1, 0), True, ("R", "L"), ("P", "A")),
 )
 
 
@@ -84,6 +85,25 @@ def _to_ras(affine: np.ndarray, img, p, g, centre, points):
     return turn(img), turn(p), turn(g), c, new_spacing, move(points)
 
 
+def _stored_axes(affine: np.ndarray | None, shape: Sequence[int]) -> list[tuple[int, int, bool]]:
+    """Per axis of the drawn arrays (``_to_ras``'s order with an affine): (the stored axis it is, that axis's
+    length, reversed?), so that slices and ticks name the voxel indices of the file as stored."""
+    if affine is None:
+        return [(axis, int(shape[axis]), False) for axis in range(3)]
+    import nibabel as nib
+
+    out: list[tuple[int, int, bool]] = [(0, 0, False)] * 3
+    for src, (dst, sign) in enumerate(nib.orientations.io_orientation(affine)):
+        out[int(dst)] = (src, int(shape[src]), sign < 0)
+    return out
+
+
+def _edges(axis: tuple[int, int, bool]) -> tuple[float, float]:
+    """The stored indices at the outer edges of the drawn array's first and last voxel along ``axis``."""
+    _, n, reverse = axis
+    return (n - 0.5, -0.5) if reverse else (-0.5, n - 0.5)
+
+
 def overlay_slices(
     image: Any,
     gt: Any | None,
@@ -102,11 +122,38 @@ def overlay_slices(
     `image` is a 3D array; `gt` (or None) and `pred` are 3D masks of the same shape. With `spacing_mm` the
     panels keep the physical aspect ratio. With the voxel -> RAS mm `affine` the panels are sagittal, coronal
     and axial in the radiological convention (patient right on the screen's left, anterior / superior up) and
-    `clicks` ((voxel, positive) pairs) are drawn: positive as green +, negative as red x. Returns the figure
-    as an (H, W, 3) uint8 RGB array (e.g. for `wandb.Image`) and also writes it as PNG when `out_png` is
-    given.
+    `clicks` ((voxel, positive) pairs) are drawn: positive as green +, negative as red x. Slices and ticks
+    name voxel indices of the array as given (i, j, k: a file's stored order), whatever the drawing's
+    orientation; the legend has a row of its own below the panels. Returns the figure as an (H, W, 3) uint8
+    RGB array (e.g. for `wandb.Image`) and also writes it as PNG when `out_png` is given.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = overlay_figure(
+        image, gt, pred, centre=centre, spacing_mm=spacing_mm, title=title, affine=affine, clicks=clicks
+    )
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    rgb = np.array(canvas.buffer_rgba(), dtype=np.uint8)[..., :3].copy()
+    if out_png is not None:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        write_file(out_png, buf.getvalue())
+    return rgb
+
+
+def overlay_figure(
+    image: Any,
+    gt: Any | None,
+    pred: Any,
+    *,
+    centre: Sequence[int] | None = None,
+    spacing_mm: Sequence[float] | None = None,
+    title: str | None = None,
+    affine: Any = None,
+    clicks: Sequence[tuple[Sequence[float], bool]] = (),
+) -> Any:
+    """The matplotlib ``Figure`` ``overlay_slices`` renders (same arguments)."""
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
@@ -121,52 +168,54 @@ def overlay_slices(
     c = tuple(int(v) for v in centre) if centre is not None else target_centre(g, p, shape=img.shape)
     if len(c) != 3 or not all(0 <= v < s for v, s in zip(c, img.shape)):
         raise DataError(f"centre {c} lies outside the image of shape {img.shape}.")
+    stored_centre, stored = c, _stored_axes(None if affine is None else np.asarray(affine, float), img.shape)
     sp = np.ones(3) if spacing_mm is None else np.asarray(spacing_mm, dtype=float)
     views = _AXIS_VIEWS
-    points = np.asarray([pt for pt, _ in clicks], dtype=np.float64).reshape(-1, 3)
-    signs = [bool(positive) for _, positive in clicks]
+    given = np.asarray([pt for pt, _ in clicks], dtype=np.float64).reshape(-1, 3)  # stored indices
+    points, signs = given, [bool(positive) for _, positive in clicks]
     if affine is not None:
         img, p, g, c, sp, points = _to_ras(np.asarray(affine, dtype=np.float64), img, p, g, c, points)
         views = _RAS_VIEWS
     lo, hi = _window(img)
 
-    fig = Figure(figsize=(10.5, 3.8), dpi=100)
-    canvas = FigureCanvasAgg(fig)
+    fig = Figure(figsize=(10.5, 3.8), dpi=100, layout="constrained")  # room for every label and the legend
     axes = fig.subplots(1, 3)
     for axis, ax in enumerate(axes):
-        name, (rows_ax, cols_ax), flip_cols, (left, right) = views[axis]
+        name, (rows_ax, cols_ax), flip_cols, (left, right), (bottom, top) = views[axis]
         take = [slice(None)] * 3
         take[axis] = c[axis]
-        flip_plane = (
-            rows_ax > cols_ax
-        )  # a slice keeps the remaining axes in order: transpose to (rows, columns)
+        flip_plane = rows_ax > cols_ax  # a slice keeps the remaining axes in order: transpose to (rows, cols)
+        (x0, x1), (y0, y1) = _edges(stored[cols_ax]), _edges(stored[rows_ax])
+        extent = (x0, x1, y0, y1)  # data coordinates are stored voxel indices
         plane = img[tuple(take)].T if flip_plane else img[tuple(take)]
         ax.imshow(
-            plane,
-            cmap="gray",
-            vmin=lo,
-            vmax=hi,
-            origin="lower",
-            aspect=float(sp[rows_ax] / sp[cols_ax]),
-            interpolation="nearest",
+            plane, cmap="gray", vmin=lo, vmax=hi, origin="lower", extent=extent, interpolation="nearest"
         )
+        ax.set_aspect(float(sp[rows_ax] / sp[cols_ax]))
         for mask, colour in ((g, GT_COLOUR), (p, PRED_COLOUR)):
             if mask is None:
                 continue
             cut = mask[tuple(take)].T if flip_plane else mask[tuple(take)]
             if cut.any() and not cut.all():
                 ax.contour(
-                    cut.astype(np.float32), levels=[0.5], colors=colour, linewidths=1.2, origin="lower"
+                    cut.astype(np.float32),
+                    levels=[0.5],
+                    colors=colour,
+                    linewidths=1.2,
+                    origin="lower",
+                    extent=extent,
                 )
-        for point, positive in zip(points, signs):
+        for point, positive, at in zip(points, signs, given):
             if abs(point[axis] - c[axis]) <= 1.0:  # on this slice (or the next): drawn
                 marker, colour = ("+", CLICK_POSITIVE) if positive else ("x", CLICK_NEGATIVE)
-                ax.plot(point[cols_ax], point[rows_ax], marker, color=colour, markersize=9, markeredgewidth=2)
-        if flip_cols:
-            ax.invert_xaxis()
-        ax.set_title(f"{name} {c[axis]}", fontsize=9)
-        ax.set_xlabel(f"{left}  <->  {right}" if left else f"axis {cols_ax}", fontsize=8)
-        ax.set_ylabel(f"axis {rows_ax}" if affine is None else "", fontsize=8)
+                col, row = at[stored[cols_ax][0]], at[stored[rows_ax][0]]
+                ax.plot(col, row, marker, color=colour, markersize=9, markeredgewidth=2)
+        ax.set_xlim((x1, x0) if flip_cols else (x0, x1))  # the drawn array's first voxel: left, bottom
+        ax.set_ylim(y0, y1)
+        src = stored[axis][0]
+        ax.set_title(f"{name + ', ' if name else ''}slice {STORED[src]} = {stored_centre[src]}", fontsize=9)
+        ax.set_xlabel(_axis_label(left, right, STORED[stored[cols_ax][0]]), fontsize=8)
+        ax.set_ylabel(_axis_label(bottom, top, STORED[stored[rows_ax][0]]), fontsize=8)
         ax.tick_params(labelsize=7)
     handles = [Line2D([], [], color=PRED_COLOUR, label="prediction")]
     if len(points):
@@ -175,14 +224,12 @@ def overlay_slices(
             handles.append(Line2D([], [], color=CLICK_NEGATIVE, marker="x", ls="", label="negative click"))
     if g is not None:
         handles.insert(0, Line2D([], [], color=GT_COLOUR, label="ground truth"))
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    canvas.draw()
-    rgb = np.array(canvas.buffer_rgba(), dtype=np.uint8)[..., :3].copy()
-    if out_png is not None:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        write_file(out_png, buf.getvalue())
-    return rgb
+    return fig
+
+
+def _axis_label(low: str, high: str, index: str) -> str:
+    """An axis's label: its anatomical directions (low end first) and the stored index its ticks count."""
+    return f"{low}  <->  {high}   (index {index})" if low else f"index {index}"

@@ -22,7 +22,7 @@ from sammoe.data.dicom_seg import check_available, is_dicom_seg
 from sammoe.data.formats import is_seg_nrrd
 from sammoe.data.io import Volume, is_nifti, write_label
 from sammoe.errors import ConfigError, DataError, PluginError
-from sammoe.eval.overlay import overlay_slices, target_centre
+from sammoe.eval.overlay import overlay_slices
 from sammoe.files import check_outputs, write_files
 from sammoe.inference.targets import Segmentation, Target, check_target
 
@@ -161,14 +161,15 @@ def expert_inputs() -> dict[str, Path]:
 
 
 def overlay_png(seg: Segmentation, targets: Sequence[Target]) -> bytes:
-    """One row of orthogonal slices per target, its mask outlined and its clicks marked, as PNG bytes."""
+    """One row of orthogonal slices per target through its first positive click, its mask outlined and its
+    clicks marked, slices and ticks named by the stored voxel indices of the input, as PNG bytes."""
     from matplotlib.figure import Figure
 
     image = np.asarray(seg.volume.array, dtype=np.float32)
     geometry = {"spacing_mm": seg.volume.spacing, "affine": seg.volume.affine}
     panels = []
     for t in seg.targets:
-        centre = t.click if t.mask[t.click] or not t.mask.any() else target_centre(t.mask)
+        centre = t.click  # the first positive click: its marker shows in every panel
         title = (
             f"{t.name} (label {t.value}): {t.volume_ml:.2f} ml, {t.expert} decoder, "
             f"stability {t.stability:.2f}"
