@@ -34,21 +34,25 @@ from sammoe.plugins.discovery import discover
 from sammoe.plugins.testing import fake_expert
 
 REPO, FILE = "acme/sam-test", "weights.pth"
+DRIPPED = 40  # header bytes a slow server sends one at a time: 4 s at 0.1 s each
 CONTENT = bytes(range(256)) * 400  # 102,400 bytes
 DEAD = "http://127.0.0.1:9"
 ROOT = Path(__file__).resolve().parents[1]
 
 
 class Hub:
-    """HEAD: metadata (size as ``size_header``); GET: per request the next mode of ``plan``
-    ("ok", "drip": one byte every 0.2 s for ``drip_for`` seconds then hang up, "silent": headers then nothing
-    for ``silent_for`` seconds, "503"); "ok" once the plan is used up."""
+    """HEAD: metadata (size as ``size_header``; its first ``DRIPPED`` bytes one every ``head_drip`` seconds
+    when set); GET: per request the next mode of ``plan`` ("ok", "drip": one byte every 0.2 s for
+    ``drip_for`` seconds then hang up, "silent": headers then nothing for ``silent_for`` seconds, "503",
+    "slow-headers": the headers' first ``DRIPPED`` bytes one every 0.1 s, then the file); "ok" once the plan
+    is used up."""
 
     def __init__(self, repo: str = REPO, file: str = FILE):
         self.repo, self.file = repo, file
         self.size_header = str(len(CONTENT))
         self.plan: list[str] = []
         self.drip_for, self.silent_for = 4.0, 2.0
+        self.head_drip = 0.0
         self.stop = threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
@@ -69,6 +73,22 @@ def _handler(fake: Hub):
         def log_message(self, *args):
             pass
 
+        def answer(self, drip: float) -> None:
+            """end_headers, or the status line and headers sent one byte at a time for a while."""
+            if not drip:
+                self.end_headers()
+                return
+            self._headers_buffer.append(b"\r\n")
+            raw, self._headers_buffer = b"".join(self._headers_buffer), []
+            for byte in raw[:DRIPPED]:
+                if fake.stop.is_set():
+                    return
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                fake.stop.wait(drip)
+            self.wfile.write(raw[DRIPPED:])
+            self.wfile.flush()
+
         def do_HEAD(self):
             if self.path != f"/{fake.repo}/resolve/main/{fake.file}":
                 self.send_response(404)
@@ -83,7 +103,7 @@ def _handler(fake: Hub):
             self.send_header("ETag", f'"{sha}"')
             self.send_header("X-Linked-Size", fake.size_header)
             self.send_header("Content-Length", "0")
-            self.end_headers()
+            self.answer(fake.head_drip)
 
         def do_GET(self):
             if not self.path.startswith("/cdn/"):  # huggingface_hub asks other things of its endpoint
@@ -102,9 +122,9 @@ def _handler(fake: Hub):
             if start:
                 self.send_header("Content-Range", f"bytes {start}-{len(CONTENT) - 1}/{len(CONTENT)}")
             self.send_header("Content-Length", str(len(CONTENT) - start))
-            self.end_headers()
+            self.answer(0.1 if mode == "slow-headers" else 0.0)
             self.wfile.flush()
-            if mode == "ok":
+            if mode in ("ok", "slow-headers"):
                 self.wfile.write(CONTENT[start:])
                 return
             self.close_connection = True
@@ -131,7 +151,7 @@ def fake(monkeypatch, tmp_path):
 
     monkeypatch.setenv(hub.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    for env in (hub.READ_TIMEOUT_ENV, hub.BUDGET_ENV):
+    for env in (hub.READ_TIMEOUT_ENV, hub.BUDGET_ENV, hub.ANSWER_ENV):
         monkeypatch.delenv(env, raising=False)
     monkeypatch.setattr(constants, "ENDPOINT", DEAD)
     monkeypatch.setattr(
@@ -175,6 +195,40 @@ def test_a_server_that_says_nothing_is_stopped_by_the_read_timeout(fake, monkeyp
         hub.fetch("turbo", endpoint=fake.endpoint)
     message = _one_line(str(err.value))
     assert "stopped at 0 B" in message and "ReadTimeout" in message and "again to resume" in message
+
+
+def test_a_hub_whose_metadata_answer_trickles_in_is_stopped_by_the_answer_limit(fake, monkeypatch):
+    """Each header byte comes within the read timeout, so only a limit on the whole answer stops it."""
+    fake.head_drip = 0.1
+    monkeypatch.setenv(hub.ANSWER_ENV, "1")
+    with pytest.raises(CheckpointError) as err:
+        hub.fetch("turbo", endpoint=fake.endpoint)
+    message = _one_line(str(err.value))
+    assert f"{fake.endpoint}/{REPO}/resolve/main/{FILE} did not answer in full within 1 s" in message
+    assert f"raise {hub.ANSWER_ENV}" in message
+    assert _parts() == [] and hub.cached("turbo") is None
+
+
+def test_a_download_whose_headers_trickle_in_is_stopped_and_resumes(fake, monkeypatch):
+    fake.plan = ["slow-headers"]
+    monkeypatch.setenv(hub.ANSWER_ENV, "1")
+    with pytest.raises(CheckpointError) as err:
+        hub.fetch("turbo", endpoint=fake.endpoint)
+    message = _one_line(str(err.value))
+    assert f"http://localhost:{fake.port}/cdn/{FILE} did not answer in full within 1 s" in message
+    assert hub.ANSWER_ENV in message and "resumes the download" in message
+    assert hub.cached("turbo") is None
+    monkeypatch.delenv(hub.ANSWER_ENV)
+    assert hub.fetch("turbo", endpoint=fake.endpoint).read_bytes() == CONTENT
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-3", "inf"])
+def test_a_bad_answer_limit_is_one_line_before_the_network(fake, monkeypatch, capsys, value):
+    monkeypatch.setenv(hub.ANSWER_ENV, value)
+    fake.head_drip = 0.5  # a request would take 20 s: the value is refused before any is made
+    assert weights_cli.main(["fetch", "turbo", "--endpoint", fake.endpoint]) == 2
+    err = _one_line(capsys.readouterr().err)
+    assert err.startswith(f"sammoe: error: {hub.ANSWER_ENV}={value!r}")
 
 
 @pytest.mark.parametrize("value", ["abc", "0", "-3", "inf"])

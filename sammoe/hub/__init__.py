@@ -30,6 +30,8 @@ from sammoe.environment import seconds_from_env
 from sammoe.errors import CheckpointError, ConfigError
 from sammoe.files import move_into_place, sha256_file, write_file
 from sammoe.hub.transfer import (
+    ANSWER_ENV,
+    ANSWER_TIMEOUT,
     BUDGET,
     BUDGET_ENV,
     READ_TIMEOUT,
@@ -204,8 +206,9 @@ def fetch(name: str, endpoint: str | None = None, force: bool = False) -> Path:
             "writable folder"
         ) from err
     limits = seconds_from_env(READ_TIMEOUT_ENV, READ_TIMEOUT), seconds_from_env(BUDGET_ENV, BUDGET)
-    deadline = time.monotonic() + limits[1]
-    remote = _remote(name, entry, endpoint, limits[0])
+    deadline = time.monotonic() + limits[1]  # the whole fetch: the hub's answer and the download
+    answer = seconds_from_env(ANSWER_ENV, ANSWER_TIMEOUT)  # the hub's answer, however it trickles in
+    remote = _remote(name, entry, endpoint, limits[0], min(time.monotonic() + answer, deadline))
     # the part file is named after the sha256 it should reach: bytes of another version are never resumed
     part = target.parent / f"{entry.file}.{remote.sha256[:16]}.part"
     for stale in target.parent.glob(f"{glob.escape(entry.file)}.*.part"):
