@@ -89,7 +89,7 @@ def test_gpu_script_parses_and_calls_benchmarks_that_exist():
     script = BENCHMARKS / "gpu.sh"
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     called = set(re.findall(r"benchmarks/(\w+\.py)", script.read_text()))
-    assert called == {"encoder.py", "segment.py", "train_step.py", "gpu_summary.py"}
+    assert called == {"encoder.py", "segment.py", "train_step.py", "cohort.py", "gpu_summary.py"}
     assert all((BENCHMARKS / name).is_file() for name in called)
 
 
