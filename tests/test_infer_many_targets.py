@@ -75,3 +75,29 @@ def test_a_thousand_targets_on_twenty_voxels_encode_twenty_crops_and_keep_no_cro
     # masks on the 40x30x24 grid are 29 MB for 1000 targets (measured: about 100 MB held in all); 64^3
     # float32 crop probabilities would be 1 GB more (measured before: 1.1 GB)
     assert held < 400 * 2**20, f"{held / 2**20:.0f} MB held after predict"
+
+
+def test_new_crops_encoded_in_batches_give_the_same_masks_with_fewer_encoder_calls(shipped_tiny_model):
+    """On a GPU the new crops of one call go through the encoder together (ENCODE_BATCH); forced here on the
+    CPU, the batched encoder must give every target the mask that one crop at a time gives."""
+    volume = _volume()
+    voxels = [[4 + 4 * i, 6 + 3 * (i % 3), 4 + 3 * (i % 4)] for i in range(6)]
+    targets = [Target([v], name=f"t{i}") for i, v in enumerate(voxels)]
+    masks, calls = {}, {}
+    for batch in (1, 4):
+        predictor = Predictor(shipped_tiny_model, "cpu", use_sliding_window=False)
+        predictor._rois.batch = batch
+        seen = []
+        hook = predictor.backbone.image_encoder.register_forward_hook(
+            lambda m, i, o, seen=seen: seen.append(o.shape[0])
+        )
+        try:
+            predictor.set_image(volume)
+            seg = predictor.predict(targets)
+        finally:
+            hook.remove()
+        masks[batch], calls[batch] = [t.mask for t in seg.targets], seen
+    assert sum(calls[1]) == sum(calls[4]) == 6 and len(calls[1]) == 6
+    assert calls[4] == [4, 2]  # two encoder calls instead of six
+    for a, b in zip(masks[1], masks[4]):
+        assert np.array_equal(a, b)

@@ -30,11 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from sammoe.data.clicks_file import round_voxel
-from sammoe.data.inverse import invert, linear_in_box
+from sammoe.data.inverse import invert
 from sammoe.data.io import Volume, as_volume
 from sammoe.data.lazy_resample import LazyResampled
-from sammoe.data.preprocess import Preprocessor, Resampled, Roi
+from sammoe.data.preprocess import Preprocessor, Resampled
 from sammoe.errors import ConfigError, DataError
 from sammoe.inference.arguments import (
     check_image_arguments,
@@ -43,9 +42,10 @@ from sammoe.inference.arguments import (
     number_option,
     targets_argument,
 )
-from sammoe.inference.decoding import ClickDecoder, stability_score
+from sammoe.inference.decoding import ClickDecoder
 from sammoe.inference.devices import bf16_pays, usable_device
 from sammoe.inference.progress import Report, TargetProgress
+from sammoe.inference.results import finish_target
 from sammoe.inference.roi_cache import EncodedRoi, RoiCache, TargetState
 from sammoe.inference.targets import (
     SPACES,
@@ -56,13 +56,12 @@ from sammoe.inference.targets import (
     chosen_route,
     to_input_voxels,
 )
-from sammoe.inference.windows import grow_over_windows
-from sammoe.interact.sliding_window import touches_face
 from sammoe.model.moe import FOUNDATION, SamMoE
 from sammoe.model.sam3d import SamMed3D
 
 MAX_UNDO = 64  # refinement states kept per target (each holds its low-res logits and its result)
 DECODE_BATCH = 32  # targets of one crop decoded together: bounds the decoder's memory for many targets
+ENCODE_BATCH = 8  # new crops of one call encoded together on a GPU (a CPU gains nothing from batching)
 
 __all__ = ["SPACES", "Target", "TargetResult", "Segmentation", "Predictor", "to_input_voxels"]
 
@@ -111,7 +110,13 @@ class Predictor:
         self._res: Resampled | LazyResampled | None = None
         keep = getattr(model, "reads_image", False)  # a model whose routing reads the crop keeps it
         self._rois = RoiCache(
-            self.pre, self._run_encoder, self.device, size=cache_size, share_roi=share_roi, keep_image=keep
+            self.pre,
+            self._run_encoder,
+            self.device,
+            size=cache_size,
+            share_roi=share_roi,
+            keep_image=keep,
+            batch=ENCODE_BATCH if self.device.type == "cuda" else 1,
         )
         self._states: list[TargetState] = []
         self._want_probs = False
@@ -200,61 +205,22 @@ class Predictor:
 
     # ------------------------------------------------------------------------------------------- results
     def _finish(self, state: TargetState) -> None:
-        """The target's result from its low-res logits; its crop's probabilities exist only meanwhile."""
-        state.roi_prob = self._decoding.upsample(state.low)[0]
-        try:
-            self._make_result(state)
-        finally:
-            state.roi_prob = None
-
-    def _make_result(self, state: TargetState) -> None:
-        windows, box = 1, None
-        if self.use_sliding_window and touches_face(state.roi_prob):
-            mask, prob = grow_over_windows(
-                state, self._rois, self._decoding, self._res, self.max_windows, self._want_probs
-            )
-            windows = state.windows
-        else:
-            mask, prob, box = self._on_input_grid(state.entry.roi, state.roi_prob)
-        gate = None
-        if state.probs is not None:
-            gate = {n: round(float(p), 4) for n, p in zip(self.expert_names, state.probs)}
-        state.result = TargetResult(
-            name=state.name,
-            value=state.value,
-            mask=mask,
-            probability=prob,
-            expert=self.expert_names[state.route] if state.route >= 0 else "soft",
-            routing_probabilities=gate,
-            iou=state.iou,
-            clicks=len(state.clicks),
-            roi=state.entry.index,
-            windows=windows,
-            click=tuple(int(v) for v in round_voxel(state.clicks[0])),
+        finish_target(
+            state,
+            rois=self._rois,
+            decoding=self._decoding,
+            grid=self._res,
+            expert_names=self.expert_names,
             routed_by=self._routed_by(state),
-            stability=stability_score(state.roi_prob),
-            box=box,
+            want_probs=self._want_probs,
+            sliding_window=self.use_sliding_window,
+            max_windows=self.max_windows,
         )
 
     def _routed_by(self, state: TargetState) -> str | None:
         if state.chosen is not None:
             return "chosen"
         return getattr(self.model, "routing", None) if self._route is None else "forced"
-
-    def _on_input_grid(self, roi: Roi, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, Any]:
-        """(mask, probability or None, box): a crop's probabilities on the input grid, mapped and thresholded
-        inside the crop's footprint only; the rest of the grid is never touched (zero pages)."""
-        mask = np.zeros(roi.orig_shape, dtype=bool)
-        full = np.zeros(roi.orig_shape, dtype=np.float32) if self._want_probs else None
-        placed = linear_in_box(roi, prob)
-        if placed is None:
-            return mask, full, None
-        footprint, values = placed
-        box = footprint.slices
-        mask[box] = values > 0.5
-        if full is not None:
-            full[box] = values
-        return mask, full, box
 
     @property
     def results(self) -> list[TargetResult]:

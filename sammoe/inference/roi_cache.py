@@ -76,8 +76,9 @@ class TargetState:
 class RoiCache:
     """Encoded crops of the current image, least recently used dropped beyond ``size``.
 
-    ``encode(x)`` runs the image encoder on a (1, 1, S, S, S) crop; ``keep_image`` keeps the crop itself for
-    a model whose routing reads the image around the click.
+    ``encode(x)`` runs the image encoder on a (B, 1, S, S, S) batch of crops; ``keep_image`` keeps the crop
+    itself for a model whose routing reads the image around the click. ``batch`` > 1 encodes the new crops of
+    one call together (a GPU runs 8 crops in little more time than one; a CPU gains nothing).
     """
 
     def __init__(
@@ -89,9 +90,11 @@ class RoiCache:
         size: int = 16,
         share_roi: float = 0.0,
         keep_image: bool = False,
+        batch: int = 1,
     ) -> None:
         self.pre, self._encode, self.device = pre, encode, device
         self.size, self.share_roi, self.keep_image = int(size), float(share_roi), keep_image
+        self.batch = max(1, int(batch))
         self.grid: Resampled | LazyResampled | None = None
         self._entries: OrderedDict[tuple[int, int, int], EncodedRoi] = OrderedDict()
         self.encodes = 0
@@ -109,16 +112,34 @@ class RoiCache:
         if entry is not None:
             self._entries.move_to_end(key)
             return entry
-        roi = self.pre.crop(self.grid, start=np.asarray(key))
-        x = roi.image[None].to(self.device)
+        return self._encode_new([key])[0]
+
+    def _encode_new(self, keys: list[tuple[int, int, int]]) -> list[EncodedRoi]:
+        """Crop and encode ``keys`` (none cached) as one batch, and cache them."""
+        rois = [self.pre.crop(self.grid, start=np.asarray(key)) for key in keys]
+        x = torch.stack([roi.image for roi in rois]).to(self.device)
         emb = self._encode(x)
-        roi.image = torch.empty(0)  # geometry only from here on
-        entry = EncodedRoi(self.encodes, roi, emb, x if self.keep_image else None)
-        self.encodes += 1
-        self._entries[key] = entry
+        entries = []
+        for i, (key, roi) in enumerate(zip(keys, rois)):
+            roi.image = torch.empty(0)  # geometry only from here on
+            entry = EncodedRoi(self.encodes, roi, emb[i : i + 1], x[i : i + 1] if self.keep_image else None)
+            self.encodes += 1
+            self._entries[key] = entry
+            entries.append(entry)
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
-        return entry
+        return entries
+
+    def prefetch(self, starts: Sequence[tuple[int, int, int]]) -> None:
+        """Encode the crops at ``starts`` that are not cached, ``batch`` at a time (no more than the cache
+        holds, so that none is dropped before it is used)."""
+        if self.batch < 2 or self.share_roi > 0:  # shared ROIs are found one target at a time
+            return
+        missing = list(
+            dict.fromkeys(tuple(int(v) for v in s) for s in starts if tuple(s) not in self._entries)
+        )
+        for i in range(0, min(len(missing), self.size), self.batch):
+            self._encode_new(missing[i : min(i + self.batch, self.size)])
 
     def centred_on(self, vox: np.ndarray) -> EncodedRoi:
         """The crop for a target whose first click is input voxel ``vox``: a cached crop whose centre lies
@@ -142,6 +163,7 @@ class RoiCache:
         ]
         seen: dict[tuple[int, ...], int] = {}
         order = sorted(range(len(checked)), key=lambda i: seen.setdefault(starts[i], len(seen)))
+        self.prefetch(list(seen))
         states: list[TargetState | None] = [None] * len(checked)
         for i in order:
             name, vox, labels = checked[i]
