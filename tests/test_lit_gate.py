@@ -295,3 +295,47 @@ def test_experts_from_finetuning_exports(tmp_path):
     far = other.export(tmp_path / "far" / "decoder.safetensors")
     with pytest.raises(CheckpointError, match="another backbone"):
         GateTraining(checkpoint="seeded", expert_files={"far": str(far)})
+
+
+def test_the_oracle_and_every_threshold_reuse_the_rollout_of_the_decoder_they_route_to(
+    fake_experts, monkeypatch
+):
+    """Validation rolls out each decoder once per target: the oracle is the single model it names, and a
+    threshold's MoE is the decoder its gate picks at the first click. The rows equal full rollouts of all."""
+    import dataclasses
+
+    from sammoe.interact.crop_evaluation import evaluate_batch
+
+    model = GateTraining(tau_grid=[0.05, 0.34, 0.9], checkpoint=None).eval()  # as Lightning validates
+    torch.manual_seed(0)
+    with torch.no_grad():  # an untrained gate sends everything to the foundation: make it route somewhere
+        for parameter in model.moe.gate.parameters():
+            parameter.normal_(0.0, 0.1)
+    monkeypatch.setattr(GateTraining, "_tuning", lambda self: True)
+    batch = _batch(["spinal_cord", "liver", "nodules", "kidney_left"])
+    embeddings = model.encode(batch["image"])
+    models = model.eval_models(batch)
+    calls = []
+    step = model.moe.step
+    monkeypatch.setattr(model.moe, "step", lambda *a, **k: calls.append(1) or step(*a, **k))
+
+    def rows(chosen):
+        calls.clear()
+        out = evaluate_batch(
+            chosen,
+            embeddings,
+            batch,
+            click_counts=(1, 3),
+            low_res_size=model.backbone.low_res_size,
+            tolerance_mm=1.0,
+            oracle_expert=model.oracle_expert,
+        ).rows
+        return [dataclasses.astuple(r) for r in out], len(calls)
+
+    full, full_steps = rows([dataclasses.replace(m, same_as=None) for m in models])
+    reused, reused_steps = rows(models)
+    assert str(reused) == str(full)  # NaN-safe: the same rows, value for value
+    # 3 decoders x 3 steps per target, plus a 1-step probe per threshold (of 7 models x 3 steps)
+    assert reused_steps < full_steps * 0.85  # each decoder rolled out once, a 1-step probe per threshold
+    routed = {r[7] for r in full if r[0].startswith("moe@")}
+    assert len(routed) >= 2, f"the thresholds should route to different decoders, got {routed}"

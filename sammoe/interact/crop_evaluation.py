@@ -15,7 +15,11 @@ A *batch* is a dict (the datamodule's collated output); what is read from it:
   used as the first (positive) evaluation click instead of a random foreground voxel.
 
 Each target is evaluated on its own (the official protocol seeds every case with 233), with every model's
-clicks simulated from that model's own previous prediction.
+clicks simulated from that model's own previous prediction. A model whose rollout is another's on a target is
+not run again: the oracle is the single model it names (``same_as``), and a gate, which reads the first
+positive click only, sends every click of a target to the decoder it chose at the first (``probe_route``: one
+step finds that decoder, whose rows are reused when its first mask is the same). Each row is the one a full
+rollout gives.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ class EvalModel:
     name: str
     step_for: Callable[[int], StepFn]  # target index in the batch -> step function
     route_names: Sequence[str] | None = None
+    # target index -> the model (evaluated earlier in the list) whose rollout this one's is, or None
+    same_as: Callable[[int], str | None] | None = None
+    probe_route: bool = False  # gated: one step tells which decoder (in ``route_names``) runs every click
 
 
 @dataclass
@@ -183,39 +190,40 @@ def evaluate_batch(
     first = first_clicks(batch)
     for b in range(bsz):
         first_b = None if first is None else (first[0][b : b + 1], first[1][b : b + 1])
-        for model in models:
-            rollout = evaluation_rollout(
+
+        def rollout_of(model: EvalModel, counts: Sequence[int], b: int = b, first_b: Any = first_b):
+            return evaluation_rollout(
                 model.step_for(b),
                 embeddings[b : b + 1],
                 gt[b : b + 1],
-                click_counts=click_counts,
+                click_counts=counts,
                 seed=seed,
                 low_res_size=low_res_size,
                 first_clicks=first_b,
             )
+
+        done: dict[str, tuple[dict[int, tuple[float, float]], torch.Tensor]] = {}
+        for model in models:
+            twin = _twin(model, b, done, keep_examples > len(out.examples), rollout_of)
+            if twin is not None:
+                scores = done[twin][0]
+                routed = twin if model.route_names is not None else None
+                for n in sorted(scores):
+                    out.rows.append(
+                        _row(model.name, b, n, scores[n], routed, cases, classes, groups, oracle_expert)
+                    )
+                continue
+            rollout = rollout_of(model, click_counts)
+            scores: dict[int, tuple[float, float]] = {}
             for n in sorted(rollout.masks):
                 pred = rollout.masks[n][0, 0]
-                d, s = target_metrics(pred, b, batch, roi_spacing, tolerance_mm)
+                d, s = scores[n] = target_metrics(pred, b, batch, roi_spacing, tolerance_mm)
                 routed = None
                 route = rollout.routes.get(n)
                 if model.route_names is not None and route is not None:
                     k = int(route.reshape(-1)[0])
                     routed = model.route_names[k] if k >= 0 else "soft"
-                out.rows.append(
-                    EvalRow(
-                        model=model.name,
-                        case_id=cases[b],
-                        class_name=classes[b],
-                        class_group=groups[b],
-                        n_clicks=n,
-                        dice=d,
-                        nsd=s,
-                        routed_expert=routed,
-                        oracle_expert=oracle_expert(classes[b])
-                        if (oracle_expert and routed is not None)
-                        else None,
-                    )
-                )
+                out.rows.append(_row(model.name, b, n, (d, s), routed, cases, classes, groups, oracle_expert))
                 if len(out.examples) < keep_examples and n == max(rollout.masks):
                     out.examples.append(
                         EvalExample(
@@ -229,4 +237,38 @@ def evaluate_batch(
                             d,
                         )
                     )
+            if rollout.masks:
+                done[model.name] = (scores, rollout.masks[min(rollout.masks)])
     return out
+
+
+def _twin(model: EvalModel, b: int, done: dict, examples_wanted: bool, rollout_of: Callable) -> str | None:
+    """The model evaluated earlier whose rollout on target ``b`` this model's is (None: run it)."""
+    if examples_wanted:
+        return None  # the overlay images show each model's own prediction
+    if model.same_as is not None:
+        twin = model.same_as(b)
+        return twin if twin in done else None
+    if not model.probe_route or model.route_names is None:
+        return None
+    probe = rollout_of(model, [1])
+    route = probe.routes.get(1)
+    k = -1 if route is None else int(route.reshape(-1)[0])
+    twin = model.route_names[k] if k >= 0 else None
+    if twin not in done or not torch.equal(probe.masks[1], done[twin][1]):
+        return None
+    return twin
+
+
+def _row(name, b, n, scores, routed, cases, classes, groups, oracle_expert) -> EvalRow:
+    return EvalRow(
+        model=name,
+        case_id=cases[b],
+        class_name=classes[b],
+        class_group=groups[b],
+        n_clicks=n,
+        dice=scores[0],
+        nsd=scores[1],
+        routed_expert=routed,
+        oracle_expert=oracle_expert(classes[b]) if (oracle_expert and routed is not None) else None,
+    )

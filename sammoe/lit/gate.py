@@ -271,14 +271,25 @@ class GateTraining(InteractiveModule):
                 EvalModel(name, (lambda b, k=k: moe_step(self.moe, k, crop(b))))
                 for k, name in enumerate(names)
             ]
-            models.append(EvalModel("oracle", lambda b: moe_step(self.moe, int(oracle[b]), crop(b))))
+            models.append(
+                EvalModel(
+                    "oracle",
+                    lambda b: moe_step(self.moe, int(oracle[b]), crop(b)),
+                    same_as=lambda b: names[int(oracle[b])],
+                )
+            )
         else:
             models.append(EvalModel(FOUNDATION, lambda b: moe_step(self.moe, 0, crop(b))))
         if self._tuning():
             for tau in self.tau_grid:
                 sel = MaskSelector("threshold", tau)
                 models.append(
-                    EvalModel(f"moe@{tau:g}", (lambda b, s=sel: selector_step(self.moe, s, crop(b))), names)
+                    EvalModel(
+                        f"moe@{tau:g}",
+                        (lambda b, s=sel: selector_step(self.moe, s, crop(b))),
+                        names,
+                        probe_route=True,
+                    )
                 )
         else:
             models.append(EvalModel("moe", lambda b: moe_step(self.moe, image=crop(b)), names))
