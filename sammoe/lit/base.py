@@ -181,18 +181,24 @@ class InteractiveModule(L.LightningModule):
                 continue
             # a background click has no target to score: only where the gate sends it counts
             routes = [("moe", None, None)] if background else self.predictor_routes(cls)
+            scored: dict[tuple[str | None, Any], Any] = {}  # the same forced route scores the same (oracle)
             for name, route, decoder in routes:
                 predictor.route, predictor.decoder = route, decoder
-                scores = evaluate_target(
-                    predictor,
-                    item["target"],
-                    spacing,
-                    click_counts=(1,) if background else self.evaluation.click_counts,
-                    seed=self.evaluation.seed,
-                    tolerance_mm=None if background else self.evaluation.nsd_tolerance_mm,
-                    name=cls,
-                    first_click=item.get("first_click_input"),
-                )
+                key = (route, id(decoder))
+                if route is not None and key in scored:
+                    scores = scored[key]
+                else:
+                    scores = evaluate_target(
+                        predictor,
+                        item["target"],
+                        spacing,
+                        click_counts=(1,) if background else self.evaluation.click_counts,
+                        seed=self.evaluation.seed,
+                        tolerance_mm=None if background else self.evaluation.nsd_tolerance_mm,
+                        name=cls,
+                        first_click=item.get("first_click_input"),
+                    )
+                    scored[key] = scores
                 if scores is None:
                     continue
                 for n in sorted(scores.dice):
