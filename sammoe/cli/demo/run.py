@@ -145,6 +145,7 @@ def _composition(
             "--model.init_args.routing=routers",
             f"--model.init_args.experts=[{','.join(chosen)}]",
             "--model.init_args.evaluate_experts=false",
+            "--model.init_args.nsd_tolerance_mm=null",  # the composition table shows Dice only
             f"--trainer.logger.init_args.save_dir=runs/{name}",
             f"--trainer.logger.init_args.name={name}",
         ]
