@@ -218,3 +218,23 @@ def test_border_clicks_land_on_the_host_organ_beside_the_task_target(tmp_path):
         PhantomDataModule(root=str(tmp_path / "ds"), classes=["liver"], border_clicks=1)
     with pytest.raises(ConfigError, match="border_mm must be positive"):
         PhantomDataModule(root=str(tmp_path / "ds"), border_mm=0.0)
+
+
+def test_the_deepest_voxel_on_the_foreground_box_is_the_whole_grid_s():
+    """The distance transform on the foreground's box grown by one voxel picks the voxel the whole grid's
+    does, ties included (first in C order), and at the grid's faces."""
+    from scipy import ndimage
+
+    from sammoe.interact.sliding_window import deepest_voxel
+
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        fg = np.zeros((24, 20, 16), dtype=bool)
+        lo = rng.integers(0, 10, 3)
+        hi = lo + rng.integers(1, 12, 3)
+        fg[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = True
+        fg &= rng.random(fg.shape) > (0.3 if trial % 2 else 0.0)  # holes in half the trials
+        if not fg.any():
+            continue
+        full = np.unravel_index(int(np.argmax(ndimage.distance_transform_edt(fg))), fg.shape)
+        assert deepest_voxel(fg).tolist() == [float(v) for v in full]

@@ -200,7 +200,6 @@ def deepest_prior_voxel(roi: Roi, seen: list[tuple[Roi, np.ndarray]]) -> np.ndar
     """Where a window with no positive click of its own gets one: the deepest voxel (distance transform) of
     the foreground that earlier windows ``seen`` ((roi, probabilities)) predicted where they overlap ``roi``;
     None when they predicted none there. ROI voxel indices, float32 (3,)."""
-    from scipy import ndimage
 
     size = np.asarray(roi.size)
     prior = np.zeros(tuple(size), dtype=np.float32)
@@ -215,5 +214,19 @@ def deepest_prior_voxel(roi: Roi, seen: list[tuple[Roi, np.ndarray]]) -> np.ndar
     fg = prior > 0.5
     if not fg.any():
         return None
-    depth = ndimage.distance_transform_edt(fg)
-    return np.asarray(np.unravel_index(int(np.argmax(depth)), fg.shape), dtype=np.float32)
+    return deepest_voxel(fg)
+
+
+def deepest_voxel(fg: np.ndarray) -> np.ndarray:
+    """The first (C order) voxel of ``fg`` farthest from its background: the distance transform computed on
+    the foreground's box grown by one voxel only. Exact: a background voxel beyond that box is never nearer
+    than its projection onto the box's outer layer, which is background too."""
+    from scipy import ndimage
+
+    where = np.nonzero(fg)
+    lo = [max(int(i.min()) - 1, 0) for i in where]
+    hi = [min(int(i.max()) + 2, n) for i, n in zip(where, fg.shape)]
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    depth = ndimage.distance_transform_edt(fg[box])
+    local = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    return np.asarray([a + int(v) for a, v in zip(lo, local)], dtype=np.float32)
