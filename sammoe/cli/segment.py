@@ -150,9 +150,9 @@ def _targets(args: argparse.Namespace) -> list[Any]:
     if args.clicks:
         if args.space is not None:
             raise ConfigError('--space applies to inline clicks; put "space" in the --clicks file instead')
-        from sammoe.data.clicks_file import read_clicks_file
+        from sammoe.inference.targets import read_targets
 
-        return [Target(t.points, t.labels, t.name, t.space, t.route) for t in read_clicks_file(args.clicks)]
+        return read_targets(args.clicks)
     if not args.point:
         raise ConfigError(
             "no positive click; give --point X Y Z (repeatable; --negative-point for negatives) or "

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from sammoe.data.clicks_file import SPACES, round_voxel
+from sammoe.data.clicks_file import SPACES, read_clicks_file, round_voxel
 from sammoe.data.io import Volume, write_label
 from sammoe.errors import ConfigError, DataError
 
@@ -36,6 +36,11 @@ class Target:
     space: str = "voxel"
     # the decoder for this target alone: "foundation" or a loaded expert's name (None: routed as usual)
     route: str | None = None
+
+
+def read_targets(path: str | os.PathLike) -> list[Target]:
+    """The targets of a clicks JSON or Slicer markups file (``sammoe.data.clicks_file``), as ``Target``s."""
+    return [Target(t.points, t.labels, t.name, t.space, t.route) for t in read_clicks_file(path)]
 
 
 @dataclass

@@ -18,25 +18,16 @@ from typing import Any
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from sammoe.data.clicks_file import read_clicks_file
 from sammoe.data.cohort import REPORT_SUFFIX, CohortCase, find_cases
 from sammoe.data.io import read_image
 from sammoe.errors import ConfigError, SammoeError
 from sammoe.files import check_outputs
 from sammoe.inference.cohort_case import is_complete
-from sammoe.inference.targets import Target
+from sammoe.inference.targets import read_targets
 
 SUMMARY = "summary.csv"
 SCORES = "scores.csv"
 CONFIG = "predict_config.yaml"
-
-
-def _targets(prompts: Path) -> list[Target]:
-    targets = []
-    for t in read_clicks_file(prompts):
-        extra = {"route": t.route} if getattr(t, "route", None) else {}
-        targets.append(Target(t.points, t.labels, t.name, t.space, **extra))
-    return targets
 
 
 class CaseReader(Dataset):
@@ -55,9 +46,7 @@ class CaseReader(Dataset):
         try:
             if case.problem is not None:
                 raise ConfigError(case.problem)
-            targets = _targets(
-                case.prompts
-            )  # small and quick: a bad clicks file fails before the scan is read
+            targets = read_targets(case.prompts)  # quick: a bad clicks file fails before the scan is read
             volume = read_image(case.image, channel=self.channel)
         except SammoeError as err:
             return {"case": case, "error": str(err)}
