@@ -54,7 +54,12 @@ def _cuda_missing() -> str | None:
 # selected test carries the marker
 NEEDS = {"gui": _viewer_missing, "shared_data": _shared_missing, "gpu": _cuda_missing}
 # fixtures that only work for tests carrying the marker
-FIXTURE_NEEDS = {"shared_dir": "shared_data", "make_napari_viewer": "gui", "qtbot": "gui"}
+FIXTURE_NEEDS = {
+    "shared_dir": "shared_data",
+    "make_napari_viewer": "gui",
+    "qtbot": "gui",
+    "docked_phantom": "gui",
+}
 
 
 @pytest.hookimpl(trylast=True)  # after `-m`/`-k` deselected what will not run
@@ -135,3 +140,24 @@ def plugin_site_dir(tmp_path, monkeypatch):
     monkeypatch.delenv("SAMMOE_EXPERTS", raising=False)
     with plugin_site(tmp_path / "site") as path:
         yield path
+
+
+# The napari tests' scan: a phantom NIfTI, opened in a viewer with the widget docked.
+
+
+@pytest.fixture(scope="session")
+def gui_phantom(tmp_path_factory):
+    """(path, label, affine) of the phantom NIfTI the napari tests open (``helpers.gui.phantom_nifti``)."""
+    from helpers.gui import phantom_nifti
+
+    return phantom_nifti(tmp_path_factory.mktemp("gui-phantom"))
+
+
+@pytest.fixture
+def docked_phantom(make_napari_viewer, qtbot, gui_phantom):
+    """(viewer, widget): ``gui_phantom`` opened through sammoe's reader and the widget docked and ready."""
+    from helpers.gui import dock
+
+    viewer = make_napari_viewer()
+    viewer.open(str(gui_phantom[0]), plugin="sammoe")
+    return viewer, dock(viewer, qtbot)

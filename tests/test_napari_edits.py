@@ -7,24 +7,12 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
-from helpers.gui import dock, organ_centre, phantom_nifti, settle
+from helpers.gui import dock, organ_centre, settle
 from qtpy.QtCore import Qt
 
 from sammoe.data.phantoms import LABELS
 
 pytestmark = pytest.mark.gui
-
-
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
-    return phantom_nifti(tmp_path_factory.mktemp("img"))
-
-
-@pytest.fixture
-def opened(make_napari_viewer, qtbot, phantom):
-    viewer = make_napari_viewer()
-    viewer.open(str(phantom[0]), plugin="sammoe")
-    return viewer, dock(viewer, qtbot)
 
 
 def segment_cli(tmp_path, image, clicks) -> np.ndarray:
@@ -37,10 +25,10 @@ def segment_cli(tmp_path, image, clicks) -> np.ndarray:
 
 
 def test_moving_and_deleting_clicks_with_napari_point_tools_rerun_the_target(
-    opened, qtbot, phantom, tmp_path
+    docked_phantom, qtbot, gui_phantom, tmp_path
 ):
-    viewer, widget = opened
-    path, label, _ = phantom
+    viewer, widget = docked_phantom
+    path, label, _ = gui_phantom
     kidney = organ_centre(label, "kidney_left")
     widget.click(kidney)
     widget.click(kidney + [0, 0, 3], positive=False)
@@ -70,9 +58,11 @@ def test_moving_and_deleting_clicks_with_napari_point_tools_rerun_the_target(
     assert widget.last_update.targets[0].value == 0 and not np.asarray(widget.layers.labels.data).any()
 
 
-def test_brush_edits_lock_their_target_survive_other_clicks_and_are_saved(opened, qtbot, phantom, tmp_path):
-    viewer, widget = opened
-    _, label, _ = phantom
+def test_brush_edits_lock_their_target_survive_other_clicks_and_are_saved(
+    docked_phantom, qtbot, gui_phantom, tmp_path
+):
+    viewer, widget = docked_phantom
+    _, label, _ = gui_phantom
     widget.add_target("liver")
     widget.click(organ_centre(label, "liver"))
     settle(qtbot, widget)

@@ -10,16 +10,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 from helpers.dicom import write_dicom_series
-from helpers.gui import dock, organ_centre, phantom_nifti, settle
+from helpers.gui import dock, organ_centre, settle
 
 from sammoe.data.io import read_image
 
 pytestmark = pytest.mark.gui
-
-
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
-    return phantom_nifti(tmp_path_factory.mktemp("img"))
 
 
 def two_targets(widget, qtbot, label) -> np.ndarray:
@@ -32,11 +27,11 @@ def two_targets(widget, qtbot, label) -> np.ndarray:
     return data
 
 
-def test_nifti_seg_nrrd_and_one_file_per_target(make_napari_viewer, qtbot, phantom, tmp_path):
+def test_nifti_seg_nrrd_and_one_file_per_target(make_napari_viewer, qtbot, gui_phantom, tmp_path):
     viewer = make_napari_viewer()
-    viewer.open(str(phantom[0]), plugin="sammoe")
+    viewer.open(str(gui_phantom[0]), plugin="sammoe")
     widget = dock(viewer, qtbot)
-    data = two_targets(widget, qtbot, phantom[1])
+    data = two_targets(widget, qtbot, gui_phantom[1])
     formats = widget.export_panel.format
     assert not formats.model().item(formats.findData(".dcm")).isEnabled()  # not a DICOM series
     for name in ("seg.nii.gz", "seg.seg.nrrd"):
@@ -44,7 +39,7 @@ def test_nifti_seg_nrrd_and_one_file_per_target(make_napari_viewer, qtbot, phant
         settle(qtbot, widget)
         assert widget.last_saved == [str(tmp_path / name), str(tmp_path / "seg.clicks.json")]
         saved = read_image(tmp_path / name)
-        assert np.array_equal(np.asarray(saved.array), data) and np.allclose(saved.affine, phantom[2])
+        assert np.array_equal(np.asarray(saved.array), data) and np.allclose(saved.affine, gui_phantom[2])
     header = (tmp_path / "seg.seg.nrrd").read_bytes()[:4000].decode("latin-1")
     assert "Segment0_Name:=liver" in header and "Segment1_Name:=spleen" in header
     widget.export_panel.choose(".nii.gz", per_target=True)
@@ -111,12 +106,12 @@ def test_dicom_seg_for_a_dicom_series(make_napari_viewer, qtbot, tmp_path):
 
 @pytest.mark.filterwarnings("ignore:the demo model")
 def test_the_decoder_menu_reruns_one_target_and_the_clicks_file_records_it(
-    make_napari_viewer, qtbot, phantom, tmp_path
+    make_napari_viewer, qtbot, gui_phantom, tmp_path
 ):
     viewer = make_napari_viewer()
-    viewer.open(str(phantom[0]), plugin="sammoe")
+    viewer.open(str(gui_phantom[0]), plugin="sammoe")
     widget = dock(viewer, qtbot)
-    data = two_targets(widget, qtbot, phantom[1])
+    data = two_targets(widget, qtbot, gui_phantom[1])
     liver, spleen = (t.id for t in widget.last_update.targets)
     menu = widget.table.decoder_menu(liver)
     choices = [menu.itemText(i) for i in range(menu.count())]
@@ -138,7 +133,14 @@ def test_the_decoder_menu_reruns_one_target_and_the_clicks_file_records_it(
     assert doc["targets"][0]["route"] == "spinal_cord" and "route" not in doc["targets"][1]
     from sammoe.cli.segment import main
 
-    argv = ["--image", str(phantom[0]), "--clicks", str(tmp_path / "seg.clicks.json"), "--checkpoint", "demo"]
+    argv = [
+        "--image",
+        str(gui_phantom[0]),
+        "--clicks",
+        str(tmp_path / "seg.clicks.json"),
+        "--checkpoint",
+        "demo",
+    ]
     assert main([*argv, "--out", str(tmp_path / "cli.nii.gz"), "--quiet"]) == 0  # honours the route
     assert np.array_equal(np.asarray(nib.load(str(tmp_path / "cli.nii.gz")).dataobj), after)
     widget.table.decoder_menu(liver).setCurrentText("routed")

@@ -10,21 +10,9 @@ import threading
 
 import numpy as np
 import pytest
-from helpers.gui import dock, organ_centre, phantom_nifti, settle
+from helpers.gui import dock, organ_centre, settle
 
 pytestmark = pytest.mark.gui
-
-
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
-    return phantom_nifti(tmp_path_factory.mktemp("img"))
-
-
-@pytest.fixture
-def opened(make_napari_viewer, qtbot, phantom):
-    viewer = make_napari_viewer()
-    viewer.open(str(phantom[0]), plugin="sammoe")
-    return viewer, dock(viewer, qtbot)
 
 
 def press(provider, key: str) -> None:
@@ -35,10 +23,10 @@ def press(provider, key: str) -> None:
 
 
 def test_shortcuts_act_on_the_selected_target_and_are_named_in_tooltips(
-    opened, qtbot, phantom, tmp_path, monkeypatch
+    docked_phantom, qtbot, gui_phantom, tmp_path, monkeypatch
 ):
-    viewer, widget = opened
-    _, label, _ = phantom
+    viewer, widget = docked_phantom
+    _, label, _ = gui_phantom
     for name, key in (("undo", "Ctrl+Z"), ("reset", "R"), ("add", "M")):
         assert f"({key})" in widget.buttons[name].toolTip()
     assert "(T)" in widget.sign_button.toolTip() and "(S)" in widget.export_panel.button.toolTip()
@@ -86,9 +74,9 @@ def test_shortcuts_act_on_the_selected_target_and_are_named_in_tooltips(
     assert coerce_keybinding("S") not in widget.layers.points.keymap
 
 
-def test_click_markers_are_3_mm_wide_and_half_transparent(opened, qtbot, phantom):
-    viewer, widget = opened
-    _, label, affine = phantom
+def test_click_markers_are_3_mm_wide_and_half_transparent(docked_phantom, qtbot, gui_phantom):
+    viewer, widget = docked_phantom
+    _, label, affine = gui_phantom
     widget.click(organ_centre(label, "kidney_right"))
     widget.click(organ_centre(label, "kidney_right") + [1, 0, 0])
     settle(qtbot, widget)
@@ -100,7 +88,7 @@ def test_click_markers_are_3_mm_wide_and_half_transparent(opened, qtbot, phantom
 
 
 def test_the_worker_pins_torch_threads_and_the_busy_indicator_is_static(
-    make_napari_viewer, qtbot, phantom, monkeypatch
+    make_napari_viewer, qtbot, gui_phantom, monkeypatch
 ):
     import torch
     from qtpy.QtWidgets import QProgressBar
@@ -120,18 +108,18 @@ def test_the_worker_pins_torch_threads_and_the_busy_indicator_is_static(
     monkeypatch.setattr(torch, "set_num_threads", record)
     try:
         viewer = make_napari_viewer()
-        viewer.open(str(phantom[0]), plugin="sammoe")
+        viewer.open(str(gui_phantom[0]), plugin="sammoe")
         widget = dock(viewer, qtbot)
         assert widget.model_panel.threads.value() == 3  # one core fewer than the process may use
         animated = [b for b in widget.findChildren(QProgressBar) if b.maximum() == b.minimum()]
         assert not animated  # an indeterminate bar animates: it starved the worker under software GL
-        widget.click(organ_centre(phantom[1], "liver"))
+        widget.click(organ_centre(gui_phantom[1], "liver"))
         assert widget.busy_label.isVisibleTo(widget) and widget.busy_label.text() == "working..."
         settle(qtbot, widget)
         assert not widget.busy_label.isVisibleTo(widget) and widget.message == ""
         assert calls and all(n == 3 and not on_main for n, on_main in calls)  # in the worker, as set
         widget.model_panel.threads.setValue(1)
-        widget.click(organ_centre(phantom[1], "liver") + [1, 0, 0])
+        widget.click(organ_centre(gui_phantom[1], "liver") + [1, 0, 0])
         settle(qtbot, widget)
         assert calls[-1] == (1, False)
     finally:
@@ -169,13 +157,13 @@ viewer.close()
 """
 
 
-def test_docking_leaves_torch_and_plugin_discovery_to_the_worker(phantom, tmp_path):
+def test_docking_leaves_torch_and_plugin_discovery_to_the_worker(gui_phantom, tmp_path):
     """Docking must hand the event loop back at once: importing torch took 5.9 s on napari's GUI thread
     (no timing asserted here; the thread that imports torch is)."""
     script = tmp_path / "dock.py"
     script.write_text(DOCK)
     done = subprocess.run(
-        [sys.executable, str(script), str(phantom[0])], capture_output=True, text=True, timeout=300
+        [sys.executable, str(script), str(gui_phantom[0])], capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-2000:]
     imported = done.stdout.split("imported by:")[1]

@@ -8,39 +8,10 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from helpers.gui import mouse_click
-
-from sammoe.data.phantoms import LABELS, make_phantom_case
+from helpers.gui import mouse_click, settle
+from helpers.gui import organ_centre as centre
 
 pytestmark = pytest.mark.gui
-
-WIDGET = ("sammoe", "Segment with clicks")
-WAIT_MS = 60_000
-
-
-@pytest.fixture(scope="module")
-def phantom_nifti(tmp_path_factory):
-    image, label, affine = make_phantom_case(5, shape=(64, 64, 40), spacing=(2.0, 2.0, 3.0))
-    path = tmp_path_factory.mktemp("img") / "phantom.nii.gz"
-    nib.save(nib.Nifti1Image(image, affine), str(path))
-    return path, label, affine
-
-
-def centre(label, name) -> np.ndarray:
-    return np.argwhere(label == LABELS[name]).mean(0).round()
-
-
-@pytest.fixture
-def opened(make_napari_viewer, qtbot, phantom_nifti):
-    viewer = make_napari_viewer()
-    viewer.open(str(phantom_nifti[0]), plugin="sammoe")
-    _, widget = viewer.window.add_plugin_dock_widget(*WIDGET)
-    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
-    return viewer, widget
-
-
-def settle(qtbot, widget) -> None:
-    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
 
 
 def segment_cli(tmp_path, image, clicks) -> np.ndarray:
@@ -52,9 +23,9 @@ def segment_cli(tmp_path, image, clicks) -> np.ndarray:
     return np.asarray(nib.load(str(out)).dataobj)
 
 
-def test_clicks_from_the_api_and_the_mouse_equal_sammoe_segment(opened, qtbot, phantom_nifti, tmp_path):
-    viewer, widget = opened
-    path, label, affine = phantom_nifti
+def test_clicks_from_the_api_and_the_mouse_equal_sammoe_segment(docked_phantom, qtbot, gui_phantom, tmp_path):
+    viewer, widget = docked_phantom
+    path, label, affine = gui_phantom
     image = viewer.layers["phantom"]
     assert np.allclose(image.affine.affine_matrix, affine) and widget.layers.image is image
     messages = []
@@ -95,9 +66,9 @@ def test_clicks_from_the_api_and_the_mouse_equal_sammoe_segment(opened, qtbot, p
     assert np.array_equal(cli, np.asarray(saved.dataobj))
 
 
-def test_two_targets_undo_reset_and_delete(opened, qtbot, phantom_nifti, tmp_path):
-    viewer, widget = opened
-    path, label, _ = phantom_nifti
+def test_two_targets_undo_reset_and_delete(docked_phantom, qtbot, gui_phantom, tmp_path):
+    viewer, widget = docked_phantom
+    path, label, _ = gui_phantom
     widget.add_target("liver")
     settle(qtbot, widget)
     widget.click(centre(label, "liver"))
@@ -131,9 +102,9 @@ def test_two_targets_undo_reset_and_delete(opened, qtbot, phantom_nifti, tmp_pat
 
 
 def test_bad_checkpoint_unreadable_file_and_refused_click_show_one_line(
-    opened, qtbot, phantom_nifti, tmp_path
+    docked_phantom, qtbot, gui_phantom, tmp_path
 ):
-    viewer, widget = opened
+    viewer, widget = docked_phantom
     bad = tmp_path / "weights.pth"
     bad.write_bytes(b"not a checkpoint")
     widget.model_panel.set_checkpoint_file(str(bad))
@@ -152,17 +123,19 @@ def test_bad_checkpoint_unreadable_file_and_refused_click_show_one_line(
     settle(qtbot, widget)
     assert "outside the image" in widget.message and len(widget.layers.points.data) == 0
     second = tmp_path / "second.nii.gz"
-    second.write_bytes(phantom_nifti[0].read_bytes())
-    widget.open_image(str(second))  # opened from the widget: segmented from now on
+    second.write_bytes(gui_phantom[0].read_bytes())
+    widget.open_image(str(second))  # docked_phantom from the widget: segmented from now on
     settle(qtbot, widget)
     assert widget.message == "" and widget.layers.image.name == "second"
     names = [layer.name for layer in viewer.layers]
     assert "phantom segmentation" in names and "phantom clicks" not in names and "second clicks" in names
 
 
-def test_napari_save_uses_the_writer_and_never_replaces_the_image(opened, qtbot, phantom_nifti, tmp_path):
-    viewer, widget = opened
-    path, label, affine = phantom_nifti
+def test_napari_save_uses_the_writer_and_never_replaces_the_image(
+    docked_phantom, qtbot, gui_phantom, tmp_path
+):
+    viewer, widget = docked_phantom
+    path, label, affine = gui_phantom
     widget.click(centre(label, "kidney_right"))
     settle(qtbot, widget)
     labels = widget.layers.labels
