@@ -54,6 +54,17 @@ class EvalSettings:
         object.__setattr__(self, "overlay_images", bool(self.overlay_images))
 
 
+def export_files(args: Any, run_dir: Path | None, default: Path) -> dict[str, Path]:
+    """The files a run's export writes, for ``sammoe fit`` to check before training (name for messages ->
+    path): ``default`` (relative) in the run folder when ``run_dir`` is known, and ``export_path``."""
+    found: dict[str, Path] = {}
+    if run_dir is not None:
+        found[f"the run folder's {default.as_posix()}"] = run_dir / default
+    if args.get("export_path"):
+        found["model.init_args.export_path"] = Path(args["export_path"])
+    return found
+
+
 class InteractiveModule(L.LightningModule):
     """Base of the sammoe LightningModules (use a subclass: `ExpertFinetune`, `GateTraining`).
 

@@ -27,7 +27,7 @@ import torch
 from sammoe.eval.results import GENERAL, TASK
 from sammoe.interact.crop_evaluation import EvalModel, first_clicks
 from sammoe.interact.rollout import decoder_step, training_rollout
-from sammoe.lit.base import EvalSettings, InteractiveModule
+from sammoe.lit.base import EvalSettings, InteractiveModule, export_files
 from sammoe.loading import backbone_source, load_backbone, save_backbone, save_tensors
 from sammoe.model.sam3d import backbone_fingerprint
 
@@ -270,12 +270,8 @@ class ExpertFinetune(InteractiveModule):
         folder's (when ``run_dir`` is known) and ``export_path``, a decoder's with its ``.json`` sidecar.
         ``sammoe fit`` holds them against the run's inputs before training."""
         decoder = args.get("trainable", "decoder") != "all"
-        found: dict[str, Path] = {}
-        if run_dir is not None:
-            default = _default_export(run_dir, args.get("trainable", "decoder"))
-            found[f"the run folder's {default.relative_to(run_dir)}"] = default
-        if args.get("export_path"):
-            found["model.init_args.export_path"] = Path(args["export_path"])
+        default = _default_export(Path(), args.get("trainable", "decoder"))
+        found = export_files(args, run_dir, default)
         if decoder:
             found.update(
                 {f"{key} (its .json sidecar)": p.with_suffix(".json") for key, p in list(found.items())}

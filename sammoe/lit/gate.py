@@ -22,7 +22,7 @@ from sammoe.eval.calibration import BACKGROUND, TauBudget, background_claims, ch
 from sammoe.eval.results import GENERAL, TASK, EvalRow
 from sammoe.interact.crop_evaluation import EvalModel, first_clicks
 from sammoe.interact.rollout import StepOutput, moe_step
-from sammoe.lit.base import EvalSettings, InteractiveModule
+from sammoe.lit.base import EvalSettings, InteractiveModule, export_files
 from sammoe.lit.feature_cache import FeatureCache, batch_features
 from sammoe.lit.schedules import head_optimizer
 from sammoe.loading import backbone_source, load_backbone, load_gate, save_gate
@@ -358,12 +358,7 @@ class GateTraining(InteractiveModule):
         """Every file the export writes (name for messages -> path), from the model's init args: the run
         folder's (when ``run_dir`` is known) and ``export_path``; ``sammoe fit`` checks them before
         training."""
-        found: dict[str, Path] = {}
-        if run_dir is not None:
-            found["the run folder's gate.safetensors"] = run_dir / "gate.safetensors"
-        if args.get("export_path"):
-            found["model.init_args.export_path"] = Path(args["export_path"])
-        return found
+        return export_files(args, run_dir, Path("gate.safetensors"))
 
     def on_train_end(self) -> None:
         run_dir = self.run_dir()  # broadcasts: every rank

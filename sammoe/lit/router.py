@@ -27,6 +27,7 @@ from sammoe.errors import ConfigError
 from sammoe.eval.calibration import BACKGROUND
 from sammoe.files import write_text
 from sammoe.interact.crop_evaluation import first_clicks
+from sammoe.lit.base import export_files
 from sammoe.lit.feature_cache import FeatureCache, batch_features
 from sammoe.lit.schedules import head_optimizer
 from sammoe.loading import load_backbone
@@ -275,12 +276,7 @@ class RouterTraining(L.LightningModule):
         """Every file the export writes (name for messages -> path), from the model's init args: the run
         folder's (when ``run_dir`` is known) and ``export_path``; ``sammoe fit`` checks them before
         training."""
-        found: dict[str, Path] = {}
-        if run_dir is not None:
-            found[f"the run folder's expert/{ROUTER_FILE}"] = run_dir / "expert" / ROUTER_FILE
-        if args.get("export_path"):
-            found["model.init_args.export_path"] = Path(args["export_path"])
-        return found
+        return export_files(args, run_dir, Path("expert") / ROUTER_FILE)
 
     def on_train_end(self) -> None:
         run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
