@@ -4,9 +4,9 @@ correct with napari's own tools, save.
 Docking returns at once: nothing here imports torch or runs plugin discovery on napari's GUI thread; a worker
 finds the devices and installed experts (and the model loads there on the first click). Model calls run one
 at a time in napari worker threads (``jobs``), with torch's threads pinned to leave napari a core
-(``threads``); layers are touched only on the GUI thread. The busy indicator is a static label: an animated
-bar starved the worker under software OpenGL. Target operations are in ``interaction``; keys in
-``shortcuts``; saving in ``export``.
+(``threads``); layers are touched only on the GUI thread. The busy indicator is a static label shown only
+when a job outlasts a glance (``busy``): an animated bar starved the worker under software OpenGL. Target
+operations are in ``interaction``; keys in ``shortcuts``; saving in ``export``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
 
 from sammoe.data.io import read_image
 from sammoe.napari import threads
+from sammoe.napari.busy import DelayedBusy
 from sammoe.napari.export import FORMATS, export
 from sammoe.napari.interaction import TargetActions
 from sammoe.napari.jobs import Jobs, one_line
@@ -149,6 +150,7 @@ class SegmentWidget(QWidget, TargetActions):
         self.busy_label = QLabel(BUSY)  # static on purpose (see the module docstring)
         self.busy_label.setVisible(False)
         self.status = QLabel("")
+        self.busy_indicator = DelayedBusy(self.busy_label, self.status)
         self.note_label = QLabel("")
         self.note_label.setStyleSheet("color: #d9a400")
         self.error_label = QLabel("")
@@ -176,9 +178,7 @@ class SegmentWidget(QWidget, TargetActions):
         return self.error_label.text()
 
     def _progress(self, text: str | None) -> None:
-        self.busy_label.setVisible(text is not None)
-        if text is not None:
-            self.status.setText(text)
+        self.busy_indicator.progress(text)
 
     def _show_error(self, message: str) -> None:
         self.error_label.setText(message)
@@ -188,7 +188,7 @@ class SegmentWidget(QWidget, TargetActions):
 
     def _submit(self, work, done) -> None:
         self.error_label.setText("")
-        self.busy_label.setVisible(True)  # at once: the worker's first message comes through the event loop
+        self.busy_indicator.start()
         self.jobs.submit(work, done)
 
     def event(self, event: QEvent) -> bool:
