@@ -13,6 +13,7 @@ from sammoe.data.io import Volume, read_image, read_label, write_label
 from sammoe.data.preprocess import (
     Preprocessor,
     Resampled,
+    Roi,
     bbox,
     official_crop_start,
     znormalize,
@@ -232,6 +233,38 @@ def test_sliding_window_large_structure():
     assert dice(single, target) < 0.8
     assert dice(full, target) >= 0.95
     assert len(calls) > 2
+
+
+
+def test_windows_box_maps_exactly_as_the_whole_grid():
+    """A refinement maps only the visited windows' box (plus one voxel of zeros) back to the input grid; that
+    must equal mapping the whole resampled grid, value for value, also where the box cuts the target."""
+    from scipy import ndimage
+
+    from sammoe.data.inverse import linear_in_box
+    from sammoe.interact.sliding_window import grow_windows
+
+    affine = make_affine(np.diag([-1.0, -1.0, 1.0]), (0.7, 0.7, 5.0), (0.0, 0.0, 0.0))
+    shape = (160, 140, 20)  # CT-like: fine in plane, thick slices (the input grid is finer than the model's)
+    image, label = ellipsoid_case(shape, affine, radii=(50.0, 40.0, 40.0), centre_offset=(0, 0, 0))
+    pre = Preprocessor(target_spacing=3.0, crop_size=16)
+    volume = Volume(image, affine)
+    click = np.argwhere(label > 0).mean(0).round()
+    soft = lambda roi: ndimage.gaussian_filter(roi.label.float()[0].numpy(), 1.0)  # noqa: E731
+
+    for windows in (1, 3, 27):  # 1 and 3: the box's faces cut through the target
+        blended, box = grow_windows(pre, volume, click, soft, label=label, max_windows=windows)
+        res = pre.resample(volume, label)
+        whole_grid = np.zeros(res.shape, np.float32)
+        whole_grid[tuple(slice(a, a + n) for a, n in zip(box.start, box.size))] = blended
+        whole = Roi(torch.empty(0), np.zeros(3, np.int64), res.shape, res.affine, res.shape, affine, shape)
+        expected = invert_probability(whole, whole_grid)
+        footprint, values = linear_in_box(box, blended)
+        got = np.zeros(shape, np.float32)
+        got[footprint.slices] = values
+        assert np.array_equal(got > 0.5, expected > 0.5), windows
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+        assert expected.sum() > 0 and (windows == 27 or footprint.shape != shape)  # a box where it can be
 
 
 def grid_case(field, crop=16):

@@ -1,6 +1,6 @@
-"""A decoded target's result on the input grid: its crop's probabilities mapped back inside the crop's
-footprint only (the rest of the grid is never touched), or grown over neighbouring windows when the mask
-reaches a face of its crop; the routing it took and its stability."""
+"""A decoded target's result on the input grid: its crop's probabilities (or, when the mask reaches a face of
+its crop, the blended probabilities of the neighbouring windows it grew over) mapped back inside their
+footprint only (the rest of the grid is never touched); the routing it took and its stability."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from sammoe.interact.sliding_window import touches_face
 
 
 def on_input_grid(roi: Roi, prob: np.ndarray, want_probs: bool) -> tuple[np.ndarray, np.ndarray | None, Any]:
-    """(mask, probability or None, box): a crop's probabilities on the input grid, mapped and thresholded
-    inside the crop's footprint only (zero pages elsewhere)."""
+    """(mask, probability or None, box): a crop's (or a windows' box's) probabilities on the input grid,
+    mapped and thresholded inside its footprint only (zero pages elsewhere)."""
     mask = np.zeros(roi.orig_shape, dtype=bool)
     full = np.zeros(roi.orig_shape, dtype=np.float32) if want_probs else None
     placed = linear_in_box(roi, prob)
@@ -50,12 +50,11 @@ def finish_target(
     target they would cost a crop of floats each: a thousand targets, gigabytes)."""
     state.roi_prob = decoding.upsample(state.low)[0]
     try:
-        windows, box = 1, None
+        windows, roi, prob = 1, state.entry.roi, state.roi_prob
         if sliding_window and touches_face(state.roi_prob):
-            mask, prob = grow_over_windows(state, rois, decoding, grid, max_windows, want_probs)
+            prob, roi = grow_over_windows(state, rois, decoding, grid, max_windows)
             windows = state.windows
-        else:
-            mask, prob, box = on_input_grid(state.entry.roi, state.roi_prob, want_probs)
+        mask, prob, box = on_input_grid(roi, prob, want_probs)
         routing = None
         if state.probs is not None:
             routing = {n: round(float(p), 4) for n, p in zip(expert_names, state.probs)}

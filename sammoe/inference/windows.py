@@ -6,12 +6,11 @@ from __future__ import annotations
 import numpy as np
 
 from sammoe.data.clicks_file import round_voxel
-from sammoe.data.inverse import invert_probability
 from sammoe.data.lazy_resample import LazyResampled
 from sammoe.data.preprocess import Resampled, Roi
 from sammoe.inference.decoding import ClickDecoder
 from sammoe.inference.roi_cache import RoiCache, TargetState
-from sammoe.interact.sliding_window import deepest_prior_voxel, sliding_window
+from sammoe.interact.sliding_window import deepest_prior_voxel, grow_windows
 
 
 def grow_over_windows(
@@ -20,13 +19,13 @@ def grow_over_windows(
     decoding: ClickDecoder,
     grid: Resampled | LazyResampled,
     max_windows: int,
-    want_probs: bool,
-) -> tuple[np.ndarray, np.ndarray | None]:
+) -> tuple[np.ndarray, Roi]:
     """Grow a target that reaches its crop's faces over neighbouring windows (data-layer sliding window).
 
     Windows other than the primary one get the target's clicks that fall inside them and, when none of
     those is positive, a positive click at the deepest foreground voxel that earlier windows predicted in
-    the overlap. Returns (mask, probability or None) on the input grid.
+    the overlap. Returns the blended probabilities on the visited windows' box of the resampled grid and
+    the ``Roi`` of that box (``results.on_input_grid`` maps them inside its footprint).
     """
     seen: list[tuple[Roi, np.ndarray]] = []
     primary = tuple(int(v) for v in state.entry.roi.start)
@@ -57,9 +56,6 @@ def grow_over_windows(
 
     # The helper centres its first window on this voxel: give it the primary ROI's centre.
     centre = state.entry.roi.roi_to_input(np.asarray(state.entry.roi.size, dtype=np.float64) // 2)
-    mask, blended, whole = sliding_window(
-        rois.pre, grid, centre, predict, max_windows=max_windows, return_probabilities=True
-    )
+    blended, box = grow_windows(rois.pre, grid, centre, predict, max_windows=max_windows)
     state.windows = len(seen)
-    prob = invert_probability(whole, blended) if want_probs else None
-    return mask.astype(bool), prob
+    return blended, box

@@ -2,8 +2,8 @@
 touches a window face, blended with Gaussian weights and mapped back to the original grid.
 
 ``sliding_window(pre, volume, click_vox, predict, ...)`` drives any model through
-``predict(roi) -> probabilities``; the Predictor (``sammoe.inference.predictor``) passes its cached-embedding
-decoder.
+``predict(roi) -> probabilities`` (``grow_windows`` gives the blended probabilities on the windows' box);
+the Predictor (``sammoe.inference.predictor``) passes its cached-embedding decoder.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sammoe.data.inverse import invert_probability
+from sammoe.data.inverse import linear_in_box
 from sammoe.data.io import Volume
 from sammoe.data.preprocess import Preprocessor, Resampled, Roi, Triple
 
@@ -100,7 +100,7 @@ def touches_face(prob: np.ndarray) -> bool:
     return any(np.take(fg, face, axis=a).any() for a in range(3) for face in (0, -1))
 
 
-def sliding_window(
+def grow_windows(
     pre: Preprocessor,
     volume: Volume | Resampled,
     click_vox: Any,
@@ -110,24 +110,11 @@ def sliding_window(
     overlap: float = 0.5,
     max_windows: int = 27,
     threshold: float = 0.5,
-    return_probabilities: bool = False,
-) -> np.ndarray | tuple[np.ndarray, np.ndarray, Roi]:
-    """Segment a target larger than one crop: click-centred windows that grow where the target touches a
-    window face, blended back and mapped onto the original grid.
-
-    The first window is centred on ``click_vox`` (input voxel indices). Windows are visited breadth first, one
-    ring at a time; after each ring the predictions so far are blended and thresholded (> ``threshold``), and
-    the connected component (26-connectivity) holding the click is taken as the target (the component nearest
-    to the click when the click voxel is background). Wherever that component reaches a face of a visited
-    window, the neighbouring window shifted by ``(1 - overlap) * crop`` in that direction joins the next ring
-    (at most ``max_windows`` windows in all). Foreground not connected to the target (false positives on an
-    unfamiliar scan) therefore never adds windows, but it stays in the returned mask where the visited windows
-    predict it. ``predict(roi)`` returns foreground probabilities of shape ``roi.size`` (numpy or torch);
-    windows are blended with Gaussian weights on the resampled grid, mapped to the original grid (linear) and
-    thresholded. ``label`` (optional) is cropped into each ``roi.label`` (oracle tests, evaluation).
-    Returns a uint8 mask of the original shape; with ``return_probabilities`` also the blended probabilities
-    on the resampled grid and the whole-grid ``Roi`` that maps them back with ``data.inverse.invert``.
-    """
+) -> tuple[np.ndarray, Roi]:
+    """The windows of ``sliding_window``, blended: (probabilities on the resampled grid inside the visited
+    windows' box, a ``Roi`` of that box). The box has one voxel of zeros around the windows where the grid
+    goes on, so mapping it to the input grid (``data.inverse.linear_in_box``) gives exactly what mapping the
+    whole resampled grid gives, at the cost of the box: a refinement never touches the rest of the scan."""
     res = pre.resample(volume, label) if isinstance(volume, Volume) else volume  # Resampled or LazyResampled
     size = np.asarray(pre.crop_size)
     step = np.maximum(np.round(size * (1.0 - overlap)).astype(np.int64), 1)
@@ -165,12 +152,10 @@ def sliding_window(
                 wsum[tuple(dst)] += weights[tuple(src)]
         if done >= max_windows:
             break
-        # the target so far, within the bounding box of the visited windows (the rest of the grid is empty)
-        starts = np.stack([w[1] for w in windows])
-        lo_box = np.clip(starts.min(0), 0, shape)
-        hi_box = np.clip(starts.max(0) + size, 0, shape)
+        lo_box, hi_box = _windows_box(windows, size, shape)
         if np.any(hi_box <= lo_box):
             break  # the windows miss the volume (a click far outside it)
+        # the target so far, within the bounding box of the visited windows (the rest of the grid is empty)
         region = tuple(slice(int(a), int(b)) for a, b in zip(lo_box, hi_box))
         part = wsum[region]
         fg = np.divide(acc[region], part, out=np.zeros_like(part), where=part > 0) > threshold
@@ -178,21 +163,71 @@ def sliding_window(
         if component is None:
             break
         frontier = _face_neighbours(windows, component, lo_box, start0, step, size, shape, visited)
-    blended = np.divide(acc, wsum, out=np.zeros_like(acc), where=wsum > 0)
-    whole = Roi(
+    lo_box, hi_box = _windows_box(windows, size, shape)
+    lo_box, hi_box = np.maximum(lo_box - 1, 0), np.minimum(np.maximum(hi_box, lo_box) + 1, shape)
+    region = tuple(slice(int(a), int(b)) for a, b in zip(lo_box, hi_box))
+    part = wsum[region]
+    blended = np.divide(acc[region], part, out=np.zeros_like(part), where=part > 0)
+    box = Roi(
         image=torch.empty(0),
-        start=np.zeros(3, dtype=np.int64),
-        size=res.shape,
+        start=lo_box.astype(np.int64),
+        size=tuple(int(v) for v in hi_box - lo_box),
         ras_affine=res.affine,
         ras_shape=res.shape,
         orig_affine=res.orig_affine,
         orig_shape=res.orig_shape,
         meta={"windows": done},
     )
-    # probabilities to the input grid first (linear), then the threshold: edges fall between input voxels
-    mask = (invert_probability(whole, blended) > threshold).astype(np.uint8)
-    if return_probabilities:
-        return mask, blended, whole
+    return blended, box
+
+
+def _windows_box(windows, size: np.ndarray, shape: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The visited windows' bounding box on the resampled grid, clipped to it (lo, hi)."""
+    starts = np.stack([w[1] for w in windows])
+    return np.clip(starts.min(0), 0, shape), np.clip(starts.max(0) + size, 0, shape)
+
+
+def sliding_window(
+    pre: Preprocessor,
+    volume: Volume | Resampled,
+    click_vox: Any,
+    predict: Callable[[Roi], Any],
+    *,
+    label: Volume | np.ndarray | None = None,
+    overlap: float = 0.5,
+    max_windows: int = 27,
+    threshold: float = 0.5,
+) -> np.ndarray:
+    """Segment a target larger than one crop: click-centred windows that grow where the target touches a
+    window face, blended back and mapped onto the original grid.
+
+    The first window is centred on ``click_vox`` (input voxel indices). Windows are visited breadth first, one
+    ring at a time; after each ring the predictions so far are blended and thresholded (> ``threshold``), and
+    the connected component (26-connectivity) holding the click is taken as the target (the component nearest
+    to the click when the click voxel is background). Wherever that component reaches a face of a visited
+    window, the neighbouring window shifted by ``(1 - overlap) * crop`` in that direction joins the next ring
+    (at most ``max_windows`` windows in all). Foreground not connected to the target (false positives on an
+    unfamiliar scan) therefore never adds windows, but it stays in the returned mask where the visited windows
+    predict it. ``predict(roi)`` returns foreground probabilities of shape ``roi.size`` (numpy or torch);
+    windows are blended with Gaussian weights on the resampled grid, mapped to the original grid (linear) and
+    thresholded. ``label`` (optional) is cropped into each ``roi.label`` (oracle tests, evaluation).
+    Returns a uint8 mask of the original shape (``grow_windows`` gives the blended probabilities).
+    """
+    blended, box = grow_windows(
+        pre,
+        volume,
+        click_vox,
+        predict,
+        label=label,
+        overlap=overlap,
+        max_windows=max_windows,
+        threshold=threshold,
+    )
+    mask = np.zeros(box.orig_shape, dtype=np.uint8)
+    placed = linear_in_box(box, blended)
+    if placed is not None:  # probabilities to the input grid first, then the threshold
+        footprint, values = placed
+        mask[footprint.slices] = values > threshold
     return mask
 
 
