@@ -127,3 +127,28 @@ def test_matches_deepmind_surface_distance_when_installed():
         spacing = tuple(rng.uniform(0.5, 3.0, 3))
         ref = sd.compute_surface_dice_at_tolerance(sd.compute_surface_distances(g, p, spacing), 1.0)
         assert nsd(p, g, spacing) == pytest.approx(ref, abs=1e-5)
+
+
+def test_the_protocol_scores_a_mask_it_has_seen_from_its_memo(monkeypatch):
+    """Models evaluated on one target share a memo: a mask another model produced (a MoE that picked the
+    foundation decoder) is not scored again; a different mask is, and the values are the plain metrics'."""
+    import sammoe.inference.protocol as protocol
+
+    calls = []
+    plain = protocol.dice_nsd
+    monkeypatch.setattr(protocol, "dice_nsd", lambda *a, **k: calls.append(1) or plain(*a, **k))
+    target = np.zeros((20, 20, 12), bool)
+    target[5:15, 4:14, 3:9] = True
+    one, other = np.zeros_like(target), np.zeros_like(target)
+    one[6:15, 4:14, 3:9] = True
+    other[5:15, 4:13, 3:9] = True
+    memo: dict = {}
+    first = protocol._metrics(one, target, (1.0, 1.0, 2.0), 1.0, memo)
+    again = protocol._metrics(one.copy(), target, (1.0, 1.0, 2.0), 1.0, memo)
+    assert first == again == plain(one, target, (1.0, 1.0, 2.0), 1.0) and len(calls) == 1
+    assert protocol._metrics(other, target, (1.0, 1.0, 2.0), 1.0, memo) == plain(
+        other, target, (1.0, 1.0, 2.0), 1.0
+    )
+    assert len(calls) == 2 and len(memo) == 2
+    protocol._metrics(one, target, (1.0, 1.0, 2.0), 1.0, None)  # no memo: always scored
+    assert len(calls) == 3

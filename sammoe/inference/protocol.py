@@ -10,6 +10,7 @@ and NSD are scored on the original grid after each requested click count.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,13 +50,16 @@ def evaluate_target(
     tolerance_mm: float | None = 1.0,
     name: str = "target",
     first_click: Sequence[int] | None = None,
+    memo: dict[bytes, tuple[float, float]] | None = None,
 ) -> TargetScores | None:
     """Run the protocol for one target (bool mask on the Predictor's current image); None when it is empty.
 
     ``predictor`` is a ``sammoe.inference.predictor.Predictor`` with the image set; its ``route``/``decoder``
     choose the model (None: the model's own gate). ``tolerance_mm`` None skips NSD (NaN). ``first_click``
     (input voxel indices) replaces the drawn first click (the generator still makes that draw, so later clicks
-    do not move).
+    do not move). ``memo``, shared by the models evaluated on this one target, scores a mask that another
+    model already produced without computing it again (a MoE that picks the foundation decoder gives its
+    masks, and NSD is the slow part).
     """
     from sammoe.inference.predictor import Target
 
@@ -88,9 +92,29 @@ def evaluate_target(
                     pass
             clicks.append((point, int(positive)) if clicked else ([-1, -1, -1], -1))
         if n in wanted:
-            if tolerance_mm is None:
-                scores.dice[n], scores.nsd[n] = dice(mask, target), math.nan
-            else:
-                scores.dice[n], scores.nsd[n] = dice_nsd(mask, target, spacing, tolerance_mm)
+            scores.dice[n], scores.nsd[n] = _metrics(mask, target, spacing, tolerance_mm, memo)
     scores.mask = mask
     return scores
+
+
+def _metrics(
+    mask: np.ndarray,
+    target: np.ndarray,
+    spacing: Sequence[float],
+    tolerance_mm: float | None,
+    memo: dict[bytes, tuple[float, float]] | None,
+) -> tuple[float, float]:
+    """(Dice, NSD or NaN) of a mask against the target, looked up in ``memo`` by the mask's content."""
+    key = None
+    if memo is not None:
+        bits = np.packbits(np.asarray(mask, dtype=bool))
+        key = hashlib.blake2b(bits.tobytes(), digest_size=16).digest() + repr(np.shape(mask)).encode()
+        if key in memo:
+            return memo[key]
+    if tolerance_mm is None:
+        value = dice(mask, target), math.nan
+    else:
+        value = dice_nsd(mask, target, spacing, tolerance_mm)
+    if key is not None:
+        memo[key] = value
+    return value

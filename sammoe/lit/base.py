@@ -193,6 +193,7 @@ class InteractiveModule(L.LightningModule):
             # a background click has no target to score: only where the gate sends it counts
             routes = [("moe", None, None)] if background else self.predictor_routes(cls)
             scored: dict[tuple[str | None, Any], Any] = {}  # the same forced route scores the same (oracle)
+            memo: dict[bytes, tuple[float, float]] = {}  # the same mask scores the same (a MoE's masks)
             for name, route, decoder in routes:
                 predictor.route, predictor.decoder = route, decoder
                 key = (route, id(decoder))
@@ -208,6 +209,7 @@ class InteractiveModule(L.LightningModule):
                         tolerance_mm=None if background else self.evaluation.nsd_tolerance_mm,
                         name=cls,
                         first_click=item.get("first_click_input"),
+                        memo=memo,
                     )
                     scored[key] = scores
                 if scores is None:
