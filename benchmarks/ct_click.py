@@ -168,12 +168,12 @@ def grown_refinement(path: Path, click: np.ndarray, clicks: int) -> dict:
         demo = Predictor.load("demo", device="cpu", autocast=False)
     demo.set_image(path)
     demo.predict(Target([click]))
-    times = []
+    times, windows = [], []
     for point in refine_points(click, clicks):
         start = time.perf_counter()
-        result = demo.add_click(0, point)
+        windows.append(demo.add_click(0, point).windows)
         times.append(time.perf_counter() - start)
-    return {"grown_refine_s": statistics.median(times), "grown_windows": int(result.windows)}
+    return {"grown_refine_s": statistics.median(times), "grown_windows": int(max(windows))}
 
 
 def print_case(case: dict, args) -> None:
@@ -193,7 +193,7 @@ def print_case(case: dict, args) -> None:
     )
     if "grown_refine_s" in case:
         print(
-            f"  a target grown over {case['grown_windows']} window(s) (demo model, sliding window on): "
+            f"  a target grown over up to {case['grown_windows']} window(s) (demo model, sliding window on): "
             f"refinement {case['grown_refine_s'] * 1e3:.0f} ms"
         )
 
@@ -218,7 +218,7 @@ def markdown(result: dict) -> str:
         ]
         if "grown_refine_s" in case:
             lines.append(
-                f"| same CT: refining a target grown over {case['grown_windows']} window(s) (demo model) "
+                f"| same CT: refining a target grown over <= {case['grown_windows']} window(s) (demo model) "
                 f"| | {case['grown_refine_s'] * 1e3:.0f} ms | |"
             )
     return "\n".join(lines) + "\n"
