@@ -137,3 +137,35 @@ def test_edits_on_a_grid_shown_transposed_land_on_the_stored_voxels(make_napari_
     settle(qtbot, widget)
     click = widget.last_update.targets[0].clicks[0].point
     assert np.allclose(widget.layers.display.to_layer(np.array([click]))[0], moved[0])
+
+
+def test_napari_undo_and_redo_of_a_brush_stroke_are_kept_through_later_clicks(
+    docked_phantom, qtbot, gui_phantom
+):
+    """napari's Ctrl+Z on the segmentation layer writes the layer without a paint event; the session must
+    follow it, or the next click on another target draws the undone stroke again."""
+    viewer, widget = docked_phantom
+    _, label, _ = gui_phantom
+    widget.click(organ_centre(label, "liver"))
+    settle(qtbot, widget)
+    labels = widget.layers.labels
+    spleen = organ_centre(label, "spleen")
+    labels.brush_size = 3
+    labels.paint(spleen, 1)  # the liver's value brushed into the spleen
+    settle(qtbot, widget)
+    painted = (np.asarray(labels.data) == 1) & (label == LABELS["spleen"])
+    assert painted.any()
+    labels.undo()  # Ctrl+Z with the segmentation layer active
+    settle(qtbot, widget)
+    assert not (np.asarray(labels.data)[painted] == 1).any()
+    assert np.array_equal(widget.session.labels, widget.layers.stored)
+    widget.add_target("kidney")
+    widget.click(organ_centre(label, "kidney_left"))
+    settle(qtbot, widget)
+    data = np.asarray(labels.data)
+    assert (data == 2).any() and not (data[painted] == 1).any()  # the undone stroke stays undone
+    labels.redo()  # Ctrl+Shift+Z: the stroke is back, and kept
+    settle(qtbot, widget)
+    widget.click(organ_centre(label, "kidney_left") + [1, 0, 0])
+    settle(qtbot, widget)
+    assert (np.asarray(labels.data)[painted] == 1).all()

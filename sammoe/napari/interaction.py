@@ -129,6 +129,19 @@ class TargetActions:
         """A target's clicks as the user left them with napari's point tools: it is segmented again."""
         self._on_target("set_clicks", "segmenting the target from its clicks", clicks, id_=id_)
 
+    def _labels_history(self) -> None:
+        """napari undid or redid a paint on the segmentation layer: the session adopts what the layer shows
+        (a copy: napari may write the layer again while the worker compares)."""
+        if self.layers is None:
+            return
+        shown = np.array(self.layers.stored)
+
+        def work() -> Generator[str, None, Any]:
+            yield "keeping your edit"
+            return self.session.adopt(shown)
+
+        self._submit(work, self._apply)
+
     def _labels_painted(self, event: Any) -> None:
         """The user painted or erased on the segmentation layer: the session keeps those voxels."""
         if self.layers is None:

@@ -10,7 +10,7 @@ model was given. What the user does with napari's own tools is read back: points
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -147,6 +147,18 @@ class ImageLayers:
             if now != [c for i, c in shown if i == id_]:
                 edited[id_] = now
         return edited
+
+    def watch_history(self, changed: Callable[[], None]) -> None:
+        """Call ``changed`` after napari's own undo or redo on the segmentation layer (Ctrl+Z while painting),
+        which writes the layer's data without the paint event that a brush stroke sends."""
+        for name in ("undo", "redo"):
+            original = getattr(self.labels, name)
+
+            def replay(original: Callable[[], None] = original) -> None:
+                original()
+                changed()
+
+            setattr(self.labels, name, replay)
 
     def painted(self, atoms: Sequence[Any]) -> tuple[tuple[np.ndarray, ...], np.ndarray] | None:
         """The voxels a napari paint event changed (stored index arrays) and their new values, from the event

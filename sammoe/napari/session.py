@@ -15,8 +15,8 @@ of the clicks file); a locked target shows the voxels the user keeps (``edit``),
 - ``Session(predictor=None)``; ``set_volume(volume)``, ``set_predictor(predictor)``, ``prepare()``.
 - ``add_target(name=None)``, ``rename(id, name)``, ``click(id, point, positive)``, ``undo(id)``,
   ``reset(id)``, ``delete(id)``, ``set_clicks(id, clicks)``, ``set_route(id, route)``, ``lock(id)``,
-  ``unlock(id)``, ``edit(indices, values)``: each returns an ``Update`` (a snapshot the UI may read from
-  another thread).
+  ``unlock(id)``, ``edit(indices, values)``, ``adopt(label_map)``: each returns an ``Update`` (a snapshot
+  the UI may read from another thread).
 - ``clicks_document()``: the ``sammoe segment --clicks`` JSON (voxel space) plus each target's result.
 """
 
@@ -220,6 +220,18 @@ class Session:
             self._list.get(id_).locked = True
         labels = None if box is None else self._map.array
         return Update(labels, self._views(), "edit", box=box, decoders=self.decoders)
+
+    def adopt(self, shown: np.ndarray) -> Update:
+        """The label map as the viewer shows it now, after napari's own undo or redo of a paint (which
+        writes the layer without a paint event): every voxel that differs from the session's map is an
+        ``edit``, so an undone brush stroke is not drawn again by the next click."""
+        current = self._map.array
+        if current is None or shown.shape != current.shape:
+            return self._update("none")
+        changed = np.nonzero(shown != current)
+        if not changed[0].size:
+            return self._update("none")
+        return self.edit(changed, shown[changed])
 
     # ------------------------------------------------------------------------------------------ model calls
     def _target(self, t: SessionTarget) -> Target:

@@ -271,6 +271,7 @@ class SegmentWidget(QWidget, TargetActions):
         layers.points.mouse_drag_callbacks.insert(0, self._record_modifiers)
         layers.points.events.data.connect(self._points_changed)
         layers.labels.events.paint.connect(self._labels_painted)
+        layers.watch_history(self._labels_history)
         self._bind_keys()
         source = layers.volume.path
         self.export_panel.set_dicom(source is not None and Path(source).is_dir())
