@@ -235,7 +235,6 @@ def test_sliding_window_large_structure():
     assert len(calls) > 2
 
 
-
 def test_windows_box_maps_exactly_as_the_whole_grid():
     """A refinement maps only the visited windows' box (plus one voxel of zeros) back to the input grid; that
     must equal mapping the whole resampled grid, value for value, also where the box cuts the target."""
