@@ -552,3 +552,46 @@ def test_gate_training_can_evaluate_the_experts_own_routers(shipped_tiny_model, 
     assert not module._tuning()  # no tau to tune: the routers carry their own thresholds
     with pytest.raises(ConfigError, match="has no gate to fit"):
         module.on_fit_start()
+
+
+def test_an_epoch_of_cached_crops_sends_keys_with_the_same_draws(tmp_path, monkeypatch):
+    """Once every fixed draw has been cut and its features are cached, router and gate training read keys
+    instead of crops: the items come without image and label, in the same draw order, and no case is read."""
+    from sammoe.data.phantoms import make_phantom_dataset
+    from sammoe.lit.feature_cache import crop_key
+    from sammoe.lit.phantom_data import PhantomDataModule
+
+    make_phantom_dataset(tmp_path / "ds", n_cases=2, n_test=0, shape=(48, 48, 32), spacing=(2.0, 2.0, 3.0))
+    common = dict(
+        root=str(tmp_path / "ds"), n_cases=2, n_test=0, crop_size=64, val_fraction=0.0, click_draws=2
+    )
+    datasets = []
+    for cache in (None, str(tmp_path / "cache")):
+        dm = PhantomDataModule(**common, cache_dir=cache)
+        dm.setup("fit")
+        dataset = dm.train_dataset()
+        torch.manual_seed(0)
+        for _ in range(12):  # visit every item until each target's two draws have been cut
+            for i in range(len(dataset)):
+                dataset[i]
+            if dataset.seen_keys() is not None:
+                break
+        datasets.append(dataset)
+    # without an on-disk cache a read resamples with torchio, which draws from torch: never skipped
+    assert datasets[0].seen_keys() is None
+    dataset = datasets[1]
+    keys = dataset.seen_keys()
+    assert keys is not None and len(keys) == 2 * len(set(dataset._used.values()))
+
+    def epoch():
+        torch.manual_seed(1)
+        return [dataset[i] for i in range(len(dataset))]
+
+    full = epoch()
+    dataset.serve_keys = True
+    monkeypatch.setattr(dataset.cache, "load", lambda *a, **k: pytest.fail("a case was read"))
+    light = epoch()
+    for a, b in zip(full, light, strict=True):
+        assert "image" not in b and "label" not in b
+        assert b["feature_key"] == crop_key({k: [v] for k, v in a.items()}, 0)
+        assert b["class_name"] == a["class_name"] and torch.equal(b["first_click"], a["first_click"])

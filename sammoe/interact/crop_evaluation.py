@@ -77,7 +77,8 @@ def first_clicks(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | N
     first = batch.get("first_click")
     if first is None:
         return None
-    coords = torch.as_tensor(first, dtype=torch.float32, device=batch["label"].device).reshape(-1, 1, 3)
+    device = batch["label"].device if "label" in batch else None  # a cached crop's batch has no label
+    coords = torch.as_tensor(first, dtype=torch.float32, device=device).reshape(-1, 1, 3)
     return coords, torch.ones(coords.shape[0], 1, dtype=torch.long, device=coords.device)
 
 

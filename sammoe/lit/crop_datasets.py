@@ -28,6 +28,7 @@ from sammoe.data.preprocess import Preprocessor
 from sammoe.errors import DataError
 from sammoe.eval.calibration import BACKGROUND
 from sammoe.interact.roi import border_click, check_crop_mode, seeded_first_click, training_roi
+from sammoe.lit.feature_cache import feature_key
 
 # Clicks on unlabelled voxels (background, air, tissue no class names): routing targets for the foundation.
 BACKGROUND_VALUE = 0
@@ -69,7 +70,10 @@ class TargetDataset(Dataset):
     ``first_click``).
     ``seed`` None draws new clicks every time (training); an int makes item i's click fixed (validation).
     ``click_draws`` N > 0 (training): item i is one of N fixed draws, chosen at random each time, so the
-    crops repeat and what is computed from them can be cached (router and gate features).
+    crops repeat and what is computed from them can be cached (router and gate features). Once every such
+    crop has been cut and its features cached, router and gate training set ``serve_keys`` for the epoch
+    (``feature_cache.serve_cached_crops``): items then come as their fields and ``feature_key`` alone,
+    without image and label, drawn exactly as before.
     A target named ``background`` (value 0) is a click on unlabelled voxels with an empty label
     (routing data).
     A target named ``border`` (value -1) is a click on a ``border`` host class within the given radius of a
@@ -94,6 +98,9 @@ class TargetDataset(Dataset):
         self.cache, self.pre, self.index = cache, preprocessor, index
         self.settings = replace(settings, crop=check_crop_mode(settings.crop))
         self._keys: list[int] | None = None
+        self._used: dict[int, int] = {}  # item -> the target it used (the next one when its own is empty)
+        self._seen: dict[tuple[int, int], dict[str, Any]] = {}  # (target, draw) -> the item without its crop
+        self.serve_keys = False  # set by router/gate training for an epoch whose every crop is cached
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -109,39 +116,62 @@ class TargetDataset(Dataset):
             keys.append(zlib.crc32(f"{name}/{seen[name]}".encode()))
         return keys
 
-    def _rng(self, i: int, used: int) -> np.random.Generator:
-        """The generator of item ``i``, whose target is ``used`` (the next one when ``i``'s was empty)."""
+    def _rng(self, i: int, used: int) -> tuple[np.random.Generator, int | None]:
+        """The generator of item ``i``, whose target is ``used`` (the next one when ``i``'s was empty), and
+        which of the ``click_draws`` fixed draws it is (None: not drawing from fixed clicks)."""
         if self.settings.seed is None and self.settings.click_draws > 0:
             if self._keys is None:
                 self._keys = self._target_keys()
             draw = int(torch.randint(0, self.settings.click_draws, ()))
-            return np.random.default_rng((self.settings.draw_seed, self._keys[used], draw))
+            return np.random.default_rng((self.settings.draw_seed, self._keys[used], draw)), draw
         if self.settings.seed is None:  # torch's generator is seeded per worker and by seed_everything
-            return np.random.default_rng(int(torch.randint(0, 2**62, ())))
-        return np.random.default_rng((int(self.settings.seed), i))
+            return np.random.default_rng(int(torch.randint(0, 2**62, ()))), None
+        return np.random.default_rng((int(self.settings.seed), i)), None
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def seen_keys(self) -> list[str] | None:
+        """The feature keys of every crop this dataset can give, once each has been cut here (every item
+        visited, every fixed draw of its target seen); None before that, or without fixed click draws."""
+        draws = self.settings.click_draws if self.settings.seed is None else 0
+        if draws == 0 or len(self._used) < len(self.targets) or self.cache.root is None:
+            # without an on-disk cache, reading a case resamples it with torchio, which draws from torch's
+            # generator: skipping the read would change every later draw
+            return None
+        identities = [(u, d) for u in sorted(set(self._used.values())) for d in range(draws)]
+        if any(identity not in self._seen for identity in identities):
+            return None
+        return [self._seen[identity]["feature_key"] for identity in identities]
+
+    def _target_of(self, i: int) -> tuple[int, Any, Any]:
+        """(target used for item ``i``, its cached case, its class box): ``i``'s own target, or the next one
+        with enough voxels."""
         for attempt in range(len(self.targets)):
             used = (i + attempt) % len(self.targets)
             case, ref = self.targets[used]
             cached = self.cache.load(case, declared_values(self.index, case.dataset))
             if ref.value in (BACKGROUND_VALUE, BORDER_VALUE):
-                box = (None, None, 1)
-                break
+                return used, cached, (None, None, 1)
             box = cached.bboxes.get(ref.value)
             if box is not None and box[2] >= self.settings.min_voxels:
-                break
+                return used, cached, box
             if self.settings.on_empty == "error":
                 raise DataError(
                     f"{case.label}: no voxels of class {ref.name} (value {ref.value}) "
                     f"(at least {self.settings.min_voxels} needed after resampling); drop the case or "
                     "the class"
                 )
-        else:
-            raise DataError(
-                f"none of the {len(self.targets)} targets has enough voxels; check the class selection"
-            )
-        rng = self._rng(i, used)
+        raise DataError(
+            f"none of the {len(self.targets)} targets has enough voxels; check the class selection"
+        )
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if self.serve_keys:  # every crop cut once and its features cached: the same draw, sent as its key
+            used = self._used[i]
+            _, draw = self._rng(i, used)
+            return dict(self._seen[(used, draw)])
+        used, cached, box = self._target_of(i)
+        self._used[i] = used
+        rng, draw = self._rng(i, used)
+        case, ref = self.targets[used]
         flips = [d for d in range(3) if rng.random() < 0.5] if self.settings.flips else []
         first_click = None
         click, value, name = None, ref.value, ref.name
@@ -170,6 +200,12 @@ class TargetDataset(Dataset):
         }
         if first_click is not None:
             item["first_click"] = torch.from_numpy(first_click)
+            if draw is not None:  # a fixed draw: the same crop comes back, and may then be sent as its key
+                key = feature_key(case.dataset, case.case_id, name, item["start"], item["first_click"], image)
+                self._seen[(used, draw)] = {
+                    **{k: v for k, v in item.items() if k not in ("image", "label")},
+                    "feature_key": key,
+                }
         return item
 
     def _border_click(self, case: Case, cached: Any, rng: np.random.Generator) -> tuple[Any, int, str]:

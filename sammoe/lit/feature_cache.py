@@ -6,7 +6,8 @@ preprocessing or flip is a new entry. The table is kept in memory and in one saf
 feature layout (``tag``: backbone fingerprint, local radii, texture), written atomically when it grew. With
 the data module's ``click_draws`` (a fixed set of clicks per target), every crop repeats and after the first
 epochs no crop is encoded again; the general and background crops are shared by the routers of every expert
-trained on the same data.
+trained on the same data. Once every crop's features are cached, the training dataset sends their keys
+instead of cutting the crops again (``serve_cached_crops``): the same batches, in the same order.
 """
 
 from __future__ import annotations
@@ -55,13 +56,53 @@ def batch_features(
 
 
 def crop_key(batch: dict[str, Any], b: int) -> str:
-    """What identifies sample ``b`` of a train/val batch's crop."""
-    image = batch["image"][b].detach()
-    checksum = float(image.double().sum()), float(image.double().square().sum())
+    """What identifies sample ``b`` of a train/val batch's crop (the dataset's ``feature_key`` when it sent
+    one: a crop it did not cut again because its features are cached)."""
+    known = batch.get("feature_key")
+    if known is not None:
+        return str(known[b])
     click = batch.get("first_click")
-    click = None if click is None else [int(v) for v in torch.as_tensor(click[b]).round().tolist()]
-    start = [int(v) for v in torch.as_tensor(batch["start"][b]).tolist()]
-    return f"{batch['dataset'][b]}|{batch['case_id'][b]}|{batch['class_name'][b]}|{start}|{click}|{checksum}"
+    return feature_key(
+        batch["dataset"][b],
+        batch["case_id"][b],
+        batch["class_name"][b],
+        batch["start"][b],
+        None if click is None else click[b],
+        batch["image"][b],
+    )
+
+
+def feature_key(
+    dataset: str, case_id: str, class_name: str, start: Any, click: Any, image: torch.Tensor
+) -> str:
+    """A crop's key from its case, class, start, centring click and a checksum of its voxels."""
+    image = image.detach()
+    checksum = float(image.double().sum()), float(image.double().square().sum())
+    click = None if click is None else [int(v) for v in torch.as_tensor(click).round().tolist()]
+    start = [int(v) for v in torch.as_tensor(start).tolist()]
+    return f"{dataset}|{case_id}|{class_name}|{start}|{click}|{checksum}"
+
+
+def batch_device(batch: dict[str, Any]) -> torch.device:
+    """Where a batch's tensors are (a batch of cached crops carries no image)."""
+    for name in ("image", "first_click", "start"):
+        value = batch.get(name)
+        if isinstance(value, torch.Tensor):
+            return value.device
+    return torch.device("cpu")
+
+
+def serve_cached_crops(module: Any, cache: FeatureCache | None) -> None:
+    """For this epoch, let the training dataset send its crops' keys instead of cutting them again when
+    ``cache`` holds the features of every crop it can give (``TargetDataset.seen_keys``): with fixed click
+    draws that happens after the first epochs, and an epoch then reads only features. A dataset in DataLoader
+    workers, or one a distributed sampler splits, never sees every crop here and keeps cutting them."""
+    loader = getattr(module.trainer, "train_dataloader", None)
+    dataset = getattr(loader, "dataset", None)
+    if cache is None or not hasattr(dataset, "seen_keys"):
+        return
+    keys = dataset.seen_keys()
+    dataset.serve_keys = keys is not None and all(key in cache.table for key in keys)
 
 
 class FeatureCache:
@@ -92,8 +133,7 @@ class FeatureCache:
             for row, b in enumerate(missing):
                 self.table[keys[b]] = fresh[row].clone()
             self._dirty = True
-        device = batch["image"].device
-        return torch.stack([self.table[key] for key in keys]).to(device)
+        return torch.stack([self.table[key] for key in keys]).to(batch_device(batch))
 
     def end_epoch(self, write: bool) -> float:
         """Share of this epoch's rows read from the cache; resets the counts and, with ``write`` (rank 0),

@@ -23,7 +23,7 @@ from sammoe.eval.results import GENERAL, TASK, EvalRow
 from sammoe.interact.crop_evaluation import EvalModel, first_clicks
 from sammoe.interact.rollout import StepOutput, moe_step
 from sammoe.lit.base import EvalSettings, InteractiveModule, export_files
-from sammoe.lit.feature_cache import FeatureCache, batch_features
+from sammoe.lit.feature_cache import FeatureCache, batch_device, batch_features, serve_cached_crops
 from sammoe.lit.schedules import head_optimizer
 from sammoe.loading import backbone_source, load_backbone, load_gate, save_gate
 from sammoe.loading.experts import assemble_experts
@@ -189,6 +189,7 @@ class GateTraining(InteractiveModule):
     def on_train_epoch_start(self) -> None:
         self.moe.backbone.eval()  # frozen parts stay in eval mode; the gate trains (dropout)
         self.moe.experts.eval()
+        serve_cached_crops(self, self.cache)
 
     def on_fit_start(self) -> None:
         if self.moe.routing == "routers":
@@ -206,11 +207,11 @@ class GateTraining(InteractiveModule):
         one the crop is centred on, as at inference: one sample per target and step. With ground-truth crops
         (`crop: bbox`) every step draws `clicks_per_target` uniformly random foreground clicks per target.
         """
-        image = batch["image"]
-        target = self.oracle_index(batch["class_name"], image.device)
-        if first_clicks(batch) is not None:
+        target = self.oracle_index(batch["class_name"], batch_device(batch))
+        if first_clicks(batch) is not None:  # a crop whose features are cached comes without its image
             logits, targets = self.moe.gate(self.features(batch)).float(), target
         else:
+            image = batch["image"]
             with torch.no_grad():
                 embeddings = self.moe.encode(image)
             empty, gt = torch.zeros_like(batch["label"].bool()), batch["label"].bool()
@@ -224,8 +225,8 @@ class GateTraining(InteractiveModule):
             targets = target.repeat(len(draws))
         loss = F.cross_entropy(logits, targets, weight=self._expert_weights(logits.device))
         acc = (logits.argmax(-1) == targets).float().mean()
-        self.log("train/loss", loss, prog_bar=True, batch_size=image.shape[0])
-        self.log("train/gate_accuracy", acc, prog_bar=True, batch_size=image.shape[0])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["class_name"]))
+        self.log("train/gate_accuracy", acc, prog_bar=True, batch_size=len(batch["class_name"]))
         return loss
 
     def features(self, batch: dict[str, Any]) -> torch.Tensor:

@@ -28,7 +28,7 @@ from sammoe.eval.calibration import BACKGROUND
 from sammoe.files import write_text
 from sammoe.interact.crop_evaluation import first_clicks
 from sammoe.lit.base import export_files
-from sammoe.lit.feature_cache import FeatureCache, batch_features
+from sammoe.lit.feature_cache import FeatureCache, batch_device, batch_features, serve_cached_crops
 from sammoe.lit.schedules import head_optimizer
 from sammoe.loading import load_backbone
 from sammoe.loading.router import ROUTER_FILE, save_router
@@ -200,6 +200,7 @@ class RouterTraining(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self.backbone.eval()  # frozen; the router trains (dropout)
+        serve_cached_crops(self, self.cache)
 
     def features(self, batch: dict[str, Any]) -> torch.Tensor:
         """Routing features of each crop's centring click (from the cache when there is one)."""
@@ -209,7 +210,7 @@ class RouterTraining(L.LightningModule):
 
     def targets(self, batch: dict[str, Any]) -> torch.Tensor:
         names = batch["class_name"]
-        return torch.tensor([float(c in self.positives) for c in names], device=batch["image"].device)
+        return torch.tensor([float(c in self.positives) for c in names], device=batch_device(batch))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         logits = self.router(self.features(batch))
