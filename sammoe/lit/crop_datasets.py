@@ -167,7 +167,10 @@ class TargetDataset(Dataset):
         if self.serve_keys:  # every crop cut once and its features cached: the same draw, sent as its key
             used = self._used[i]
             _, draw = self._rng(i, used)
-            return dict(self._seen[(used, draw)])
+            known = self._seen[(used, draw)]
+            return {
+                k: torch.tensor(v[0], dtype=v[1]) if isinstance(v, tuple) else v for k, v in known.items()
+            }
         used, cached, box = self._target_of(i)
         self._used[i] = used
         rng, draw = self._rng(i, used)
@@ -202,8 +205,14 @@ class TargetDataset(Dataset):
             item["first_click"] = torch.from_numpy(first_click)
             if draw is not None:  # a fixed draw: the same crop comes back, and may then be sent as its key
                 key = feature_key(case.dataset, case.case_id, name, item["start"], item["first_click"], image)
+                # tensors kept as Python tuples: thousands of tiny tensors held between freed 1 MB crops kept
+                # the heap from shrinking (gigabytes of resident memory in a gate fit)
                 self._seen[(used, draw)] = {
-                    **{k: v for k, v in item.items() if k not in ("image", "label")},
+                    **{
+                        k: (tuple(v.tolist()), v.dtype) if isinstance(v, torch.Tensor) else v
+                        for k, v in item.items()
+                        if k not in ("image", "label")
+                    },
                     "feature_key": key,
                 }
         return item
