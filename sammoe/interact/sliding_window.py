@@ -156,18 +156,14 @@ def grow_windows(
         if np.any(hi_box <= lo_box):
             break  # the windows miss the volume (a click far outside it)
         # the target so far, within the bounding box of the visited windows (the rest of the grid is empty)
-        region = tuple(slice(int(a), int(b)) for a, b in zip(lo_box, hi_box))
-        part = wsum[region]
-        fg = np.divide(acc[region], part, out=np.zeros_like(part), where=part > 0) > threshold
+        fg = _blended(acc, wsum, lo_box, hi_box) > threshold
         component = _click_component(fg, click - lo_box)
         if component is None:
             break
         frontier = _face_neighbours(windows, component, lo_box, start0, step, size, shape, visited)
     lo_box, hi_box = _windows_box(windows, size, shape)
     lo_box, hi_box = np.maximum(lo_box - 1, 0), np.minimum(np.maximum(hi_box, lo_box) + 1, shape)
-    region = tuple(slice(int(a), int(b)) for a, b in zip(lo_box, hi_box))
-    part = wsum[region]
-    blended = np.divide(acc[region], part, out=np.zeros_like(part), where=part > 0)
+    blended = _blended(acc, wsum, lo_box, hi_box)
     box = Roi(
         image=torch.empty(0),
         start=lo_box.astype(np.int64),
@@ -179,6 +175,13 @@ def grow_windows(
         meta={"windows": done},
     )
     return blended, box
+
+
+def _blended(acc: np.ndarray, wsum: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The weighted mean of the windows' predictions inside the box ``lo``..``hi`` (0 where none reached)."""
+    region = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    part = wsum[region]
+    return np.divide(acc[region], part, out=np.zeros_like(part), where=part > 0)
 
 
 def _windows_box(windows, size: np.ndarray, shape: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
